@@ -1,0 +1,697 @@
+//! Typed requests, responses and bounded values shared by the driver, the shim, the Linux back
+//! end, kernel clients and the engine.
+//!
+//! These are the *decoded* forms: every value here is already valid by construction (bounded
+//! newtypes, closed enums). The byte-level encoding lives in [`crate::codec`]; decoding untrusted
+//! bytes is the only way untrusted input becomes one of these types.
+
+use core::net::{IpAddr, SocketAddr};
+
+/// A QOS2 flow id (`QOS_FLOWID`). 0 means "new flow" on input and is never assigned.
+pub type FlowId = u32;
+
+/// Maximum length in bytes (UTF-8) of a rule name.
+pub const MAX_RULE_NAME_LEN: usize = 64;
+
+/// Error returned by the `try_new` constructors of bounded values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutOfRange;
+
+/// A DiffServ code point, 0..=63 (RFC 2474: the upper six bits of the IPv4 TOS / IPv6 Traffic
+/// Class octet).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Dscp(u8);
+
+impl Dscp {
+    /// Expedited Forwarding (RFC 3246), 46.
+    pub const EF: Dscp = Dscp(46);
+    /// Class selector 0 (default forwarding).
+    pub const CS0: Dscp = Dscp(0);
+
+    /// A DSCP from its 6-bit value.
+    ///
+    /// # Errors
+    /// [`OutOfRange`] when `value > 63`.
+    pub const fn try_new(value: u8) -> Result<Self, OutOfRange> {
+        if value <= 63 {
+            Ok(Dscp(value))
+        } else {
+            Err(OutOfRange)
+        }
+    }
+
+    /// The 6-bit value.
+    #[must_use]
+    pub const fn value(self) -> u8 {
+        self.0
+    }
+}
+
+/// An IEEE 802.1p priority code point (PCP), 0..=7.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Pcp(u8);
+
+impl Pcp {
+    /// A PCP from its 3-bit value.
+    ///
+    /// # Errors
+    /// [`OutOfRange`] when `value > 7`.
+    pub const fn try_new(value: u8) -> Result<Self, OutOfRange> {
+        if value <= 7 {
+            Ok(Pcp(value))
+        } else {
+            Err(OutOfRange)
+        }
+    }
+
+    /// The 3-bit value.
+    #[must_use]
+    pub const fn value(self) -> u8 {
+        self.0
+    }
+}
+
+/// What to write into a packet. `None` fields are left as they are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Mark {
+    /// DSCP to set (ECN bits are always kept).
+    pub dscp: Option<Dscp>,
+    /// 802.1p priority to request.
+    pub pcp: Option<Pcp>,
+}
+
+impl Mark {
+    /// True when the mark changes nothing.
+    #[must_use]
+    pub const fn is_empty(&self) -> bool {
+        self.dscp.is_none() && self.pcp.is_none()
+    }
+}
+
+/// `QOS_TRAFFIC_TYPE` (qos2.h), values 0..=5.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u32)]
+pub enum TrafficType {
+    /// `QOSTrafficTypeBestEffort` = 0: no mark is added.
+    BestEffort = 0,
+    /// `QOSTrafficTypeBackground` = 1.
+    Background = 1,
+    /// `QOSTrafficTypeExcellentEffort` = 2.
+    ExcellentEffort = 2,
+    /// `QOSTrafficTypeAudioVideo` = 3.
+    AudioVideo = 3,
+    /// `QOSTrafficTypeVoice` = 4.
+    Voice = 4,
+    /// `QOSTrafficTypeControl` = 5.
+    Control = 5,
+}
+
+impl TrafficType {
+    /// All six traffic types in value order.
+    pub const ALL: [TrafficType; 6] = [
+        TrafficType::BestEffort,
+        TrafficType::Background,
+        TrafficType::ExcellentEffort,
+        TrafficType::AudioVideo,
+        TrafficType::Voice,
+        TrafficType::Control,
+    ];
+
+    /// The type with this `QOS_TRAFFIC_TYPE` value.
+    ///
+    /// # Errors
+    /// [`OutOfRange`] for values above 5.
+    pub const fn try_from_u32(value: u32) -> Result<Self, OutOfRange> {
+        match value {
+            0 => Ok(TrafficType::BestEffort),
+            1 => Ok(TrafficType::Background),
+            2 => Ok(TrafficType::ExcellentEffort),
+            3 => Ok(TrafficType::AudioVideo),
+            4 => Ok(TrafficType::Voice),
+            5 => Ok(TrafficType::Control),
+            _ => Err(OutOfRange),
+        }
+    }
+
+    /// The index of this type in [`TrafficType::ALL`] (its `QOS_TRAFFIC_TYPE` value).
+    #[must_use]
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Transport protocol of a socket flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// TCP (IP protocol 6).
+    Tcp,
+    /// UDP (IP protocol 17).
+    Udp,
+}
+
+impl Protocol {
+    /// The IP protocol number.
+    #[must_use]
+    pub const fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+        }
+    }
+}
+
+/// Address family of a socket (`AF_INET` / `AF_INET6`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// IPv4 socket.
+    V4,
+    /// IPv6 socket (possibly dual-stack).
+    V6,
+}
+
+/// What the back end knows about a socket named in `QOSAddSocketToFlow` /
+/// `QOSRemoveSocketFromFlow`. The back end fills it from the socket itself (Windows shim:
+/// `getsockname`/`getpeername`, confirmed by the driver at the ALE layers; Linux: the descriptor
+/// passed with `SCM_RIGHTS`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SocketInfo {
+    /// Opaque socket value (`SOCKET` / file descriptor) as the application knows it; scoped to the
+    /// owning process.
+    pub socket: u64,
+    /// Address family the socket was created with.
+    pub family: Family,
+    /// TCP or UDP.
+    pub protocol: Protocol,
+    /// Local address and port; port 0 = not bound yet (TCP registered before `connect`).
+    pub local: SocketAddr,
+    /// Connected peer, if the socket is connected.
+    pub peer: Option<SocketAddr>,
+}
+
+/// `QOSAddSocketToFlow` flags (`QOS_NON_ADAPTIVE_FLOW`).
+pub const QOS_NON_ADAPTIVE_FLOW: u32 = 0x0000_0002;
+
+/// `QOS_SHAPING` (qos2.h).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum Shaping {
+    /// `QOSShapeOnly` = 0.
+    ShapeOnly = 0,
+    /// `QOSShapeAndMark` = 1.
+    ShapeAndMark = 1,
+    /// `QOSUseNonConformantMarkings` = 2.
+    UseNonConformantMarkings = 2,
+}
+
+/// `QOS_FLOWRATE_OUTGOING` (qos2.h).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowRate {
+    /// Bits per second measured at the IP level.
+    pub bandwidth: u64,
+    /// Shaping behaviour.
+    pub shaping: Shaping,
+    /// `QOS_FLOWRATE_REASON` value, 0..=4, kept as given.
+    pub reason: u32,
+}
+
+/// `QOS_SET_FLOW` operation with its input buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SetFlow {
+    /// `QOSSetTrafficType` = 0.
+    TrafficType(TrafficType),
+    /// `QOSSetOutgoingRate` = 1.
+    OutgoingRate(FlowRate),
+    /// `QOSSetOutgoingDSCPValue` = 2. Kept as the caller's `DWORD`: values above 63 are rejected
+    /// by the engine with 87, as qWAVE would.
+    OutgoingDscp(u32),
+}
+
+/// `QOS_QUERY_FLOW` operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum QueryFlow {
+    /// `QOSQueryFlowFundamentals` = 0.
+    Fundamentals = 0,
+    /// `QOSQueryPacketPriority` = 1.
+    PacketPriority = 1,
+    /// `QOSQueryOutgoingRate` = 2.
+    OutgoingRate = 2,
+}
+
+/// `QOS_NOTIFY_FLOW` operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum NotifyFlow {
+    /// `QOSNotifyCongested` = 0.
+    Congested = 0,
+    /// `QOSNotifyUncongested` = 1.
+    Uncongested = 1,
+    /// `QOSNotifyAvailable` = 2.
+    Available = 2,
+}
+
+/// `QOS_PACKET_PRIORITY` (qos2.h): four `ULONG`s.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PacketPriority {
+    /// DSCP of conformant packets.
+    pub conformant_dscp: u32,
+    /// DSCP of non-conformant packets (only with `QOSUseNonConformantMarkings`).
+    pub non_conformant_dscp: u32,
+    /// 802.1p of conformant packets.
+    pub conformant_l2: u32,
+    /// 802.1p of non-conformant packets.
+    pub non_conformant_l2: u32,
+}
+
+/// An IPv4 or IPv6 prefix (address + length). Addresses are stored masked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Prefix {
+    /// Network address (host bits zero).
+    pub addr: IpAddr,
+    /// Prefix length: 0..=32 for IPv4, 0..=128 for IPv6.
+    pub len: u8,
+}
+
+/// An inclusive port range; a single port is `first == last`. Invariant: `first <= last`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PortRange {
+    /// First port.
+    pub first: u16,
+    /// Last port (inclusive).
+    pub last: u16,
+}
+
+/// Protocol condition of a rule (`IPProtocolMatchCondition`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RuleProtocol {
+    /// TCP only.
+    Tcp,
+    /// UDP only.
+    Udp,
+    /// TCP or UDP (the default).
+    Any,
+}
+
+/// What a rule does to matching packets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RuleAction {
+    /// Set this DSCP (0 means "set 0").
+    Dscp(Dscp),
+    /// Mark as this traffic type through the traffic-type table (`BestEffort` = add no DSCP).
+    TrafficType(TrafficType),
+}
+
+/// An administrator rule, the equivalent of a Windows Policy-based QoS policy. Valid by
+/// construction only when built through [`RuleSpec::validate`] or decoded.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RuleSpec {
+    /// Unique name, 1..=[`MAX_RULE_NAME_LEN`] bytes of UTF-8, no control characters.
+    pub name: heapless_name::RuleName,
+    /// 0..=255, higher wins.
+    pub precedence: u8,
+    /// Protocol condition.
+    pub protocol: RuleProtocol,
+    /// Local (source) address condition.
+    pub local_prefix: Option<Prefix>,
+    /// Remote (destination) address condition.
+    pub remote_prefix: Option<Prefix>,
+    /// Local (source) port condition.
+    pub local_ports: Option<PortRange>,
+    /// Remote (destination) port condition.
+    pub remote_ports: Option<PortRange>,
+    /// DSCP or traffic type.
+    pub action: RuleAction,
+    /// Optional 802.1p priority.
+    pub pcp: Option<Pcp>,
+}
+
+/// Why a [`RuleSpec`] is not valid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuleSpecError {
+    /// The local and remote prefixes are of different address families.
+    MixedFamilies,
+    /// A prefix length is too long for its family, or host bits are set.
+    BadPrefix,
+    /// A port range has `first > last`.
+    BadPortRange,
+}
+
+impl RuleSpec {
+    /// Checks the invariants that the field types alone do not carry.
+    ///
+    /// # Errors
+    /// The first violated invariant.
+    pub fn validate(&self) -> Result<(), RuleSpecError> {
+        for p in [self.local_prefix, self.remote_prefix].into_iter().flatten() {
+            let max = match p.addr {
+                IpAddr::V4(_) => 32,
+                IpAddr::V6(_) => 128,
+            };
+            if p.len > max || !prefix_is_masked(p) {
+                return Err(RuleSpecError::BadPrefix);
+            }
+        }
+        if let (Some(a), Some(b)) = (self.local_prefix, self.remote_prefix) {
+            if a.addr.is_ipv4() != b.addr.is_ipv4() {
+                return Err(RuleSpecError::MixedFamilies);
+            }
+        }
+        for r in [self.local_ports, self.remote_ports].into_iter().flatten() {
+            if r.first > r.last {
+                return Err(RuleSpecError::BadPortRange);
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of conditions set (protocol other than `Any`, prefixes, ports): the first
+    /// tie-breaker between rules of equal precedence.
+    #[must_use]
+    pub fn condition_count(&self) -> u32 {
+        u32::from(self.protocol != RuleProtocol::Any)
+            + u32::from(self.local_prefix.is_some())
+            + u32::from(self.remote_prefix.is_some())
+            + u32::from(self.local_ports.is_some())
+            + u32::from(self.remote_ports.is_some())
+    }
+}
+
+fn prefix_is_masked(p: Prefix) -> bool {
+    match p.addr {
+        IpAddr::V4(a) => {
+            let bits = u32::from(a);
+            let mask = if p.len == 0 { 0 } else { u32::MAX << (32 - u32::from(p.len.min(32))) };
+            bits & !mask == 0
+        }
+        IpAddr::V6(a) => {
+            let bits = u128::from(a);
+            let mask = if p.len == 0 { 0 } else { u128::MAX << (128 - u32::from(p.len.min(128))) };
+            bits & !mask == 0
+        }
+    }
+}
+
+/// Rule names: a small fixed-capacity UTF-8 string so the type stays `no_std` without `alloc`.
+pub mod heapless_name {
+    use super::MAX_RULE_NAME_LEN;
+
+    /// A validated rule name (1..=64 bytes of UTF-8, no control characters).
+    #[derive(Clone, Copy, PartialEq, Eq, Hash)]
+    pub struct RuleName {
+        len: u8,
+        bytes: [u8; MAX_RULE_NAME_LEN],
+    }
+
+    /// Why a name was refused.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum NameError {
+        /// Empty name.
+        Empty,
+        /// More than 64 bytes.
+        TooLong,
+        /// Not UTF-8, or contains a control character.
+        BadCharacter,
+    }
+
+    impl RuleName {
+        /// Validates and copies a name.
+        ///
+        /// # Errors
+        /// [`NameError`] describing the first problem.
+        pub fn try_new(name: &str) -> Result<Self, NameError> {
+            if name.is_empty() {
+                return Err(NameError::Empty);
+            }
+            if name.len() > MAX_RULE_NAME_LEN {
+                return Err(NameError::TooLong);
+            }
+            if name.chars().any(char::is_control) {
+                return Err(NameError::BadCharacter);
+            }
+            let mut bytes = [0u8; MAX_RULE_NAME_LEN];
+            for (dst, src) in bytes.iter_mut().zip(name.as_bytes()) {
+                *dst = *src;
+            }
+            Ok(RuleName { len: name.len() as u8, bytes })
+        }
+
+        /// Validates raw bytes (as decoded from the wire).
+        ///
+        /// # Errors
+        /// [`NameError::BadCharacter`] when not UTF-8; otherwise as [`RuleName::try_new`].
+        pub fn from_utf8(bytes: &[u8]) -> Result<Self, NameError> {
+            let s = core::str::from_utf8(bytes).map_err(|_| NameError::BadCharacter)?;
+            Self::try_new(s)
+        }
+
+        /// The name.
+        #[must_use]
+        pub fn as_str(&self) -> &str {
+            let bytes = self.bytes.get(..usize::from(self.len)).unwrap_or_default();
+            // Constructed only from a valid `&str` of exactly `len` bytes.
+            core::str::from_utf8(bytes).unwrap_or_default()
+        }
+    }
+
+    impl core::fmt::Debug for RuleName {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            core::fmt::Debug::fmt(self.as_str(), f)
+        }
+    }
+
+    impl core::fmt::Display for RuleName {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            f.write_str(self.as_str())
+        }
+    }
+}
+
+/// The mark one traffic type maps to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TrafficTypeMark {
+    /// DSCP, or `None` for "not added" (`BestEffort` by default).
+    pub dscp: Option<Dscp>,
+    /// 802.1p, or `None` for "not added".
+    pub pcp: Option<Pcp>,
+}
+
+/// The administrator-editable traffic-type table and user privileges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TrafficTable {
+    /// Mark per traffic type, indexed by [`TrafficType::index`].
+    pub marks: [TrafficTypeMark; 6],
+    /// Bit `n` set = DSCP `n` may be set with `QOSSetOutgoingDSCPValue` by callers that are not
+    /// administrators. Default 0 (qWAVE: administrators only).
+    pub user_dscp_allow: u64,
+    /// Whether adaptive flows (added without `QOS_NON_ADAPTIVE_FLOW`) request 802.1p. qWAVE tags
+    /// only adaptive flows, and non-adaptive flows never.
+    pub tag_adaptive_flows: bool,
+}
+
+/// Identity of the caller that opened a handle, captured by the back end at open time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Caller {
+    /// Process id of the opener (0 for kernel callers).
+    pub pid: u32,
+    /// Privilege level.
+    pub privilege: Privilege,
+}
+
+/// Privilege of a caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Privilege {
+    /// Ordinary user.
+    User,
+    /// Administrators or Network Configuration Operators (Linux: uid 0 or `CAP_NET_ADMIN`).
+    Admin,
+    /// Another kernel driver through the kernel interface: trusted for DSCP values.
+    Kernel,
+}
+
+/// A control request, decoded. Handle open/close are not requests: they are the back end's
+/// `IRP_MJ_CREATE`/`IRP_MJ_CLEANUP` (Windows) or connection open/close (Linux).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Protocol version and global counters.
+    QueryStatus,
+    /// `QOSAddSocketToFlow`.
+    AddSocketToFlow {
+        /// The socket, as the back end resolved it.
+        socket: SocketInfo,
+        /// `DestAddr`, if given.
+        dest: Option<SocketAddr>,
+        /// Traffic type.
+        traffic_type: TrafficType,
+        /// 0 or [`QOS_NON_ADAPTIVE_FLOW`]; other bits → 87.
+        flags: u32,
+        /// 0 = new flow, else an existing flow of this handle.
+        flow_id: FlowId,
+    },
+    /// `QOSRemoveSocketFromFlow`: one socket (`Some`) or the whole flow (`None`).
+    RemoveSocketFromFlow {
+        /// The socket to remove, or `None` for the whole flow.
+        socket: Option<u64>,
+        /// Flow id.
+        flow_id: FlowId,
+    },
+    /// `QOSSetFlow`.
+    SetFlow {
+        /// Flow id.
+        flow_id: FlowId,
+        /// Operation and value.
+        op: SetFlow,
+    },
+    /// `QOSQueryFlow`.
+    QueryFlow {
+        /// Flow id.
+        flow_id: FlowId,
+        /// Operation.
+        op: QueryFlow,
+    },
+    /// `QOSNotifyFlow`.
+    NotifyFlow {
+        /// Flow id.
+        flow_id: FlowId,
+        /// Operation.
+        op: NotifyFlow,
+        /// Threshold for `QOSNotifyAvailable` (bit/s).
+        threshold: Option<u64>,
+    },
+    /// `QOSEnumerateFlows`: admins get every flow, others their own.
+    EnumerateFlows,
+    /// Add an admin rule (admin only).
+    AddRule(RuleSpec),
+    /// Remove an admin rule by name (admin only).
+    RemoveRule(heapless_name::RuleName),
+    /// List admin rules with counters.
+    ListRules,
+    /// Read the traffic-type table and user DSCP allow-list.
+    GetTrafficTable,
+    /// Replace the traffic-type table and user DSCP allow-list (admin only).
+    SetTrafficTable(TrafficTable),
+}
+
+/// Per-object packet counters, as reported.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CounterSnapshot {
+    /// Packets that matched.
+    pub packets: u64,
+    /// Bytes (IP length) of packets that matched.
+    pub bytes: u64,
+    /// Packets rewritten.
+    pub marked: u64,
+    /// Packets that already carried the target mark.
+    pub already_marked: u64,
+}
+
+/// Why the engine let a packet go without marking it. Each reason has its own global counter;
+/// the numeric values are part of the wire contract (index into [`StatusInfo::skipped`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum SkipReason {
+    /// No socket flow and no rule matched.
+    NoMatch = 0,
+    /// The matching flow or rule adds no mark (`BestEffort`).
+    NoMarkConfigured = 1,
+    /// Not IPv4 or IPv6.
+    NotIp = 2,
+    /// IP header malformed (bad version, IHL, lengths).
+    Malformed = 3,
+    /// Shorter than its headers claim.
+    Truncated = 4,
+    /// Transport header unreachable: ESP, AH, unknown extension header, extension chain too long.
+    TransportUnreachable = 5,
+    /// Non-first IPv4/IPv6 fragment whose first fragment was not seen (or expired).
+    FragmentUnknown = 6,
+    /// Neither TCP nor UDP.
+    OtherProtocol = 7,
+    /// Injected by qosmark itself (back end told us).
+    SelfInjected = 8,
+}
+
+impl SkipReason {
+    /// Number of reasons (length of [`StatusInfo::skipped`]).
+    pub const COUNT: usize = 9;
+
+    /// All reasons in value order.
+    pub const ALL: [SkipReason; Self::COUNT] = [
+        SkipReason::NoMatch,
+        SkipReason::NoMarkConfigured,
+        SkipReason::NotIp,
+        SkipReason::Malformed,
+        SkipReason::Truncated,
+        SkipReason::TransportUnreachable,
+        SkipReason::FragmentUnknown,
+        SkipReason::OtherProtocol,
+        SkipReason::SelfInjected,
+    ];
+
+    /// Short stable name, for logs and JSON.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            SkipReason::NoMatch => "no_match",
+            SkipReason::NoMarkConfigured => "no_mark_configured",
+            SkipReason::NotIp => "not_ip",
+            SkipReason::Malformed => "malformed",
+            SkipReason::Truncated => "truncated",
+            SkipReason::TransportUnreachable => "transport_unreachable",
+            SkipReason::FragmentUnknown => "fragment_unknown",
+            SkipReason::OtherProtocol => "other_protocol",
+            SkipReason::SelfInjected => "self_injected",
+        }
+    }
+}
+
+/// Global engine state and counters (`QueryStatus`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct StatusInfo {
+    /// Wire protocol version the engine speaks ([`crate::PROTOCOL_VERSION`]).
+    pub protocol_version: u16,
+    /// Open handles.
+    pub handles: u32,
+    /// Live flows.
+    pub flows: u32,
+    /// Registered sockets / destinations.
+    pub sockets: u32,
+    /// Admin rules.
+    pub rules: u32,
+    /// Packets classified.
+    pub packets: u64,
+    /// Packets rewritten.
+    pub marked: u64,
+    /// Packets that already carried their target mark.
+    pub already_marked: u64,
+    /// Packets left unmarked, per [`SkipReason`].
+    pub skipped: [u64; SkipReason::COUNT],
+}
+
+/// One rule as listed, with its counters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleEntry {
+    /// The rule.
+    pub spec: RuleSpec,
+    /// Its counters.
+    pub counters: CounterSnapshot,
+}
+
+/// A successful answer, decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Response {
+    /// Request done, nothing to return.
+    Done,
+    /// `QueryStatus`.
+    Status(StatusInfo),
+    /// `AddSocketToFlow`: the flow id (new or the one given).
+    FlowId(FlowId),
+    /// `QueryFlow(PacketPriority)`.
+    PacketPriority(PacketPriority),
+    /// `QueryFlow(OutgoingRate)`: bit/s.
+    OutgoingRate(u64),
+    /// `EnumerateFlows`.
+    FlowIds(alloc::vec::Vec<FlowId>),
+    /// `ListRules`, in insertion order.
+    Rules(alloc::vec::Vec<RuleEntry>),
+    /// `GetTrafficTable`.
+    TrafficTable(TrafficTable),
+}

@@ -1,0 +1,1 @@
+//! PLACEHOLDER (skeleton): packet views. Replaced by the real implementation.

@@ -1,0 +1,1 @@
+//! qosmark user-mode shim (skeleton).

@@ -91,6 +91,15 @@ impl IpSummary {
     pub fn is_complete(&self, captured_len: usize) -> bool {
         captured_len >= self.total_len
     }
+
+    /// `(source, destination)` ports when [`IpSummary::transport`] is [`Transport::Ports`].
+    #[must_use]
+    pub fn ports(&self) -> Option<(u16, u16)> {
+        match self.transport {
+            Transport::Ports { src, dst } => Some((src, dst)),
+            _ => None,
+        }
+    }
 }
 
 /// Parses the IP header(s) of `packet` (IP header first; no link-layer header).

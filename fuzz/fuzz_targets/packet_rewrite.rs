@@ -1,0 +1,109 @@
+//! Fuzz target: parse arbitrary bytes as an IP packet and as an Ethernet frame, rewrite the
+//! DSCP and PCP, and check the rewrite contract of `qosmark_engine::wire`:
+//!
+//! * nothing panics (parse, `set_dscp`, `set_pcp`);
+//! * `set_dscp` changes only the DSCP bits (the ECN bits are kept) and, on IPv4, the header
+//!   checksum bytes; after `Changed` the IPv4 header checksum is valid (checked by a full
+//!   recomputation written here); `Unchanged` and errors leave every byte as it was;
+//! * `set_pcp` changes only the PCP bits of the chosen tag.
+//!
+//! The DSCP and PCP to write are derived from the input (the wrapping sum of its bytes), so
+//! the corpus files stay plain packets.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use qosmark_engine::abi::{Dscp, Pcp};
+use qosmark_engine::wire::{parse_ethernet, parse_ip, set_dscp, set_pcp, Rewrite};
+
+/// The Internet checksum of `header` (checksum field included) is valid.
+fn checksum_ok(header: &[u8]) -> bool {
+    let mut sum: u32 = 0;
+    for pair in header.chunks(2) {
+        let hi = u32::from(pair[0]) << 8;
+        let lo = pair.get(1).map_or(0, |&b| u32::from(b));
+        sum += hi | lo;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum == 0xffff
+}
+
+fn check_dscp_rewrite(data: &[u8], dscp: Dscp) {
+    let mut packet = data.to_vec();
+    let result = set_dscp(&mut packet, dscp);
+    match result {
+        Err(_) | Ok(Rewrite::Unchanged) => {
+            assert_eq!(packet, data, "bytes changed without Changed")
+        }
+        Ok(Rewrite::Changed) => {
+            let v6 = data[0] >> 4 == 6;
+            let allowed: &[usize] = if v6 { &[0, 1] } else { &[1, 10, 11] };
+            for (i, (a, b)) in data.iter().zip(&packet).enumerate() {
+                assert!(allowed.contains(&i) || a == b, "byte {i} changed");
+            }
+            if v6 {
+                assert_eq!(data[0] & 0xf0, packet[0] & 0xf0, "version changed");
+                assert_eq!(
+                    data[1] & 0x3f,
+                    packet[1] & 0x3f,
+                    "ECN or flow label changed"
+                );
+                assert_eq!(((packet[0] & 0x0f) << 2) | (packet[1] >> 6), dscp.value());
+            } else {
+                assert_eq!(data[1] & 0x03, packet[1] & 0x03, "ECN changed");
+                assert_eq!(packet[1] >> 2, dscp.value());
+                let header_len = usize::from(packet[0] & 0x0f) * 4;
+                assert!(
+                    checksum_ok(&packet[..header_len]),
+                    "bad checksum after rewrite"
+                );
+            }
+            // Rewriting again with the same value is a no-op.
+            let again = packet.clone();
+            assert_eq!(set_dscp(&mut packet, dscp), Ok(Rewrite::Unchanged));
+            assert_eq!(packet, again);
+        }
+    }
+    // The summary, if any, agrees with what was written.
+    if let (Ok(Rewrite::Changed), Ok(summary)) = (result, parse_ip(&packet)) {
+        assert_eq!(summary.dscp, dscp);
+        assert!(summary.header_len <= packet.len());
+    }
+}
+
+fn check_pcp_rewrite(data: &[u8], pcp: Pcp) {
+    let Ok(summary) = parse_ethernet(data) else {
+        return;
+    };
+    for tag in summary.tags.iter().flatten() {
+        let mut frame = data.to_vec();
+        let result = set_pcp(&mut frame, tag.offset, pcp);
+        match result {
+            Ok(Rewrite::Changed) => {
+                for (i, (a, b)) in data.iter().zip(&frame).enumerate() {
+                    if i == tag.offset + 2 {
+                        assert_eq!(a & 0x1f, b & 0x1f, "DEI or VID changed");
+                        assert_eq!(b >> 5, pcp.value());
+                    } else {
+                        assert_eq!(a, b, "byte {i} changed");
+                    }
+                }
+            }
+            Ok(Rewrite::Unchanged) => assert_eq!(frame, data),
+            Err(e) => panic!("set_pcp failed on a tag parse_ethernet reported: {e:?}"),
+        }
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let sum = data.iter().fold(0u8, |acc, &b| acc.wrapping_add(b));
+    let dscp = Dscp::try_new(sum % 64).expect("value below 64");
+    let pcp = Pcp::try_new(sum % 8).expect("value below 8");
+
+    if let Ok(summary) = parse_ip(data) {
+        assert!(summary.header_len <= data.len());
+    }
+    check_dscp_rewrite(data, dscp);
+    check_pcp_rewrite(data, pcp);
+});

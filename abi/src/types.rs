@@ -17,7 +17,7 @@ pub const MAX_RULE_NAME_LEN: usize = 64;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OutOfRange;
 
-/// A DiffServ code point, 0..=63 (RFC 2474: the upper six bits of the IPv4 TOS / IPv6 Traffic
+/// A `DiffServ` code point, 0..=63 (RFC 2474: the upper six bits of the IPv4 TOS / IPv6 Traffic
 /// Class octet).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Dscp(u8);
@@ -301,7 +301,7 @@ pub enum RuleAction {
     TrafficType(TrafficType),
 }
 
-/// An administrator rule, the equivalent of a Windows Policy-based QoS policy. Valid by
+/// An administrator rule, the equivalent of a Windows policy-based `QoS` policy. Valid by
 /// construction only when built through [`RuleSpec::validate`] or decoded.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RuleSpec {
@@ -342,7 +342,10 @@ impl RuleSpec {
     /// # Errors
     /// The first violated invariant.
     pub fn validate(&self) -> Result<(), RuleSpecError> {
-        for p in [self.local_prefix, self.remote_prefix].into_iter().flatten() {
+        for p in [self.local_prefix, self.remote_prefix]
+            .into_iter()
+            .flatten()
+        {
             let max = match p.addr {
                 IpAddr::V4(_) => 32,
                 IpAddr::V6(_) => 128,
@@ -380,12 +383,20 @@ fn prefix_is_masked(p: Prefix) -> bool {
     match p.addr {
         IpAddr::V4(a) => {
             let bits = u32::from(a);
-            let mask = if p.len == 0 { 0 } else { u32::MAX << (32 - u32::from(p.len.min(32))) };
+            let mask = if p.len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(p.len.min(32)))
+            };
             bits & !mask == 0
         }
         IpAddr::V6(a) => {
             let bits = u128::from(a);
-            let mask = if p.len == 0 { 0 } else { u128::MAX << (128 - u32::from(p.len.min(128))) };
+            let mask = if p.len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(p.len.min(128)))
+            };
             bits & !mask == 0
         }
     }
@@ -432,7 +443,10 @@ pub mod heapless_name {
             for (dst, src) in bytes.iter_mut().zip(name.as_bytes()) {
                 *dst = *src;
             }
-            Ok(RuleName { len: name.len() as u8, bytes })
+            Ok(RuleName {
+                len: name.len() as u8,
+                bytes,
+            })
         }
 
         /// Validates raw bytes (as decoded from the wire).

@@ -22,6 +22,11 @@ use qosmark_abi::ioctl::RequestKind;
 use qosmark_abi::status::Win32Error;
 use qosmark_abi::{QueryFlow, Request, Response};
 
+/// The fuzz seed corpus, which holds a copy of every golden vector.
+fn fuzz_corpus_dir() -> std::path::PathBuf {
+    golden_dir().join("../../fuzz-abi/corpus/abi_decode")
+}
+
 fn bless() -> bool {
     std::env::var_os("QOSMARK_BLESS").is_some_and(|v| v == "1")
 }
@@ -37,12 +42,19 @@ fn golden_vectors_match_both_ways() {
         assert!(seen.insert(name), "duplicate golden name {name}");
         let path = dir.join(format!("{name}.bin"));
         let encoded = case.encode();
+        let seed_path = fuzz_corpus_dir().join(format!("{name}.bin"));
         if bless() {
             std::fs::write(&path, &encoded).unwrap();
+            std::fs::write(&seed_path, &encoded).unwrap();
         }
         let file = std::fs::read(&path)
             .unwrap_or_else(|e| panic!("{}: {e} (run with QOSMARK_BLESS=1 once)", path.display()));
         assert_eq!(encoded, file, "{name}: encode(expected) != golden file");
+        assert_eq!(
+            std::fs::read(&seed_path).ok(),
+            Some(file.clone()),
+            "{name}: fuzz seed differs"
+        );
         match &case {
             Golden::Request(expected) => {
                 assert_eq!(&codec::decode_request(&file).unwrap(), expected, "{name}");

@@ -173,9 +173,18 @@
 //!   3. buffer smaller than 24 bytes → `STATUS_BUFFER_TOO_SMALL` (→ 122), nothing copied. The
 //!      shim never does this: it always passes at least [`MIN_OUTPUT_LEN`] bytes.
 //!
+//!   The `DeviceIoControl` reference documents this outcome ("some drivers will return as much
+//!   data as fits. In this case, the call fails, `GetLastError` returns `ERROR_MORE_DATA`, and
+//!   `lpBytesReturned` indicates the amount of data received"); it is the pattern of Doron
+//!   Holan's "How to return the number of bytes required for a subsequent operation". The shim
+//!   need not trust the byte count: [`record_len`] reads the record's own length from its header.
+//!
 //!   `STATUS_BUFFER_TOO_SMALL` cannot carry the size: it is an error status, so no bytes reach
 //!   the caller. Linux transports send the same records over the socket: a successful answer, or
 //!   an Error record (required size 0 unless the code is 122).
+//!
+//! Stream transports (the Linux unix socket) frame records with [`record_len`]: read
+//! [`HEADER_LEN`] bytes, learn the record length, read the rest, then decode.
 //!
 //! Every other failure is completed on Windows with [`crate::status::ntstatus_for`] of the Win32
 //! code and no data.
@@ -1292,6 +1301,36 @@ fn decode_header(bytes: &[u8]) -> Result<(RecordKind, Reader<'_>), AbiError> {
         return Err(AbiError::ReservedNotZero);
     }
     Ok((kind, r))
+}
+
+/// The length of the record whose header starts `bytes` (at least [`HEADER_LEN`] bytes; more are
+/// ignored), for stream framing and for output buffers with an unknown byte count. Checks the
+/// magic, the version and [`HEADER_LEN`] ≤ length ≤ [`MAX_RECORD_LEN`]; the kind and the rest are
+/// left to the decoders.
+///
+/// # Errors
+/// [`AbiError::Truncated`] (fewer than 16 bytes), `BadMagic`, `BadVersion`, `BadLength` (length
+/// below 16), `TooLarge` (above [`MAX_RECORD_LEN`]).
+pub fn record_len(bytes: &[u8]) -> Result<u32, AbiError> {
+    let mut r = Reader { buf: bytes };
+    let magic = r.u32()?;
+    let version = r.u16()?;
+    let _kind = r.u16()?;
+    let _flags = r.u32()?;
+    let length = r.u32()?;
+    if magic != MAGIC {
+        return Err(AbiError::BadMagic);
+    }
+    if version != PROTOCOL_VERSION {
+        return Err(AbiError::BadVersion);
+    }
+    if length < HEADER_LEN {
+        return Err(AbiError::BadLength);
+    }
+    if length > MAX_RECORD_LEN {
+        return Err(AbiError::TooLarge);
+    }
+    Ok(length)
 }
 
 fn check_error(e: ErrorReply) -> Result<(), AbiError> {

@@ -596,3 +596,38 @@ fn size_protocol_for_short_buffers() {
         Err(AbiError::BadValue)
     );
 }
+
+#[test]
+fn record_len_frames_streams() {
+    for (name, _) in golden_cases() {
+        let b = golden(name);
+        // Header alone, header plus a partial payload, the record followed by the next one.
+        assert_eq!(
+            codec::record_len(&b[..16]),
+            Ok(u32::try_from(b.len()).unwrap()),
+            "{name}"
+        );
+        let mut two = b.clone();
+        two.extend_from_slice(&b);
+        assert_eq!(
+            codec::record_len(&two),
+            Ok(u32::try_from(b.len()).unwrap()),
+            "{name}"
+        );
+    }
+    let b = golden("resp_error_insufficient_buffer");
+    assert_eq!(codec::record_len(&b[..15]), Err(AbiError::Truncated));
+    let mut x = b.clone();
+    x[1] = 0;
+    assert_eq!(codec::record_len(&x), Err(AbiError::BadMagic));
+    let mut x = b.clone();
+    x[4] = 9;
+    assert_eq!(codec::record_len(&x), Err(AbiError::BadVersion));
+    let mut x = b.clone();
+    x[12..16].copy_from_slice(&15u32.to_le_bytes());
+    assert_eq!(codec::record_len(&x), Err(AbiError::BadLength));
+    x[12..16].copy_from_slice(&(codec::MAX_RECORD_LEN + 1).to_le_bytes());
+    assert_eq!(codec::record_len(&x), Err(AbiError::TooLarge));
+    x[12..16].copy_from_slice(&codec::MAX_RECORD_LEN.to_le_bytes());
+    assert_eq!(codec::record_len(&x), Ok(codec::MAX_RECORD_LEN));
+}

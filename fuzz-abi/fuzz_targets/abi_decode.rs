@@ -16,6 +16,7 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(out, data, "request re-encoding differs");
         let again = codec::decode_request(&out).expect("re-encoded request must decode");
         assert_eq!(again, request);
+        assert_eq!(codec::record_len(data).ok(), u32::try_from(data.len()).ok());
         let kind = RequestKind::of(&request);
         assert_eq!(codec::decode_request_for(kind, data).as_ref(), Ok(&request));
     }
@@ -26,6 +27,7 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(out, data, "answer re-encoding differs");
             let again = codec::decode_response(kind, &out).expect("re-encoded answer must decode");
             assert_eq!(again, reply);
+            assert_eq!(codec::record_len(data).ok(), u32::try_from(data.len()).ok());
         }
     }
 });

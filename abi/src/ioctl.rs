@@ -39,6 +39,13 @@
 
 use crate::types::Request;
 
+/// NT name of the control device object (`IoCreateDevice*` / `WdfDeviceInitAssignName`).
+pub const NT_DEVICE_NAME: &str = "\\Device\\QosMark";
+/// Symbolic link created for it (`IoCreateSymbolicLink`).
+pub const DOS_DEVICE_NAME: &str = "\\DosDevices\\QosMark";
+/// Path user mode opens with `CreateFileW`.
+pub const USER_DEVICE_PATH: &str = "\\\\.\\QosMark";
+
 /// `FILE_DEVICE_NETWORK` (`winioctl.h`).
 pub const FILE_DEVICE_NETWORK: u16 = 0x0012;
 /// `METHOD_BUFFERED` (`winioctl.h`).
@@ -347,6 +354,13 @@ mod tests {
         }
         assert_eq!(request_kind(0), None);
         assert_eq!(request_kind(u32::MAX), None);
+    }
+
+    #[test]
+    fn device_names() {
+        assert_eq!(NT_DEVICE_NAME.as_bytes(), br"\Device\QosMark");
+        assert_eq!(DOS_DEVICE_NAME.as_bytes(), br"\DosDevices\QosMark");
+        assert_eq!(USER_DEVICE_PATH.as_bytes(), br"\\.\QosMark");
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub struct Win32Error(pub u32);
 impl Win32Error {
     /// `ERROR_SUCCESS`.
     pub const SUCCESS: Self = Self(0);
+    /// `ERROR_INVALID_FUNCTION`.
+    pub const INVALID_FUNCTION: Self = Self(1);
     /// `ERROR_ACCESS_DENIED`.
     pub const ACCESS_DENIED: Self = Self(5);
     /// `ERROR_INVALID_HANDLE`.
@@ -137,6 +139,9 @@ impl NtStatus {
     pub const INVALID_HANDLE: Self = nt(0xC000_0008);
     /// `STATUS_INVALID_PARAMETER` → `ERROR_INVALID_PARAMETER` (87).
     pub const INVALID_PARAMETER: Self = nt(0xC000_000D);
+    /// `STATUS_INVALID_DEVICE_REQUEST` → `ERROR_INVALID_FUNCTION` (1): an IOCTL code that is
+    /// not one of ours.
+    pub const INVALID_DEVICE_REQUEST: Self = nt(0xC000_0010);
     /// `STATUS_NO_MEMORY` → `ERROR_NOT_ENOUGH_MEMORY` (8).
     pub const NO_MEMORY: Self = nt(0xC000_0017);
     /// `STATUS_ACCESS_DENIED` → `ERROR_ACCESS_DENIED` (5).
@@ -235,12 +240,16 @@ impl NtStatus {
 /// `ERROR_MORE_DATA` and `STATUS_PENDING` → `ERROR_IO_PENDING` are in the same tables
 /// (`table_80000001`, `table_00000102`). The first status listed for a code is the one
 /// [`ntstatus_for`] chooses.
-const NAMED: [(NtStatus, Win32Error); 27] = [
+const NAMED: [(NtStatus, Win32Error); 28] = [
     (NtStatus::PENDING, Win32Error::IO_PENDING),
     (NtStatus::BUFFER_OVERFLOW, Win32Error::MORE_DATA),
     (NtStatus::UNSUCCESSFUL, Win32Error::GEN_FAILURE),
     (NtStatus::INVALID_HANDLE, Win32Error::INVALID_HANDLE),
     (NtStatus::INVALID_PARAMETER, Win32Error::INVALID_PARAMETER),
+    (
+        NtStatus::INVALID_DEVICE_REQUEST,
+        Win32Error::INVALID_FUNCTION,
+    ),
     (NtStatus::NO_MEMORY, Win32Error::NOT_ENOUGH_MEMORY),
     (NtStatus::ACCESS_DENIED, Win32Error::ACCESS_DENIED),
     (NtStatus::BUFFER_TOO_SMALL, Win32Error::INSUFFICIENT_BUFFER),
@@ -330,12 +339,13 @@ mod tests {
 
     /// `(NTSTATUS, Win32)` pairs written out as literals from Wine's `dlls/ntdll/error.c` tables
     /// (and the WRK rule for 0x8007xxxx), independent of the constants above.
-    const ORACLE: [(u32, u32); 27] = [
+    const ORACLE: [(u32, u32); 28] = [
         (0x0000_0103, 997),  // STATUS_PENDING -> ERROR_IO_PENDING
         (0x8000_0005, 234),  // STATUS_BUFFER_OVERFLOW -> ERROR_MORE_DATA
         (0xC000_0001, 31),   // STATUS_UNSUCCESSFUL -> ERROR_GEN_FAILURE
         (0xC000_0008, 6),    // STATUS_INVALID_HANDLE
         (0xC000_000D, 87),   // STATUS_INVALID_PARAMETER
+        (0xC000_0010, 1),    // STATUS_INVALID_DEVICE_REQUEST -> ERROR_INVALID_FUNCTION
         (0xC000_0017, 8),    // STATUS_NO_MEMORY -> ERROR_NOT_ENOUGH_MEMORY
         (0xC000_0022, 5),    // STATUS_ACCESS_DENIED
         (0xC000_0023, 122),  // STATUS_BUFFER_TOO_SMALL -> ERROR_INSUFFICIENT_BUFFER

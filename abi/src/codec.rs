@@ -201,10 +201,10 @@ use crate::ioctl::RequestKind;
 use crate::status::{NtStatus, Win32Error};
 use crate::types::heapless_name::RuleName;
 use crate::types::{
-    CounterSnapshot, Dscp, Family, FlowRate, NotifyFlow, PacketPriority, Pcp, PortRange, Prefix,
-    Protocol, QueryFlow, Request, Response, RuleAction, RuleEntry, RuleProtocol, RuleSpec, SetFlow,
-    Shaping, SkipReason, SocketInfo, StatusInfo, TrafficTable, TrafficType, TrafficTypeMark,
-    MAX_RULE_NAME_LEN,
+    CounterSnapshot, Dscp, Family, FlowRate, NotifyFlow, OutOfRange, PacketPriority, Pcp,
+    PortRange, Prefix, Protocol, QueryFlow, Request, Response, RuleAction, RuleEntry, RuleProtocol,
+    RuleSpec, SetFlow, Shaping, SkipReason, SocketInfo, StatusInfo, TrafficTable, TrafficType,
+    TrafficTypeMark, MAX_RULE_NAME_LEN,
 };
 use crate::PROTOCOL_VERSION;
 
@@ -1064,7 +1064,7 @@ impl<'a> Reader<'a> {
             _ => return Err(AbiError::BadValue),
         };
         let pcp_present = self.flag()?;
-        let pcp = self.optional_pcp(pcp_present)?;
+        let pcp = self.optional_byte(pcp_present, Pcp::try_new)?;
         let local_prefix_present = self.flag()?;
         let remote_prefix_present = self.flag()?;
         let local_ports_present = self.flag()?;
@@ -1089,22 +1089,16 @@ impl<'a> Reader<'a> {
         Ok(spec)
     }
 
-    /// A PCP byte after its presence flag: 0..=7 when present, 0 when absent.
-    fn optional_pcp(&mut self, present: bool) -> Result<Option<Pcp>, AbiError> {
+    /// A bounded byte (DSCP, PCP) after its presence flag: checked by `make` when present, zero
+    /// when absent.
+    fn optional_byte<T>(
+        &mut self,
+        present: bool,
+        make: fn(u8) -> Result<T, OutOfRange>,
+    ) -> Result<Option<T>, AbiError> {
         let v = self.u8()?;
         if present {
-            Pcp::try_new(v).map(Some).map_err(|_| AbiError::BadValue)
-        } else if v == 0 {
-            Ok(None)
-        } else {
-            Err(AbiError::ReservedNotZero)
-        }
-    }
-
-    fn optional_dscp(&mut self, present: bool) -> Result<Option<Dscp>, AbiError> {
-        let v = self.u8()?;
-        if present {
-            Dscp::try_new(v).map(Some).map_err(|_| AbiError::BadValue)
+            make(v).map(Some).map_err(|_| AbiError::BadValue)
         } else if v == 0 {
             Ok(None)
         } else {
@@ -1129,9 +1123,9 @@ impl<'a> Reader<'a> {
         let mut marks = [empty; 6];
         for m in &mut marks {
             let dscp_present = self.flag()?;
-            let dscp = self.optional_dscp(dscp_present)?;
+            let dscp = self.optional_byte(dscp_present, Dscp::try_new)?;
             let pcp_present = self.flag()?;
-            let pcp = self.optional_pcp(pcp_present)?;
+            let pcp = self.optional_byte(pcp_present, Pcp::try_new)?;
             *m = TrafficTypeMark { dscp, pcp };
         }
         let user_dscp_allow = self.u64()?;

@@ -1,1 +1,1499 @@
-//! (see crate docs)
+//! The wire format: versioned little-endian records carried by the IOCTLs (Windows) and the unix
+//! socket (Linux).
+//!
+//! A protocol, not a struct cast: every field has a fixed width and a fixed offset, integers are
+//! little-endian, nothing is `usize` or a pointer, and bytes become values only through
+//! [`decode_request`] / [`decode_response`], which check every byte and never panic.
+//!
+//! # Record header (16 bytes, every request and every answer)
+//!
+//! ```text
+//!  0               4       6       8               12              16
+//! +---------------+-------+-------+---------------+---------------+
+//! | magic u32     |version| kind  | flags u32     | length u32    |  payload ...
+//! | "QMRK"        | u16   | u16   | must be 0     | header+payload|
+//! +---------------+-------+-------+---------------+---------------+
+//! ```
+//!
+//! * `magic` = [`MAGIC`], the bytes `51 4D 52 4B` ("QMRK").
+//! * `version` = [`crate::PROTOCOL_VERSION`]; any other value is refused.
+//! * `kind` = [`RecordKind`]: requests 0x0001..=0x000C, answers 0x8001..=0x8008, error 0x80FF.
+//! * `flags` is reserved and must be 0.
+//! * `length` is the whole record, header included, and must equal the buffer length.
+//!
+//! # Common fields
+//!
+//! Ports are plain little-endian `u16` like every other integer (not network order); address
+//! bytes are the address octets in their usual order. "zero" = must be zero, else
+//! [`AbiError::ReservedNotZero`]. Booleans and presence flags are one byte, 0 or 1
+//! (else [`AbiError::BadValue`]); the slot of an absent value is all zero.
+//!
+//! ```text
+//! ADDRESS (28 bytes) — a socket address
+//!  0     1     2         4            8            12                         28
+//! +-----+-----+---------+------------+------------+--------------------------+
+//! | fam |zero | port u16| flowinfo   | scope_id   | address [16]             |
+//! | 4|6 |     |         | u32 (v6)   | u32 (v6)   | v4: 4 octets + 12 zero   |
+//! +-----+-----+---------+------------+------------+--------------------------+
+//! For fam 4, flowinfo and scope_id are zero.
+//!
+//! PREFIX (20 bytes)
+//!  0     1     2         4                          20
+//! +-----+-----+---------+--------------------------+
+//! | fam | len | zero    | address [16]             |  len <= 32 (v4) / 128 (v6),
+//! +-----+-----+---------+--------------------------+  host bits zero
+//!
+//! NAME (68 bytes) — a rule name
+//!  0     1           4                                  68
+//! +-----+-----------+----------------------------------+
+//! | len | zero [3]  | UTF-8 bytes [64], zero after len |  len 1..=64, no control chars
+//! +-----+-----------+----------------------------------+
+//!
+//! RULE SPEC (128 bytes)
+//!   0 NAME (68)
+//!  68 u8 precedence          69 u8 protocol: 0 any, 6 TCP, 17 UDP
+//!  70 u8 action: 0 DSCP, 1 traffic type          71 u8 action value (DSCP 0..=63 / type 0..=5)
+//!  72 u8 pcp present         73 u8 pcp (0..=7)
+//!  74 u8 local prefix present   75 u8 remote prefix present
+//!  76 u8 local ports present    77 u8 remote ports present     78 u16 zero
+//!  80 PREFIX local (20)     100 PREFIX remote (20)
+//! 120 u16 local first, u16 local last        124 u16 remote first, u16 remote last
+//!     (first <= last; both prefixes of one family)
+//!
+//! COUNTERS (32 bytes): u64 packets, u64 bytes, u64 marked, u64 already_marked
+//!
+//! TRAFFIC TABLE (40 bytes)
+//!   0 6 x { u8 dscp present, u8 dscp (0..=63), u8 pcp present, u8 pcp (0..=7) }
+//!     indexed by QOS_TRAFFIC_TYPE value
+//!  24 u64 user DSCP allow-list (bit n = DSCP n)
+//!  32 u8 tag adaptive flows (0|1)     33 zero [7]
+//! ```
+//!
+//! # Requests (payload after the header)
+//!
+//! ```text
+//! 0x0001 QueryStatus, 0x0007 EnumerateFlows, 0x000A ListRules, 0x000B GetTrafficTable:
+//!        no payload (record length 16)
+//!
+//! 0x0002 AddSocketToFlow (108)
+//!   0 u64 socket     8 u8 family 4|6     9 u8 protocol 6|17
+//!  10 u8 peer present      11 u8 dest present
+//!  12 u32 traffic type (0..=5)     16 u32 flags (as given)     20 u32 flow id (0 = new)
+//!  24 ADDRESS local     52 ADDRESS peer     80 ADDRESS dest
+//!
+//! 0x0003 RemoveSocketFromFlow (16)
+//!   0 u64 socket (0 if absent)   8 u8 socket present   9 zero [3]   12 u32 flow id
+//!
+//! 0x0004 SetFlow (24)
+//!   0 u32 flow id     4 u32 operation (QOS_SET_FLOW)
+//!   op 0 SetTrafficType:      8 u32 traffic type (0..=5)          12 zero [12]
+//!   op 1 SetOutgoingRate:     8 u64 bandwidth  16 u32 shaping (0..=2)  20 u32 reason (as given)
+//!   op 2 SetOutgoingDSCPValue: 8 u32 DSCP DWORD (as given: the engine refuses > 63 with 87,
+//!                              as qWAVE does)  12 zero [12]
+//!
+//! 0x0005 QueryFlow (8):   0 u32 flow id   4 u32 operation (QOS_QUERY_FLOW, 0..=2)
+//!
+//! 0x0006 NotifyFlow (24)
+//!   0 u32 flow id   4 u32 operation (QOS_NOTIFY_FLOW, 0..=2)   8 u8 threshold present
+//!   9 zero [7]     16 u64 threshold (bit/s)
+//!
+//! 0x0008 AddRule (128):          RULE SPEC
+//! 0x0009 RemoveRule (68):        NAME
+//! 0x000C SetTrafficTable (40):   TRAFFIC TABLE
+//! ```
+//!
+//! # Answers
+//!
+//! ```text
+//! 0x8001 Done (0)
+//! 0x8002 Status (120)
+//!   0 u16 protocol version   2 zero [2]   4 u32 handles   8 u32 flows   12 u32 sockets
+//!  16 u32 rules   20 zero [4]   24 u64 packets   32 u64 marked   40 u64 already marked
+//!  48 u64 skipped[9], indexed by SkipReason value
+//! 0x8003 FlowId (4):          0 u32 flow id (never 0)
+//! 0x8004 PacketPriority (16): 0 u32 conformant DSCP  4 u32 non-conformant DSCP
+//!                             8 u32 conformant 802.1p  12 u32 non-conformant 802.1p
+//! 0x8005 OutgoingRate (8):    0 u64 bit/s
+//! 0x8006 FlowIds (8 + 4n):    0 u32 n (<= 65536)  4 zero [4]  8 n x u32 flow id (never 0)
+//! 0x8007 Rules (8 + 160n):    0 u32 n (<= 4096)   4 zero [4]  8 n x { RULE SPEC, COUNTERS }
+//! 0x8008 TrafficTable (40):   TRAFFIC TABLE
+//!
+//! 0x80FF Error (8)
+//!   0 u32 Win32 error code (non-zero)
+//!   4 u32 required size: the record length that would fit; non-zero only with 122
+//! ```
+//!
+//! Which answer a request may get ([`answers`]): QueryStatus → Status; AddSocketToFlow →
+//! FlowId; QueryFlow → PacketPriority or OutgoingRate; EnumerateFlows → FlowIds; ListRules →
+//! Rules; GetTrafficTable → TrafficTable; every other request → Done. Any request may get Error.
+//!
+//! # Errors and limits
+//!
+//! Checks run in this order: buffer shorter than a header → [`AbiError::Truncated`]; magic →
+//! `BadMagic`; version → `BadVersion`; header length ≠ buffer length → `BadLength`; length above
+//! [`MAX_RECORD_LEN`] → `TooLarge`; unknown kind, or a kind not allowed here → `BadKind`; flags
+//! ≠ 0 → `ReservedNotZero`; then the payload field by field: payload too short → `Truncated`,
+//! too long → `TrailingBytes`, a value out of range → `BadValue`, a reserved byte or absent slot
+//! not zero → `ReservedNotZero`, a list count above its cap → `TooLarge`.
+//!
+//! Lists are capped: at most [`MAX_FLOW_IDS`] (65 536) flow ids and [`MAX_RULES`] (4 096) rules
+//! per answer, so a record is never longer than [`MAX_RECORD_LEN`] (655 384 bytes) and decoding
+//! never allocates more than the input's own size. Allocation is fallible
+//! ([`AbiError::OutOfMemory`]).
+//!
+//! Every [`AbiError`] is reported to the caller as `ERROR_INVALID_PARAMETER` (87) — a malformed
+//! record is a bad parameter, whatever the detail — except `OutOfMemory`, which is
+//! `ERROR_NOT_ENOUGH_MEMORY` (8) because the record was fine.
+//!
+//! The encoding is canonical: each value has exactly one encoding, so a record that decodes
+//! re-encodes to the same bytes. Encoders refuse values that would not decode (an invalid
+//! [`RuleSpec`], flow id 0 in an answer, too many list entries).
+//!
+//! # Short output buffers (size protocol)
+//!
+//! With `METHOD_BUFFERED`, the I/O manager copies `IoStatus.Information` bytes from the system
+//! buffer to the caller's output buffer only when the IRP completes with a success or a warning
+//! status; after an error status nothing is copied and `Information` is not reported (Microsoft,
+//! "Handling IRPs: What Every Driver Writer Needs to Know", I/O status).
+//!
+//! * **Fixed-size answers** (QueryFlow results, FlowId, Status, TrafficTable): the shim checks the
+//!   QOS2 caller's `*Size` before it sends the request (122 with `*Size` = required, no IOCTL),
+//!   and always gives the driver an output buffer large enough for the whole answer record.
+//! * **Variable answers** (EnumerateFlows, ListRules) and, uniformly, any answer that does not fit
+//!   ([`encode_response_for_buffer`]):
+//!   1. answer fits → `STATUS_SUCCESS`, `Information` = record length.
+//!   2. does not fit, but the buffer holds [`ERROR_RECORD_LEN`] (24) bytes → the driver writes an
+//!      Error record { 122 `ERROR_INSUFFICIENT_BUFFER`, required size = full answer record
+//!      length } and completes with **`STATUS_BUFFER_OVERFLOW` (0x8000_0005)**, `Information` =
+//!      24. It is a warning, so the I/O manager copies the 24 bytes; `RtlNtStatusToDosError`
+//!      maps it to `ERROR_MORE_DATA` (234), so `DeviceIoControl` / `GetOverlappedResult`
+//!      return `FALSE` with 234 and the byte count 24. The shim decodes the Error record and
+//!      reports **122 (`ERROR_INSUFFICIENT_BUFFER`) with `*Size` = the QOS2 size** derived from
+//!      `required_size` (for EnumerateFlows: (`required_size` − 24) bytes of `QOS_FLOWID`).
+//!   3. buffer smaller than 24 bytes → `STATUS_BUFFER_TOO_SMALL` (→ 122), nothing copied. The
+//!      shim never does this: it always passes at least [`MIN_OUTPUT_LEN`] bytes.
+//!
+//!   The `DeviceIoControl` reference documents this outcome ("some drivers will return as much
+//!   data as fits. In this case, the call fails, `GetLastError` returns `ERROR_MORE_DATA`, and
+//!   `lpBytesReturned` indicates the amount of data received"); it is the pattern of Doron
+//!   Holan's "How to return the number of bytes required for a subsequent operation". The shim
+//!   need not trust the byte count: [`record_len`] reads the record's own length from its header.
+//!
+//!   `STATUS_BUFFER_TOO_SMALL` cannot carry the size: it is an error status, so no bytes reach
+//!   the caller. Linux transports send the same records over the socket: a successful answer, or
+//!   an Error record (required size 0 unless the code is 122).
+//!
+//! Stream transports (the Linux unix socket) frame records with [`record_len`]: read
+//! [`HEADER_LEN`] bytes, learn the record length, read the rest, then decode.
+//!
+//! Every other failure is completed on Windows with [`crate::status::ntstatus_for`] of the Win32
+//! code and no data.
+
+#![allow(
+    clippy::doc_markdown,
+    reason = "record and field names in the prose and diagrams are protocol names, not code"
+)]
+
+use alloc::vec::Vec;
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+
+use crate::ioctl::RequestKind;
+use crate::status::{NtStatus, Win32Error};
+use crate::types::heapless_name::RuleName;
+use crate::types::{
+    CounterSnapshot, Dscp, Family, FlowRate, NotifyFlow, OutOfRange, PacketPriority, Pcp,
+    PortRange, Prefix, Protocol, QueryFlow, Request, Response, RuleAction, RuleEntry, RuleProtocol,
+    RuleSpec, SetFlow, Shaping, SkipReason, SocketInfo, StatusInfo, TrafficTable, TrafficType,
+    TrafficTypeMark, MAX_RULE_NAME_LEN,
+};
+use crate::PROTOCOL_VERSION;
+
+/// Record magic: the bytes `51 4D 52 4B` ("QMRK") read as a little-endian `u32`.
+pub const MAGIC: u32 = u32::from_le_bytes(*b"QMRK");
+/// Length of the record header.
+pub const HEADER_LEN: u32 = 16;
+/// Length of an ADDRESS field.
+pub const ADDRESS_LEN: u32 = 28;
+/// Length of a PREFIX field.
+pub const PREFIX_LEN: u32 = 20;
+/// Length of a NAME field.
+pub const NAME_LEN: u32 = 68;
+/// Length of a RULE SPEC field.
+pub const RULE_SPEC_LEN: u32 = 128;
+/// Length of a COUNTERS field.
+pub const COUNTERS_LEN: u32 = 32;
+/// Length of one entry of a Rules answer (RULE SPEC + COUNTERS).
+pub const RULE_ENTRY_LEN: u32 = RULE_SPEC_LEN + COUNTERS_LEN;
+/// Length of a TRAFFIC TABLE field.
+pub const TRAFFIC_TABLE_LEN: u32 = 40;
+/// Length of the count + reserved prefix of a list answer.
+pub const LIST_HEADER_LEN: u32 = 8;
+/// Length of a whole Error record.
+pub const ERROR_RECORD_LEN: u32 = HEADER_LEN + 8;
+/// Smallest output buffer a client must offer: room for an Error record.
+pub const MIN_OUTPUT_LEN: u32 = ERROR_RECORD_LEN;
+/// Most flow ids in one FlowIds answer.
+pub const MAX_FLOW_IDS: u32 = 65_536;
+/// Most rules in one Rules answer.
+pub const MAX_RULES: u32 = 4_096;
+/// Longest record (a Rules answer with [`MAX_RULES`] entries): 655 384 bytes.
+pub const MAX_RECORD_LEN: u32 = HEADER_LEN + LIST_HEADER_LEN + MAX_RULES * RULE_ENTRY_LEN;
+
+/// Why bytes are not a valid record, or a value cannot be encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AbiError {
+    /// Fewer bytes than the header or the payload layout needs.
+    Truncated,
+    /// The magic is not [`MAGIC`].
+    BadMagic,
+    /// The version is not [`crate::PROTOCOL_VERSION`].
+    BadVersion,
+    /// The header length differs from the buffer length.
+    BadLength,
+    /// Unknown record kind, or a kind not valid here (a response where a request is expected,
+    /// an answer that does not answer this request, a request for another IOCTL).
+    BadKind,
+    /// A reserved field, padding byte or absent-value slot is not zero.
+    ReservedNotZero,
+    /// A field is out of range: enum value, DSCP > 63, PCP > 7, family, prefix length or host
+    /// bits, port range with first > last, mixed prefix families, presence flag other than 0/1,
+    /// bad rule name, flow id 0 in an answer, bad error record.
+    BadValue,
+    /// The payload is longer than its layout.
+    TrailingBytes,
+    /// A length or list count above its limit.
+    TooLarge,
+    /// An allocation failed.
+    OutOfMemory,
+}
+
+impl AbiError {
+    /// The Win32 code reported for this error: `ERROR_INVALID_PARAMETER` (87) for every malformed
+    /// record, `ERROR_NOT_ENOUGH_MEMORY` (8) for [`AbiError::OutOfMemory`].
+    #[must_use]
+    pub const fn win32(self) -> Win32Error {
+        match self {
+            AbiError::OutOfMemory => Win32Error::NOT_ENOUGH_MEMORY,
+            AbiError::Truncated
+            | AbiError::BadMagic
+            | AbiError::BadVersion
+            | AbiError::BadLength
+            | AbiError::BadKind
+            | AbiError::ReservedNotZero
+            | AbiError::BadValue
+            | AbiError::TrailingBytes
+            | AbiError::TooLarge => Win32Error::INVALID_PARAMETER,
+        }
+    }
+}
+
+/// The `kind` field of a record header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum RecordKind {
+    /// Request [`Request::QueryStatus`].
+    QueryStatus = 0x0001,
+    /// Request [`Request::AddSocketToFlow`].
+    AddSocketToFlow = 0x0002,
+    /// Request [`Request::RemoveSocketFromFlow`].
+    RemoveSocketFromFlow = 0x0003,
+    /// Request [`Request::SetFlow`].
+    SetFlow = 0x0004,
+    /// Request [`Request::QueryFlow`].
+    QueryFlow = 0x0005,
+    /// Request [`Request::NotifyFlow`].
+    NotifyFlow = 0x0006,
+    /// Request [`Request::EnumerateFlows`].
+    EnumerateFlows = 0x0007,
+    /// Request [`Request::AddRule`].
+    AddRule = 0x0008,
+    /// Request [`Request::RemoveRule`].
+    RemoveRule = 0x0009,
+    /// Request [`Request::ListRules`].
+    ListRules = 0x000A,
+    /// Request [`Request::GetTrafficTable`].
+    GetTrafficTable = 0x000B,
+    /// Request [`Request::SetTrafficTable`].
+    SetTrafficTable = 0x000C,
+    /// Answer [`Response::Done`].
+    Done = 0x8001,
+    /// Answer [`Response::Status`].
+    Status = 0x8002,
+    /// Answer [`Response::FlowId`].
+    FlowId = 0x8003,
+    /// Answer [`Response::PacketPriority`].
+    PacketPriority = 0x8004,
+    /// Answer [`Response::OutgoingRate`].
+    OutgoingRate = 0x8005,
+    /// Answer [`Response::FlowIds`].
+    FlowIds = 0x8006,
+    /// Answer [`Response::Rules`].
+    Rules = 0x8007,
+    /// Answer [`Response::TrafficTable`].
+    TrafficTable = 0x8008,
+    /// Error answer ([`ErrorReply`]).
+    Error = 0x80FF,
+}
+
+impl RecordKind {
+    /// The kind with this wire value.
+    #[must_use]
+    pub const fn from_u16(value: u16) -> Option<RecordKind> {
+        Some(match value {
+            0x0001 => RecordKind::QueryStatus,
+            0x0002 => RecordKind::AddSocketToFlow,
+            0x0003 => RecordKind::RemoveSocketFromFlow,
+            0x0004 => RecordKind::SetFlow,
+            0x0005 => RecordKind::QueryFlow,
+            0x0006 => RecordKind::NotifyFlow,
+            0x0007 => RecordKind::EnumerateFlows,
+            0x0008 => RecordKind::AddRule,
+            0x0009 => RecordKind::RemoveRule,
+            0x000A => RecordKind::ListRules,
+            0x000B => RecordKind::GetTrafficTable,
+            0x000C => RecordKind::SetTrafficTable,
+            0x8001 => RecordKind::Done,
+            0x8002 => RecordKind::Status,
+            0x8003 => RecordKind::FlowId,
+            0x8004 => RecordKind::PacketPriority,
+            0x8005 => RecordKind::OutgoingRate,
+            0x8006 => RecordKind::FlowIds,
+            0x8007 => RecordKind::Rules,
+            0x8008 => RecordKind::TrafficTable,
+            0x80FF => RecordKind::Error,
+            _ => return None,
+        })
+    }
+
+    /// The wire value.
+    #[must_use]
+    pub const fn value(self) -> u16 {
+        self as u16
+    }
+
+    /// The record kind of a request kind.
+    #[must_use]
+    pub const fn of_request(kind: RequestKind) -> RecordKind {
+        match kind {
+            RequestKind::QueryStatus => RecordKind::QueryStatus,
+            RequestKind::AddSocketToFlow => RecordKind::AddSocketToFlow,
+            RequestKind::RemoveSocketFromFlow => RecordKind::RemoveSocketFromFlow,
+            RequestKind::SetFlow => RecordKind::SetFlow,
+            RequestKind::QueryFlow => RecordKind::QueryFlow,
+            RequestKind::NotifyFlow => RecordKind::NotifyFlow,
+            RequestKind::EnumerateFlows => RecordKind::EnumerateFlows,
+            RequestKind::AddRule => RecordKind::AddRule,
+            RequestKind::RemoveRule => RecordKind::RemoveRule,
+            RequestKind::ListRules => RecordKind::ListRules,
+            RequestKind::GetTrafficTable => RecordKind::GetTrafficTable,
+            RequestKind::SetTrafficTable => RecordKind::SetTrafficTable,
+        }
+    }
+
+    /// The record kind of an answer.
+    #[must_use]
+    pub const fn of_response(response: &Response) -> RecordKind {
+        match response {
+            Response::Done => RecordKind::Done,
+            Response::Status(_) => RecordKind::Status,
+            Response::FlowId(_) => RecordKind::FlowId,
+            Response::PacketPriority(_) => RecordKind::PacketPriority,
+            Response::OutgoingRate(_) => RecordKind::OutgoingRate,
+            Response::FlowIds(_) => RecordKind::FlowIds,
+            Response::Rules(_) => RecordKind::Rules,
+            Response::TrafficTable(_) => RecordKind::TrafficTable,
+        }
+    }
+}
+
+/// Whether an answer of kind `record` is a valid answer to a request of kind `request`
+/// (an Error record answers every request).
+#[must_use]
+pub const fn answers(request: RequestKind, record: RecordKind) -> bool {
+    matches!(
+        (request, record),
+        (_, RecordKind::Error)
+            | (RequestKind::QueryStatus, RecordKind::Status)
+            | (RequestKind::AddSocketToFlow, RecordKind::FlowId)
+            | (
+                RequestKind::QueryFlow,
+                RecordKind::PacketPriority | RecordKind::OutgoingRate
+            )
+            | (RequestKind::EnumerateFlows, RecordKind::FlowIds)
+            | (RequestKind::ListRules, RecordKind::Rules)
+            | (RequestKind::GetTrafficTable, RecordKind::TrafficTable)
+            | (
+                RequestKind::RemoveSocketFromFlow
+                    | RequestKind::SetFlow
+                    | RequestKind::NotifyFlow
+                    | RequestKind::AddRule
+                    | RequestKind::RemoveRule
+                    | RequestKind::SetTrafficTable,
+                RecordKind::Done
+            )
+    )
+}
+
+/// An error answer: what the Linux transport sends for a failed request, and what the driver
+/// writes (with `STATUS_BUFFER_OVERFLOW`) when an answer does not fit the output buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ErrorReply {
+    /// The Win32 error code (never 0).
+    pub win32: Win32Error,
+    /// With `ERROR_INSUFFICIENT_BUFFER` (122): the length of the answer record that would fit;
+    /// 0 otherwise.
+    pub required_size: u32,
+}
+
+/// A decoded answer: a response or an error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// The request succeeded.
+    Response(Response),
+    /// The request failed.
+    Error(ErrorReply),
+}
+
+// ------------------------------------------------------------------------------------------
+// Sizes
+
+const fn payload_len_of_request(request: &Request) -> u32 {
+    match request {
+        Request::QueryStatus
+        | Request::EnumerateFlows
+        | Request::ListRules
+        | Request::GetTrafficTable => 0,
+        Request::AddSocketToFlow { .. } => 24 + 3 * ADDRESS_LEN,
+        Request::RemoveSocketFromFlow { .. } => 16,
+        Request::SetFlow { .. } | Request::NotifyFlow { .. } => 24,
+        Request::QueryFlow { .. } => 8,
+        Request::AddRule(_) => RULE_SPEC_LEN,
+        Request::RemoveRule(_) => NAME_LEN,
+        Request::SetTrafficTable(_) => TRAFFIC_TABLE_LEN,
+    }
+}
+
+/// Length of the encoded record of `request`.
+#[must_use]
+pub const fn request_size(request: &Request) -> u32 {
+    HEADER_LEN + payload_len_of_request(request)
+}
+
+/// Bytes of a list answer of `count` entries of `entry` bytes, saturating.
+fn list_len(count: usize, entry: u32) -> u32 {
+    let count = u32::try_from(count).unwrap_or(u32::MAX);
+    HEADER_LEN
+        .saturating_add(LIST_HEADER_LEN)
+        .saturating_add(count.saturating_mul(entry))
+}
+
+/// Length of the encoded record of `response` (header included): the `required_size` of the
+/// size protocol. Saturates at `u32::MAX` for lists too long to encode.
+#[must_use]
+pub fn required_size(response: &Response) -> u32 {
+    match response {
+        Response::Done => HEADER_LEN,
+        Response::Status(_) => HEADER_LEN + STATUS_LEN,
+        Response::FlowId(_) => HEADER_LEN + 4,
+        Response::PacketPriority(_) => HEADER_LEN + 16,
+        Response::OutgoingRate(_) => HEADER_LEN + 8,
+        Response::FlowIds(ids) => list_len(ids.len(), 4),
+        Response::Rules(rules) => list_len(rules.len(), RULE_ENTRY_LEN),
+        Response::TrafficTable(_) => HEADER_LEN + TRAFFIC_TABLE_LEN,
+    }
+}
+
+const STATUS_LEN: u32 = 48 + 8 * SkipReason::COUNT as u32;
+
+// ------------------------------------------------------------------------------------------
+// Writer
+
+/// Appends fields to a vector whose capacity was reserved up front, so no write allocates.
+struct Writer<'a> {
+    out: &'a mut Vec<u8>,
+}
+
+impl Writer<'_> {
+    fn u8(&mut self, v: u8) {
+        self.out.push(v);
+    }
+    fn u16(&mut self, v: u16) {
+        self.out.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u32(&mut self, v: u32) {
+        self.out.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.out.extend_from_slice(&v.to_le_bytes());
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.out.extend_from_slice(b);
+    }
+    fn zeros(&mut self, n: usize) {
+        self.out.extend(core::iter::repeat_n(0u8, n));
+    }
+    fn flag(&mut self, present: bool) {
+        self.u8(u8::from(present));
+    }
+
+    fn address(&mut self, a: Option<&SocketAddr>) {
+        match a {
+            None => self.zeros(ADDRESS_LEN as usize),
+            Some(SocketAddr::V4(a)) => {
+                self.u8(4);
+                self.u8(0);
+                self.u16(a.port());
+                self.u32(0);
+                self.u32(0);
+                self.bytes(&a.ip().octets());
+                self.zeros(12);
+            }
+            Some(SocketAddr::V6(a)) => {
+                self.u8(6);
+                self.u8(0);
+                self.u16(a.port());
+                self.u32(a.flowinfo());
+                self.u32(a.scope_id());
+                self.bytes(&a.ip().octets());
+            }
+        }
+    }
+
+    fn prefix(&mut self, p: Option<&Prefix>) {
+        match p {
+            None => self.zeros(PREFIX_LEN as usize),
+            Some(p) => match p.addr {
+                IpAddr::V4(a) => {
+                    self.u8(4);
+                    self.u8(p.len);
+                    self.u16(0);
+                    self.bytes(&a.octets());
+                    self.zeros(12);
+                }
+                IpAddr::V6(a) => {
+                    self.u8(6);
+                    self.u8(p.len);
+                    self.u16(0);
+                    self.bytes(&a.octets());
+                }
+            },
+        }
+    }
+
+    fn ports(&mut self, r: Option<&PortRange>) {
+        match r {
+            None => self.u32(0),
+            Some(r) => {
+                self.u16(r.first);
+                self.u16(r.last);
+            }
+        }
+    }
+
+    fn name(&mut self, name: &RuleName) {
+        let bytes = name.as_str().as_bytes();
+        // `RuleName` holds at most MAX_RULE_NAME_LEN (64) bytes.
+        self.u8(bytes.len() as u8);
+        self.zeros(3);
+        self.bytes(bytes);
+        self.zeros(MAX_RULE_NAME_LEN.saturating_sub(bytes.len()));
+    }
+
+    fn rule_spec(&mut self, spec: &RuleSpec) -> Result<(), AbiError> {
+        spec.validate().map_err(|_| AbiError::BadValue)?;
+        self.name(&spec.name);
+        self.u8(spec.precedence);
+        self.u8(match spec.protocol {
+            RuleProtocol::Any => 0,
+            RuleProtocol::Tcp => 6,
+            RuleProtocol::Udp => 17,
+        });
+        match spec.action {
+            RuleAction::Dscp(d) => {
+                self.u8(0);
+                self.u8(d.value());
+            }
+            RuleAction::TrafficType(t) => {
+                self.u8(1);
+                self.u8(t as u8);
+            }
+        }
+        self.flag(spec.pcp.is_some());
+        self.u8(spec.pcp.map_or(0, Pcp::value));
+        self.flag(spec.local_prefix.is_some());
+        self.flag(spec.remote_prefix.is_some());
+        self.flag(spec.local_ports.is_some());
+        self.flag(spec.remote_ports.is_some());
+        self.u16(0);
+        self.prefix(spec.local_prefix.as_ref());
+        self.prefix(spec.remote_prefix.as_ref());
+        self.ports(spec.local_ports.as_ref());
+        self.ports(spec.remote_ports.as_ref());
+        Ok(())
+    }
+
+    fn counters(&mut self, c: &CounterSnapshot) {
+        self.u64(c.packets);
+        self.u64(c.bytes);
+        self.u64(c.marked);
+        self.u64(c.already_marked);
+    }
+
+    fn traffic_table(&mut self, t: &TrafficTable) {
+        for m in &t.marks {
+            self.flag(m.dscp.is_some());
+            self.u8(m.dscp.map_or(0, Dscp::value));
+            self.flag(m.pcp.is_some());
+            self.u8(m.pcp.map_or(0, Pcp::value));
+        }
+        self.u64(t.user_dscp_allow);
+        self.flag(t.tag_adaptive_flows);
+        self.zeros(7);
+    }
+
+    fn status(&mut self, s: &StatusInfo) {
+        self.u16(s.protocol_version);
+        self.u16(0);
+        self.u32(s.handles);
+        self.u32(s.flows);
+        self.u32(s.sockets);
+        self.u32(s.rules);
+        self.u32(0);
+        self.u64(s.packets);
+        self.u64(s.marked);
+        self.u64(s.already_marked);
+        for v in s.skipped {
+            self.u64(v);
+        }
+    }
+}
+
+/// Reserves `len` bytes, writes a header of `kind` and runs `body`; on any error `out` is left
+/// as it was.
+fn encode_record(
+    out: &mut Vec<u8>,
+    kind: RecordKind,
+    len: u32,
+    body: impl FnOnce(&mut Writer<'_>) -> Result<(), AbiError>,
+) -> Result<(), AbiError> {
+    if len > MAX_RECORD_LEN {
+        return Err(AbiError::TooLarge);
+    }
+    let start = out.len();
+    out.try_reserve_exact(len as usize)
+        .map_err(|_| AbiError::OutOfMemory)?;
+    let mut w = Writer { out };
+    w.u32(MAGIC);
+    w.u16(PROTOCOL_VERSION);
+    w.u16(kind.value());
+    w.u32(0);
+    w.u32(len);
+    let result = body(&mut w);
+    debug_assert!(result.is_err() || out.len() - start == len as usize);
+    if result.is_err() {
+        out.truncate(start);
+    }
+    result
+}
+
+/// Appends the record of `request` to `out`.
+///
+/// # Errors
+/// [`AbiError::BadValue`] for an invalid [`RuleSpec`] (see [`RuleSpec::validate`]);
+/// [`AbiError::OutOfMemory`]. On error `out` is unchanged.
+pub fn encode_request(request: &Request, out: &mut Vec<u8>) -> Result<(), AbiError> {
+    let kind = RecordKind::of_request(RequestKind::of(request));
+    encode_record(out, kind, request_size(request), |w| {
+        match request {
+            Request::QueryStatus
+            | Request::EnumerateFlows
+            | Request::ListRules
+            | Request::GetTrafficTable => {}
+            Request::AddSocketToFlow {
+                socket,
+                dest,
+                traffic_type,
+                flags,
+                flow_id,
+            } => {
+                w.u64(socket.socket);
+                w.u8(match socket.family {
+                    Family::V4 => 4,
+                    Family::V6 => 6,
+                });
+                w.u8(socket.protocol.number());
+                w.flag(socket.peer.is_some());
+                w.flag(dest.is_some());
+                w.u32(*traffic_type as u32);
+                w.u32(*flags);
+                w.u32(*flow_id);
+                w.address(Some(&socket.local));
+                w.address(socket.peer.as_ref());
+                w.address(dest.as_ref());
+            }
+            Request::RemoveSocketFromFlow { socket, flow_id } => {
+                w.u64(socket.unwrap_or(0));
+                w.flag(socket.is_some());
+                w.zeros(3);
+                w.u32(*flow_id);
+            }
+            Request::SetFlow { flow_id, op } => {
+                w.u32(*flow_id);
+                match op {
+                    SetFlow::TrafficType(t) => {
+                        w.u32(0);
+                        w.u32(*t as u32);
+                        w.zeros(12);
+                    }
+                    SetFlow::OutgoingRate(r) => {
+                        w.u32(1);
+                        w.u64(r.bandwidth);
+                        w.u32(r.shaping as u32);
+                        w.u32(r.reason);
+                    }
+                    SetFlow::OutgoingDscp(d) => {
+                        w.u32(2);
+                        w.u32(*d);
+                        w.zeros(12);
+                    }
+                }
+            }
+            Request::QueryFlow { flow_id, op } => {
+                w.u32(*flow_id);
+                w.u32(*op as u32);
+            }
+            Request::NotifyFlow {
+                flow_id,
+                op,
+                threshold,
+            } => {
+                w.u32(*flow_id);
+                w.u32(*op as u32);
+                w.flag(threshold.is_some());
+                w.zeros(7);
+                w.u64(threshold.unwrap_or(0));
+            }
+            Request::AddRule(spec) => w.rule_spec(spec)?,
+            Request::RemoveRule(name) => w.name(name),
+            Request::SetTrafficTable(t) => w.traffic_table(t),
+        }
+        Ok(())
+    })
+}
+
+/// Appends the record of a successful `response` to `out`.
+///
+/// # Errors
+/// [`AbiError::BadValue`] for flow id 0 or an invalid [`RuleSpec`]; [`AbiError::TooLarge`] for
+/// more than [`MAX_FLOW_IDS`] flow ids or [`MAX_RULES`] rules; [`AbiError::OutOfMemory`]. On
+/// error `out` is unchanged.
+pub fn encode_response(response: &Response, out: &mut Vec<u8>) -> Result<(), AbiError> {
+    let kind = RecordKind::of_response(response);
+    match response {
+        Response::FlowIds(ids) if ids.len() > MAX_FLOW_IDS as usize => {
+            return Err(AbiError::TooLarge);
+        }
+        Response::Rules(rules) if rules.len() > MAX_RULES as usize => {
+            return Err(AbiError::TooLarge);
+        }
+        _ => {}
+    }
+    encode_record(out, kind, required_size(response), |w| {
+        match response {
+            Response::Done => {}
+            Response::Status(s) => w.status(s),
+            Response::FlowId(id) => {
+                if *id == 0 {
+                    return Err(AbiError::BadValue);
+                }
+                w.u32(*id);
+            }
+            Response::PacketPriority(p) => {
+                w.u32(p.conformant_dscp);
+                w.u32(p.non_conformant_dscp);
+                w.u32(p.conformant_l2);
+                w.u32(p.non_conformant_l2);
+            }
+            Response::OutgoingRate(r) => w.u64(*r),
+            Response::FlowIds(ids) => {
+                // Count checked above (≤ MAX_FLOW_IDS).
+                w.u32(ids.len() as u32);
+                w.u32(0);
+                for id in ids {
+                    if *id == 0 {
+                        return Err(AbiError::BadValue);
+                    }
+                    w.u32(*id);
+                }
+            }
+            Response::Rules(rules) => {
+                // Count checked above (≤ MAX_RULES).
+                w.u32(rules.len() as u32);
+                w.u32(0);
+                for r in rules {
+                    w.rule_spec(&r.spec)?;
+                    w.counters(&r.counters);
+                }
+            }
+            Response::TrafficTable(t) => w.traffic_table(t),
+        }
+        Ok(())
+    })
+}
+
+/// Appends an Error record to `out`.
+///
+/// # Errors
+/// [`AbiError::BadValue`] when the code is 0, or `required_size` is non-zero with a code other
+/// than 122; [`AbiError::OutOfMemory`]. On error `out` is unchanged.
+pub fn encode_error(error: ErrorReply, out: &mut Vec<u8>) -> Result<(), AbiError> {
+    check_error(error)?;
+    encode_record(out, RecordKind::Error, ERROR_RECORD_LEN, |w| {
+        w.u32(error.win32.0);
+        w.u32(error.required_size);
+        Ok(())
+    })
+}
+
+/// Appends the record of `reply` to `out` ([`encode_response`] or [`encode_error`]).
+///
+/// # Errors
+/// As those functions.
+pub fn encode_reply(reply: &Reply, out: &mut Vec<u8>) -> Result<(), AbiError> {
+    match reply {
+        Reply::Response(r) => encode_response(r, out),
+        Reply::Error(e) => encode_error(*e, out),
+    }
+}
+
+/// Encodes a successful `response` for an output buffer of `capacity` bytes, following the
+/// size protocol (module docs), and returns the NTSTATUS to complete the IRP with;
+/// `IoStatus.Information` = the number of bytes appended to `out`.
+///
+/// * fits → the answer record, `STATUS_SUCCESS`;
+/// * does not fit, `capacity` ≥ [`ERROR_RECORD_LEN`] → Error record { 122, required size },
+///   `STATUS_BUFFER_OVERFLOW`;
+/// * `capacity` < [`ERROR_RECORD_LEN`] → nothing, `STATUS_BUFFER_TOO_SMALL`.
+///
+/// # Errors
+/// As [`encode_response`]. On error `out` is unchanged.
+pub fn encode_response_for_buffer(
+    response: &Response,
+    capacity: u32,
+    out: &mut Vec<u8>,
+) -> Result<NtStatus, AbiError> {
+    let start = out.len();
+    encode_response(response, out)?;
+    let need = required_size(response);
+    if need <= capacity {
+        return Ok(NtStatus::SUCCESS);
+    }
+    out.truncate(start);
+    if capacity < ERROR_RECORD_LEN {
+        return Ok(NtStatus::BUFFER_TOO_SMALL);
+    }
+    encode_error(
+        ErrorReply {
+            win32: Win32Error::INSUFFICIENT_BUFFER,
+            required_size: need,
+        },
+        out,
+    )?;
+    Ok(NtStatus::BUFFER_OVERFLOW)
+}
+
+// ------------------------------------------------------------------------------------------
+// Reader
+
+/// A cursor over untrusted bytes; every read is checked.
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], AbiError> {
+        let (head, rest) = self
+            .buf
+            .split_first_chunk::<N>()
+            .ok_or(AbiError::Truncated)?;
+        self.buf = rest;
+        Ok(*head)
+    }
+    fn slice(&mut self, n: usize) -> Result<&'a [u8], AbiError> {
+        if self.buf.len() < n {
+            return Err(AbiError::Truncated);
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, AbiError> {
+        Ok(u8::from_le_bytes(self.take()?))
+    }
+    fn u16(&mut self) -> Result<u16, AbiError> {
+        Ok(u16::from_le_bytes(self.take()?))
+    }
+    fn u32(&mut self) -> Result<u32, AbiError> {
+        Ok(u32::from_le_bytes(self.take()?))
+    }
+    fn u64(&mut self) -> Result<u64, AbiError> {
+        Ok(u64::from_le_bytes(self.take()?))
+    }
+    fn zeros(&mut self, n: usize) -> Result<(), AbiError> {
+        if self.slice(n)?.iter().all(|b| *b == 0) {
+            Ok(())
+        } else {
+            Err(AbiError::ReservedNotZero)
+        }
+    }
+    fn flag(&mut self) -> Result<bool, AbiError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(AbiError::BadValue),
+        }
+    }
+    fn finish(&self) -> Result<(), AbiError> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(AbiError::TrailingBytes)
+        }
+    }
+
+    /// An ADDRESS slot: `Some` when `present`, else it must be all zero.
+    fn address(&mut self, present: bool) -> Result<Option<SocketAddr>, AbiError> {
+        if !present {
+            self.zeros(ADDRESS_LEN as usize)?;
+            return Ok(None);
+        }
+        let family = self.u8()?;
+        if self.u8()? != 0 {
+            return Err(AbiError::ReservedNotZero);
+        }
+        let port = self.u16()?;
+        let flowinfo = self.u32()?;
+        let scope_id = self.u32()?;
+        let octets: [u8; 16] = self.take()?;
+        match family {
+            4 => {
+                let (v4, rest) = split_v4(&octets);
+                if flowinfo != 0 || scope_id != 0 || rest.iter().any(|b| *b != 0) {
+                    return Err(AbiError::ReservedNotZero);
+                }
+                Ok(Some(SocketAddr::V4(SocketAddrV4::new(
+                    Ipv4Addr::from(v4),
+                    port,
+                ))))
+            }
+            6 => Ok(Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(octets),
+                port,
+                flowinfo,
+                scope_id,
+            )))),
+            _ => Err(AbiError::BadValue),
+        }
+    }
+
+    fn prefix(&mut self, present: bool) -> Result<Option<Prefix>, AbiError> {
+        if !present {
+            self.zeros(PREFIX_LEN as usize)?;
+            return Ok(None);
+        }
+        let family = self.u8()?;
+        let len = self.u8()?;
+        if self.u16()? != 0 {
+            return Err(AbiError::ReservedNotZero);
+        }
+        let octets: [u8; 16] = self.take()?;
+        let addr = match family {
+            4 => {
+                let (v4, rest) = split_v4(&octets);
+                if rest.iter().any(|b| *b != 0) {
+                    return Err(AbiError::ReservedNotZero);
+                }
+                IpAddr::V4(Ipv4Addr::from(v4))
+            }
+            6 => IpAddr::V6(Ipv6Addr::from(octets)),
+            _ => return Err(AbiError::BadValue),
+        };
+        // Length and host bits are checked by `RuleSpec::validate` once the spec is complete.
+        Ok(Some(Prefix { addr, len }))
+    }
+
+    fn ports(&mut self, present: bool) -> Result<Option<PortRange>, AbiError> {
+        if !present {
+            self.zeros(4)?;
+            return Ok(None);
+        }
+        let first = self.u16()?;
+        let last = self.u16()?;
+        // first <= last is checked by `RuleSpec::validate`.
+        Ok(Some(PortRange { first, last }))
+    }
+
+    fn name(&mut self) -> Result<RuleName, AbiError> {
+        let len = usize::from(self.u8()?);
+        self.zeros(3)?;
+        let slot = self.slice(MAX_RULE_NAME_LEN)?;
+        if len == 0 || len > MAX_RULE_NAME_LEN {
+            return Err(AbiError::BadValue);
+        }
+        let (name, padding) = slot.split_at(len);
+        if padding.iter().any(|b| *b != 0) {
+            return Err(AbiError::ReservedNotZero);
+        }
+        RuleName::from_utf8(name).map_err(|_| AbiError::BadValue)
+    }
+
+    fn rule_spec(&mut self) -> Result<RuleSpec, AbiError> {
+        let name = self.name()?;
+        let precedence = self.u8()?;
+        let protocol = match self.u8()? {
+            0 => RuleProtocol::Any,
+            6 => RuleProtocol::Tcp,
+            17 => RuleProtocol::Udp,
+            _ => return Err(AbiError::BadValue),
+        };
+        let action_kind = self.u8()?;
+        let action_value = self.u8()?;
+        let action = match action_kind {
+            0 => RuleAction::Dscp(Dscp::try_new(action_value).map_err(|_| AbiError::BadValue)?),
+            1 => RuleAction::TrafficType(traffic_type(u32::from(action_value))?),
+            _ => return Err(AbiError::BadValue),
+        };
+        let pcp_present = self.flag()?;
+        let pcp = self.optional_byte(pcp_present, Pcp::try_new)?;
+        let local_prefix_present = self.flag()?;
+        let remote_prefix_present = self.flag()?;
+        let local_ports_present = self.flag()?;
+        let remote_ports_present = self.flag()?;
+        self.zeros(2)?;
+        let local_prefix = self.prefix(local_prefix_present)?;
+        let remote_prefix = self.prefix(remote_prefix_present)?;
+        let local_ports = self.ports(local_ports_present)?;
+        let remote_ports = self.ports(remote_ports_present)?;
+        let spec = RuleSpec {
+            name,
+            precedence,
+            protocol,
+            local_prefix,
+            remote_prefix,
+            local_ports,
+            remote_ports,
+            action,
+            pcp,
+        };
+        spec.validate().map_err(|_| AbiError::BadValue)?;
+        Ok(spec)
+    }
+
+    /// A bounded byte (DSCP, PCP) after its presence flag: checked by `make` when present, zero
+    /// when absent.
+    fn optional_byte<T>(
+        &mut self,
+        present: bool,
+        make: fn(u8) -> Result<T, OutOfRange>,
+    ) -> Result<Option<T>, AbiError> {
+        let v = self.u8()?;
+        if present {
+            make(v).map(Some).map_err(|_| AbiError::BadValue)
+        } else if v == 0 {
+            Ok(None)
+        } else {
+            Err(AbiError::ReservedNotZero)
+        }
+    }
+
+    fn counters(&mut self) -> Result<CounterSnapshot, AbiError> {
+        Ok(CounterSnapshot {
+            packets: self.u64()?,
+            bytes: self.u64()?,
+            marked: self.u64()?,
+            already_marked: self.u64()?,
+        })
+    }
+
+    fn traffic_table(&mut self) -> Result<TrafficTable, AbiError> {
+        let empty = TrafficTypeMark {
+            dscp: None,
+            pcp: None,
+        };
+        let mut marks = [empty; 6];
+        for m in &mut marks {
+            let dscp_present = self.flag()?;
+            let dscp = self.optional_byte(dscp_present, Dscp::try_new)?;
+            let pcp_present = self.flag()?;
+            let pcp = self.optional_byte(pcp_present, Pcp::try_new)?;
+            *m = TrafficTypeMark { dscp, pcp };
+        }
+        let user_dscp_allow = self.u64()?;
+        let tag_adaptive_flows = self.flag()?;
+        self.zeros(7)?;
+        Ok(TrafficTable {
+            marks,
+            user_dscp_allow,
+            tag_adaptive_flows,
+        })
+    }
+
+    fn status(&mut self) -> Result<StatusInfo, AbiError> {
+        let protocol_version = self.u16()?;
+        self.zeros(2)?;
+        let handles = self.u32()?;
+        let flows = self.u32()?;
+        let sockets = self.u32()?;
+        let rules = self.u32()?;
+        self.zeros(4)?;
+        let packets = self.u64()?;
+        let marked = self.u64()?;
+        let already_marked = self.u64()?;
+        let mut skipped = [0u64; SkipReason::COUNT];
+        for s in &mut skipped {
+            *s = self.u64()?;
+        }
+        Ok(StatusInfo {
+            protocol_version,
+            handles,
+            flows,
+            sockets,
+            rules,
+            packets,
+            marked,
+            already_marked,
+            skipped,
+        })
+    }
+
+    fn add_socket_to_flow(&mut self) -> Result<Request, AbiError> {
+        let socket = self.u64()?;
+        let family = match self.u8()? {
+            4 => Family::V4,
+            6 => Family::V6,
+            _ => return Err(AbiError::BadValue),
+        };
+        let protocol = match self.u8()? {
+            6 => Protocol::Tcp,
+            17 => Protocol::Udp,
+            _ => return Err(AbiError::BadValue),
+        };
+        let peer_present = self.flag()?;
+        let dest_present = self.flag()?;
+        let traffic_type = traffic_type(self.u32()?)?;
+        let flags = self.u32()?;
+        let flow_id = self.u32()?;
+        let local = self.address(true)?.ok_or(AbiError::BadValue)?;
+        let peer = self.address(peer_present)?;
+        let dest = self.address(dest_present)?;
+        Ok(Request::AddSocketToFlow {
+            socket: SocketInfo {
+                socket,
+                family,
+                protocol,
+                local,
+                peer,
+            },
+            dest,
+            traffic_type,
+            flags,
+            flow_id,
+        })
+    }
+
+    fn set_flow(&mut self) -> Result<Request, AbiError> {
+        let flow_id = self.u32()?;
+        let op = match self.u32()? {
+            0 => {
+                let t = traffic_type(self.u32()?)?;
+                self.zeros(12)?;
+                SetFlow::TrafficType(t)
+            }
+            1 => {
+                let bandwidth = self.u64()?;
+                let shaping = match self.u32()? {
+                    0 => Shaping::ShapeOnly,
+                    1 => Shaping::ShapeAndMark,
+                    2 => Shaping::UseNonConformantMarkings,
+                    _ => return Err(AbiError::BadValue),
+                };
+                let reason = self.u32()?;
+                SetFlow::OutgoingRate(FlowRate {
+                    bandwidth,
+                    shaping,
+                    reason,
+                })
+            }
+            2 => {
+                let d = self.u32()?;
+                self.zeros(12)?;
+                SetFlow::OutgoingDscp(d)
+            }
+            _ => return Err(AbiError::BadValue),
+        };
+        Ok(Request::SetFlow { flow_id, op })
+    }
+
+    /// The count of a list answer: ≤ `max` (else `TooLarge`), and the rest of the payload must
+    /// be exactly `count * entry` bytes (else `Truncated` / `TrailingBytes`).
+    fn list_count(&mut self, max: u32, entry: u32) -> Result<usize, AbiError> {
+        let count = self.u32()?;
+        self.zeros(4)?;
+        if count > max {
+            return Err(AbiError::TooLarge);
+        }
+        // count ≤ 65 536 and entry ≤ 160: no overflow.
+        let need = count as usize * entry as usize;
+        match self.buf.len().cmp(&need) {
+            core::cmp::Ordering::Less => Err(AbiError::Truncated),
+            core::cmp::Ordering::Greater => Err(AbiError::TrailingBytes),
+            core::cmp::Ordering::Equal => Ok(count as usize),
+        }
+    }
+}
+
+/// The IPv4 octets at the start of a 16-byte address slot, and the 12 bytes after them.
+fn split_v4(octets: &[u8; 16]) -> ([u8; 4], [u8; 12]) {
+    let [a, b, c, d, rest @ ..] = *octets;
+    ([a, b, c, d], rest)
+}
+
+fn traffic_type(v: u32) -> Result<TrafficType, AbiError> {
+    TrafficType::try_from_u32(v).map_err(|_| AbiError::BadValue)
+}
+
+fn try_vec<T>(count: usize) -> Result<Vec<T>, AbiError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(count)
+        .map_err(|_| AbiError::OutOfMemory)?;
+    Ok(v)
+}
+
+/// Checks the header and returns the record kind and the payload.
+fn decode_header(bytes: &[u8]) -> Result<(RecordKind, Reader<'_>), AbiError> {
+    let mut r = Reader { buf: bytes };
+    if bytes.len() < HEADER_LEN as usize {
+        return Err(AbiError::Truncated);
+    }
+    if r.u32()? != MAGIC {
+        return Err(AbiError::BadMagic);
+    }
+    if r.u16()? != PROTOCOL_VERSION {
+        return Err(AbiError::BadVersion);
+    }
+    let kind = r.u16()?;
+    let flags = r.u32()?;
+    let length = r.u32()?;
+    if usize::try_from(length).ok() != Some(bytes.len()) {
+        return Err(AbiError::BadLength);
+    }
+    if length > MAX_RECORD_LEN {
+        return Err(AbiError::TooLarge);
+    }
+    let kind = RecordKind::from_u16(kind).ok_or(AbiError::BadKind)?;
+    if flags != 0 {
+        return Err(AbiError::ReservedNotZero);
+    }
+    Ok((kind, r))
+}
+
+/// The length of the record whose header starts `bytes` (at least [`HEADER_LEN`] bytes; more are
+/// ignored), for stream framing and for output buffers with an unknown byte count. Checks the
+/// magic, the version and [`HEADER_LEN`] ≤ length ≤ [`MAX_RECORD_LEN`]; the kind and the rest are
+/// left to the decoders.
+///
+/// # Errors
+/// [`AbiError::Truncated`] (fewer than 16 bytes), `BadMagic`, `BadVersion`, `BadLength` (length
+/// below 16), `TooLarge` (above [`MAX_RECORD_LEN`]).
+pub fn record_len(bytes: &[u8]) -> Result<u32, AbiError> {
+    let mut r = Reader { buf: bytes };
+    let magic = r.u32()?;
+    let version = r.u16()?;
+    let _kind = r.u16()?;
+    let _flags = r.u32()?;
+    let length = r.u32()?;
+    if magic != MAGIC {
+        return Err(AbiError::BadMagic);
+    }
+    if version != PROTOCOL_VERSION {
+        return Err(AbiError::BadVersion);
+    }
+    if length < HEADER_LEN {
+        return Err(AbiError::BadLength);
+    }
+    if length > MAX_RECORD_LEN {
+        return Err(AbiError::TooLarge);
+    }
+    Ok(length)
+}
+
+fn check_error(e: ErrorReply) -> Result<(), AbiError> {
+    if e.win32.0 == 0 || (e.required_size != 0 && e.win32 != Win32Error::INSUFFICIENT_BUFFER) {
+        Err(AbiError::BadValue)
+    } else {
+        Ok(())
+    }
+}
+
+/// Decodes one request record; `bytes` must be exactly the record.
+///
+/// # Errors
+/// The first problem found, in the order given in the module docs; never panics.
+pub fn decode_request(bytes: &[u8]) -> Result<Request, AbiError> {
+    let (kind, mut r) = decode_header(bytes)?;
+    let request = match kind {
+        RecordKind::QueryStatus => Request::QueryStatus,
+        RecordKind::EnumerateFlows => Request::EnumerateFlows,
+        RecordKind::ListRules => Request::ListRules,
+        RecordKind::GetTrafficTable => Request::GetTrafficTable,
+        RecordKind::AddSocketToFlow => r.add_socket_to_flow()?,
+        RecordKind::RemoveSocketFromFlow => {
+            let socket = r.u64()?;
+            let present = r.flag()?;
+            r.zeros(3)?;
+            let flow_id = r.u32()?;
+            if !present && socket != 0 {
+                return Err(AbiError::ReservedNotZero);
+            }
+            Request::RemoveSocketFromFlow {
+                socket: present.then_some(socket),
+                flow_id,
+            }
+        }
+        RecordKind::SetFlow => r.set_flow()?,
+        RecordKind::QueryFlow => {
+            let flow_id = r.u32()?;
+            let op = match r.u32()? {
+                0 => QueryFlow::Fundamentals,
+                1 => QueryFlow::PacketPriority,
+                2 => QueryFlow::OutgoingRate,
+                _ => return Err(AbiError::BadValue),
+            };
+            Request::QueryFlow { flow_id, op }
+        }
+        RecordKind::NotifyFlow => {
+            let flow_id = r.u32()?;
+            let op = match r.u32()? {
+                0 => NotifyFlow::Congested,
+                1 => NotifyFlow::Uncongested,
+                2 => NotifyFlow::Available,
+                _ => return Err(AbiError::BadValue),
+            };
+            let present = r.flag()?;
+            r.zeros(7)?;
+            let threshold = r.u64()?;
+            if !present && threshold != 0 {
+                return Err(AbiError::ReservedNotZero);
+            }
+            Request::NotifyFlow {
+                flow_id,
+                op,
+                threshold: present.then_some(threshold),
+            }
+        }
+        RecordKind::AddRule => Request::AddRule(r.rule_spec()?),
+        RecordKind::RemoveRule => Request::RemoveRule(r.name()?),
+        RecordKind::SetTrafficTable => Request::SetTrafficTable(r.traffic_table()?),
+        RecordKind::Done
+        | RecordKind::Status
+        | RecordKind::FlowId
+        | RecordKind::PacketPriority
+        | RecordKind::OutgoingRate
+        | RecordKind::FlowIds
+        | RecordKind::Rules
+        | RecordKind::TrafficTable
+        | RecordKind::Error => return Err(AbiError::BadKind),
+    };
+    r.finish()?;
+    Ok(request)
+}
+
+/// Decodes one request record that arrived with the IOCTL of `kind`: as [`decode_request`],
+/// and [`AbiError::BadKind`] when the record is of another kind.
+///
+/// # Errors
+/// As [`decode_request`].
+pub fn decode_request_for(kind: RequestKind, bytes: &[u8]) -> Result<Request, AbiError> {
+    let request = decode_request(bytes)?;
+    if RequestKind::of(&request) == kind {
+        Ok(request)
+    } else {
+        Err(AbiError::BadKind)
+    }
+}
+
+/// Decodes the answer to a request of kind `kind`; `bytes` must be exactly the record.
+///
+/// # Errors
+/// The first problem found, in the order given in the module docs; [`AbiError::BadKind`] when
+/// the record is not a valid answer to `kind` ([`answers`]). Never panics.
+pub fn decode_response(kind: RequestKind, bytes: &[u8]) -> Result<Reply, AbiError> {
+    let (record, mut r) = decode_header(bytes)?;
+    if !answers(kind, record) {
+        return Err(AbiError::BadKind);
+    }
+    let reply = match record {
+        RecordKind::Error => {
+            let e = ErrorReply {
+                win32: Win32Error(r.u32()?),
+                required_size: r.u32()?,
+            };
+            r.finish()?;
+            check_error(e)?;
+            return Ok(Reply::Error(e));
+        }
+        RecordKind::Done => Response::Done,
+        RecordKind::Status => Response::Status(r.status()?),
+        RecordKind::FlowId => {
+            let id = r.u32()?;
+            if id == 0 {
+                return Err(AbiError::BadValue);
+            }
+            Response::FlowId(id)
+        }
+        RecordKind::PacketPriority => Response::PacketPriority(PacketPriority {
+            conformant_dscp: r.u32()?,
+            non_conformant_dscp: r.u32()?,
+            conformant_l2: r.u32()?,
+            non_conformant_l2: r.u32()?,
+        }),
+        RecordKind::OutgoingRate => Response::OutgoingRate(r.u64()?),
+        RecordKind::FlowIds => {
+            let count = r.list_count(MAX_FLOW_IDS, 4)?;
+            let mut ids = try_vec(count)?;
+            for _ in 0..count {
+                let id = r.u32()?;
+                if id == 0 {
+                    return Err(AbiError::BadValue);
+                }
+                ids.push(id);
+            }
+            Response::FlowIds(ids)
+        }
+        RecordKind::Rules => {
+            let count = r.list_count(MAX_RULES, RULE_ENTRY_LEN)?;
+            let mut rules = try_vec(count)?;
+            for _ in 0..count {
+                let spec = r.rule_spec()?;
+                let counters = r.counters()?;
+                rules.push(RuleEntry { spec, counters });
+            }
+            Response::Rules(rules)
+        }
+        RecordKind::TrafficTable => Response::TrafficTable(r.traffic_table()?),
+        RecordKind::QueryStatus
+        | RecordKind::AddSocketToFlow
+        | RecordKind::RemoveSocketFromFlow
+        | RecordKind::SetFlow
+        | RecordKind::QueryFlow
+        | RecordKind::NotifyFlow
+        | RecordKind::EnumerateFlows
+        | RecordKind::AddRule
+        | RecordKind::RemoveRule
+        | RecordKind::ListRules
+        | RecordKind::GetTrafficTable
+        | RecordKind::SetTrafficTable => return Err(AbiError::BadKind),
+    };
+    r.finish()?;
+    Ok(Reply::Response(reply))
+}

@@ -7,6 +7,19 @@
 //! * [`codec`]: the little-endian record format, `encode`/`decode`, golden vectors.
 //! * [`status`]: Win32 error codes, NTSTATUS values and the mapping between them.
 //! * [`ioctl`]: `CTL_CODE` values of the device interface.
+//!
+//! # How the three back ends use it
+//!
+//! * **Shim (client)**: [`codec::encode_request`] into the input buffer; `DeviceIoControl` with
+//!   [`ioctl::RequestKind::code`] and an output buffer of at least [`codec::MIN_OUTPUT_LEN`]
+//!   bytes (Linux: send the record on the socket, frame the answer with [`codec::record_len`]);
+//!   [`codec::decode_response`] the answer. Failures without a record arrive as Win32 codes from
+//!   `GetLastError`; on `ERROR_MORE_DATA` the output holds an Error record with the required size.
+//! * **Driver**: [`ioctl::request_kind`] on the full code (unknown → `STATUS_INVALID_DEVICE_REQUEST`),
+//!   [`codec::decode_request_for`] on the input (error → [`status::ntstatus_for`] of
+//!   [`codec::AbiError::win32`]), engine, then [`codec::encode_response_for_buffer`] (success) or
+//!   [`status::ntstatus_for`] of the engine's Win32 code (failure, no data).
+//! * **Linux daemon**: as the driver, but failures are sent as [`codec::encode_error`] records.
 #![no_std]
 #![forbid(unsafe_code)]
 

@@ -17,7 +17,7 @@ pub const MAX_RULE_NAME_LEN: usize = 64;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OutOfRange;
 
-/// A DiffServ code point, 0..=63 (RFC 2474: the upper six bits of the IPv4 TOS / IPv6 Traffic
+/// A `DiffServ` code point, 0..=63 (RFC 2474: the upper six bits of the IPv4 TOS / IPv6 Traffic
 /// Class octet).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Dscp(u8);
@@ -301,7 +301,7 @@ pub enum RuleAction {
     TrafficType(TrafficType),
 }
 
-/// An administrator rule, the equivalent of a Windows Policy-based QoS policy. Valid by
+/// An administrator rule, the equivalent of a Windows policy-based `QoS` policy. Valid by
 /// construction only when built through [`RuleSpec::validate`] or decoded.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RuleSpec {

@@ -697,19 +697,23 @@ impl ControlState {
             }
             _ => None,
         };
-        // Pass 1: validate and count per tier (new keys differ by remote, so they are distinct).
-        let mut n = 0usize;
-        for flow in self.flows.values().filter(|f| f.handle == handle) {
-            for new_key in flow.entries.iter().filter_map(pinned) {
-                if !local.ip().is_unspecified() && local.is_ipv4() != new_key.remote().is_ipv4() {
-                    return Err(EngineError::InvalidParameter);
-                }
-                if self.index.holder(&new_key).is_some() {
-                    return Err(EngineError::AlreadyExists);
-                }
-                n += 1;
-            }
+        // Pass 1: validate — every family first, then every conflict, so the answer does not
+        // depend on map order. New keys differ by remote, so they are distinct.
+        let new_keys = || {
+            self.flows
+                .values()
+                .filter(|f| f.handle == handle)
+                .flat_map(|f| f.entries.iter().filter_map(pinned))
+        };
+        let family_ok =
+            |k: EntryKey| local.ip().is_unspecified() || local.is_ipv4() == k.remote().is_ipv4();
+        if !new_keys().all(family_ok) {
+            return Err(EngineError::InvalidParameter);
         }
+        if new_keys().any(|k| self.index.holder(&k).is_some()) {
+            return Err(EngineError::AlreadyExists);
+        }
+        let n = new_keys().count();
         // Every new key has the same local side, so they all go to one tier: `sample`'s.
         let sample = EntryKey::new(Protocol::Tcp, local, SocketAddr::new(local.ip(), 1));
         self.index.reserve(&sample, n)?;

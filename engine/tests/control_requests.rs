@@ -3,7 +3,14 @@
 #![allow(
     clippy::unwrap_used,
     clippy::indexing_slicing,
+    clippy::panic,
     reason = "test code: a panic is a failed test"
+)]
+#![allow(
+    clippy::many_single_char_names,
+    clippy::too_many_lines,
+    clippy::single_match_else,
+    reason = "tests read best as one straight script with short names (e, h, f, s, t)"
 )]
 
 mod control_common;
@@ -1351,10 +1358,16 @@ fn socket_bound_pins_unbound_entries() {
     );
     assert_eq!(e.control_snapshot().unwrap(), snapshot);
     assert_eq!(e.socket_bound(h, 6, sa("10.0.0.1:41001")), Ok(1));
+    let pinned = e
+        .flow_details()
+        .unwrap()
+        .into_iter()
+        .find(|f| f.sockets.iter().any(|x| x.socket == 6));
     assert_eq!(
-        hit(&e, &tuple(Protocol::Tcp, "10.0.0.1:41001", "192.0.2.3:443")).is_some(),
-        true
+        hit(&e, &tuple(Protocol::Tcp, "10.0.0.1:41001", "192.0.2.3:443")),
+        pinned.map(|f| f.id)
     );
+    assert!(hit(&e, &tuple(Protocol::Tcp, "10.0.0.1:41001", "192.0.2.3:443")).is_some());
     assert_eq!(
         hit(&e, &tuple(Protocol::Tcp, "10.0.0.2:41001", "192.0.2.3:443")),
         None

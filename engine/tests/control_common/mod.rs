@@ -7,6 +7,7 @@
 #![allow(
     clippy::unwrap_used,
     clippy::missing_panics_doc,
+    clippy::panic,
     reason = "test helpers: a panic is a failed test"
 )]
 

@@ -25,7 +25,7 @@
 //!    destination → 87; an `AF_INET6` socket with an IPv4 or v4-mapped destination is accepted
 //!    and keyed as IPv4 (qWAVE answers 87 here: deliberate divergence, §10). A socket bound to a
 //!    concrete address of the other family than the destination → 87;
-//! 4. the resulting key (tier + 5-tuple, see [`flows`]) already registered → the same socket in
+//! 4. the resulting key (tier + 5-tuple, see *Lookup* below) already registered → the same socket in
 //!    the same flow is a no-op success (repeated registration), anything else — another socket
 //!    or another flow with the same 5-tuple — is 183 `ALREADY_EXISTS` (a packet could not tell
 //!    them apart);
@@ -64,6 +64,19 @@
 //! * `AddRule`, `RemoveRule`, `ListRules`, `SetTrafficTable`: `Admin`/`Kernel` only, else 5.
 //!   `GetTrafficTable` and `QueryStatus` are open to every handle.
 //! * `SetTrafficTable` re-resolves the cached mark of every live flow.
+//!
+//! ## Lookup (packet path)
+//! Socket entries are keyed by IP addresses and ports only (no IPv6 scope id or flow label),
+//! v4-mapped addresses normalized to IPv4, in three tiers probed in this order, first hit wins:
+//! 1. exact: protocol, local address and port, remote address and port;
+//! 2. any local address: the socket is bound to `0.0.0.0` / `::` — protocol, local port, remote;
+//! 3. unbound: a TCP socket registered before `connect` (local port 0) — protocol and remote,
+//!    any local port, until [`Engine::socket_bound`] pins it into tier 1 or 2.
+//!
+//! Each tier is one hash map (`hashbrown` with a randomly seeded `foldhash`), so a lookup is
+//! three probes at most, O(1) expected, without allocation. Each flow caches its resolved
+//! [`Mark`]. Memory: about 100-150 bytes per socket entry plus 100-200 per flow (estimate
+//! in the `flows` module docs).
 //!
 //! Every failing request leaves the state unchanged: checks come first, capacity is reserved
 //! before anything is written (`try_reserve`), and commits cannot fail.

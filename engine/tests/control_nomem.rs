@@ -136,3 +136,37 @@ fn requests_needing_memory_answer_8_and_change_nothing() {
     assert_eq!((report.flows_removed, report.sockets_removed), (1, 1));
     e.check_control_invariants().unwrap();
 }
+
+/// The packet-path lookup allocates nothing: with allocation refused it still answers for
+/// every tier (an allocation would abort the test binary).
+#[test]
+fn lookup_allocates_nothing() {
+    use control_common::{tcp, tuple};
+    use qosmark_engine::abi::Protocol;
+    let mut e = Engine::new(Limits::default());
+    let h = e.open_handle(USER).unwrap();
+    let exact = udp(1, Family::V4, "10.0.0.1:5000");
+    let any = udp(2, Family::V6, "[::]:5001");
+    let unbound = tcp(3, Family::V4, "0.0.0.0:0", None);
+    for (s, d) in [
+        (exact, "192.0.2.1:9"),
+        (any, "192.0.2.1:9"),
+        (unbound, "192.0.2.1:443"),
+    ] {
+        e.apply(h, &add(s, Some(d), TrafficType::Voice, 0, 0))
+            .unwrap();
+    }
+    let probes = [
+        tuple(Protocol::Udp, "10.0.0.1:5000", "192.0.2.1:9"),
+        tuple(Protocol::Udp, "10.0.0.9:5001", "[::ffff:192.0.2.1]:9"),
+        tuple(Protocol::Tcp, "10.0.0.9:40000", "192.0.2.1:443"),
+        tuple(Protocol::Tcp, "[2001:db8::1]:1", "[2001:db8::2]:2"),
+    ];
+    let hits = refused(|| {
+        probes
+            .iter()
+            .map(|t| e.socket_lookup(t).is_some())
+            .fold(0, |n, hit| n + usize::from(hit))
+    });
+    assert_eq!(hits, 3);
+}

@@ -1,0 +1,900 @@
+//! Storage of handles, flows and socket entries, and the packet-path lookup.
+//!
+//! ## Data layout
+//! * `handles`: [`HandleId`] → caller and per-handle counts (for the per-handle limits).
+//! * `flows`: [`FlowId`] → [`Flow`]: owner, traffic type, custom DSCP, adaptivity, the
+//!   *resolved* [`Mark`] (recomputed whenever the type, the custom DSCP or the table changes, so
+//!   the packet path never consults the table), its counters and its socket entries.
+//! * Three lookup tiers, each a `hashbrown` map with a keyed `foldhash` hasher (random seed,
+//!   from address-space randomization in `no_std`), from a key to the flow id:
+//!   1. **exact**: (protocol, local address, local port, remote address, remote port);
+//!   2. **any local address**: (protocol, local port, remote address, remote port) — the socket
+//!      is bound to `0.0.0.0` / `::`, so any local address with that port matches;
+//!   3. **unbound**: (protocol, remote address, remote port) — a TCP socket registered before
+//!      `connect` bound it (local port 0); any local port matches until
+//!      [`crate::Engine::socket_bound`] pins the entry into tier 1 or 2.
+//!
+//!   [`ControlState::lookup`] probes the tiers in that order (first hit wins): O(1) expected,
+//!   no allocation, `&self` only.
+//!
+//! Keys hold IP addresses and ports only, never IPv6 flow labels or scope ids, so a key built
+//! from a socket address and one built from packet bytes compare equal. IPv4-mapped addresses
+//! are normalized to IPv4 first (qos-api.md §10).
+//!
+//! ## Invariants (checked by [`ControlState::check_invariants`] in tests)
+//! * Every key in a tier map belongs to exactly one entry of the flow it names, and every entry
+//!   is in exactly one map: a key is never registered twice.
+//! * A live flow has at least one entry and belongs to a live handle.
+//! * The handle counts and the global entry count equal what the flows hold.
+//!
+//! ## Memory per registered socket (estimate, 64-bit)
+//! An [`Entry`] in its flow's vector is 48 bytes; its tier-map bucket is 44 bytes plus one
+//! control byte, and a `hashbrown` table is between 7/16 and 7/8 full, so the bucket costs
+//! 51-103 bytes: about 100-150 bytes per socket/destination entry. A flow adds its record
+//! (80 bytes, counters included) in a `flows` bucket of 84 bytes + 1 (97-194 bytes at those
+//! loads) plus the allocator's header for the entries vector. So a one-socket flow costs about
+//! 200-350 bytes (typically ~250), and every further socket or destination 100-150. The test
+//! `memory_per_entry_is_bounded` pins the type sizes this estimate uses.
+use super::{CloseReport, HandleId, SocketHit};
+use crate::counters::Counters;
+use crate::traffic::{mark_for, user_may_set};
+use crate::tuple::{normalize, normalize_addr};
+use crate::{EngineError, FiveTuple, Limits};
+use alloc::vec::Vec;
+use core::net::{IpAddr, SocketAddr};
+use foldhash::fast::RandomState;
+use hashbrown::HashMap;
+use qosmark_abi::{
+    Caller, Dscp, Family, FlowId, Mark, Privilege, Protocol, SocketInfo, TrafficTable, TrafficType,
+    QOS_NON_ADAPTIVE_FLOW,
+};
+
+type Map<K, V> = HashMap<K, V, RandomState>;
+
+fn new_map<K, V>() -> Map<K, V> {
+    HashMap::with_hasher(RandomState::default())
+}
+
+/// Tier 1 key: the full 5-tuple.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct ExactKey {
+    protocol: Protocol,
+    local_port: u16,
+    remote_port: u16,
+    local: IpAddr,
+    remote: IpAddr,
+}
+
+/// Tier 2 key: the socket is bound to the unspecified address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct AnyLocalKey {
+    protocol: Protocol,
+    local_port: u16,
+    remote_port: u16,
+    remote: IpAddr,
+}
+
+/// Tier 3 key: the socket has no local port yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct UnboundKey {
+    protocol: Protocol,
+    remote_port: u16,
+    remote: IpAddr,
+}
+
+/// Which tier an entry lives in, with its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum EntryKey {
+    Exact(ExactKey),
+    AnyLocal(AnyLocalKey),
+    Unbound(UnboundKey),
+}
+
+impl EntryKey {
+    /// The key of a socket bound to `local` sending to `remote` (both already normalized).
+    fn new(protocol: Protocol, local: SocketAddr, remote: SocketAddr) -> Self {
+        let (remote_port, remote) = (remote.port(), remote.ip());
+        if local.port() == 0 {
+            EntryKey::Unbound(UnboundKey {
+                protocol,
+                remote_port,
+                remote,
+            })
+        } else if local.ip().is_unspecified() {
+            EntryKey::AnyLocal(AnyLocalKey {
+                protocol,
+                local_port: local.port(),
+                remote_port,
+                remote,
+            })
+        } else {
+            EntryKey::Exact(ExactKey {
+                protocol,
+                local_port: local.port(),
+                remote_port,
+                local: local.ip(),
+                remote,
+            })
+        }
+    }
+
+    fn protocol(&self) -> Protocol {
+        match self {
+            EntryKey::Exact(k) => k.protocol,
+            EntryKey::AnyLocal(k) => k.protocol,
+            EntryKey::Unbound(k) => k.protocol,
+        }
+    }
+
+    fn remote(&self) -> SocketAddr {
+        match self {
+            EntryKey::Exact(k) => SocketAddr::new(k.remote, k.remote_port),
+            EntryKey::AnyLocal(k) => SocketAddr::new(k.remote, k.remote_port),
+            EntryKey::Unbound(k) => SocketAddr::new(k.remote, k.remote_port),
+        }
+    }
+
+    /// The public description of the local side.
+    fn binding(&self) -> super::Binding {
+        match self {
+            EntryKey::Exact(k) => super::Binding::Address(SocketAddr::new(k.local, k.local_port)),
+            EntryKey::AnyLocal(k) => super::Binding::AnyAddress { port: k.local_port },
+            EntryKey::Unbound(_) => super::Binding::NotBound,
+        }
+    }
+}
+
+/// The three tier maps.
+#[derive(Debug)]
+struct Index {
+    exact: Map<ExactKey, FlowId>,
+    any_local: Map<AnyLocalKey, FlowId>,
+    unbound: Map<UnboundKey, FlowId>,
+}
+
+impl Index {
+    fn holder(&self, key: &EntryKey) -> Option<FlowId> {
+        match key {
+            EntryKey::Exact(k) => self.exact.get(k).copied(),
+            EntryKey::AnyLocal(k) => self.any_local.get(k).copied(),
+            EntryKey::Unbound(k) => self.unbound.get(k).copied(),
+        }
+    }
+
+    /// Makes room for `n` more keys of `key`'s tier, so a following insert cannot allocate.
+    fn reserve(&mut self, key: &EntryKey, n: usize) -> Result<(), EngineError> {
+        let r = match key {
+            EntryKey::Exact(_) => self.exact.try_reserve(n),
+            EntryKey::AnyLocal(_) => self.any_local.try_reserve(n),
+            EntryKey::Unbound(_) => self.unbound.try_reserve(n),
+        };
+        r.map_err(|_| EngineError::NoMemory)
+    }
+
+    /// Inserts after [`Index::reserve`]; the caller has checked the key is free.
+    fn insert(&mut self, key: EntryKey, flow: FlowId) {
+        match key {
+            EntryKey::Exact(k) => self.exact.insert(k, flow),
+            EntryKey::AnyLocal(k) => self.any_local.insert(k, flow),
+            EntryKey::Unbound(k) => self.unbound.insert(k, flow),
+        };
+    }
+
+    fn remove(&mut self, key: &EntryKey) {
+        match key {
+            EntryKey::Exact(k) => self.exact.remove(k),
+            EntryKey::AnyLocal(k) => self.any_local.remove(k),
+            EntryKey::Unbound(k) => self.unbound.remove(k),
+        };
+    }
+
+    fn len(&self) -> usize {
+        self.exact.len() + self.any_local.len() + self.unbound.len()
+    }
+}
+
+/// One socket (or one destination of a socket) in a flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Entry {
+    /// The socket value as the owning process knows it.
+    socket: u64,
+    key: EntryKey,
+}
+
+/// One QOS2 flow.
+#[derive(Debug)]
+pub(crate) struct Flow {
+    handle: HandleId,
+    /// Process id of the handle's caller; every entry of the flow belongs to this process.
+    pid: u32,
+    traffic_type: TrafficType,
+    /// Added without `QOS_NON_ADAPTIVE_FLOW`. Adaptive flows hold a single socket (§9).
+    adaptive: bool,
+    /// `QOSSetOutgoingDSCPValue`, overriding the table's DSCP until the flow dies.
+    custom_dscp: Option<Dscp>,
+    /// Cached result of [`resolve`].
+    mark: Mark,
+    counters: Counters,
+    /// Insertion order is kept (listing order).
+    entries: Vec<Entry>,
+}
+
+impl Flow {
+    /// The resolved mark.
+    pub(crate) fn mark(&self) -> Mark {
+        self.mark
+    }
+}
+
+/// The mark of a flow: the table's for its type and adaptivity, with the custom DSCP on top.
+fn resolve(table: &TrafficTable, tt: TrafficType, adaptive: bool, custom: Option<Dscp>) -> Mark {
+    let mut mark = mark_for(table, tt, adaptive);
+    if custom.is_some() {
+        mark.dscp = custom;
+    }
+    mark
+}
+
+/// An open handle.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct HandleState {
+    pub(crate) caller: Caller,
+    flows: usize,
+    entries: usize,
+}
+
+/// Control-plane state: handles, flows, socket entries, the traffic table.
+#[derive(Debug)]
+pub(crate) struct ControlState {
+    limits: Limits,
+    table: TrafficTable,
+    handles: Map<HandleId, HandleState>,
+    flows: Map<FlowId, Flow>,
+    index: Index,
+    next_handle: u32,
+    next_flow: u32,
+}
+
+/// The first id at or after `start` (wrapping, skipping 0) that `live` does not hold. At most
+/// `live_count + 2` candidates are tried, so this ends even if the caller's count is wrong.
+fn free_id(start: u32, live_count: usize, live: impl Fn(u32) -> bool) -> Result<u32, EngineError> {
+    let mut candidate = start;
+    for _ in 0..=live_count.saturating_add(1) {
+        if candidate != 0 && !live(candidate) {
+            return Ok(candidate);
+        }
+        candidate = candidate.wrapping_add(1);
+    }
+    Err(EngineError::LimitReached)
+}
+
+fn same_endpoint(a: SocketAddr, b: SocketAddr) -> bool {
+    let (a, b) = (normalize(a), normalize(b));
+    a.ip() == b.ip() && a.port() == b.port()
+}
+
+fn privileged(caller: Caller) -> bool {
+    matches!(caller.privilege, Privilege::Admin | Privilege::Kernel)
+}
+
+/// Validates a socket and `DestAddr` (qos-api.md §5 `QOSAddSocketToFlow`, §10) and builds the
+/// entry key. Every refusal is 87.
+fn entry_key_for(socket: &SocketInfo, dest: Option<SocketAddr>) -> Result<EntryKey, EngineError> {
+    let bad = Err(EngineError::InvalidParameter);
+    let local = normalize(socket.local);
+    if socket.family == Family::V4 && !local.is_ipv4() {
+        return bad;
+    }
+    // DestAddr is optional for a connected socket and must then equal the peer; mandatory
+    // otherwise.
+    let remote = match (socket.peer, dest) {
+        (Some(peer), None) => peer,
+        (Some(peer), Some(d)) if same_endpoint(peer, d) => peer,
+        (None, Some(d)) => d,
+        (Some(_), Some(_)) | (None, None) => return bad,
+    };
+    let remote = normalize(remote);
+    // An AF_INET socket cannot reach an IPv6 destination; an AF_INET6 socket may reach an IPv4
+    // (or v4-mapped) one through dual stack (§10: qWAVE says 87 here, qosmark accepts).
+    if socket.family == Family::V4 && !remote.is_ipv4() {
+        return bad;
+    }
+    if remote.ip().is_unspecified() || remote.port() == 0 {
+        return bad;
+    }
+    if local.port() == 0 {
+        // Only a TCP socket registered before `connect` may lack a local port; a connected
+        // socket is always bound and an unbound UDP socket has nothing to match yet.
+        if socket.peer.is_some() || socket.protocol == Protocol::Udp {
+            return bad;
+        }
+    } else if !local.ip().is_unspecified() && local.is_ipv4() != remote.is_ipv4() {
+        // Bound to a concrete address of the other family: no packet could ever match.
+        return bad;
+    }
+    Ok(EntryKey::new(socket.protocol, local, remote))
+}
+
+/// Parameters of `AddSocketToFlow`, as decoded.
+pub(crate) struct AddSocket<'a> {
+    pub(crate) socket: &'a SocketInfo,
+    pub(crate) dest: Option<SocketAddr>,
+    pub(crate) traffic_type: TrafficType,
+    pub(crate) flags: u32,
+    pub(crate) flow_id: FlowId,
+}
+
+impl ControlState {
+    pub(crate) fn new(limits: &Limits) -> Self {
+        ControlState {
+            limits: *limits,
+            table: crate::traffic::default_table(),
+            handles: new_map(),
+            flows: new_map(),
+            index: Index {
+                exact: new_map(),
+                any_local: new_map(),
+                unbound: new_map(),
+            },
+            next_handle: 1,
+            next_flow: 1,
+        }
+    }
+
+    /// The flow of an outbound packet, by tier precedence (module docs). O(1) expected, no
+    /// allocation.
+    pub(crate) fn lookup_flow(&self, tuple: &FiveTuple) -> Option<(FlowId, &Flow)> {
+        let local = normalize(tuple.local);
+        let remote_ip = normalize_addr(tuple.remote.ip());
+        let (protocol, remote_port) = (tuple.protocol, tuple.remote.port());
+        let exact = ExactKey {
+            protocol,
+            local_port: local.port(),
+            remote_port,
+            local: local.ip(),
+            remote: remote_ip,
+        };
+        let any = AnyLocalKey {
+            protocol,
+            local_port: local.port(),
+            remote_port,
+            remote: remote_ip,
+        };
+        let unbound = UnboundKey {
+            protocol,
+            remote_port,
+            remote: remote_ip,
+        };
+        let id = self
+            .index
+            .exact
+            .get(&exact)
+            .or_else(|| self.index.any_local.get(&any))
+            .or_else(|| self.index.unbound.get(&unbound))?;
+        self.flows.get(id).map(|f| (*id, f))
+    }
+
+    /// The mark and counters for an outbound packet (see [`ControlState::lookup_flow`]).
+    #[allow(
+        dead_code,
+        reason = "the packet path (`classify`, another module) calls it once merged"
+    )]
+    pub(crate) fn lookup(&self, tuple: &FiveTuple) -> Option<SocketHit<'_>> {
+        self.lookup_flow(tuple).map(|(_, f)| SocketHit {
+            mark: f.mark,
+            counters: &f.counters,
+        })
+    }
+
+    pub(crate) fn traffic_table(&self) -> &TrafficTable {
+        &self.table
+    }
+
+    /// Replaces the table and re-resolves the mark of every live flow.
+    pub(crate) fn set_table(&mut self, table: TrafficTable) {
+        self.table = table;
+        for flow in self.flows.values_mut() {
+            flow.mark = resolve(&table, flow.traffic_type, flow.adaptive, flow.custom_dscp);
+        }
+    }
+
+    pub(crate) fn counts(&self) -> (usize, usize, usize) {
+        (self.handles.len(), self.flows.len(), self.index.len())
+    }
+
+    /// The handle's state, or 6.
+    pub(crate) fn handle(&self, id: HandleId) -> Result<HandleState, EngineError> {
+        self.handles
+            .get(&id)
+            .copied()
+            .ok_or(EngineError::InvalidHandle)
+    }
+
+    pub(crate) fn open_handle(&mut self, caller: Caller) -> Result<HandleId, EngineError> {
+        if self.handles.len() >= self.limits.max_handles {
+            return Err(EngineError::LimitReached);
+        }
+        let raw = free_id(self.next_handle, self.handles.len(), |c| {
+            self.handles.contains_key(&HandleId(c))
+        })?;
+        self.handles
+            .try_reserve(1)
+            .map_err(|_| EngineError::NoMemory)?;
+        self.handles.insert(
+            HandleId(raw),
+            HandleState {
+                caller,
+                flows: 0,
+                entries: 0,
+            },
+        );
+        self.next_handle = raw.wrapping_add(1);
+        Ok(HandleId(raw))
+    }
+
+    /// Removes the handle and every flow it owns. Allocates nothing, so it cannot fail once the
+    /// handle is found.
+    pub(crate) fn close_handle(&mut self, id: HandleId) -> Result<CloseReport, EngineError> {
+        self.handles.remove(&id).ok_or(EngineError::InvalidHandle)?;
+        let mut report = CloseReport {
+            flows_removed: 0,
+            sockets_removed: 0,
+            requests_aborted: 0,
+        };
+        let index = &mut self.index;
+        self.flows.retain(|_, flow| {
+            if flow.handle != id {
+                return true;
+            }
+            for e in &flow.entries {
+                index.remove(&e.key);
+            }
+            report.flows_removed += 1;
+            report.sockets_removed += flow.entries.len();
+            false
+        });
+        Ok(report)
+    }
+
+    /// A flow of `handle`, or 1168 (flow id 0, unknown, or another handle's: §9 "do not reveal").
+    fn own_flow(&self, handle: HandleId, id: FlowId) -> Result<&Flow, EngineError> {
+        self.flows
+            .get(&id)
+            .filter(|f| f.handle == handle)
+            .ok_or(EngineError::NotFound)
+    }
+
+    fn own_flow_mut(&mut self, handle: HandleId, id: FlowId) -> Result<&mut Flow, EngineError> {
+        self.flows
+            .get_mut(&id)
+            .filter(|f| f.handle == handle)
+            .ok_or(EngineError::NotFound)
+    }
+
+    /// `QOSAddSocketToFlow` (module docs of `control` for the rules and their order).
+    pub(crate) fn add_socket(
+        &mut self,
+        handle: HandleId,
+        req: &AddSocket<'_>,
+    ) -> Result<FlowId, EngineError> {
+        let hs = self.handle(handle)?;
+        if req.flags & !QOS_NON_ADAPTIVE_FLOW != 0 {
+            return Err(EngineError::InvalidParameter);
+        }
+        if req.flow_id != 0 {
+            // Joining: only a non-adaptive flow of this handle (§9); anything else is 87 (§5
+            // "bad FlowId"), including flows of other handles.
+            let flow = self
+                .own_flow(handle, req.flow_id)
+                .map_err(|_| EngineError::InvalidParameter)?;
+            if flow.adaptive {
+                return Err(EngineError::InvalidParameter);
+            }
+        }
+        let key = entry_key_for(req.socket, req.dest)?;
+        if let Some(holder) = self.index.holder(&key) {
+            let same = holder == req.flow_id
+                && self.flows.get(&holder).is_some_and(|f| {
+                    f.entries
+                        .iter()
+                        .any(|e| e.key == key && e.socket == req.socket.socket)
+                });
+            // Repeating an accepted registration is a no-op; the 5-tuple held by any other
+            // socket or flow is 183 (a packet could not tell the two apart).
+            return if same {
+                Ok(holder)
+            } else {
+                Err(EngineError::AlreadyExists)
+            };
+        }
+        if self.index.len() >= self.limits.max_sockets
+            || hs.entries >= self.limits.max_sockets_per_handle
+        {
+            return Err(EngineError::LimitReached);
+        }
+        let entry = Entry {
+            socket: req.socket.socket,
+            key,
+        };
+        if req.flow_id != 0 {
+            let flow = self
+                .flows
+                .get_mut(&req.flow_id)
+                .ok_or(EngineError::InvalidParameter)?;
+            flow.entries.try_reserve(1)?;
+            self.index.reserve(&key, 1)?;
+            flow.entries.push(entry);
+            self.index.insert(key, req.flow_id);
+            self.bump_handle(handle, 0, 1);
+            return Ok(req.flow_id);
+        }
+        if self.flows.len() >= self.limits.max_flows || hs.flows >= self.limits.max_flows_per_handle
+        {
+            return Err(EngineError::LimitReached);
+        }
+        let id = free_id(self.next_flow, self.flows.len(), |c| {
+            self.flows.contains_key(&c)
+        })?;
+        let adaptive = req.flags & QOS_NON_ADAPTIVE_FLOW == 0;
+        let mut entries = Vec::new();
+        entries.try_reserve_exact(1)?;
+        entries.push(entry);
+        self.flows
+            .try_reserve(1)
+            .map_err(|_| EngineError::NoMemory)?;
+        self.index.reserve(&key, 1)?;
+        let flow = Flow {
+            handle,
+            pid: hs.caller.pid,
+            traffic_type: req.traffic_type,
+            adaptive,
+            custom_dscp: None,
+            mark: resolve(&self.table, req.traffic_type, adaptive, None),
+            counters: Counters::default(),
+            entries,
+        };
+        self.flows.insert(id, flow);
+        self.index.insert(key, id);
+        self.next_flow = id.wrapping_add(1);
+        self.bump_handle(handle, 1, 1);
+        Ok(id)
+    }
+
+    fn bump_handle(&mut self, handle: HandleId, flows: isize, entries: isize) {
+        if let Some(h) = self.handles.get_mut(&handle) {
+            h.flows = h.flows.saturating_add_signed(flows);
+            h.entries = h.entries.saturating_add_signed(entries);
+        }
+    }
+
+    /// Destroys a flow, unindexing its entries.
+    fn destroy_flow(&mut self, id: FlowId) {
+        if let Some(flow) = self.flows.remove(&id) {
+            for e in &flow.entries {
+                self.index.remove(&e.key);
+            }
+            let n = isize::try_from(flow.entries.len()).unwrap_or(isize::MAX);
+            self.bump_handle(flow.handle, -1, -n);
+        }
+    }
+
+    /// `QOSRemoveSocketFromFlow`: `socket` leaves the flow (all its destinations), or the whole
+    /// flow goes. A flow left without sockets is destroyed.
+    pub(crate) fn remove_socket(
+        &mut self,
+        handle: HandleId,
+        socket: Option<u64>,
+        id: FlowId,
+    ) -> Result<(), EngineError> {
+        self.handle(handle)?;
+        let flow = self
+            .flows
+            .get_mut(&id)
+            .filter(|f| f.handle == handle)
+            .ok_or(EngineError::NotFound)?;
+        let Some(socket) = socket else {
+            self.destroy_flow(id);
+            return Ok(());
+        };
+        if !flow.entries.iter().any(|e| e.socket == socket) {
+            return Err(EngineError::NotFound);
+        }
+        let before = flow.entries.len();
+        let index = &mut self.index;
+        flow.entries.retain(|e| {
+            if e.socket == socket {
+                index.remove(&e.key);
+                false
+            } else {
+                true
+            }
+        });
+        let removed = isize::try_from(before - flow.entries.len()).unwrap_or(isize::MAX);
+        let empty = flow.entries.is_empty();
+        self.bump_handle(handle, 0, -removed);
+        if empty {
+            // Windows destroys a single-socket flow when its socket leaves (§5); a flow
+            // without sockets could never match a packet again.
+            self.destroy_flow(id);
+        }
+        Ok(())
+    }
+
+    /// `QOSSetFlow(QOSSetTrafficType)`: live change, mark re-resolved.
+    pub(crate) fn set_traffic_type(
+        &mut self,
+        handle: HandleId,
+        id: FlowId,
+        tt: TrafficType,
+    ) -> Result<(), EngineError> {
+        let table = self.table;
+        let flow = self.own_flow_mut(handle, id)?;
+        flow.traffic_type = tt;
+        flow.mark = resolve(&table, tt, flow.adaptive, flow.custom_dscp);
+        Ok(())
+    }
+
+    /// `QOSSetFlow(QOSSetOutgoingDSCPValue)`: > 63 → 87; allowed for administrators and kernel
+    /// callers, and for users when the value is on the allow-list; else 5 (§8).
+    pub(crate) fn set_dscp(
+        &mut self,
+        handle: HandleId,
+        caller: Caller,
+        id: FlowId,
+        value: u32,
+    ) -> Result<(), EngineError> {
+        let table = self.table;
+        let flow = self.own_flow_mut(handle, id)?;
+        let dscp = u8::try_from(value)
+            .ok()
+            .and_then(|v| Dscp::try_new(v).ok())
+            .ok_or(EngineError::InvalidParameter)?;
+        if !privileged(caller) && !user_may_set(&table, dscp) {
+            return Err(EngineError::AccessDenied);
+        }
+        flow.custom_dscp = Some(dscp);
+        flow.mark = resolve(&table, flow.traffic_type, flow.adaptive, flow.custom_dscp);
+        Ok(())
+    }
+
+    /// The resolved mark of a flow of `handle`.
+    pub(crate) fn flow_mark(&self, handle: HandleId, id: FlowId) -> Result<Mark, EngineError> {
+        self.own_flow(handle, id).map(|f| f.mark)
+    }
+
+    /// Flow ids visible to `caller`: all for administrators and kernel callers, else the flows
+    /// of the caller's process (§8). Ascending.
+    pub(crate) fn enumerate(&self, caller: Caller) -> Result<Vec<FlowId>, EngineError> {
+        let all = privileged(caller);
+        let visible = |f: &Flow| all || f.pid == caller.pid;
+        let mut ids = Vec::new();
+        ids.try_reserve_exact(self.flows.values().filter(|f| visible(f)).count())?;
+        ids.extend(
+            self.flows
+                .iter()
+                .filter(|(_, f)| visible(f))
+                .map(|(id, _)| *id),
+        );
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    /// Pins the unbound (tier 3) entries of `socket` in `handle`'s flows to `local`. All or
+    /// nothing: 87 for a port-0 or wrong-family `local`, 183 when a pinned key is already held.
+    pub(crate) fn socket_bound(
+        &mut self,
+        handle: HandleId,
+        socket: u64,
+        local: SocketAddr,
+    ) -> Result<usize, EngineError> {
+        self.handle(handle)?;
+        let local = normalize(local);
+        if local.port() == 0 {
+            return Err(EngineError::InvalidParameter);
+        }
+        let pinned = |e: &Entry| match e.key {
+            EntryKey::Unbound(_) if e.socket == socket => {
+                Some(EntryKey::new(e.key.protocol(), local, e.key.remote()))
+            }
+            _ => None,
+        };
+        // Pass 1: validate — every family first, then every conflict, so the answer does not
+        // depend on map order. New keys differ by remote, so they are distinct.
+        let new_keys = || {
+            self.flows
+                .values()
+                .filter(|f| f.handle == handle)
+                .flat_map(|f| f.entries.iter().filter_map(pinned))
+        };
+        let family_ok =
+            |k: EntryKey| local.ip().is_unspecified() || local.is_ipv4() == k.remote().is_ipv4();
+        if !new_keys().all(family_ok) {
+            return Err(EngineError::InvalidParameter);
+        }
+        if new_keys().any(|k| self.index.holder(&k).is_some()) {
+            return Err(EngineError::AlreadyExists);
+        }
+        let n = new_keys().count();
+        // Every new key has the same local side, so they all go to one tier: `sample`'s.
+        let sample = EntryKey::new(Protocol::Tcp, local, SocketAddr::new(local.ip(), 1));
+        self.index.reserve(&sample, n)?;
+        // Pass 2: commit (no allocation: capacity reserved above).
+        let index = &mut self.index;
+        let mut count = 0;
+        for (id, flow) in self.flows.iter_mut().filter(|(_, f)| f.handle == handle) {
+            for e in &mut flow.entries {
+                if let Some(new_key) = pinned(&*e) {
+                    index.remove(&e.key);
+                    index.insert(new_key, *id);
+                    e.key = new_key;
+                    count += 1;
+                }
+            }
+        }
+        Ok(count)
+    }
+
+    /// Owned records of every flow (or of one handle's flows), ascending by id.
+    pub(crate) fn details(
+        &self,
+        only: Option<HandleId>,
+    ) -> Result<Vec<super::FlowDetail>, EngineError> {
+        let mut out = Vec::new();
+        out.try_reserve_exact(self.flows.len())?;
+        for (id, f) in &self.flows {
+            if only.is_some_and(|h| h != f.handle) {
+                continue;
+            }
+            let mut sockets = Vec::new();
+            sockets.try_reserve_exact(f.entries.len())?;
+            sockets.extend(f.entries.iter().map(|e| super::SocketDetail {
+                socket: e.socket,
+                protocol: e.key.protocol(),
+                binding: e.key.binding(),
+                remote: e.key.remote(),
+            }));
+            out.push(super::FlowDetail {
+                id: *id,
+                handle: f.handle,
+                pid: f.pid,
+                traffic_type: f.traffic_type,
+                adaptive: f.adaptive,
+                custom_dscp: f.custom_dscp,
+                mark: f.mark,
+                counters: f.counters.snapshot(),
+                sockets,
+            });
+        }
+        out.sort_unstable_by_key(|d| d.id);
+        Ok(out)
+    }
+
+    /// Owned records of the open handles, ascending by id.
+    pub(crate) fn handle_details(&self) -> Result<Vec<super::HandleDetail>, EngineError> {
+        let mut out = Vec::new();
+        out.try_reserve_exact(self.handles.len())?;
+        out.extend(self.handles.iter().map(|(id, h)| super::HandleDetail {
+            id: *id,
+            caller: h.caller,
+            flows: h.flows,
+            sockets: h.entries,
+        }));
+        out.sort_unstable_by_key(|d| d.id.0);
+        Ok(out)
+    }
+
+    /// Checks the invariants in the module docs; the first violation is returned.
+    pub(crate) fn check_invariants(&self) -> Result<(), &'static str> {
+        let mut entries = 0usize;
+        for (id, f) in &self.flows {
+            if *id == 0 {
+                return Err("flow id 0 is live");
+            }
+            if f.entries.is_empty() {
+                return Err("a live flow has no socket");
+            }
+            if !self.handles.contains_key(&f.handle) {
+                return Err("a flow outlived its handle");
+            }
+            if f.mark != resolve(&self.table, f.traffic_type, f.adaptive, f.custom_dscp) {
+                return Err("a cached mark is stale");
+            }
+            for e in &f.entries {
+                if self.index.holder(&e.key) != Some(*id) {
+                    return Err("an entry is not indexed to its flow");
+                }
+            }
+            entries += f.entries.len();
+        }
+        if entries != self.index.len() {
+            return Err("the index holds keys no entry owns (or one key twice)");
+        }
+        for (hid, h) in &self.handles {
+            let flows = self.flows.values().filter(|f| f.handle == *hid);
+            let (n, e) = flows.fold((0, 0), |(n, e), f| (n + 1, e + f.entries.len()));
+            if (n, e) != (h.flows, h.entries) {
+                return Err("handle counts disagree with its flows");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::indexing_slicing,
+        reason = "test code: a failed unwrap or index is a failed test"
+    )]
+    use super::*;
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn sock(family: Family, protocol: Protocol, local: &str, peer: Option<&str>) -> SocketInfo {
+        SocketInfo {
+            socket: 7,
+            family,
+            protocol,
+            local: sa(local),
+            peer: peer.map(sa),
+        }
+    }
+
+    #[test]
+    fn keys_pick_the_tier() {
+        let s = sock(Family::V4, Protocol::Udp, "10.0.0.1:5000", None);
+        assert!(matches!(
+            entry_key_for(&s, Some(sa("192.0.2.1:9"))),
+            Ok(EntryKey::Exact(_))
+        ));
+        let s = sock(Family::V6, Protocol::Udp, "[::]:5000", None);
+        assert!(matches!(
+            entry_key_for(&s, Some(sa("192.0.2.1:9"))),
+            Ok(EntryKey::AnyLocal(_))
+        ));
+        let s = sock(Family::V4, Protocol::Tcp, "0.0.0.0:0", None);
+        assert!(matches!(
+            entry_key_for(&s, Some(sa("192.0.2.1:9"))),
+            Ok(EntryKey::Unbound(_))
+        ));
+    }
+
+    #[test]
+    fn keys_ignore_scope_and_flowinfo() {
+        let s = sock(Family::V6, Protocol::Udp, "[fe80::1%3]:5000", None);
+        let k1 = entry_key_for(&s, Some(sa("[fe80::2%3]:9"))).unwrap();
+        let s2 = sock(Family::V6, Protocol::Udp, "[fe80::1]:5000", None);
+        let k2 = entry_key_for(&s2, Some(sa("[fe80::2]:9"))).unwrap();
+        assert_eq!(k1, k2);
+    }
+
+    #[test]
+    fn free_id_skips_zero_and_live_ids() {
+        assert_eq!(free_id(0, 0, |_| false), Ok(1));
+        assert_eq!(free_id(u32::MAX, 1, |c| c == u32::MAX), Ok(1));
+        assert_eq!(free_id(5, 2, |c| c == 5 || c == 6), Ok(7));
+        // A lying count cannot make it loop forever.
+        assert_eq!(free_id(1, 0, |_| true), Err(EngineError::LimitReached));
+    }
+
+    #[test]
+    fn memory_per_entry_is_bounded() {
+        use core::mem::size_of;
+        // The estimate in the module docs rests on these sizes (64-bit targets).
+        if size_of::<usize>() == 8 {
+            assert!(size_of::<Entry>() <= 48, "{}", size_of::<Entry>());
+            assert!(
+                size_of::<(ExactKey, FlowId)>() <= 44,
+                "{}",
+                size_of::<(ExactKey, FlowId)>()
+            );
+            assert!(size_of::<Flow>() <= 80, "{}", size_of::<Flow>());
+            // Worst case: map half full right after growing (7/16) → bucket + ctrl byte × 16/7.
+            let worst = size_of::<Entry>() + (size_of::<(ExactKey, FlowId)>() + 1) * 16 / 7;
+            assert!(worst <= 150, "{worst}");
+        }
+    }
+}

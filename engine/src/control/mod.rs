@@ -1,0 +1,394 @@
+//! The control plane: handles, flows and sockets with QOS2 semantics, and [`Engine::apply`].
+//!
+//! Section numbers (§n) refer to `shared/reference/qos-api.md`.
+//!
+//! ## Handles
+//! [`Engine::open_handle`] captures the caller (pid, privilege); ids are non-zero and never
+//! reused while open. A closed or unknown handle gets 6 for every request (§9: Wine's
+//! Windows-validated tests, not the docs' 87). [`Engine::close_handle`] removes every flow of
+//! the handle at once (§5 `QOSCloseHandle`); pending requests would complete with 995, but the
+//! engine answers every request synchronously and keeps none pending, so
+//! [`CloseReport::requests_aborted`] is always 0 today (overlapped I/O is the back end's).
+//!
+//! ## Flows (`QOSAddSocketToFlow`, §5, §9, §10)
+//! Checked in this order; the first failure answers and nothing changes:
+//! 1. flags other than 0 / `QOS_NON_ADAPTIVE_FLOW` → 87;
+//! 2. flow id 0 creates a flow; a non-zero id must name a **non-adaptive** flow of **this**
+//!    handle (only non-adaptive flows hold several sockets), else 87 (§5 "bad FlowId": an id
+//!    of another handle gets the same 87 so it is not revealed). A join keeps the flow's traffic
+//!    type and adaptivity; the request's type and flags (valid ones) are ignored;
+//! 3. the endpoint (all 87): a connected socket may omit `DestAddr`; if given it must equal the
+//!    peer (after v4-mapped normalization). An unconnected socket needs `DestAddr`; a TCP socket
+//!    may register before `connect` with local port 0 ("unbound", see [`Engine::socket_bound`]),
+//!    an unbound UDP socket may not (nothing to match on yet: bind or send first). The
+//!    destination must have an address and a port. An `AF_INET` socket with an IPv6
+//!    destination → 87; an `AF_INET6` socket with an IPv4 or v4-mapped destination is accepted
+//!    and keyed as IPv4 (qWAVE answers 87 here: deliberate divergence, §10). A socket bound to a
+//!    concrete address of the other family than the destination → 87;
+//! 4. the resulting key (tier + 5-tuple, see *Lookup* below) already registered → the same socket in
+//!    the same flow is a no-op success (repeated registration), anything else — another socket
+//!    or another flow with the same 5-tuple — is 183 `ALREADY_EXISTS` (a packet could not tell
+//!    them apart);
+//! 5. limits (sockets global / per handle, then flows global / per handle) → 1450;
+//! 6. allocation failure → 8.
+//!
+//! The same socket may join the same flow again with another destination (Chromium's pattern:
+//! the flow gains a destination entry), and may be in several flows with different
+//! destinations (one class per peer on a shared server socket). Marking starts with this call
+//! (§5 qosmark choice). Each flow records the pid of the handle's caller; all its entries
+//! belong to that process.
+//!
+//! ## `QOSRemoveSocketFromFlow`
+//! Flow id 0, unknown, or another handle's → 1168 (§9). With a socket: that socket leaves the
+//! flow with all its destinations; a socket not in the flow → 1168 (the documented error
+//! list has no 87 for this call). A flow left without sockets is destroyed (as Windows does
+//! for single-socket flows, §5). Without a socket: the whole flow is destroyed.
+//!
+//! ## `QOSSetFlow`, `QOSQueryFlow`, `QOSNotifyFlow`
+//! A flow id that is 0, unknown or another handle's → 1168 first. Then:
+//! * `SetFlow(TrafficType)`: live change, the mark is re-resolved. A custom DSCP (below) stays.
+//! * `SetFlow(OutgoingDscp)`: above 63 → 87; allowed for `Admin` and `Kernel` callers and for
+//!   users when the value's bit is in the table's `user_dscp_allow`, else 5 (§8). The custom
+//!   DSCP replaces the table's DSCP until the flow dies; 802.1p still follows the table.
+//! * `SetFlow(OutgoingRate)` and `QueryFlow(OutgoingRate)`: 50 — shaping is not implemented
+//!   yet (a later issue); the flow record will gain the rate then.
+//! * `QueryFlow(PacketPriority)`: the resolved mark; "not added" is reported as 0 and the
+//!   non-conformant values are 0 (no shaping, so no non-conformant packets).
+//! * `QueryFlow(Fundamentals)` and every `NotifyFlow`: 50 (§9, qosmark does no probing).
+//!   `NotifyFlow` first checks its buffer: `Available` needs a threshold and the others must
+//!   not have one, else 87.
+//!
+//! ## Enumeration, rules, table
+//! * `EnumerateFlows`: `Admin`/`Kernel` see every flow, users the flows of their own process
+//!   (same pid, any handle), ascending (§8, §9).
+//! * `AddRule`, `RemoveRule`, `ListRules`, `SetTrafficTable`: `Admin`/`Kernel` only, else 5.
+//!   `GetTrafficTable` and `QueryStatus` are open to every handle.
+//! * `SetTrafficTable` re-resolves the cached mark of every live flow.
+//!
+//! ## Lookup (packet path)
+//! Socket entries are keyed by IP addresses and ports only (no IPv6 scope id or flow label),
+//! v4-mapped addresses normalized to IPv4, in three tiers probed in this order, first hit wins:
+//! 1. exact: protocol, local address and port, remote address and port;
+//! 2. any local address: the socket is bound to `0.0.0.0` / `::` — protocol, local port, remote;
+//! 3. unbound: a TCP socket registered before `connect` (local port 0) — protocol and remote,
+//!    any local port, until [`Engine::socket_bound`] pins it into tier 1 or 2.
+//!
+//! Each tier is one hash map (`hashbrown` with a randomly seeded `foldhash`), so a lookup is
+//! three probes at most, O(1) expected, without allocation. Each flow caches its resolved
+//! [`Mark`]. Memory: about 100-150 bytes per socket entry plus 100-200 per flow (estimate
+//! in the `flows` module docs).
+//!
+//! Every failing request leaves the state unchanged: checks come first, capacity is reserved
+//! before anything is written (`try_reserve`), and commits cannot fail.
+mod flows;
+
+pub(crate) use flows::ControlState;
+
+use crate::counters::Counters;
+use crate::{Engine, EngineError, FiveTuple};
+use alloc::vec::Vec;
+use core::net::SocketAddr;
+use qosmark_abi::{
+    Caller, CounterSnapshot, Dscp, FlowId, Mark, NotifyFlow, PacketPriority, Privilege, Protocol,
+    QueryFlow, Request, Response, SetFlow, StatusInfo, TrafficTable, TrafficType, PROTOCOL_VERSION,
+};
+
+/// Identifies an open handle. Never 0; not reused while the handle is open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HandleId(pub u32);
+
+/// A socket-flow match on the packet path.
+#[derive(Debug)]
+pub struct SocketHit<'a> {
+    /// Mark to apply.
+    pub mark: Mark,
+    /// The flow's counters.
+    pub counters: &'a Counters,
+}
+
+/// What [`Engine::close_handle`] removed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CloseReport {
+    /// Flows destroyed.
+    pub flows_removed: usize,
+    /// Socket / destination entries removed with them.
+    pub sockets_removed: usize,
+    /// Pending requests completed with 995. Always 0: the engine keeps no pending requests.
+    pub requests_aborted: usize,
+}
+
+/// The local side of a socket entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Binding {
+    /// Bound to this address and port (lookup tier 1).
+    Address(SocketAddr),
+    /// Bound to the unspecified address with this port: any local address matches (tier 2).
+    AnyAddress {
+        /// Local port.
+        port: u16,
+    },
+    /// TCP registered before `connect`: any local port matches (tier 3).
+    NotBound,
+}
+
+/// One socket / destination entry of a flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SocketDetail {
+    /// Socket value as the owning process knows it.
+    pub socket: u64,
+    /// TCP or UDP.
+    pub protocol: Protocol,
+    /// Local side.
+    pub binding: Binding,
+    /// Destination (normalized: v4-mapped shown as IPv4; no scope id).
+    pub remote: SocketAddr,
+}
+
+/// One flow, as listed by [`Engine::flow_details`] (`qosmarkctl flows`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowDetail {
+    /// Flow id.
+    pub id: FlowId,
+    /// Owning handle.
+    pub handle: HandleId,
+    /// Process id of the handle's caller (owner of every socket of the flow).
+    pub pid: u32,
+    /// Traffic type.
+    pub traffic_type: TrafficType,
+    /// Added without `QOS_NON_ADAPTIVE_FLOW`.
+    pub adaptive: bool,
+    /// DSCP set with `QOSSetOutgoingDSCPValue`.
+    pub custom_dscp: Option<Dscp>,
+    /// The mark packets get.
+    pub mark: Mark,
+    /// Packet counters.
+    pub counters: CounterSnapshot,
+    /// Entries in registration order.
+    pub sockets: Vec<SocketDetail>,
+}
+
+/// One open handle, as listed by [`Engine::handle_details`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HandleDetail {
+    /// Handle id.
+    pub id: HandleId,
+    /// Who opened it.
+    pub caller: Caller,
+    /// Flows it owns.
+    pub flows: usize,
+    /// Socket entries in its flows.
+    pub sockets: usize,
+}
+
+/// Everything observable about the control plane, for tests ("an error changes nothing") and
+/// diagnostics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControlSnapshot {
+    /// Open handles, ascending.
+    pub handles: Vec<HandleDetail>,
+    /// Live flows, ascending.
+    pub flows: Vec<FlowDetail>,
+    /// The traffic table.
+    pub table: TrafficTable,
+}
+
+fn require_admin(caller: Caller) -> Result<(), EngineError> {
+    match caller.privilege {
+        Privilege::Admin | Privilege::Kernel => Ok(()),
+        Privilege::User => Err(EngineError::AccessDenied),
+    }
+}
+
+fn to_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+impl Engine {
+    /// Opens a handle for `caller` (`QOSCreateHandle`; the back end checked the version).
+    ///
+    /// # Errors
+    /// [`EngineError::LimitReached`] at `max_handles`; [`EngineError::NoMemory`].
+    pub fn open_handle(&mut self, caller: Caller) -> Result<HandleId, EngineError> {
+        self.control.open_handle(caller)
+    }
+
+    /// Closes a handle and destroys every flow it created (`QOSCloseHandle`). The engine has no
+    /// pending requests, so none is aborted (see [`CloseReport::requests_aborted`]).
+    ///
+    /// # Errors
+    /// [`EngineError::InvalidHandle`] if the handle is not open.
+    pub fn close_handle(&mut self, handle: HandleId) -> Result<CloseReport, EngineError> {
+        self.control.close_handle(handle)
+    }
+
+    /// Applies one control request on behalf of `handle` (module docs for every rule).
+    ///
+    /// # Errors
+    /// The exact [`EngineError`] the QOS2 API documents for the case; the state is unchanged.
+    pub fn apply(&mut self, handle: HandleId, req: &Request) -> Result<Response, EngineError> {
+        let caller = self.control.handle(handle)?.caller;
+        match req {
+            Request::QueryStatus => Ok(Response::Status(self.status())),
+            Request::AddSocketToFlow {
+                socket,
+                dest,
+                traffic_type,
+                flags,
+                flow_id,
+            } => {
+                let add = flows::AddSocket {
+                    socket,
+                    dest: *dest,
+                    traffic_type: *traffic_type,
+                    flags: *flags,
+                    flow_id: *flow_id,
+                };
+                self.control.add_socket(handle, &add).map(Response::FlowId)
+            }
+            Request::RemoveSocketFromFlow { socket, flow_id } => self
+                .control
+                .remove_socket(handle, *socket, *flow_id)
+                .map(|()| Response::Done),
+            Request::SetFlow { flow_id, op } => match op {
+                SetFlow::TrafficType(tt) => self
+                    .control
+                    .set_traffic_type(handle, *flow_id, *tt)
+                    .map(|()| Response::Done),
+                SetFlow::OutgoingDscp(v) => self
+                    .control
+                    .set_dscp(handle, caller, *flow_id, *v)
+                    .map(|()| Response::Done),
+                SetFlow::OutgoingRate(_) => {
+                    self.control.flow_mark(handle, *flow_id)?;
+                    Err(EngineError::NotSupported)
+                }
+            },
+            Request::QueryFlow { flow_id, op } => {
+                let mark = self.control.flow_mark(handle, *flow_id)?;
+                match op {
+                    QueryFlow::PacketPriority => Ok(Response::PacketPriority(PacketPriority {
+                        conformant_dscp: mark.dscp.map_or(0, |d| u32::from(d.value())),
+                        non_conformant_dscp: 0,
+                        conformant_l2: mark.pcp.map_or(0, |p| u32::from(p.value())),
+                        non_conformant_l2: 0,
+                    })),
+                    QueryFlow::Fundamentals | QueryFlow::OutgoingRate => {
+                        Err(EngineError::NotSupported)
+                    }
+                }
+            }
+            Request::NotifyFlow {
+                flow_id,
+                op,
+                threshold,
+            } => {
+                self.control.flow_mark(handle, *flow_id)?;
+                let buffer_ok = match op {
+                    NotifyFlow::Available => threshold.is_some(),
+                    NotifyFlow::Congested | NotifyFlow::Uncongested => threshold.is_none(),
+                };
+                if buffer_ok {
+                    Err(EngineError::NotSupported)
+                } else {
+                    Err(EngineError::InvalidParameter)
+                }
+            }
+            Request::EnumerateFlows => self.control.enumerate(caller).map(Response::FlowIds),
+            Request::AddRule(spec) => {
+                require_admin(caller)?;
+                self.rules.insert(spec.clone()).map(|()| Response::Done)
+            }
+            Request::RemoveRule(name) => {
+                require_admin(caller)?;
+                self.rules.remove(name).map(|()| Response::Done)
+            }
+            Request::ListRules => {
+                require_admin(caller)?;
+                self.rules.list().map(Response::Rules)
+            }
+            Request::GetTrafficTable => Ok(Response::TrafficTable(*self.control.traffic_table())),
+            Request::SetTrafficTable(table) => {
+                require_admin(caller)?;
+                self.control.set_table(*table);
+                Ok(Response::Done)
+            }
+        }
+    }
+
+    fn status(&self) -> StatusInfo {
+        let (handles, flows, sockets) = self.control.counts();
+        let mut status = StatusInfo {
+            protocol_version: PROTOCOL_VERSION,
+            handles: to_u32(handles),
+            flows: to_u32(flows),
+            sockets: to_u32(sockets),
+            rules: to_u32(self.rules.len()),
+            ..StatusInfo::default()
+        };
+        self.stats.fill_status(&mut status);
+        status
+    }
+
+    /// Tells the engine that `socket` of `handle`'s process is now bound to `local` (a TCP
+    /// socket registered before `connect`, whose local port the back end learned afterwards).
+    /// Its unbound entries move to the exact tier (or the any-address tier when `local` is
+    /// unspecified). Returns how many entries were pinned (0 if the socket had none).
+    ///
+    /// # Errors
+    /// 6 for a closed handle; 87 for port 0 or a `local` of the other family than an entry's
+    /// destination; 183 when a pinned 5-tuple is already registered; 8. All or nothing.
+    pub fn socket_bound(
+        &mut self,
+        handle: HandleId,
+        socket: u64,
+        local: SocketAddr,
+    ) -> Result<usize, EngineError> {
+        self.control.socket_bound(handle, socket, local)
+    }
+
+    /// The flow an outbound packet with this 5-tuple belongs to, and its mark (the socket-flow
+    /// part of classification; diagnostics and `qosmarkctl explain`).
+    #[must_use]
+    pub fn socket_lookup(&self, tuple: &FiveTuple) -> Option<(FlowId, Mark)> {
+        self.control
+            .lookup_flow(tuple)
+            .map(|(id, f)| (id, f.mark()))
+    }
+
+    /// Owned records of every live flow, ascending by id (`qosmarkctl flows`).
+    ///
+    /// # Errors
+    /// [`EngineError::NoMemory`].
+    pub fn flow_details(&self) -> Result<Vec<FlowDetail>, EngineError> {
+        self.control.details(None)
+    }
+
+    /// Owned records of the open handles, ascending by id.
+    ///
+    /// # Errors
+    /// [`EngineError::NoMemory`].
+    pub fn handle_details(&self) -> Result<Vec<HandleDetail>, EngineError> {
+        self.control.handle_details()
+    }
+
+    /// Everything observable about the control plane.
+    ///
+    /// # Errors
+    /// [`EngineError::NoMemory`].
+    pub fn control_snapshot(&self) -> Result<ControlSnapshot, EngineError> {
+        Ok(ControlSnapshot {
+            handles: self.handle_details()?,
+            flows: self.flow_details()?,
+            table: *self.control.traffic_table(),
+        })
+    }
+
+    /// Checks the control plane's internal invariants (index ⇔ flows ⇔ handle counts, cached
+    /// marks up to date). For tests and debug builds of the back ends.
+    ///
+    /// # Errors
+    /// A description of the first violated invariant.
+    pub fn check_control_invariants(&self) -> Result<(), &'static str> {
+        self.control.check_invariants()
+    }
+}

@@ -52,7 +52,7 @@
 //! two live datagrams in the same slot: probability ≤ 2^-36 per lookup. Relaxed ordering is
 //! enough: the slot word is self-contained and publishes no other memory.
 
-use core::hash::{BuildHasher, Hash, Hasher};
+use core::hash::BuildHasher;
 use core::net::IpAddr;
 use core::sync::atomic::{AtomicU64, Ordering};
 use foldhash::fast::FixedState;
@@ -200,9 +200,7 @@ impl FragmentCache {
 
     /// Slot and tag of `key`.
     fn locate(&self, key: &FragmentKey) -> Option<(&AtomicU64, u64)> {
-        let mut h = self.hasher.build_hasher();
-        key.hash(&mut h);
-        let hash = h.finish();
+        let hash = self.hasher.hash_one(key);
         let mask = self.slots.len().checked_sub(1)?;
         let slot = self.slots.get((hash as usize) & mask)?;
         Some((slot, (hash >> 28) & TAG_MASK))

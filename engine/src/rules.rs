@@ -1,4 +1,4 @@
-//! Administrator rules — qosmark's equivalent of Windows Policy-based QoS policies — and their
+//! Administrator rules — qosmark's equivalent of Windows policy-based `QoS` policies — and their
 //! indexed classifier.
 //!
 //! ## Matching
@@ -196,8 +196,8 @@ impl Shape {
         }
     }
 
-    /// The key of a rule of this shape under protocol number `protocol`.
-    fn rule_key(self, spec: &RuleSpec, protocol: u8) -> Key {
+    /// The key of a rule (of its own shape) under protocol number `protocol`.
+    fn rule_key(spec: &RuleSpec, protocol: u8) -> Key {
         Key {
             protocol,
             local: spec.local_prefix.map_or(0, |p| masked(p.addr, p.len)),
@@ -277,17 +277,16 @@ impl Index {
             .get(idx as usize)
             .ok_or(EngineError::InvalidParameter)?;
         let shape = Shape::of(&rule.spec);
-        let ci = match self.classes.iter().position(|c| c.shape == shape) {
-            Some(ci) => ci,
-            None => {
-                self.classes.try_reserve(1)?;
-                self.classes.push(Class {
-                    shape,
-                    best: Rank(0),
-                    buckets: HashMap::with_hasher(FixedState::default()),
-                });
-                self.classes.len() - 1
-            }
+        let ci = if let Some(ci) = self.classes.iter().position(|c| c.shape == shape) {
+            ci
+        } else {
+            self.classes.try_reserve(1)?;
+            self.classes.push(Class {
+                shape,
+                best: Rank(0),
+                buckets: HashMap::with_hasher(FixedState::default()),
+            });
+            self.classes.len() - 1
         };
         let class = self
             .classes
@@ -302,13 +301,13 @@ impl Index {
         for &proto in protos {
             class
                 .buckets
-                .entry(shape.rule_key(&rule.spec, proto))
+                .entry(Shape::rule_key(&rule.spec, proto))
                 .or_default()
                 .try_reserve(1)?;
         }
         // Phase 2, infallible: insert in rank order (capacity reserved above).
         for &proto in protos {
-            if let Some(bucket) = class.buckets.get_mut(&shape.rule_key(&rule.spec, proto)) {
+            if let Some(bucket) = class.buckets.get_mut(&Shape::rule_key(&rule.spec, proto)) {
                 let pos = bucket.partition_point(|&j| {
                     rules
                         .get(j as usize)
@@ -318,7 +317,8 @@ impl Index {
             }
         }
         class.best = class.best.max(rule.rank);
-        self.classes.sort_unstable_by(|a, b| b.best.cmp(&a.best));
+        self.classes
+            .sort_unstable_by_key(|c| core::cmp::Reverse(c.best));
         Ok(())
     }
 
@@ -468,8 +468,12 @@ impl RuleSet {
 
 #[cfg(test)]
 mod tests {
-    // Tests may unwrap and index: a panic is a test failure.
-    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    // Tests may unwrap and index: a panic is a test failure. `ports` mirrors the field type.
+    #![allow(
+        clippy::unwrap_used,
+        clippy::indexing_slicing,
+        clippy::unnecessary_wraps
+    )]
     use super::*;
     use alloc::string::String;
     use alloc::vec;

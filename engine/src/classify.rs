@@ -226,6 +226,7 @@ mod tests {
     use crate::Limits;
     use alloc::vec::Vec;
     use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    use proptest::strategy::Strategy;
     use qosmark_abi::{
         heapless_name::RuleName, Caller, Dscp, Family, PortRange, Prefix, Privilege, Request,
         RuleProtocol, RuleSpec, SocketInfo, TrafficType, QOS_NON_ADAPTIVE_FLOW,
@@ -741,5 +742,65 @@ mod tests {
         assert_eq!(e.rules.list().unwrap()[0].counters.packets, 0);
         // Another port of the same host is not the socket: the rule applies.
         assert_eq!(e.classify(&udp4(0, 5001, 53), &meta(), 0), rule_mark);
+    }
+
+    #[test]
+    fn concurrent_classify_counts_exactly() {
+        let e = engine_with(&[rule("ef")]);
+        let marked = udp4(0, 1, 53);
+        let done = udp4(46 << 2, 1, 53);
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    for _ in 0..500 {
+                        assert_eq!(e.classify(&marked, &meta(), 0), ef());
+                        assert_eq!(e.classify(&done, &meta(), 0), Verdict::AlreadyMarked);
+                    }
+                });
+            }
+        });
+        let s = status(&e);
+        assert_eq!((s.packets, s.marked, s.already_marked), (4000, 2000, 2000));
+        let c = e.rules.list().unwrap()[0].counters;
+        assert_eq!(
+            (c.packets, c.bytes, c.marked, c.already_marked),
+            (4000, 4000 * 48, 2000, 2000)
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+        /// Any bytes: no panic, and every packet lands in exactly one global counter.
+        #[test]
+        fn arbitrary_bytes_never_panic_and_are_counted_once(
+            packets in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80),
+                    // Mostly-valid IPv4/IPv6 headers with random tails and lengths.
+                    (proptest::prelude::any::<bool>(), proptest::collection::vec(proptest::prelude::any::<u8>(), 0..60))
+                        .prop_map(|(six, tail)| {
+                            let mut p = if six { udp6(0, None, (1, 53)) } else { udp4(0, 1, 53) };
+                            for (d, s) in p.iter_mut().skip(1).zip(tail) { *d = s; }
+                            p
+                        }),
+                ],
+                1..20,
+            ),
+            now in proptest::prelude::any::<u64>(),
+        ) {
+            let e = engine_with(&[rule("ef")]);
+            let mut buf = Vec::new();
+            for p in &packets {
+                let v = e.classify(p, &meta(), now);
+                if let Verdict::Mark(m) = v {
+                    buf.clone_from(p);
+                    proptest::prop_assert!(Engine::rewrite(&mut buf, m).is_ok());
+                }
+            }
+            let s = status(&e);
+            let skipped: u64 = s.skipped.iter().sum();
+            proptest::prop_assert_eq!(s.packets, packets.len() as u64);
+            proptest::prop_assert_eq!(s.marked + s.already_marked + skipped, s.packets);
+        }
     }
 }

@@ -879,6 +879,22 @@ mod tests {
         })
     }
 
+    /// Rules that all set both prefixes and nothing else, at one precedence: the winner is
+    /// decided by prefix lengths and insertion order only.
+    fn dense_spec() -> impl Strategy<Value = RuleSpec> {
+        (v4_pool(), v4_pool(), 0u8..=32, 0u8..=32).prop_map(|(l, r, ll, rl)| RuleSpec {
+            name: name("placeholder"),
+            precedence: 127,
+            protocol: RuleProtocol::Any,
+            local_prefix: Some(mask(IpAddr::V4(l), ll)),
+            remote_prefix: Some(mask(IpAddr::V4(r), rl)),
+            local_ports: None,
+            remote_ports: None,
+            action: RuleAction::Dscp(Dscp::EF),
+            pcp: None,
+        })
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
         #[test]
@@ -908,6 +924,23 @@ mod tests {
             prop_assert_eq!(set.len(), kept.len());
             let listed: Vec<_> = set.list().unwrap().into_iter().map(|e| e.spec).collect();
             prop_assert_eq!(listed, kept);
+        }
+
+        #[test]
+        fn prefix_length_ties_agree_with_reference(
+            specs in proptest::collection::vec(dense_spec(), 1..40),
+            packets in proptest::collection::vec(packet_strategy(), 1..40),
+        ) {
+            let mut set = RuleSet::new(64);
+            let mut kept = Vec::new();
+            for (i, mut s) in specs.into_iter().enumerate() {
+                s.name = name(&alloc::format!("r{i}"));
+                set.insert(s.clone()).unwrap();
+                kept.push(s);
+            }
+            for t in &packets {
+                prop_assert_eq!(set.lookup(t).map(|h| *h.name), reference(&kept, t));
+            }
         }
     }
 }

@@ -35,9 +35,10 @@
 //! ## Time
 //! `now_ns` is passed in (monotonic nanoseconds, as the back end knows it). The slot stores
 //! `now_ns >> 28` (ticks of 2^28 ns ≈ 268 ms) modulo 2^16. An entry expires after
-//! [`TIMEOUT_TICKS`] ticks ≈ 30 s, the order of the IPv4 reassembly timeout (RFC 1122 suggests
-//! 60–120 s upper bound; Windows uses 60 s; outbound fragments of one datagram leave within
-//! microseconds, so 30 s is generous and limits identification reuse). Ages are computed modulo
+//! [`TIMEOUT_TICKS`] ticks ≈ 30 s: the order of the reassembly timeouts receivers use (RFC 8200
+//! gives 60 s for IPv6; RFC 1122 recommends a fixed 60–120 s for IPv4), shortened because the
+//! fragments of one outbound datagram leave the sender back to back, and a shorter life limits
+//! confusion with a later datagram that reuses the 16-bit IPv4 identification. Ages are computed modulo
 //! 2^16 ticks (≈ 4.9 h): a clock that goes backwards makes entries look very old, i.e. expired
 //! (fail open); an entry left untouched for a multiple of 4.9 h could look fresh again, but it
 //! still needs the same 36-bit tag — i.e. the same datagram key — to be used.

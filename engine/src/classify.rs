@@ -777,7 +777,10 @@ mod tests {
                 proptest::prop_oneof![
                     proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80),
                     // Mostly-valid IPv4/IPv6 headers with random tails and lengths.
-                    (proptest::prelude::any::<bool>(), proptest::collection::vec(proptest::prelude::any::<u8>(), 0..60))
+                    (
+                        proptest::prelude::any::<bool>(),
+                        proptest::collection::vec(proptest::prelude::any::<u8>(), 0..60),
+                    )
                         .prop_map(|(six, tail)| {
                             let mut p = if six { udp6(0, None, (1, 53)) } else { udp4(0, 1, 53) };
                             for (d, s) in p.iter_mut().skip(1).zip(tail) { *d = s; }

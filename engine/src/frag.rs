@@ -38,10 +38,11 @@
 //! [`TIMEOUT_TICKS`] ticks ≈ 30 s: the order of the reassembly timeouts receivers use (RFC 8200
 //! gives 60 s for IPv6; RFC 1122 recommends a fixed 60–120 s for IPv4), shortened because the
 //! fragments of one outbound datagram leave the sender back to back, and a shorter life limits
-//! confusion with a later datagram that reuses the 16-bit IPv4 identification. Ages are computed modulo
-//! 2^16 ticks (≈ 4.9 h): a clock that goes backwards makes entries look very old, i.e. expired
-//! (fail open); an entry left untouched for a multiple of 4.9 h could look fresh again, but it
-//! still needs the same 36-bit tag — i.e. the same datagram key — to be used.
+//! confusion with a later datagram that reuses the 16-bit IPv4 identification. Ages are
+//! computed modulo 2^16 ticks (≈ 4.9 h): a clock that goes backwards makes entries look very
+//! old, i.e. expired (fail open); an entry left untouched for a multiple of 4.9 h could look
+//! fresh again, but it still needs the same 36-bit tag — i.e. the same datagram key — to be
+//! used.
 //!
 //! ## Concurrency and torn reads
 //! `remember` and `lookup` take `&self` (classify runs under a shared lock, possibly on several
@@ -263,6 +264,7 @@ mod tests {
     use super::*;
     use core::net::{Ipv4Addr, Ipv6Addr};
     use proptest::prelude::*;
+    use std::collections::HashMap;
 
     const SEC: u64 = 1_000_000_000;
 
@@ -389,11 +391,14 @@ mod tests {
         /// and still fresh must hit.
         #[test]
         fn behaves_like_a_direct_mapped_map(
-            ops in proptest::collection::vec((0u16..40, 0u8..64, proptest::option::of(0u8..8), any::<bool>()), 1..200),
+            ops in proptest::collection::vec(
+                (0u16..40, 0u8..64, proptest::option::of(0u8..8), any::<bool>()),
+                1..200,
+            ),
         ) {
             let c = FragmentCache::new(16);
-            let mut last: std::collections::HashMap<u16, Mark> = std::collections::HashMap::new();
-            let mut slot_owner: std::collections::HashMap<usize, u16> = std::collections::HashMap::new();
+            let mut last: HashMap<u16, Mark> = HashMap::new();
+            let mut slot_owner: HashMap<usize, u16> = HashMap::new();
             for (id, d, p, write) in ops {
                 let k = v4key(id);
                 let (slot_ptr, _) = c.locate(&k).unwrap();
@@ -415,8 +420,14 @@ mod tests {
         }
 
         #[test]
-        fn mark_packing_round_trips(d in proptest::option::of(0u8..64), p in proptest::option::of(0u8..8)) {
-            let m = Mark { dscp: d.map(|d| Dscp::try_new(d).unwrap()), pcp: p.map(|p| Pcp::try_new(p).unwrap()) };
+        fn mark_packing_round_trips(
+            d in proptest::option::of(0u8..64),
+            p in proptest::option::of(0u8..8),
+        ) {
+            let m = Mark {
+                dscp: d.map(|d| Dscp::try_new(d).unwrap()),
+                pcp: p.map(|p| Pcp::try_new(p).unwrap()),
+            };
             prop_assert_eq!(unpack_mark(pack_mark(m)), m);
         }
     }

@@ -1,5 +1,5 @@
-//! Administrator rules — qosmark's equivalent of Windows policy-based `QoS` policies — and their
-//! indexed classifier.
+//! Administrator rules — qosmark's equivalent of Windows policy-based `QoS` policies — and
+//! their indexed classifier.
 //!
 //! ## Matching
 //! A packet (seen as its outbound [`FiveTuple`]: local = source, remote = destination) matches a
@@ -41,8 +41,8 @@
 //! distinct shapes — independent of the number of rules when rules share shapes (the usual
 //! case: e.g. a thousand "remote host + remote port" rules form one class) — plus, inside the
 //! probed buckets, the rules that differ only by port *ranges* or precedence. `S` is bounded by
-//! the shape space, not by the rules: (1 + 33·33 + 129·129 + 33 + 33 + 129 + 129) prefix shapes ×
-//! 4 port shapes. No allocation: the index is precomputed by [`RuleSet::insert`] and
+//! the shape space, not by the rules: (1 + 33·33 + 129·129 + 33 + 33 + 129 + 129) prefix
+//! shapes × 4 port shapes. No allocation: the index is precomputed by [`RuleSet::insert`] and
 //! [`RuleSet::remove`], where allocation is allowed (and fallible).
 //!
 //! Insert is `O(S log S + b)` (b = size of the buckets touched); remove rebuilds the index in

@@ -153,6 +153,9 @@ impl Lines<'_> {
     }
 }
 
+const MIXED_FAMILIES: &str =
+    "`local_address` and `remote_address` must be of the same family (both IPv4 or both IPv6)";
+
 const KEYS: [&str; 10] = [
     "name",
     "precedence",
@@ -390,18 +393,19 @@ impl RuleFields {
             }
             "precedence" => self.precedence = Some(int_in(lines, key, v, 255)?),
             "protocol" => {
-                self.protocol =
-                    Some(match string(lines, key, v)? {
-                        "tcp" => RuleProtocol::Tcp,
-                        "udp" => RuleProtocol::Udp,
-                        "any" => RuleProtocol::Any,
-                        other => return Err(lines.err(
+                self.protocol = Some(match string(lines, key, v)? {
+                    "tcp" => RuleProtocol::Tcp,
+                    "udp" => RuleProtocol::Udp,
+                    "any" => RuleProtocol::Any,
+                    other => {
+                        return Err(lines.err(
                             at,
                             format!(
                                 "`protocol` is \"{other}\", must be \"tcp\", \"udp\" or \"any\""
                             ),
-                        )),
-                    });
+                        ))
+                    }
+                });
             }
             "local_address" | "remote_address" => {
                 let p = parse_prefix(string(lines, key, v)?)
@@ -412,10 +416,7 @@ impl RuleFields {
                     (&mut self.remote_prefix, self.local_prefix)
                 };
                 if other.is_some_and(|o| o.addr.is_ipv4() != p.addr.is_ipv4()) {
-                    return Err(lines.err(
-                        at,
-                        "`local_address` and `remote_address` must be of the same family (both IPv4 or both IPv6)",
-                    ));
+                    return Err(lines.err(at, MIXED_FAMILIES));
                 }
                 *mine = Some(p);
             }
@@ -462,14 +463,18 @@ fn parse_action(
         ));
     }
     let s = string(lines, key, v)?;
-    TRAFFIC_TYPES.iter().find(|(n, _)| *n == s).map(|(_, t)| RuleAction::TrafficType(*t)).ok_or_else(|| {
-        lines.err(
-            at,
-            format!(
-                "`traffic_type` \"{s}\" is not one of best-effort, background, excellent-effort, audio-video, voice, control"
-            ),
-        )
-    })
+    let found = TRAFFIC_TYPES.iter().find(|(n, _)| *n == s);
+    found
+        .map(|(_, t)| RuleAction::TrafficType(*t))
+        .ok_or_else(|| {
+            lines.err(
+                at,
+                format!(
+                    "`traffic_type` \"{s}\" is not one of best-effort, background, \
+                 excellent-effort, audio-video, voice, control"
+                ),
+            )
+        })
 }
 
 /// One `[[rule]]` table → its spec and the line of its name.

@@ -24,7 +24,9 @@
 //!   engine holds must survive persistence through [`to_toml`] and back.
 //! * Host bits set in a prefix (`"10.0.0.1/24"`) are an error that names the intended prefix,
 //!   rather than being silently masked.
-//! * A rule's local and remote prefix must be of one family.
+//! * A rule's local and remote prefix must be of one family. An IPv4-mapped IPv6 prefix
+//!   (`::ffff:a.b.c.d/len`) is accepted, as the engine accepts it, but never matches: the engine
+//!   classifies such traffic as IPv4, so write the IPv4 prefix.
 //!
 //! ## Errors
 //! Every error names a 1-based line: the line of the offending key (strictly: where its value
@@ -195,9 +197,12 @@ pub fn parse_rules_with_max(text: &str, max: usize) -> Result<Vec<RuleSpec>, Rul
     let lines = Lines(text);
     let root: Node = toml::from_str(text).map_err(|e| {
         let offset = e.span().map_or(0, |s| s.start);
-        let message = if e.message().contains("spanned value") {
-            // toml cannot attach a span to a date-time; no key here takes one anyway.
-            String::from("dates and times are not valid in a rules file")
+        // toml cannot attach a span to a date-time or to a table made by a dotted key; the
+        // span-keeping deserializer then fails with serde_spanned's internal wording. Neither
+        // is valid in a rules file anyway.
+        let m = e.message();
+        let message = if m.contains("spanned value") || m.contains("borrowed string") {
+            String::from("dotted keys and dates/times are not valid in a rules file")
         } else {
             e.message().trim().replace('\n', ": ")
         };
@@ -883,7 +888,21 @@ local_port = "0-1023"
         check(
             &format!("{HEAD}dscp = 1\nwhen = 1979-05-27\n"),
             4,
-            "dates and times",
+            "dates/times",
+        );
+        check(&format!("{HEAD}dscp = 1\nfoo.bar = 1\n"), 4, "dotted keys");
+        check("\na.b = 1\n", 2, "dotted keys");
+        // Sub-tables of a rule are unknown keys, at their header line.
+        check(
+            &format!("{HEAD}dscp = 1\n\n[rule.sub]\nk = 1\n"),
+            5,
+            "unknown key `sub`",
+        );
+        // toml's own range error, with its line.
+        check(
+            &format!("{HEAD}dscp = 99999999999999999999\n"),
+            3,
+            "too large",
         );
     }
 

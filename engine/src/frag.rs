@@ -125,7 +125,6 @@ pub struct FragmentStats {
 }
 
 /// Bounded memory of first fragments.
-#[derive(Debug)]
 pub(crate) struct FragmentCache {
     slots: Vec<AtomicU64>,
     hasher: FixedState,
@@ -133,6 +132,16 @@ pub(crate) struct FragmentCache {
     misses: AtomicU64,
     inserts: AtomicU64,
     evictions: AtomicU64,
+}
+
+impl core::fmt::Debug for FragmentCache {
+    /// Slot count and counters only (not thousands of slot words).
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("FragmentCache")
+            .field("slots", &self.slots.len())
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
 }
 
 fn pack_mark(mark: Mark) -> u64 {
@@ -291,6 +300,12 @@ mod tests {
         assert_eq!(FragmentCache::new(1000).slots(), 1024);
         assert_eq!(FragmentCache::new(1024).slots(), 1024);
         assert_eq!(FragmentCache::new(usize::MAX).slots(), MAX_SLOTS);
+    }
+
+    #[test]
+    fn debug_is_short() {
+        let text = std::format!("{:?}", FragmentCache::new(1024));
+        assert!(text.contains("slots: 1024") && text.len() < 200, "{text}");
     }
 
     #[test]

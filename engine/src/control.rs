@@ -25,9 +25,7 @@ pub(crate) struct ControlState {
 
 impl ControlState {
     pub(crate) fn new(_limits: &Limits) -> Self {
-        ControlState {
-            table: crate::traffic::default_table(),
-        }
+        ControlState { table: crate::traffic::default_table() }
     }
     pub(crate) fn lookup(&self, _tuple: &FiveTuple) -> Option<SocketHit<'_>> {
         None

@@ -5,10 +5,7 @@ use qosmark_abi::{Mark, TrafficTable, TrafficType, TrafficTypeMark};
 #[must_use]
 pub fn default_table() -> TrafficTable {
     TrafficTable {
-        marks: [TrafficTypeMark {
-            dscp: None,
-            pcp: None,
-        }; 6],
+        marks: [TrafficTypeMark { dscp: None, pcp: None }; 6],
         user_dscp_allow: 0,
         tag_adaptive_flows: true,
     }
@@ -17,20 +14,6 @@ pub fn default_table() -> TrafficTable {
 /// The mark of `tt` for a flow (`adaptive` = added without `QOS_NON_ADAPTIVE_FLOW`).
 #[must_use]
 pub fn mark_for(table: &TrafficTable, tt: TrafficType, adaptive: bool) -> Mark {
-    let m = table
-        .marks
-        .get(tt.index())
-        .copied()
-        .unwrap_or(TrafficTypeMark {
-            dscp: None,
-            pcp: None,
-        });
-    Mark {
-        dscp: m.dscp,
-        pcp: if adaptive && table.tag_adaptive_flows {
-            m.pcp
-        } else {
-            None
-        },
-    }
+    let m = table.marks.get(tt.index()).copied().unwrap_or(TrafficTypeMark { dscp: None, pcp: None });
+    Mark { dscp: m.dscp, pcp: if adaptive && table.tag_adaptive_flows { m.pcp } else { None } }
 }

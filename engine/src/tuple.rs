@@ -20,11 +20,7 @@ impl FiveTuple {
     /// A tuple with both addresses normalized ([`normalize_addr`]).
     #[must_use]
     pub fn new(protocol: Protocol, local: SocketAddr, remote: SocketAddr) -> Self {
-        FiveTuple {
-            protocol,
-            local: normalize(local),
-            remote: normalize(remote),
-        }
+        FiveTuple { protocol, local: normalize(local), remote: normalize(remote) }
     }
 }
 
@@ -56,10 +52,7 @@ mod tests {
     #[test]
     fn v4_mapped_becomes_v4() {
         let mapped = Ipv4Addr::new(192, 0, 2, 1).to_ipv6_mapped();
-        assert_eq!(
-            normalize_addr(IpAddr::V6(mapped)),
-            IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))
-        );
+        assert_eq!(normalize_addr(IpAddr::V6(mapped)), IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
     }
 
     #[test]

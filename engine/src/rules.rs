@@ -1,8 +1,62 @@
-//! PLACEHOLDER (skeleton): admin rules. Replaced by the real implementation.
+//! Administrator rules — qosmark's equivalent of Windows policy-based `QoS` policies — and
+//! their indexed classifier.
+//!
+//! ## Matching
+//! A packet (seen as its outbound [`FiveTuple`]: local = source, remote = destination) matches a
+//! rule when every condition the rule sets holds:
+//! * protocol: `Tcp`/`Udp` must equal the packet's, `Any` matches both;
+//! * local / remote prefix: the address is of the prefix's family (an IPv4 prefix never matches
+//!   an IPv6 address and vice versa) and its first `len` bits equal the prefix's;
+//! * local / remote port range: the port lies in the inclusive range.
+//!
+//! ## Which rule wins
+//! One rule per packet (as on Windows: one policy per flow). Among the matching rules the
+//! greatest [`Rank`] wins. Ranks compare lexicographically by:
+//! 1. precedence (0..=255, higher wins);
+//! 2. number of conditions ([`RuleSpec::condition_count`], more wins);
+//! 3. which conditions are set, in the order Windows breaks ties between policies with equally
+//!    many conditions (qos-api.md §13.3): local (source) prefix, then remote (destination)
+//!    prefix, then local port, then remote port, then protocol — a rule with the earlier
+//!    condition wins;
+//! 4. prefix length ("a more specific prefix wins"): the local prefix length, then the remote
+//!    prefix length (absent prefixes count as 0; by step 3 both rules set the same prefixes
+//!    here, so only lengths of prefixes both rules have are compared);
+//! 5. insertion order: the earlier-inserted rule wins (insertion order is a sequence number
+//!    given at insert time; removing other rules does not change it).
+//!
+//! Step 5 makes the order total, so the winner is always unique.
+//!
+//! ## Classifier (tuple-space search)
+//! Rules are grouped into *classes* by their *shape*: the address family of their prefixes
+//! (none when they set no prefix), the local and remote prefix lengths (or none), and whether
+//! each port condition is a single port ("exact") or not (a real range, or none). Inside a class
+//! every rule is hashed under a [`Key`] of protocol number, masked local and remote address and
+//! exact ports (a rule with protocol `Any` is entered under TCP *and* UDP). A bucket holds the
+//! indices of its rules sorted best [`Rank`] first; the candidates still have to pass their
+//! port ranges, so the first candidate that matches is the best rule of that class. Classes are
+//! kept sorted by the best rank they contain, so a lookup stops as soon as no remaining class
+//! can beat the best match found so far.
+//!
+//! Cost of [`RuleSet::lookup`]: at most one hash probe per class, `O(S)` with `S` the number of
+//! distinct shapes — independent of the number of rules when rules share shapes (the usual
+//! case: e.g. a thousand "remote host + remote port" rules form one class) — plus, inside the
+//! probed buckets, the rules that differ only by port *ranges* or precedence. `S` is bounded by
+//! the shape space, not by the rules: (1 + 33·33 + 129·129 + 33 + 33 + 129 + 129) prefix
+//! shapes × 4 port shapes. No allocation: the index is precomputed by [`RuleSet::insert`] and
+//! [`RuleSet::remove`], where allocation is allowed (and fallible).
+//!
+//! Insert is `O(S log S + b)` (b = size of the buckets touched); remove rebuilds the index in
+//! `O(n · b)`; both leave the set unchanged when they fail.
+
 use crate::counters::Counters;
 use crate::{EngineError, FiveTuple};
 use alloc::vec::Vec;
-use qosmark_abi::{heapless_name::RuleName, Pcp, RuleAction, RuleEntry, RuleSpec};
+use core::net::IpAddr;
+use foldhash::fast::FixedState;
+use hashbrown::HashMap;
+use qosmark_abi::{
+    heapless_name::RuleName, Pcp, PortRange, Prefix, RuleAction, RuleEntry, RuleProtocol, RuleSpec,
+};
 
 /// A rule match on the packet path.
 #[derive(Debug)]
@@ -13,31 +67,880 @@ pub struct RuleHit<'a> {
     pub pcp: Option<Pcp>,
     /// The rule's counters.
     pub counters: &'a Counters,
+    /// The rule's name.
+    pub name: &'a RuleName,
 }
 
-/// The rule set.
+/// The total order between rules: greater is better. See the module docs for the fields, most
+/// significant first: precedence, condition count, condition presence, local and remote prefix
+/// length, then (inverted) insertion sequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct Rank(u128);
+
+impl Rank {
+    /// The rank of `spec` inserted as the `seq`-th rule.
+    fn of(spec: &RuleSpec, seq: u64) -> Rank {
+        let presence = (u128::from(spec.local_prefix.is_some()) << 4)
+            | (u128::from(spec.remote_prefix.is_some()) << 3)
+            | (u128::from(spec.local_ports.is_some()) << 2)
+            | (u128::from(spec.remote_ports.is_some()) << 1)
+            | u128::from(spec.protocol != RuleProtocol::Any);
+        let local_len = spec.local_prefix.map_or(0, |p| p.len);
+        let remote_len = spec.remote_prefix.map_or(0, |p| p.len);
+        Rank(
+            (u128::from(spec.precedence) << 120)
+                | (u128::from(spec.condition_count()) << 112)
+                | (presence << 104)
+                | (u128::from(local_len) << 96)
+                | (u128::from(remote_len) << 88)
+                | u128::from(u64::MAX - seq),
+        )
+    }
+}
+
+/// One stored rule.
+#[derive(Debug)]
+struct Rule {
+    spec: RuleSpec,
+    counters: Counters,
+    rank: Rank,
+}
+
+/// Address family of a prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
+fn family_of(addr: IpAddr) -> Family {
+    match addr {
+        IpAddr::V4(_) => Family::V4,
+        IpAddr::V6(_) => Family::V6,
+    }
+}
+
+/// The first `len` bits of `addr` as an integer (IPv4 in the low 32 bits).
+fn masked(addr: IpAddr, len: u8) -> u128 {
+    match addr {
+        IpAddr::V4(a) => {
+            let mask = if len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(len.min(32)))
+            };
+            u128::from(u32::from(a) & mask)
+        }
+        IpAddr::V6(a) => {
+            let mask = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(len.min(128)))
+            };
+            u128::from(a) & mask
+        }
+    }
+}
+
+fn prefix_matches(prefix: Option<Prefix>, addr: IpAddr) -> bool {
+    prefix.is_none_or(|p| {
+        family_of(p.addr) == family_of(addr) && masked(addr, p.len) == masked(p.addr, p.len)
+    })
+}
+
+fn ports_match(range: Option<PortRange>, port: u16) -> bool {
+    range.is_none_or(|r| (r.first..=r.last).contains(&port))
+}
+
+/// Whether `spec` matches `tuple` (the plain definition; the index only narrows candidates).
+fn spec_matches(spec: &RuleSpec, tuple: &FiveTuple) -> bool {
+    let protocol_ok = match spec.protocol {
+        RuleProtocol::Any => true,
+        RuleProtocol::Tcp => tuple.protocol == qosmark_abi::Protocol::Tcp,
+        RuleProtocol::Udp => tuple.protocol == qosmark_abi::Protocol::Udp,
+    };
+    protocol_ok
+        && prefix_matches(spec.local_prefix, tuple.local.ip())
+        && prefix_matches(spec.remote_prefix, tuple.remote.ip())
+        && ports_match(spec.local_ports, tuple.local.port())
+        && ports_match(spec.remote_ports, tuple.remote.port())
+}
+
+/// The single port of a range that is one port.
+fn exact_port(range: Option<PortRange>) -> Option<u16> {
+    range.and_then(|r| (r.first == r.last).then_some(r.first))
+}
+
+/// Which fields of a packet a class hashes on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Shape {
+    family: Option<Family>,
+    local_len: Option<u8>,
+    remote_len: Option<u8>,
+    local_exact: bool,
+    remote_exact: bool,
+}
+
+impl Shape {
+    fn of(spec: &RuleSpec) -> Shape {
+        let family = spec
+            .local_prefix
+            .or(spec.remote_prefix)
+            .map(|p| family_of(p.addr));
+        Shape {
+            family,
+            local_len: spec.local_prefix.map(|p| p.len),
+            remote_len: spec.remote_prefix.map(|p| p.len),
+            local_exact: exact_port(spec.local_ports).is_some(),
+            remote_exact: exact_port(spec.remote_ports).is_some(),
+        }
+    }
+
+    /// The key of a rule (of its own shape) under protocol number `protocol`.
+    fn rule_key(spec: &RuleSpec, protocol: u8) -> Key {
+        Key {
+            protocol,
+            local: spec.local_prefix.map_or(0, |p| masked(p.addr, p.len)),
+            remote: spec.remote_prefix.map_or(0, |p| masked(p.addr, p.len)),
+            local_port: exact_port(spec.local_ports).unwrap_or(0),
+            remote_port: exact_port(spec.remote_ports).unwrap_or(0),
+        }
+    }
+
+    /// The key a packet probes this class with, or `None` when the packet's address family
+    /// cannot match the class's prefixes.
+    fn packet_key(self, tuple: &FiveTuple) -> Option<Key> {
+        let addr_part = |len: Option<u8>, addr: IpAddr| -> Option<u128> {
+            match len {
+                None => Some(0),
+                Some(len) => (Some(family_of(addr)) == self.family).then(|| masked(addr, len)),
+            }
+        };
+        Some(Key {
+            protocol: tuple.protocol.number(),
+            local: addr_part(self.local_len, tuple.local.ip())?,
+            remote: addr_part(self.remote_len, tuple.remote.ip())?,
+            local_port: if self.local_exact {
+                tuple.local.port()
+            } else {
+                0
+            },
+            remote_port: if self.remote_exact {
+                tuple.remote.port()
+            } else {
+                0
+            },
+        })
+    }
+}
+
+/// Hash key inside a class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Key {
+    protocol: u8,
+    local: u128,
+    remote: u128,
+    local_port: u16,
+    remote_port: u16,
+}
+
+fn protocols(p: RuleProtocol) -> &'static [u8] {
+    match p {
+        RuleProtocol::Tcp => &[6],
+        RuleProtocol::Udp => &[17],
+        RuleProtocol::Any => &[6, 17],
+    }
+}
+
+/// Rules of one shape.
+#[derive(Debug)]
+struct Class {
+    shape: Shape,
+    /// Best rank of any rule in the class (`Rank(0)` while empty).
+    best: Rank,
+    /// Rule indices per key, best rank first.
+    buckets: HashMap<Key, Vec<u32>, FixedState>,
+}
+
+/// The precomputed decision structure.
+#[derive(Debug, Default)]
+struct Index {
+    /// Best class first.
+    classes: Vec<Class>,
+}
+
+impl Index {
+    /// Adds rule `idx` (already stored in `rules`). On error the index may hold new *empty*
+    /// classes or buckets, which never match anything, and no reference to `idx`.
+    fn add(&mut self, rules: &[Rule], idx: u32) -> Result<(), EngineError> {
+        let rule = rules
+            .get(idx as usize)
+            .ok_or(EngineError::InvalidParameter)?;
+        let shape = Shape::of(&rule.spec);
+        let ci = if let Some(ci) = self.classes.iter().position(|c| c.shape == shape) {
+            ci
+        } else {
+            self.classes.try_reserve(1)?;
+            self.classes.push(Class {
+                shape,
+                best: Rank(0),
+                buckets: HashMap::with_hasher(FixedState::default()),
+            });
+            self.classes.len() - 1
+        };
+        let class = self
+            .classes
+            .get_mut(ci)
+            .ok_or(EngineError::InvalidParameter)?;
+        let protos = protocols(rule.spec.protocol);
+        // Phase 1, fallible: room for every bucket and every index.
+        class
+            .buckets
+            .try_reserve(protos.len())
+            .map_err(|_| EngineError::NoMemory)?;
+        for &proto in protos {
+            class
+                .buckets
+                .entry(Shape::rule_key(&rule.spec, proto))
+                .or_default()
+                .try_reserve(1)?;
+        }
+        // Phase 2, infallible: insert in rank order (capacity reserved above).
+        for &proto in protos {
+            if let Some(bucket) = class.buckets.get_mut(&Shape::rule_key(&rule.spec, proto)) {
+                let pos = bucket.partition_point(|&j| {
+                    rules
+                        .get(j as usize)
+                        .is_some_and(|other| other.rank > rule.rank)
+                });
+                bucket.insert(pos, idx);
+            }
+        }
+        class.best = class.best.max(rule.rank);
+        self.classes
+            .sort_unstable_by_key(|c| core::cmp::Reverse(c.best));
+        Ok(())
+    }
+
+    fn build(rules: &[Rule]) -> Result<Index, EngineError> {
+        let mut index = Index::default();
+        for idx in 0..rules.len() {
+            index.add(
+                rules,
+                u32::try_from(idx).map_err(|_| EngineError::LimitReached)?,
+            )?;
+        }
+        Ok(index)
+    }
+}
+
+/// The rule set: rules in insertion order plus their index.
 #[derive(Debug)]
 pub(crate) struct RuleSet {
-    _max: usize,
+    max: usize,
+    rules: Vec<Rule>,
+    index: Index,
+    next_seq: u64,
 }
 
+#[allow(
+    dead_code,
+    reason = "insert/remove/list/len are called by control::apply, wired at merge"
+)]
 impl RuleSet {
+    /// An empty set holding at most `max` rules (and never more than `u32::MAX`).
     pub(crate) fn new(max: usize) -> Self {
-        RuleSet { _max: max }
+        RuleSet {
+            max,
+            rules: Vec::new(),
+            index: Index::default(),
+            next_seq: 0,
+        }
     }
-    pub(crate) fn insert(&mut self, _spec: RuleSpec) -> Result<(), EngineError> {
-        Err(EngineError::NotSupported)
+
+    /// Adds a rule.
+    ///
+    /// # Errors
+    /// `InvalidParameter` when `spec.validate()` fails, `AlreadyExists` for a duplicate name,
+    /// `LimitReached` when the set is full, `NoMemory` when an allocation fails. On error the
+    /// set is unchanged.
+    pub(crate) fn insert(&mut self, spec: RuleSpec) -> Result<(), EngineError> {
+        spec.validate().map_err(|_| EngineError::InvalidParameter)?;
+        if self.rules.iter().any(|r| r.spec.name == spec.name) {
+            return Err(EngineError::AlreadyExists);
+        }
+        if self.rules.len() >= self.max {
+            return Err(EngineError::LimitReached);
+        }
+        let idx = u32::try_from(self.rules.len()).map_err(|_| EngineError::LimitReached)?;
+        self.rules.try_reserve(1)?;
+        let rank = Rank::of(&spec, self.next_seq);
+        self.rules.push(Rule {
+            spec,
+            counters: Counters::default(),
+            rank,
+        });
+        if let Err(e) = self.index.add(&self.rules, idx) {
+            self.rules.pop();
+            return Err(e);
+        }
+        self.next_seq += 1;
+        Ok(())
     }
-    pub(crate) fn remove(&mut self, _name: &RuleName) -> Result<(), EngineError> {
-        Err(EngineError::NotFound)
+
+    /// Removes the rule called `name`.
+    ///
+    /// # Errors
+    /// `NotFound` when no rule has that name; `NoMemory` when rebuilding the index fails (the
+    /// set is then unchanged).
+    pub(crate) fn remove(&mut self, name: &RuleName) -> Result<(), EngineError> {
+        let pos = self
+            .rules
+            .iter()
+            .position(|r| r.spec.name == *name)
+            .ok_or(EngineError::NotFound)?;
+        let removed = self.rules.remove(pos);
+        match Index::build(&self.rules) {
+            Ok(index) => {
+                self.index = index;
+                Ok(())
+            }
+            Err(e) => {
+                self.rules.insert(pos, removed);
+                Err(e)
+            }
+        }
     }
+
+    /// Every rule in insertion order, with its counters.
+    ///
+    /// # Errors
+    /// `NoMemory` when the list cannot be allocated.
     pub(crate) fn list(&self) -> Result<Vec<RuleEntry>, EngineError> {
-        Ok(Vec::new())
+        let mut out = Vec::new();
+        out.try_reserve_exact(self.rules.len())?;
+        out.extend(self.rules.iter().map(|r| RuleEntry {
+            spec: r.spec.clone(),
+            counters: r.counters.snapshot(),
+        }));
+        Ok(out)
     }
+
+    /// Number of rules.
     pub(crate) fn len(&self) -> usize {
-        0
+        self.rules.len()
     }
-    pub(crate) fn lookup(&self, _tuple: &FiveTuple) -> Option<RuleHit<'_>> {
-        None
+
+    /// The winning rule for `tuple`, if any. Allocation-free; see the module docs for cost.
+    pub(crate) fn lookup(&self, tuple: &FiveTuple) -> Option<RuleHit<'_>> {
+        let mut best: Option<&Rule> = None;
+        for class in &self.index.classes {
+            if best.is_some_and(|b| class.best < b.rank) {
+                break;
+            }
+            let Some(key) = class.shape.packet_key(tuple) else {
+                continue;
+            };
+            let Some(bucket) = class.buckets.get(&key) else {
+                continue;
+            };
+            for &i in bucket {
+                let Some(rule) = self.rules.get(i as usize) else {
+                    continue;
+                };
+                if best.is_some_and(|b| rule.rank < b.rank) {
+                    break;
+                }
+                if spec_matches(&rule.spec, tuple) {
+                    best = Some(rule);
+                    break;
+                }
+            }
+        }
+        best.map(|r| RuleHit {
+            action: r.spec.action,
+            pcp: r.spec.pcp,
+            counters: &r.counters,
+            name: &r.spec.name,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    // Tests may unwrap and index: a panic is a test failure. `ports` mirrors the field type.
+    #![allow(
+        clippy::unwrap_used,
+        clippy::indexing_slicing,
+        clippy::unnecessary_wraps
+    )]
+    use super::*;
+    use alloc::string::String;
+    use alloc::vec;
+    use core::cmp::Reverse;
+    use core::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+    use proptest::prelude::*;
+    use qosmark_abi::{Dscp, Protocol};
+
+    fn name(s: &str) -> RuleName {
+        RuleName::try_new(s).unwrap()
+    }
+
+    fn base(n: &str) -> RuleSpec {
+        RuleSpec {
+            name: name(n),
+            precedence: 127,
+            protocol: RuleProtocol::Any,
+            local_prefix: None,
+            remote_prefix: None,
+            local_ports: None,
+            remote_ports: None,
+            action: RuleAction::Dscp(Dscp::EF),
+            pcp: None,
+        }
+    }
+
+    fn pfx(s: &str) -> Prefix {
+        let (a, l) = s.split_once('/').unwrap();
+        Prefix {
+            addr: a.parse().unwrap(),
+            len: l.parse().unwrap(),
+        }
+    }
+
+    fn ports(first: u16, last: u16) -> Option<PortRange> {
+        Some(PortRange { first, last })
+    }
+
+    fn tuple(p: Protocol, local: &str, remote: &str) -> FiveTuple {
+        FiveTuple::new(p, local.parse().unwrap(), remote.parse().unwrap())
+    }
+
+    fn winner(set: &RuleSet, t: &FiveTuple) -> Option<String> {
+        set.lookup(t).map(|h| String::from(h.name.as_str()))
+    }
+
+    #[test]
+    fn insert_errors() {
+        let mut set = RuleSet::new(2);
+        set.insert(base("a")).unwrap();
+        assert_eq!(set.insert(base("a")), Err(EngineError::AlreadyExists));
+        let mut bad = base("b");
+        bad.remote_prefix = Some(pfx("10.0.0.1/24")); // host bits set
+        assert_eq!(set.insert(bad), Err(EngineError::InvalidParameter));
+        let mut mixed = base("b");
+        mixed.local_prefix = Some(pfx("10.0.0.0/8"));
+        mixed.remote_prefix = Some(pfx("2001:db8::/32"));
+        assert_eq!(set.insert(mixed), Err(EngineError::InvalidParameter));
+        let mut range = base("b");
+        range.remote_ports = ports(9, 8);
+        assert_eq!(set.insert(range), Err(EngineError::InvalidParameter));
+        set.insert(base("b")).unwrap();
+        assert_eq!(set.insert(base("c")), Err(EngineError::LimitReached));
+        assert_eq!(set.len(), 2);
+        assert_eq!(set.remove(&name("zz")), Err(EngineError::NotFound));
+        set.remove(&name("a")).unwrap();
+        set.insert(base("c")).unwrap();
+        let names: Vec<_> = set
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.spec.name)
+            .collect();
+        assert_eq!(names, vec![name("b"), name("c")]);
+    }
+
+    #[test]
+    fn families_never_cross() {
+        let mut set = RuleSet::new(8);
+        let mut v4 = base("v4-all");
+        v4.remote_prefix = Some(pfx("0.0.0.0/0"));
+        set.insert(v4).unwrap();
+        let mut v6 = base("v6-all");
+        v6.local_prefix = Some(pfx("::/0"));
+        set.insert(v6).unwrap();
+        let t4 = tuple(Protocol::Udp, "192.0.2.1:1000", "198.51.100.1:53");
+        let t6 = tuple(Protocol::Udp, "[2001:db8::1]:1000", "[2001:db8::2]:53");
+        assert_eq!(winner(&set, &t4).as_deref(), Some("v4-all"));
+        assert_eq!(winner(&set, &t6).as_deref(), Some("v6-all"));
+        // A v4-mapped address is normalized to IPv4 and so matches the IPv4 rule.
+        let mapped = tuple(
+            Protocol::Udp,
+            "[::ffff:192.0.2.1]:1",
+            "[::ffff:198.51.100.1]:2",
+        );
+        assert_eq!(winner(&set, &mapped).as_deref(), Some("v4-all"));
+    }
+
+    #[test]
+    fn protocol_and_ports() {
+        let mut set = RuleSet::new(8);
+        let mut tcp = base("tcp-https");
+        tcp.protocol = RuleProtocol::Tcp;
+        tcp.remote_ports = ports(443, 443);
+        set.insert(tcp).unwrap();
+        let mut udp = base("udp-range");
+        udp.protocol = RuleProtocol::Udp;
+        udp.local_ports = ports(5000, 5010);
+        set.insert(udp).unwrap();
+        assert_eq!(
+            winner(&set, &tuple(Protocol::Tcp, "10.0.0.1:5000", "10.0.0.2:443")).as_deref(),
+            Some("tcp-https")
+        );
+        assert_eq!(
+            winner(&set, &tuple(Protocol::Udp, "10.0.0.1:6000", "10.0.0.2:443")),
+            None
+        );
+        assert_eq!(
+            winner(&set, &tuple(Protocol::Udp, "10.0.0.1:5010", "10.0.0.2:443")).as_deref(),
+            Some("udp-range")
+        );
+        assert_eq!(
+            winner(&set, &tuple(Protocol::Udp, "10.0.0.1:5011", "10.0.0.2:1")),
+            None
+        );
+    }
+
+    #[test]
+    fn tie_breaks_in_documented_order() {
+        let t = tuple(Protocol::Udp, "10.1.2.3:4000", "192.0.2.9:53");
+        // 1. precedence beats everything.
+        let mut set = RuleSet::new(16);
+        let mut many = base("many-conditions");
+        many.protocol = RuleProtocol::Udp;
+        many.remote_ports = ports(53, 53);
+        many.remote_prefix = Some(pfx("192.0.2.9/32"));
+        set.insert(many).unwrap();
+        let mut high = base("high");
+        high.precedence = 200;
+        set.insert(high).unwrap();
+        assert_eq!(winner(&set, &t).as_deref(), Some("high"));
+
+        // 2. more conditions.
+        let mut set = RuleSet::new(16);
+        let mut one = base("one");
+        one.remote_ports = ports(53, 53);
+        set.insert(one).unwrap();
+        let mut two = base("two");
+        two.remote_ports = ports(1, 100);
+        two.protocol = RuleProtocol::Udp;
+        set.insert(two).unwrap();
+        assert_eq!(winner(&set, &t).as_deref(), Some("two"));
+
+        // 3. equal count: local prefix > remote prefix > local port > remote port > protocol.
+        let mut set = RuleSet::new(16);
+        let mut proto = base("protocol");
+        proto.protocol = RuleProtocol::Udp;
+        set.insert(proto).unwrap();
+        let mut rport = base("remote-port");
+        rport.remote_ports = ports(53, 53);
+        set.insert(rport).unwrap();
+        assert_eq!(winner(&set, &t).as_deref(), Some("remote-port"));
+        let mut lport = base("local-port");
+        lport.local_ports = ports(4000, 4000);
+        set.insert(lport).unwrap();
+        assert_eq!(winner(&set, &t).as_deref(), Some("local-port"));
+        let mut rpre = base("remote-prefix");
+        rpre.remote_prefix = Some(pfx("0.0.0.0/0"));
+        set.insert(rpre).unwrap();
+        assert_eq!(winner(&set, &t).as_deref(), Some("remote-prefix"));
+        let mut lpre = base("local-prefix");
+        lpre.local_prefix = Some(pfx("10.0.0.0/8"));
+        set.insert(lpre).unwrap();
+        assert_eq!(winner(&set, &t).as_deref(), Some("local-prefix"));
+
+        // 4. longer prefix: local length first, then remote length.
+        let mut set = RuleSet::new(16);
+        let mut r8 = base("l8-r32");
+        r8.local_prefix = Some(pfx("10.0.0.0/8"));
+        r8.remote_prefix = Some(pfx("192.0.2.9/32"));
+        set.insert(r8).unwrap();
+        let mut l16 = base("l16-r0");
+        l16.local_prefix = Some(pfx("10.1.0.0/16"));
+        l16.remote_prefix = Some(pfx("0.0.0.0/0"));
+        set.insert(l16).unwrap();
+        assert_eq!(winner(&set, &t).as_deref(), Some("l16-r0"));
+        let mut l16r24 = base("l16-r24");
+        l16r24.local_prefix = Some(pfx("10.1.0.0/16"));
+        l16r24.remote_prefix = Some(pfx("192.0.2.0/24"));
+        set.insert(l16r24).unwrap();
+        assert_eq!(winner(&set, &t).as_deref(), Some("l16-r24"));
+
+        // 5. insertion order, kept across removals.
+        let mut set = RuleSet::new(16);
+        for n in ["first", "second", "third"] {
+            set.insert(base(n)).unwrap();
+        }
+        assert_eq!(winner(&set, &t).as_deref(), Some("first"));
+        set.remove(&name("first")).unwrap();
+        assert_eq!(winner(&set, &t).as_deref(), Some("second"));
+        set.insert(base("first")).unwrap();
+        assert_eq!(winner(&set, &t).as_deref(), Some("second"));
+    }
+
+    #[test]
+    fn counters_are_per_rule_and_listed() {
+        let mut set = RuleSet::new(4);
+        set.insert(base("a")).unwrap();
+        let t = tuple(Protocol::Tcp, "10.0.0.1:1", "10.0.0.2:2");
+        let hit = set.lookup(&t).unwrap();
+        hit.counters.record(100, crate::counters::Outcome::Marked);
+        hit.counters
+            .record(50, crate::counters::Outcome::AlreadyMarked);
+        let list = set.list().unwrap();
+        assert_eq!(list[0].counters.packets, 2);
+        assert_eq!(list[0].counters.bytes, 150);
+        assert_eq!(list[0].counters.marked, 1);
+        assert_eq!(list[0].counters.already_marked, 1);
+    }
+
+    #[test]
+    fn many_rules_of_one_shape_share_one_class() {
+        let mut set = RuleSet::new(2000);
+        for i in 0..1000u16 {
+            let mut r = base(&alloc::format!("r{i}"));
+            r.protocol = RuleProtocol::Udp;
+            r.remote_prefix = Some(Prefix {
+                addr: IpAddr::V4(Ipv4Addr::new(10, 0, (i >> 8) as u8, i as u8)),
+                len: 32,
+            });
+            r.remote_ports = ports(5000 + i, 5000 + i);
+            set.insert(r).unwrap();
+        }
+        assert_eq!(set.index.classes.len(), 1);
+        assert!(set.index.classes[0].buckets.values().all(|b| b.len() == 1));
+        let t = tuple(Protocol::Udp, "192.0.2.1:1", "10.0.3.231:5999");
+        assert_eq!(winner(&set, &t).as_deref(), Some("r999"));
+    }
+
+    // ---- Independent reference: a plain linear scan with the order written out. ----
+
+    fn ref_prefix(p: Option<Prefix>, a: IpAddr) -> bool {
+        let Some(p) = p else { return true };
+        match (p.addr, a) {
+            (IpAddr::V4(n), IpAddr::V4(x)) => {
+                p.len == 0 || (u32::from(n) ^ u32::from(x)) >> (32 - u32::from(p.len)) == 0
+            }
+            (IpAddr::V6(n), IpAddr::V6(x)) => {
+                p.len == 0 || (u128::from(n) ^ u128::from(x)) >> (128 - u32::from(p.len)) == 0
+            }
+            _ => false,
+        }
+    }
+
+    fn ref_port(r: Option<PortRange>, port: u16) -> bool {
+        r.is_none_or(|r| r.first <= port && port <= r.last)
+    }
+
+    fn ref_matches(s: &RuleSpec, t: &FiveTuple) -> bool {
+        let proto = match s.protocol {
+            RuleProtocol::Any => true,
+            RuleProtocol::Tcp => t.protocol == Protocol::Tcp,
+            RuleProtocol::Udp => t.protocol == Protocol::Udp,
+        };
+        proto
+            && ref_prefix(s.local_prefix, t.local.ip())
+            && ref_prefix(s.remote_prefix, t.remote.ip())
+            && ref_port(s.local_ports, t.local.port())
+            && ref_port(s.remote_ports, t.remote.port())
+    }
+
+    /// `rules` in insertion order.
+    fn reference(rules: &[RuleSpec], t: &FiveTuple) -> Option<RuleName> {
+        rules
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| ref_matches(s, t))
+            .max_by_key(|(pos, s)| {
+                (
+                    s.precedence,
+                    s.condition_count(),
+                    (
+                        s.local_prefix.is_some(),
+                        s.remote_prefix.is_some(),
+                        s.local_ports.is_some(),
+                        s.remote_ports.is_some(),
+                        s.protocol != RuleProtocol::Any,
+                    ),
+                    s.local_prefix.map_or(0, |p| p.len),
+                    s.remote_prefix.map_or(0, |p| p.len),
+                    Reverse(*pos),
+                )
+            })
+            .map(|(_, s)| s.name)
+    }
+
+    fn v4_pool() -> impl Strategy<Value = Ipv4Addr> {
+        (prop_oneof![Just(10u8), Just(192u8)], 0u8..3, 0u8..4)
+            .prop_map(|(a, c, d)| Ipv4Addr::new(a, 0, c, d))
+    }
+
+    fn v6_pool() -> impl Strategy<Value = Ipv6Addr> {
+        (0u16..2, 0u16..4).prop_map(|(a, d)| Ipv6Addr::new(0x2001, 0xdb8, a, 0, 0, 0, 0, d))
+    }
+
+    fn mask(addr: IpAddr, len: u8) -> Prefix {
+        Prefix {
+            addr: match addr {
+                IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(if len == 0 {
+                    0
+                } else {
+                    u32::from(a) >> (32 - u32::from(len)) << (32 - u32::from(len))
+                })),
+                IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(if len == 0 {
+                    0
+                } else {
+                    u128::from(a) >> (128 - u32::from(len)) << (128 - u32::from(len))
+                })),
+            },
+            len,
+        }
+    }
+
+    fn prefix_strategy(v6: bool) -> BoxedStrategy<Option<Prefix>> {
+        if v6 {
+            proptest::option::of(
+                (
+                    v6_pool(),
+                    prop_oneof![Just(0u8), Just(32), Just(48), Just(127), Just(128)],
+                )
+                    .prop_map(|(a, l)| mask(IpAddr::V6(a), l)),
+            )
+            .boxed()
+        } else {
+            proptest::option::of(
+                (
+                    v4_pool(),
+                    prop_oneof![
+                        Just(0u8),
+                        Just(8),
+                        Just(16),
+                        Just(23),
+                        Just(24),
+                        Just(31),
+                        Just(32)
+                    ],
+                )
+                    .prop_map(|(a, l)| mask(IpAddr::V4(a), l)),
+            )
+            .boxed()
+        }
+    }
+
+    fn port_strategy() -> impl Strategy<Value = Option<PortRange>> {
+        proptest::option::of(prop_oneof![
+            (50u16..56).prop_map(|p| PortRange { first: p, last: p }),
+            (50u16..56, 0u16..4).prop_map(|(p, w)| PortRange {
+                first: p,
+                last: p + w
+            }),
+        ])
+    }
+
+    fn spec_strategy() -> impl Strategy<Value = RuleSpec> {
+        (
+            any::<bool>(),
+            prop_oneof![Just(0u8), Just(127), Just(255)],
+            0u8..3,
+        )
+            .prop_flat_map(|(v6, precedence, proto)| {
+                (
+                    prefix_strategy(v6),
+                    prefix_strategy(v6),
+                    port_strategy(),
+                    port_strategy(),
+                )
+                    .prop_map(move |(lp, rp, lports, rports)| RuleSpec {
+                        name: name("placeholder"),
+                        precedence,
+                        protocol: [RuleProtocol::Tcp, RuleProtocol::Udp, RuleProtocol::Any]
+                            [usize::from(proto)],
+                        local_prefix: lp,
+                        remote_prefix: rp,
+                        local_ports: lports,
+                        remote_ports: rports,
+                        action: RuleAction::Dscp(Dscp::EF),
+                        pcp: None,
+                    })
+            })
+    }
+
+    fn packet_strategy() -> impl Strategy<Value = FiveTuple> {
+        let addrs = prop_oneof![
+            (v4_pool(), v4_pool()).prop_map(|(a, b)| (IpAddr::V4(a), IpAddr::V4(b))),
+            (v6_pool(), v6_pool()).prop_map(|(a, b)| (IpAddr::V6(a), IpAddr::V6(b))),
+        ];
+        (any::<bool>(), addrs, 48u16..60, 48u16..60).prop_map(|(tcp, (l, r), lp, rp)| {
+            FiveTuple::new(
+                if tcp { Protocol::Tcp } else { Protocol::Udp },
+                SocketAddr::new(l, lp),
+                SocketAddr::new(r, rp),
+            )
+        })
+    }
+
+    /// Rules that all set both prefixes and nothing else, at one precedence: the winner is
+    /// decided by prefix lengths and insertion order only.
+    fn dense_spec() -> impl Strategy<Value = RuleSpec> {
+        (v4_pool(), v4_pool(), 0u8..=32, 0u8..=32).prop_map(|(l, r, ll, rl)| RuleSpec {
+            name: name("placeholder"),
+            precedence: 127,
+            protocol: RuleProtocol::Any,
+            local_prefix: Some(mask(IpAddr::V4(l), ll)),
+            remote_prefix: Some(mask(IpAddr::V4(r), rl)),
+            local_ports: None,
+            remote_ports: None,
+            action: RuleAction::Dscp(Dscp::EF),
+            pcp: None,
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        #[test]
+        fn classifier_agrees_with_linear_reference(
+            specs in proptest::collection::vec(spec_strategy(), 0..40),
+            removals in proptest::collection::vec(0usize..40, 0..8),
+            packets in proptest::collection::vec(packet_strategy(), 1..40),
+        ) {
+            let mut set = RuleSet::new(64);
+            let mut kept: Vec<RuleSpec> = Vec::new();
+            for (i, mut s) in specs.into_iter().enumerate() {
+                s.name = name(&alloc::format!("r{i}"));
+                set.insert(s.clone()).unwrap();
+                kept.push(s);
+            }
+            for t in &packets {
+                prop_assert_eq!(set.lookup(t).map(|h| *h.name), reference(&kept, t));
+            }
+            for r in removals {
+                if kept.is_empty() { break; }
+                let s = kept.remove(r % kept.len());
+                set.remove(&s.name).unwrap();
+                for t in &packets {
+                    prop_assert_eq!(set.lookup(t).map(|h| *h.name), reference(&kept, t));
+                }
+            }
+            prop_assert_eq!(set.len(), kept.len());
+            let listed: Vec<_> = set.list().unwrap().into_iter().map(|e| e.spec).collect();
+            prop_assert_eq!(listed, kept);
+        }
+
+        #[test]
+        fn prefix_length_ties_agree_with_reference(
+            specs in proptest::collection::vec(dense_spec(), 1..40),
+            packets in proptest::collection::vec(packet_strategy(), 1..40),
+        ) {
+            let mut set = RuleSet::new(64);
+            let mut kept = Vec::new();
+            for (i, mut s) in specs.into_iter().enumerate() {
+                s.name = name(&alloc::format!("r{i}"));
+                set.insert(s.clone()).unwrap();
+                kept.push(s);
+            }
+            for t in &packets {
+                prop_assert_eq!(set.lookup(t).map(|h| *h.name), reference(&kept, t));
+            }
+        }
     }
 }

@@ -80,10 +80,6 @@ impl GlobalCounters {
     }
 
     /// Fills the packet counters of `status` (packets, marked, already marked, skipped).
-    #[allow(
-        dead_code,
-        reason = "called by control::apply(QueryStatus), wired at merge"
-    )]
     pub(crate) fn fill_status(&self, status: &mut StatusInfo) {
         status.packets = self.packets.load(Ordering::Relaxed);
         status.marked = self.marked.load(Ordering::Relaxed);

@@ -171,10 +171,6 @@ fn ticks(now_ns: u64) -> u64 {
     (now_ns >> TICK_SHIFT) & TIME_MASK
 }
 
-#[allow(
-    dead_code,
-    reason = "slots/stats are read by tests now and by status reporting later"
-)]
 impl FragmentCache {
     /// A cache of `slots` slots rounded up to a power of two (at most [`MAX_SLOTS`]); 0, or a
     /// failed allocation, gives a disabled cache that remembers nothing (fail open).
@@ -205,6 +201,7 @@ impl FragmentCache {
     }
 
     /// Number of slots (a power of two, or 0 when disabled).
+    #[cfg(test)]
     pub(crate) fn slots(&self) -> usize {
         self.slots.len()
     }

@@ -343,10 +343,6 @@ pub(crate) struct RuleSet {
     next_seq: u64,
 }
 
-#[allow(
-    dead_code,
-    reason = "insert/remove/list/len are called by control::apply, wired at merge"
-)]
 impl RuleSet {
     /// An empty set holding at most `max` rules (and never more than `u32::MAX`).
     pub(crate) fn new(max: usize) -> Self {

@@ -375,10 +375,6 @@ impl ControlState {
     }
 
     /// The mark and counters for an outbound packet (see [`ControlState::lookup_flow`]).
-    #[allow(
-        dead_code,
-        reason = "the packet path (`classify`, another module) calls it once merged"
-    )]
     pub(crate) fn lookup(&self, tuple: &FiveTuple) -> Option<SocketHit<'_>> {
         self.lookup_flow(tuple).map(|(_, f)| SocketHit {
             mark: f.mark,

@@ -692,9 +692,7 @@ mod tests {
         );
     }
 
-    /// A registered socket beats every rule. Needs the control plane: with the skeleton's
-    /// placeholder `open_handle` (`NotSupported`) only the rule half can run; after the merge the
-    /// whole test runs.
+    /// A registered socket beats every rule, even one of the highest precedence.
     #[test]
     fn socket_flow_beats_rule() {
         let mut r = rule("catch-all");
@@ -706,21 +704,13 @@ mod tests {
             dscp: Some(dscp(10)),
             pcp: None,
         });
-        let h = match e.open_handle(Caller {
-            pid: 42,
-            privilege: Privilege::User,
-        }) {
-            Ok(h) => h,
-            Err(err) => {
-                assert_eq!(
-                    err,
-                    crate::EngineError::NotSupported,
-                    "only the placeholder may refuse"
-                );
-                assert_eq!(e.classify(&p, &meta(), 0), rule_mark);
-                return;
-            }
-        };
+        assert_eq!(e.classify(&p, &meta(), 0), rule_mark);
+        let h = e
+            .open_handle(Caller {
+                pid: 42,
+                privilege: Privilege::User,
+            })
+            .unwrap();
         let local = SocketAddr::new(IpAddr::V4(Ipv4Addr::from(SRC4)), 5000);
         let peer = SocketAddr::new(IpAddr::V4(Ipv4Addr::from(DST4)), 53);
         let req = Request::AddSocketToFlow {
@@ -737,14 +727,17 @@ mod tests {
             flow_id: 0,
         };
         e.apply(h, &req).unwrap();
-        let flow_mark = traffic::mark_for(e.control.traffic_table(), TrafficType::Voice, false);
+        // Voice = CS7 (56) in qWAVE's table; a non-adaptive flow requests no 802.1p.
         let v = e.classify(&p, &meta(), 0);
-        if flow_mark.is_empty() {
-            assert_eq!(v, Verdict::Skip(SkipReason::NoMarkConfigured));
-        } else {
-            assert_eq!(v, Verdict::Mark(flow_mark));
-        }
-        assert_eq!(e.rules.list().unwrap()[0].counters.packets, 0);
+        assert_eq!(
+            v,
+            Verdict::Mark(Mark {
+                dscp: Some(dscp(56)),
+                pcp: None,
+            })
+        );
+        // The rule saw only the packet classified before the socket was registered.
+        assert_eq!(e.rules.list().unwrap()[0].counters.packets, 1);
         // Another port of the same host is not the socket: the rule applies.
         assert_eq!(e.classify(&udp4(0, 5001, 53), &meta(), 0), rule_mark);
     }

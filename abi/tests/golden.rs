@@ -24,7 +24,7 @@ use qosmark_abi::{QueryFlow, Request, Response};
 
 /// The fuzz seed corpus, which holds a copy of every golden vector.
 fn fuzz_corpus_dir() -> std::path::PathBuf {
-    golden_dir().join("../../fuzz-abi/corpus/abi_decode")
+    golden_dir().join("../../fuzz/corpus/abi_decode")
 }
 
 fn bless() -> bool {

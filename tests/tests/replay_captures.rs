@@ -36,7 +36,7 @@ fn udp4_ethernet_pcap() {
         "no already-marked packets"
     );
     assert!(
-        c.input.iter().any(|f| f.is_later_fragment()),
+        c.input.iter().any(replay_common::Frame::is_later_fragment),
         "no IPv4 fragments"
     );
     assert!(c
@@ -57,7 +57,7 @@ fn ipv6_ethernet_pcapng() {
     assert_marked(&c, "rtp-media");
     assert_marked(&c, "v6-tcp-voice");
     assert!(
-        c.input.iter().any(|f| f.is_later_fragment()),
+        c.input.iter().any(replay_common::Frame::is_later_fragment),
         "no IPv6 fragments"
     );
 }

@@ -390,6 +390,10 @@ fn ipv4_header_checksum_ok(link: u32, frame: &[u8]) -> Option<bool> {
 ///   none), ECN unchanged, valid IPv4 checksum (tshark and etherparse), innermost PCP as the
 ///   rule says on tagged frames; all other packets are byte-identical;
 /// * the per-rule and total numbers of the JSON summary equal the model's counts.
+#[allow(
+    clippy::too_many_lines,
+    reason = "one linear walk over the frames reads best whole"
+)]
 pub fn check_replay(
     input: &Path,
     rules: &Path,

@@ -171,7 +171,7 @@ fn unsupported_link_type_is_named() {
 
 #[test]
 fn bad_rules_name_file_and_line() {
-    let text = "# comment\n[[rule]]\nname = \"a\"\nremote_ports = 5060\ndscp = = 3\n";
+    let text = "# comment\n[[rule]]\nname = \"a\"\nremote_port = 5060\ndscp = = 3\n";
     let p = write("syntax.toml", text.as_bytes());
     let o = replay(&p, &capture("sample.pcap"), &scratch("rules.out"));
     assert_input_error(&o, &[&format!("{}:5:", p.display())]);

@@ -30,11 +30,11 @@ use std::fmt;
 // shim's rules-file parser are being written in other branches. Until they land, `temporary`
 // provides the same names and signatures (`Engine::{new, open_handle, apply, classify}`,
 // `wire::{set_dscp, set_pcp}`, `rules_file::parse_rules`). At merge these four lines become
-// `use qosmark_engine::{wire, Engine, EngineError, Limits, PacketMeta, Verdict};` and
+// `use qosmark_engine::{wire::{self, Rewrite}, Engine, EngineError, Limits, PacketMeta, Verdict};` and
 // `use crate::rules_file::{self, RulesFileError};` and `temporary` is deleted.
 use qosmark_engine::{Limits, PacketMeta, Verdict};
 use temporary::rules_file::{self, RulesFileError};
-use temporary::wire;
+use temporary::wire::{self, Rewrite};
 use temporary::{Engine, EngineError};
 
 /// One packet handed to the [`process_capture`] callback.
@@ -107,9 +107,9 @@ pub struct Summary {
     pub marked: u64,
     /// `AlreadyMarked` verdicts.
     pub already_marked: u64,
-    /// Packets whose DSCP was written.
+    /// `Mark` verdicts that changed the DSCP.
     pub dscp_rewritten: u64,
-    /// Tagged frames whose innermost PCP was written.
+    /// `Mark` verdicts that changed the innermost tag's PCP.
     pub pcp_rewritten: u64,
     /// `Mark` verdicts with a PCP on frames without a VLAN tag (left untagged).
     pub pcp_requested_no_tag: u64,
@@ -249,14 +249,16 @@ fn mark_packet(engine: &Engine, view: &mut PacketView<'_>, now_ns: u64, summary:
             summary.marked += 1;
             if let Some(dscp) = mark.dscp {
                 match wire::set_dscp(ip, dscp) {
-                    Ok(()) => summary.dscp_rewritten += 1,
+                    Ok(Rewrite::Changed) => summary.dscp_rewritten += 1,
+                    Ok(Rewrite::Unchanged) => {}
                     Err(_) => summary.rewrite_failed += 1,
                 }
             }
             if let Some(pcp) = mark.pcp {
                 match located.innermost_tag {
                     Some(tag) => match wire::set_pcp(view.frame, tag.offset, pcp) {
-                        Ok(()) => summary.pcp_rewritten += 1,
+                        Ok(Rewrite::Changed) => summary.pcp_rewritten += 1,
+                        Ok(Rewrite::Unchanged) => {}
                         Err(_) => summary.rewrite_failed += 1,
                     },
                     None => summary.pcp_requested_no_tag += 1,

@@ -14,8 +14,9 @@
 use super::LinkType;
 use qosmark_abi::Pcp;
 
-/// Most VLAN tags walked before giving up on a frame.
-pub const MAX_TAGS: usize = 4;
+/// Most VLAN tags walked (a service tag and a customer tag, as the engine's Ethernet view);
+/// a frame with more is treated as not carrying IP.
+pub const MAX_TAGS: usize = 2;
 
 const ETHERTYPE_IPV4: u16 = 0x0800;
 const ETHERTYPE_IPV6: u16 = 0x86dd;

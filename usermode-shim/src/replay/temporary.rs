@@ -364,9 +364,29 @@ pub mod wire {
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub struct WireError;
 
+    /// Whether a rewrite changed the packet.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Rewrite {
+        /// Bytes were written.
+        Changed,
+        /// The packet already carried the value.
+        Unchanged,
+    }
+
     /// Sets the DSCP of an IPv4 / IPv6 packet, keeping ECN; fixes the IPv4 header checksum.
-    pub fn set_dscp(ip: &mut [u8], dscp: Dscp) -> Result<(), WireError> {
+    pub fn set_dscp(ip: &mut [u8], dscp: Dscp) -> Result<Rewrite, WireError> {
         let first = *ip.first().ok_or(WireError)?;
+        let current = match first >> 4 {
+            4 => ip.get(1).map(|t| t >> 2),
+            6 => match (ip.first(), ip.get(1)) {
+                (Some(b0), Some(b1)) => Some((((b0 & 0x0f) << 4) | (b1 >> 4)) >> 2),
+                _ => None,
+            },
+            _ => None,
+        };
+        if current == Some(dscp.value()) {
+            return Ok(Rewrite::Unchanged);
+        }
         match first >> 4 {
             4 => {
                 let ihl = usize::from(first & 0x0f) * 4;
@@ -390,7 +410,7 @@ pub mod wire {
                 ip.get_mut(10..12)
                     .ok_or(WireError)?
                     .copy_from_slice(&c.to_be_bytes());
-                Ok(())
+                Ok(Rewrite::Changed)
             }
             6 => {
                 let b0 = ip.first().copied().ok_or(WireError)?;
@@ -399,17 +419,20 @@ pub mod wire {
                 let new = (dscp.value() << 2) | (tc & 3);
                 *ip.get_mut(0).ok_or(WireError)? = (b0 & 0xf0) | (new >> 4);
                 *ip.get_mut(1).ok_or(WireError)? = (b1 & 0x0f) | (new << 4);
-                Ok(())
+                Ok(Rewrite::Changed)
             }
             _ => Err(WireError),
         }
     }
 
     /// Sets the PCP of the tag at `tag_offset` (its TPID) in an Ethernet frame.
-    pub fn set_pcp(frame: &mut [u8], tag_offset: usize, pcp: Pcp) -> Result<(), WireError> {
+    pub fn set_pcp(frame: &mut [u8], tag_offset: usize, pcp: Pcp) -> Result<Rewrite, WireError> {
         let b = frame.get_mut(tag_offset + 2).ok_or(WireError)?;
+        if *b >> 5 == pcp.value() {
+            return Ok(Rewrite::Unchanged);
+        }
         *b = (pcp.value() << 5) | (*b & 0x1f);
-        Ok(())
+        Ok(Rewrite::Changed)
     }
 }
 
@@ -442,16 +465,20 @@ pub mod rules_file {
     #[serde(deny_unknown_fields)]
     struct Raw {
         name: String,
-        #[serde(default)]
+        #[serde(default = "default_precedence")]
         precedence: u8,
         protocol: Option<String>,
-        local_prefix: Option<String>,
-        remote_prefix: Option<String>,
-        local_ports: Option<toml::Value>,
-        remote_ports: Option<toml::Value>,
+        local_address: Option<String>,
+        remote_address: Option<String>,
+        local_port: Option<toml::Value>,
+        remote_port: Option<toml::Value>,
         dscp: Option<u8>,
         traffic_type: Option<String>,
-        pcp: Option<u8>,
+        priority_8021p: Option<u8>,
+    }
+
+    fn default_precedence() -> u8 {
+        127
     }
 
     fn line_of(text: &str, offset: usize) -> usize {
@@ -520,10 +547,10 @@ pub mod rules_file {
                 RuleAction::Dscp(Dscp::try_new(d).map_err(|_| format!("dscp {d} above 63"))?)
             }
             (None, Some(t)) => RuleAction::TrafficType(match t {
-                "best_effort" => TrafficType::BestEffort,
+                "best-effort" => TrafficType::BestEffort,
                 "background" => TrafficType::Background,
-                "excellent_effort" => TrafficType::ExcellentEffort,
-                "audio_video" => TrafficType::AudioVideo,
+                "excellent-effort" => TrafficType::ExcellentEffort,
+                "audio-video" => TrafficType::AudioVideo,
                 "voice" => TrafficType::Voice,
                 "control" => TrafficType::Control,
                 _ => return Err(format!("unknown traffic_type {t:?}")),
@@ -531,17 +558,17 @@ pub mod rules_file {
             _ => return Err("a rule needs exactly one of dscp or traffic_type".to_owned()),
         };
         let pcp = r
-            .pcp
+            .priority_8021p
             .map(|p| Pcp::try_new(p).map_err(|_| format!("pcp {p} above 7")))
             .transpose()?;
         let spec = RuleSpec {
             name,
             precedence: r.precedence,
             protocol,
-            local_prefix: r.local_prefix.as_deref().map(prefix).transpose()?,
-            remote_prefix: r.remote_prefix.as_deref().map(prefix).transpose()?,
-            local_ports: r.local_ports.as_ref().map(ports).transpose()?,
-            remote_ports: r.remote_ports.as_ref().map(ports).transpose()?,
+            local_prefix: r.local_address.as_deref().map(prefix).transpose()?,
+            remote_prefix: r.remote_address.as_deref().map(prefix).transpose()?,
+            local_ports: r.local_port.as_ref().map(ports).transpose()?,
+            remote_ports: r.remote_port.as_ref().map(ports).transpose()?,
             action,
             pcp,
         };

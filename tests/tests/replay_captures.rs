@@ -60,6 +60,17 @@ fn ipv6_ethernet_pcapng() {
         c.input.iter().any(replay_common::Frame::is_later_fragment),
         "no IPv6 fragments"
     );
+    // Hop-by-hop and destination options headers before UDP: walked and rewritten.
+    for next in [0u8, 60] {
+        let ext: Vec<usize> = (0..c.input.len())
+            .filter(|&i| c.input[i].ipv6_next == Some(next) && c.input[i].transport.is_some())
+            .collect();
+        assert!(!ext.is_empty(), "no packet with next header {next}");
+        assert!(
+            ext.iter().all(|&i| c.output[i].dscp == Some(24)),
+            "next header {next}"
+        );
+    }
 }
 
 #[test]

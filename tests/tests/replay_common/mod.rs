@@ -149,6 +149,7 @@ const FIELDS: &[&str] = &[
     "ip.proto",
     "ipv6.nxt",
     "ieee8021ad.priority",
+    "ip.hdr_len",
 ];
 
 /// One frame as tshark dissects it (first occurrence of each field; VLAN priorities keep all
@@ -183,6 +184,10 @@ pub struct Frame {
     pub frag_id: u32,
     /// IP length (IPv4 total length, IPv6 payload length + 40).
     pub ip_len: u32,
+    /// IPv4 header length in bytes.
+    pub ipv4_header_len: Option<u32>,
+    /// IPv6 Next Header of the fixed header (0 = hop-by-hop, 60 = destination options, ...).
+    pub ipv6_next: Option<u8>,
 }
 
 impl Frame {
@@ -294,6 +299,8 @@ pub fn dissect(path: &Path) -> Vec<Frame> {
                 frag_offset,
                 more_fragments,
                 frag_id,
+                ipv4_header_len: num(c[28]),
+                ipv6_next: if v4 { None } else { num(c[26]) },
                 ip_len: if v4 {
                     num(c[23]).unwrap_or(0)
                 } else {

@@ -27,7 +27,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-for tool in ip tcpdump dumpcap editcap python3; do
+for tool in ip tcpdump dumpcap editcap mergecap python3; do
     command -v "$tool" >/dev/null || { echo "make-captures: missing $tool" >&2; exit 1; }
 done
 [ "$(id -u)" = 0 ] || { echo "make-captures: run as root" >&2; exit 1; }
@@ -155,7 +155,7 @@ def tun_traffic():
     sip(3, fam=socket.AF_INET6, dst="fd00:231:250::2")
     rtp(5, dst="10.231.250.2", tos=46 << 2)
     udp(socket.AF_INET, "10.231.250.2", 5004, [bytes(3000)], sport=16390, pmtud_off=True)
-    time.sleep(0.5)
+    time.sleep(2.0)  # let the capture take everything before the tun device disappears
     os.close(fd)
 
 # Record-route option (type 7, 39 bytes, pointer 4) padded with an end-of-options byte.
@@ -214,10 +214,10 @@ capture() {
     local file="$OUT/$name"
     local filter="not ip6 multicast or icmp6"
     case $tool in
-        tcpdump) ip netns exec "$A" tcpdump -q -U -i "$iface" -Q out -s 0 -w "$file" &;;
-        tcpdump-nano) ip netns exec "$A" tcpdump -q -U -i "$iface" -Q out -s 0 --time-stamp-precision=nano -w "$file" &;;
-        tcpdump-sll) ip netns exec "$A" tcpdump -q -U -i any -y LINUX_SLL -Q out -s 0 -w "$file" &;;
-        tcpdump-sll2) ip netns exec "$A" tcpdump -q -U -i any -y LINUX_SLL2 -Q out -s 0 -w "$file" &;;
+        tcpdump) ip netns exec "$A" tcpdump -q -U --immediate-mode -i "$iface" -Q out -s 0 -w "$file" &;;
+        tcpdump-nano) ip netns exec "$A" tcpdump -q -U --immediate-mode -i "$iface" -Q out -s 0 --time-stamp-precision=nano -w "$file" &;;
+        tcpdump-sll) ip netns exec "$A" tcpdump -q -U --immediate-mode -i any -y LINUX_SLL -Q out -s 0 -w "$file" &;;
+        tcpdump-sll2) ip netns exec "$A" tcpdump -q -U --immediate-mode -i any -y LINUX_SLL2 -Q out -s 0 -w "$file" &;;
         dumpcap) ip netns exec "$A" dumpcap -q -i "$iface" -f "ether src 02:00:00:23:01:01" -w "$file" &;;
         *) echo "unknown tool $tool" >&2; exit 1;;
     esac
@@ -246,7 +246,7 @@ ip netns exec "$A" python3 "$WORK/gen.py" tun &
 GEN=$!
 PIDS+=("$GEN")
 for _ in $(seq 50); do [ -e /tmp/qm-tun-ready ] && break; sleep 0.1; done
-ip netns exec "$A" tcpdump -q -U -i qmtun -s 0 -w "$OUT/tun-raw.pcap" &
+ip netns exec "$A" tcpdump -q -U --immediate-mode -i qmtun -s 0 -w "$OUT/tun-raw.pcap" &
 CAP=$!
 PIDS+=("$CAP")
 wait "$GEN"
@@ -285,5 +285,8 @@ PY
 fi
 # The same tagged frames as pcapng.
 editcap -F pcapng "$OUT/vlan-ether.pcap" "$OUT/vlan-ether.pcapng"
+# A pcapng with two interfaces of different link types (Ethernet = 0, raw IP = 1), packets
+# interleaved by time.
+mergecap -F pcapng -w "$OUT/two-interfaces.pcapng" "$OUT/udp4-ether.pcap" "$OUT/tun-raw.pcap"
 chmod 644 "$OUT"/*.pcap "$OUT"/*.pcapng
 ls -l "$OUT"

@@ -10,7 +10,7 @@ fn sample(name: &str, link: u32) -> Checked {
     check_replay(
         &capture(name),
         &capture("sample-rules.toml"),
-        link,
+        &[link],
         &sample_rules,
     )
 }
@@ -115,7 +115,12 @@ fn mixed_sample_for_the_readme() {
 #[test]
 fn tagged_frames_get_the_innermost_pcp() {
     for name in ["vlan-ether.pcap", "vlan-ether.pcapng"] {
-        let c = check_replay(&capture(name), &capture("vlan-rules.toml"), 1, &vlan_rules);
+        let c = check_replay(
+            &capture(name),
+            &capture("vlan-rules.toml"),
+            &[1],
+            &vlan_rules,
+        );
         assert_marked(&c, "sip-cs3-pcp3");
         assert_marked(&c, "rtp-ef-pcp6");
         let s = &c.json["summary"];
@@ -137,7 +142,7 @@ fn pcp_rules_on_untagged_frames_add_no_tag() {
     let c = check_replay(
         &capture("sample.pcap"),
         &capture("vlan-rules.toml"),
-        1,
+        &[1],
         &vlan_rules,
     );
     let s = &c.json["summary"];
@@ -146,4 +151,19 @@ fn pcp_rules_on_untagged_frames_add_no_tag() {
     assert!(with_pcp > 0);
     assert_eq!(s["pcp_requested_no_tag"], with_pcp);
     assert_eq!(s["pcp_rewritten"], 0);
+}
+
+#[test]
+fn pcapng_with_an_ethernet_and_a_raw_ip_interface() {
+    // Interface 0: Ethernet (udp4-ether.pcap), interface 1: raw IP (tun-raw.pcap), merged by
+    // mergecap in time order.
+    let c = check_replay(
+        &capture("two-interfaces.pcapng"),
+        &capture("sample-rules.toml"),
+        &[1, 101],
+        &sample_rules,
+    );
+    assert!(c.input.iter().any(|f| f.interface == 0) && c.input.iter().any(|f| f.interface == 1));
+    assert_marked(&c, "sip-signalling");
+    assert_marked(&c, "rtp-media");
 }

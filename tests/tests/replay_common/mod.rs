@@ -150,6 +150,7 @@ const FIELDS: &[&str] = &[
     "ipv6.nxt",
     "ieee8021ad.priority",
     "ip.hdr_len",
+    "frame.interface_id",
 ];
 
 /// One frame as tshark dissects it (first occurrence of each field; VLAN priorities keep all
@@ -184,6 +185,8 @@ pub struct Frame {
     pub frag_id: u32,
     /// IP length (IPv4 total length, IPv6 payload length + 40).
     pub ip_len: u32,
+    /// pcapng interface id (0 for pcap).
+    pub interface: usize,
     /// IPv4 header length in bytes.
     pub ipv4_header_len: Option<u32>,
     /// IPv6 Next Header of the fixed header (0 = hop-by-hop, 60 = destination options, ...).
@@ -300,6 +303,7 @@ pub fn dissect(path: &Path) -> Vec<Frame> {
                 more_fragments,
                 frag_id,
                 ipv4_header_len: num(c[28]),
+                interface: num(c[29]).unwrap_or(0),
                 ipv6_next: if v4 { None } else { num(c[26]) },
                 ip_len: if v4 {
                     num(c[23]).unwrap_or(0)
@@ -397,6 +401,8 @@ fn ipv4_header_checksum_ok(link: u32, frame: &[u8]) -> Option<bool> {
 ///   none), ECN unchanged, valid IPv4 checksum (tshark and etherparse), innermost PCP as the
 ///   rule says on tagged frames; all other packets are byte-identical;
 /// * the per-rule and total numbers of the JSON summary equal the model's counts.
+///
+/// `links[i]` is the `LINKTYPE_` of pcapng interface `i` (one entry for pcap files).
 #[allow(
     clippy::too_many_lines,
     reason = "one linear walk over the frames reads best whole"
@@ -404,7 +410,7 @@ fn ipv4_header_checksum_ok(link: u32, frame: &[u8]) -> Option<bool> {
 pub fn check_replay(
     input: &Path,
     rules: &Path,
-    link: u32,
+    links: &[u32],
     model: &dyn Fn(&Frame) -> Option<Expect>,
 ) -> Checked {
     let out_path = scratch(&format!(
@@ -496,7 +502,7 @@ pub fn check_replay(
                 "frame {n}: tshark says bad IPv4 checksum"
             );
             assert_eq!(
-                ipv4_header_checksum_ok(link, &rout[i]),
+                ipv4_header_checksum_ok(links[a.interface], &rout[i]),
                 Some(true),
                 "frame {n}: etherparse says bad IPv4 checksum"
             );

@@ -213,3 +213,27 @@ fn human_summary_lists_every_rule() {
     }
     assert!(text.contains("skipped:"), "{text}");
 }
+
+#[test]
+fn unsupported_link_type_in_a_pcapng_interface_is_named_with_its_block() {
+    // The first interface of a real pcapng relabelled as LINKTYPE_NULL (0). The interface
+    // block follows the section header block, whose length is at bytes 4..8.
+    let mut bytes = std::fs::read(capture("v6-ether.pcapng")).unwrap();
+    let idb = u32::from_le_bytes(bytes[4..8].try_into().unwrap()) as usize;
+    assert_eq!(
+        u32::from_le_bytes(bytes[idb..idb + 4].try_into().unwrap()),
+        1,
+        "an IDB"
+    );
+    bytes[idb + 8..idb + 10].copy_from_slice(&0u16.to_le_bytes());
+    let p = write("null.pcapng", &bytes);
+    let o = replay(&capture("sample-rules.toml"), &p, &scratch("null.out"));
+    assert_input_error(
+        &o,
+        &[
+            &p.display().to_string(),
+            "LINKTYPE_NULL",
+            &format!("byte offset {idb}"),
+        ],
+    );
+}

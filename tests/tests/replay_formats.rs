@@ -292,3 +292,20 @@ fn random_corruptions_never_panic() {
         }
     }
 }
+
+#[test]
+fn ipv4_and_ipv6_link_types_read_like_raw_ip() {
+    // LINKTYPE_IPV4 (228) and LINKTYPE_IPV6 (229) frames are bare IP packets, as LINKTYPE_RAW
+    // (101) ones: the raw-IP capture relabelled must replay the same.
+    let raw = std::fs::read(capture("tun-raw.pcap")).unwrap();
+    let (out_raw, sum_raw) = replay(&rules(), &raw).unwrap();
+    assert!(sum_raw.marked > 0);
+    for link in [228u32, 229] {
+        let mut relabelled = raw.clone();
+        relabelled[20..24].copy_from_slice(&link.to_le_bytes());
+        let (mut out, sum) = replay(&rules(), &relabelled).unwrap();
+        assert_eq!(sum, sum_raw, "link type {link}");
+        out[20..24].copy_from_slice(&101u32.to_le_bytes());
+        assert_eq!(out, out_raw, "link type {link}");
+    }
+}

@@ -98,9 +98,9 @@ fn run_replay(args: &ReplayArgs) -> Result<(), Failure> {
         .map_err(|_| input_error(format!("{}: not UTF-8 text", args.rules)))?;
     let input = read(&args.input)?;
     let (out, summary) = replay::replay(&rules_text, &input).map_err(|e| match e {
-        ReplayError::Rules(_) | ReplayError::RuleRejected { .. } => {
-            input_error(format!("{}:{e}", args.rules))
-        }
+        // "RULES.toml:12: message", as compilers print positions.
+        ReplayError::Rules(_) => input_error(format!("{}:{e}", args.rules)),
+        ReplayError::RuleRejected { .. } => input_error(format!("{}: {e}", args.rules)),
         ReplayError::Capture(_) => input_error(format!("{}: {e}", args.input)),
         ReplayError::Engine(_) => Failure {
             message: e.to_string(),

@@ -11,7 +11,7 @@
 //!
 //! ## Which rule wins
 //! One rule per packet (as on Windows: one policy per flow). Among the matching rules the
-//! greatest [`Rank`] wins. Ranks compare lexicographically by:
+//! greatest `Rank` wins. Ranks compare lexicographically by:
 //! 1. precedence (0..=255, higher wins);
 //! 2. number of conditions ([`RuleSpec::condition_count`], more wins);
 //! 3. which conditions are set, in the order Windows breaks ties between policies with equally
@@ -30,20 +30,20 @@
 //! Rules are grouped into *classes* by their *shape*: the address family of their prefixes
 //! (none when they set no prefix), the local and remote prefix lengths (or none), and whether
 //! each port condition is a single port ("exact") or not (a real range, or none). Inside a class
-//! every rule is hashed under a [`Key`] of protocol number, masked local and remote address and
+//! every rule is hashed under a `Key` of protocol number, masked local and remote address and
 //! exact ports (a rule with protocol `Any` is entered under TCP *and* UDP). A bucket holds the
-//! indices of its rules sorted best [`Rank`] first; the candidates still have to pass their
+//! indices of its rules sorted best `Rank` first; the candidates still have to pass their
 //! port ranges, so the first candidate that matches is the best rule of that class. Classes are
 //! kept sorted by the best rank they contain, so a lookup stops as soon as no remaining class
 //! can beat the best match found so far.
 //!
-//! Cost of [`RuleSet::lookup`]: at most one hash probe per class, `O(S)` with `S` the number of
+//! Cost of `RuleSet::lookup`: at most one hash probe per class, `O(S)` with `S` the number of
 //! distinct shapes — independent of the number of rules when rules share shapes (the usual
 //! case: e.g. a thousand "remote host + remote port" rules form one class) — plus, inside the
 //! probed buckets, the rules that differ only by port *ranges* or precedence. `S` is bounded by
 //! the shape space, not by the rules: (1 + 33·33 + 129·129 + 33 + 33 + 129 + 129) prefix
-//! shapes × 4 port shapes. No allocation: the index is precomputed by [`RuleSet::insert`] and
-//! [`RuleSet::remove`], where allocation is allowed (and fallible).
+//! shapes × 4 port shapes. No allocation: the index is precomputed by `RuleSet::insert` and
+//! `RuleSet::remove`, where allocation is allowed (and fallible).
 //!
 //! Insert is `O(S log S + b)` (b = size of the buckets touched); remove rebuilds the index in
 //! `O(n · b)`; both leave the set unchanged when they fail.

@@ -7,7 +7,7 @@
 //!
 //! ## No-panic contract
 //! [`parse`] accepts arbitrary bytes and returns `Err` for anything it cannot read; it never
-//! indexes out of bounds (all reads go through [`Reader`]), never overflows, and its allocation
+//! indexes out of bounds (all reads go through `Reader`), never overflows, and its allocation
 //! is bounded by the number of records actually present in the input.
 //!
 //! Supported formats: pcap (both byte orders, microsecond and nanosecond magic) and pcapng

@@ -14,17 +14,18 @@
 //! greatest `Rank` wins. Ranks compare lexicographically by:
 //! 1. precedence (0..=255, higher wins);
 //! 2. number of conditions ([`RuleSpec::condition_count`], more wins);
-//! 3. which conditions are set, in the order Windows breaks ties between policies with equally
-//!    many conditions (qos-api.md §13.3): local (source) prefix, then remote (destination)
-//!    prefix, then local port, then remote port, then protocol — a rule with the earlier
-//!    condition wins;
-//! 4. prefix length ("a more specific prefix wins"): the local prefix length, then the remote
-//!    prefix length (absent prefixes count as 0; by step 3 both rules set the same prefixes
-//!    here, so only lengths of prefixes both rules have are compared);
-//! 5. insertion order: the earlier-inserted rule wins (insertion order is a sequence number
+//! 3. prefix length ("the longer prefix", a more specific address match): the sum of the local
+//!    and remote prefix lengths, absent prefixes counting 0 (two rules that both match one
+//!    packet have prefixes of the packet's family, so the lengths are comparable);
+//! 4. insertion order: the earlier-inserted rule wins (insertion order is a sequence number
 //!    given at insert time; removing other rules does not change it).
 //!
-//! Step 5 makes the order total, so the winner is always unique.
+//! This is the order the rules format specifies. Windows additionally breaks ties between
+//! policies with equally many conditions by *which* conditions they set (source prefix >
+//! destination prefix > source port > destination port > protocol, qos-api.md §13.3); qosmark
+//! does not: among equals, the earlier rule wins, which an administrator controls directly.
+//!
+//! Step 4 makes the order total, so the winner is always unique.
 //!
 //! ## Classifier (tuple-space search)
 //! Rules are grouped into *classes* by their *shape*: the address family of their prefixes
@@ -72,27 +73,20 @@ pub struct RuleHit<'a> {
 }
 
 /// The total order between rules: greater is better. See the module docs for the fields, most
-/// significant first: precedence, condition count, condition presence, local and remote prefix
-/// length, then (inverted) insertion sequence.
+/// significant first: precedence, condition count, total prefix length, then (inverted)
+/// insertion sequence.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) struct Rank(u128);
 
 impl Rank {
     /// The rank of `spec` inserted as the `seq`-th rule.
     fn of(spec: &RuleSpec, seq: u64) -> Rank {
-        let presence = (u128::from(spec.local_prefix.is_some()) << 4)
-            | (u128::from(spec.remote_prefix.is_some()) << 3)
-            | (u128::from(spec.local_ports.is_some()) << 2)
-            | (u128::from(spec.remote_ports.is_some()) << 1)
-            | u128::from(spec.protocol != RuleProtocol::Any);
-        let local_len = spec.local_prefix.map_or(0, |p| p.len);
-        let remote_len = spec.remote_prefix.map_or(0, |p| p.len);
+        let prefix_bits = u16::from(spec.local_prefix.map_or(0, |p| p.len))
+            + u16::from(spec.remote_prefix.map_or(0, |p| p.len));
         Rank(
             (u128::from(spec.precedence) << 120)
                 | (u128::from(spec.condition_count()) << 112)
-                | (presence << 104)
-                | (u128::from(local_len) << 96)
-                | (u128::from(remote_len) << 88)
+                | (u128::from(prefix_bits) << 96)
                 | u128::from(u64::MAX - seq),
         )
     }
@@ -623,7 +617,8 @@ mod tests {
         set.insert(two).unwrap();
         assert_eq!(winner(&set, &t).as_deref(), Some("two"));
 
-        // 3. equal count: local prefix > remote prefix > local port > remote port > protocol.
+        // 3. equal count, no prefixes: which conditions are set does not matter (unlike
+        //    Windows' source-before-destination order): the earlier rule wins.
         let mut set = RuleSet::new(16);
         let mut proto = base("protocol");
         proto.protocol = RuleProtocol::Udp;
@@ -631,38 +626,40 @@ mod tests {
         let mut rport = base("remote-port");
         rport.remote_ports = ports(53, 53);
         set.insert(rport).unwrap();
-        assert_eq!(winner(&set, &t).as_deref(), Some("remote-port"));
         let mut lport = base("local-port");
         lport.local_ports = ports(4000, 4000);
         set.insert(lport).unwrap();
-        assert_eq!(winner(&set, &t).as_deref(), Some("local-port"));
-        let mut rpre = base("remote-prefix");
-        rpre.remote_prefix = Some(pfx("0.0.0.0/0"));
-        set.insert(rpre).unwrap();
-        assert_eq!(winner(&set, &t).as_deref(), Some("remote-prefix"));
-        let mut lpre = base("local-prefix");
-        lpre.local_prefix = Some(pfx("10.0.0.0/8"));
-        set.insert(lpre).unwrap();
-        assert_eq!(winner(&set, &t).as_deref(), Some("local-prefix"));
+        assert_eq!(winner(&set, &t).as_deref(), Some("protocol"));
 
-        // 4. longer prefix: local length first, then remote length.
+        // 3. longer prefix: the total prefix length, local and remote together.
         let mut set = RuleSet::new(16);
-        let mut r8 = base("l8-r32");
-        r8.local_prefix = Some(pfx("10.0.0.0/8"));
-        r8.remote_prefix = Some(pfx("192.0.2.9/32"));
-        set.insert(r8).unwrap();
+        let mut l24 = base("l24-rport");
+        l24.local_prefix = Some(pfx("10.1.2.0/24"));
+        l24.remote_ports = ports(53, 53);
+        set.insert(l24).unwrap();
+        let mut r32 = base("r32-rport");
+        r32.remote_prefix = Some(pfx("192.0.2.9/32"));
+        r32.remote_ports = ports(53, 53);
+        set.insert(r32).unwrap();
+        assert_eq!(winner(&set, &t).as_deref(), Some("r32-rport"));
+        let mut set = RuleSet::new(16);
         let mut l16 = base("l16-r0");
         l16.local_prefix = Some(pfx("10.1.0.0/16"));
         l16.remote_prefix = Some(pfx("0.0.0.0/0"));
         set.insert(l16).unwrap();
-        assert_eq!(winner(&set, &t).as_deref(), Some("l16-r0"));
+        let mut r8 = base("l8-r32");
+        r8.local_prefix = Some(pfx("10.0.0.0/8"));
+        r8.remote_prefix = Some(pfx("192.0.2.9/32"));
+        set.insert(r8).unwrap();
+        assert_eq!(winner(&set, &t).as_deref(), Some("l8-r32"));
+        // Equal totals (16 + 24 = 8 + 32): the earlier rule.
         let mut l16r24 = base("l16-r24");
         l16r24.local_prefix = Some(pfx("10.1.0.0/16"));
         l16r24.remote_prefix = Some(pfx("192.0.2.0/24"));
         set.insert(l16r24).unwrap();
-        assert_eq!(winner(&set, &t).as_deref(), Some("l16-r24"));
+        assert_eq!(winner(&set, &t).as_deref(), Some("l8-r32"));
 
-        // 5. insertion order, kept across removals.
+        // 4. insertion order, kept across removals.
         let mut set = RuleSet::new(16);
         for n in ["first", "second", "third"] {
             set.insert(base(n)).unwrap();
@@ -751,15 +748,8 @@ mod tests {
                 (
                     s.precedence,
                     s.condition_count(),
-                    (
-                        s.local_prefix.is_some(),
-                        s.remote_prefix.is_some(),
-                        s.local_ports.is_some(),
-                        s.remote_ports.is_some(),
-                        s.protocol != RuleProtocol::Any,
-                    ),
-                    s.local_prefix.map_or(0, |p| p.len),
-                    s.remote_prefix.map_or(0, |p| p.len),
+                    u32::from(s.local_prefix.map_or(0, |p| p.len))
+                        + u32::from(s.remote_prefix.map_or(0, |p| p.len)),
                     Reverse(*pos),
                 )
             })

@@ -115,8 +115,11 @@ impl Model {
         Mark { dscp, pcp }
     }
 
+    /// The entry holding this key. Unbound keys are private to their (handle, socket), so
+    /// only that owner's entry can hold one.
     fn holder(
         &self,
+        owner: (u32, u64),
         proto: Protocol,
         local: Local,
         remote: (IpAddr, u16),
@@ -124,7 +127,12 @@ impl Model {
         self.flows.iter().find_map(|(id, f)| {
             f.entries
                 .iter()
-                .find(|e| e.proto == proto && e.local == local && e.remote == remote)
+                .find(|e| {
+                    e.proto == proto
+                        && e.local == local
+                        && e.remote == remote
+                        && (local != Local::Unbound || (f.handle, e.socket) == owner)
+                })
                 .map(|e| (*id, e))
         })
     }
@@ -203,7 +211,7 @@ impl Model {
             }
         }
         let (local, remote) = Self::key(s, dest)?;
-        if let Some((id, e)) = self.holder(s.protocol, local, remote) {
+        if let Some((id, e)) = self.holder((h, s.socket), s.protocol, local, remote) {
             return if id == flow && e.socket == s.socket {
                 Ok(Some(id))
             } else {
@@ -267,14 +275,13 @@ impl Model {
             .collect()
     }
 
-    /// Linear scan in tier order.
+    /// Linear scan in tier order. Unbound entries (TCP before `connect`) never match.
     fn lookup(&self, t: &FiveTuple) -> Option<(FlowId, Mark)> {
         let lip = unmap(t.local.ip());
         let remote = (unmap(t.remote.ip()), t.remote.port());
         let tiers = [
             Local::Exact(lip, t.local.port()),
             Local::Any(t.local.port()),
-            Local::Unbound,
         ];
         tiers.into_iter().find_map(|want| {
             self.flows.iter().find_map(|(id, f)| {
@@ -816,7 +823,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                         return Err(EngineError::InvalidParameter);
                     }
                     if targets.iter().any(|t| {
-                        m.holder(entry(t).proto, new_local, entry(t).remote)
+                        m.holder((h, socket), entry(t).proto, new_local, entry(t).remote)
                             .is_some()
                     }) {
                         return Err(EngineError::AlreadyExists);

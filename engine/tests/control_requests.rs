@@ -1204,24 +1204,30 @@ fn lookup_tier_precedence() {
             0,
         ),
     );
-    // Tier 3 matches any local address and port.
+    // A TCP socket registered before `connect` matches nothing: its packets cannot be told
+    // from another process's packets to the same server (qos-api.md §8).
     assert_eq!(
         hit(&e, &tuple(Protocol::Tcp, "10.0.0.1:40000", remote)),
-        Some(unbound)
+        None
     );
     assert_eq!(
         hit(&e, &tuple(Protocol::Tcp, "10.0.0.2:40001", remote)),
-        Some(unbound)
-    );
-    // Not another protocol or another remote port.
-    assert_eq!(
-        hit(&e, &tuple(Protocol::Udp, "10.0.0.1:40000", remote)),
         None
     );
-    assert_eq!(
-        hit(&e, &tuple(Protocol::Tcp, "10.0.0.1:40000", "192.0.2.1:444")),
-        None
+    // Another user waiting to connect to the same server does not collide with it.
+    let other = e.open_handle(USER2).unwrap();
+    let theirs = add_ok(
+        &mut e,
+        other,
+        &add(
+            tcp(1, Family::V4, "0.0.0.0:0", None),
+            Some(remote),
+            Voice,
+            0,
+            0,
+        ),
     );
+    assert_ne!(theirs, unbound);
     let any = add_ok(
         &mut e,
         h,
@@ -1243,7 +1249,7 @@ fn lookup_tier_precedence() {
     );
     assert_eq!(
         hit(&e, &tuple(Protocol::Tcp, "10.0.0.2:40001", remote)),
-        Some(unbound)
+        None
     );
     let exact = add_ok(
         &mut e,

@@ -311,3 +311,73 @@ fn table_remap_and_handle_close_take_effect_on_live_packets() {
     assert_eq!(s.skipped[SkipReason::NoMatch as usize], 1);
     assert_eq!((s.handles, s.flows), (1, 0));
 }
+
+/// A user's TCP socket registered before `connect` must not re-mark other processes' traffic
+/// to the same server, nor override an administrator's rule for it (qos-api.md §8): until the
+/// back end pins the socket's local port, it marks nothing; afterwards only its own 5-tuple.
+#[test]
+fn unbound_tcp_registration_cannot_capture_other_traffic() {
+    use qosmark_engine::abi::heapless_name::RuleName;
+    use qosmark_engine::abi::{RuleAction, RuleProtocol, RuleSpec};
+    let mut engine = Engine::new(Limits::default());
+    let admin = engine.open_handle(ADMIN).unwrap();
+    let rule = RuleSpec {
+        name: RuleName::try_new("https-ef").unwrap(),
+        precedence: 127,
+        protocol: RuleProtocol::Tcp,
+        local_prefix: None,
+        remote_prefix: None,
+        local_ports: None,
+        remote_ports: Some(qosmark_engine::abi::PortRange {
+            first: 443,
+            last: 443,
+        }),
+        action: RuleAction::Dscp(Dscp::EF),
+        pcp: None,
+    };
+    engine.apply(admin, &Request::AddRule(rule)).unwrap();
+    let user = engine.open_handle(USER).unwrap();
+    let socket = SocketInfo {
+        socket: 9,
+        family: Family::V4,
+        protocol: Protocol::Tcp,
+        local: sa("0.0.0.0:0"),
+        peer: None,
+    };
+    add_flow(
+        &mut engine,
+        user,
+        socket,
+        Some("192.0.2.9:443"),
+        TrafficType::BestEffort,
+    );
+    // Another process's connection to the same server keeps the administrator's mark.
+    let theirs = tcp4_to_server([10, 0, 0, 5], 50000);
+    let meta = PacketMeta::default();
+    assert_eq!(
+        engine.classify(&theirs, &meta, 0),
+        Verdict::Mark(Mark {
+            dscp: Some(Dscp::EF),
+            pcp: None,
+        })
+    );
+    // Once the back end reports the socket's local port, exactly that 5-tuple is the socket's.
+    assert_eq!(engine.socket_bound(user, 9, sa("10.0.0.7:40000")), Ok(1));
+    let mine = tcp4_to_server([10, 0, 0, 7], 40000);
+    assert_eq!(
+        engine.classify(&mine, &meta, 0),
+        Verdict::Skip(SkipReason::NoMarkConfigured)
+    );
+    assert!(matches!(
+        engine.classify(&theirs, &meta, 0),
+        Verdict::Mark(_)
+    ));
+}
+
+/// An IPv4 TCP packet from `src:sport` to 192.0.2.9:443, built by etherparse.
+fn tcp4_to_server(src: [u8; 4], sport: u16) -> Vec<u8> {
+    let builder = PacketBuilder::ipv4(src, [192, 0, 2, 9], 64).tcp(sport, 443, 1, 64240);
+    let mut out = Vec::with_capacity(builder.size(0));
+    builder.write(&mut out, &[]).unwrap();
+    out
+}

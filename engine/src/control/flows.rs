@@ -10,12 +10,17 @@
 //!   1. **exact**: (protocol, local address, local port, remote address, remote port);
 //!   2. **any local address**: (protocol, local port, remote address, remote port) — the socket
 //!      is bound to `0.0.0.0` / `::`, so any local address with that port matches;
-//!   3. **unbound**: (protocol, remote address, remote port) — a TCP socket registered before
-//!      `connect` bound it (local port 0); any local port matches until
-//!      [`crate::Engine::socket_bound`] pins the entry into tier 1 or 2.
+//!   3. **unbound**: (handle, socket, protocol, remote address, remote port) — a TCP socket
+//!      registered before `connect` bound it (local port 0). These entries are private to
+//!      their socket and **never match a packet**: until the back end reports the local port
+//!      with [`crate::Engine::socket_bound`] (which moves the entry into tier 1 or 2) nothing
+//!      tells this socket's packets from those of any other process talking to the same
+//!      destination, and marking them all would let one user re-mark another's traffic
+//!      (qos-api.md §8: a caller only touches its own sockets). The Windows driver learns the
+//!      local port at `ALE_AUTH_CONNECT`, before the SYN leaves.
 //!
-//!   [`ControlState::lookup`] probes the tiers in that order (first hit wins): O(1) expected,
-//!   no allocation, `&self` only.
+//!   [`ControlState::lookup`] probes tiers 1 and 2 in that order (first hit wins): O(1)
+//!   expected, no allocation, `&self` only.
 //!
 //! Keys hold IP addresses and ports only, never IPv6 flow labels or scope ids, so a key built
 //! from a socket address and one built from packet bytes compare equal. IPv4-mapped addresses
@@ -74,9 +79,12 @@ pub(crate) struct AnyLocalKey {
     remote: IpAddr,
 }
 
-/// Tier 3 key: the socket has no local port yet.
+/// Tier 3 key: the socket has no local port yet. Owned by one socket of one handle, so two
+/// sockets waiting to connect to the same destination never collide; never used for lookup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct UnboundKey {
+    handle: HandleId,
+    socket: u64,
     protocol: Protocol,
     remote_port: u16,
     remote: IpAddr,
@@ -91,11 +99,19 @@ pub(crate) enum EntryKey {
 }
 
 impl EntryKey {
-    /// The key of a socket bound to `local` sending to `remote` (both already normalized).
-    fn new(protocol: Protocol, local: SocketAddr, remote: SocketAddr) -> Self {
+    /// The key of `owner`'s socket (handle, socket value) bound to `local` sending to `remote`
+    /// (both already normalized). The owner only enters unbound keys.
+    fn new(
+        owner: (HandleId, u64),
+        protocol: Protocol,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> Self {
         let (remote_port, remote) = (remote.port(), remote.ip());
         if local.port() == 0 {
             EntryKey::Unbound(UnboundKey {
+                handle: owner.0,
+                socket: owner.1,
                 protocol,
                 remote_port,
                 remote,
@@ -279,7 +295,11 @@ fn privileged(caller: Caller) -> bool {
 
 /// Validates a socket and `DestAddr` (qos-api.md §5 `QOSAddSocketToFlow`, §10) and builds the
 /// entry key. Every refusal is 87.
-fn entry_key_for(socket: &SocketInfo, dest: Option<SocketAddr>) -> Result<EntryKey, EngineError> {
+fn entry_key_for(
+    handle: HandleId,
+    socket: &SocketInfo,
+    dest: Option<SocketAddr>,
+) -> Result<EntryKey, EngineError> {
     let bad = Err(EngineError::InvalidParameter);
     let local = normalize(socket.local);
     if socket.family == Family::V4 && !local.is_ipv4() {
@@ -312,7 +332,12 @@ fn entry_key_for(socket: &SocketInfo, dest: Option<SocketAddr>) -> Result<EntryK
         // Bound to a concrete address of the other family: no packet could ever match.
         return bad;
     }
-    Ok(EntryKey::new(socket.protocol, local, remote))
+    Ok(EntryKey::new(
+        (handle, socket.socket),
+        socket.protocol,
+        local,
+        remote,
+    ))
 }
 
 /// Parameters of `AddSocketToFlow`, as decoded.
@@ -360,17 +385,11 @@ impl ControlState {
             remote_port,
             remote: remote_ip,
         };
-        let unbound = UnboundKey {
-            protocol,
-            remote_port,
-            remote: remote_ip,
-        };
         let id = self
             .index
             .exact
             .get(&exact)
-            .or_else(|| self.index.any_local.get(&any))
-            .or_else(|| self.index.unbound.get(&unbound))?;
+            .or_else(|| self.index.any_local.get(&any))?;
         self.flows.get(id).map(|f| (*id, f))
     }
 
@@ -487,7 +506,7 @@ impl ControlState {
                 return Err(EngineError::InvalidParameter);
             }
         }
-        let key = entry_key_for(req.socket, req.dest)?;
+        let key = entry_key_for(handle, req.socket, req.dest)?;
         if let Some(holder) = self.index.holder(&key) {
             let same = holder == req.flow_id
                 && self.flows.get(&holder).is_some_and(|f| {
@@ -689,9 +708,12 @@ impl ControlState {
             return Err(EngineError::InvalidParameter);
         }
         let pinned = |e: &Entry| match e.key {
-            EntryKey::Unbound(_) if e.socket == socket => {
-                Some(EntryKey::new(e.key.protocol(), local, e.key.remote()))
-            }
+            EntryKey::Unbound(_) if e.socket == socket => Some(EntryKey::new(
+                (handle, socket),
+                e.key.protocol(),
+                local,
+                e.key.remote(),
+            )),
             _ => None,
         };
         // Pass 1: validate — every family first, then every conflict, so the answer does not
@@ -712,7 +734,12 @@ impl ControlState {
         }
         let n = new_keys().count();
         // Every new key has the same local side, so they all go to one tier: `sample`'s.
-        let sample = EntryKey::new(Protocol::Tcp, local, SocketAddr::new(local.ip(), 1));
+        let sample = EntryKey::new(
+            (handle, socket),
+            Protocol::Tcp,
+            local,
+            SocketAddr::new(local.ip(), 1),
+        );
         self.index.reserve(&sample, n)?;
         // Pass 2: commit (no allocation: capacity reserved above).
         let index = &mut self.index;
@@ -843,17 +870,17 @@ mod tests {
     fn keys_pick_the_tier() {
         let s = sock(Family::V4, Protocol::Udp, "10.0.0.1:5000", None);
         assert!(matches!(
-            entry_key_for(&s, Some(sa("192.0.2.1:9"))),
+            entry_key_for(HandleId(1), &s, Some(sa("192.0.2.1:9"))),
             Ok(EntryKey::Exact(_))
         ));
         let s = sock(Family::V6, Protocol::Udp, "[::]:5000", None);
         assert!(matches!(
-            entry_key_for(&s, Some(sa("192.0.2.1:9"))),
+            entry_key_for(HandleId(1), &s, Some(sa("192.0.2.1:9"))),
             Ok(EntryKey::AnyLocal(_))
         ));
         let s = sock(Family::V4, Protocol::Tcp, "0.0.0.0:0", None);
         assert!(matches!(
-            entry_key_for(&s, Some(sa("192.0.2.1:9"))),
+            entry_key_for(HandleId(1), &s, Some(sa("192.0.2.1:9"))),
             Ok(EntryKey::Unbound(_))
         ));
     }
@@ -861,9 +888,9 @@ mod tests {
     #[test]
     fn keys_ignore_scope_and_flowinfo() {
         let s = sock(Family::V6, Protocol::Udp, "[fe80::1%3]:5000", None);
-        let k1 = entry_key_for(&s, Some(sa("[fe80::2%3]:9"))).unwrap();
+        let k1 = entry_key_for(HandleId(1), &s, Some(sa("[fe80::2%3]:9"))).unwrap();
         let s2 = sock(Family::V6, Protocol::Udp, "[fe80::1]:5000", None);
-        let k2 = entry_key_for(&s2, Some(sa("[fe80::2]:9"))).unwrap();
+        let k2 = entry_key_for(HandleId(1), &s2, Some(sa("[fe80::2]:9"))).unwrap();
         assert_eq!(k1, k2);
     }
 

@@ -67,14 +67,19 @@
 //!
 //! ## Lookup (packet path)
 //! Socket entries are keyed by IP addresses and ports only (no IPv6 scope id or flow label),
-//! v4-mapped addresses normalized to IPv4, in three tiers probed in this order, first hit wins:
+//! v4-mapped addresses normalized to IPv4, in two tiers probed in this order, first hit wins:
 //! 1. exact: protocol, local address and port, remote address and port;
-//! 2. any local address: the socket is bound to `0.0.0.0` / `::` — protocol, local port, remote;
-//! 3. unbound: a TCP socket registered before `connect` (local port 0) — protocol and remote,
-//!    any local port, until [`Engine::socket_bound`] pins it into tier 1 or 2.
+//! 2. any local address: the socket is bound to `0.0.0.0` / `::` — protocol, local port, remote.
+//!
+//! A TCP socket registered before `connect` (local port 0, "unbound") marks nothing until the
+//! back end reports its local port with [`Engine::socket_bound`], which moves its entries into
+//! tier 1 or 2: before that, its packets cannot be told from another process's packets to
+//! the same destination, and a caller may only mark its own traffic (qos-api.md §8). Unbound
+//! entries belong to their (handle, socket), so two sockets waiting to connect to the same
+//! server never collide.
 //!
 //! Each tier is one hash map (`hashbrown` with a randomly seeded `foldhash`), so a lookup is
-//! three probes at most, O(1) expected, without allocation. Each flow caches its resolved
+//! two probes at most, O(1) expected, without allocation. Each flow caches its resolved
 //! [`Mark`]. Memory: about 100-150 bytes per socket entry plus 100-200 per flow (estimate
 //! in the `flows` module docs).
 //!
@@ -127,7 +132,7 @@ pub enum Binding {
         /// Local port.
         port: u16,
     },
-    /// TCP registered before `connect`: any local port matches (tier 3).
+    /// TCP registered before `connect`: matches nothing until [`Engine::socket_bound`].
     NotBound,
 }
 

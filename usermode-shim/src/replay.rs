@@ -98,6 +98,11 @@ pub struct Summary {
     pub marked: u64,
     /// `AlreadyMarked` verdicts.
     pub already_marked: u64,
+    /// `Mark` verdicts on later fragments (offset ≠ 0): they carry no ports and follow their
+    /// first fragment's mark, so they count here and in the totals, not under a rule.
+    pub later_fragments_marked: u64,
+    /// `AlreadyMarked` verdicts on later fragments.
+    pub later_fragments_already_marked: u64,
     /// `Mark` verdicts that changed the DSCP.
     pub dscp_rewritten: u64,
     /// `Mark` verdicts that changed the innermost tag's PCP.
@@ -233,11 +238,21 @@ fn mark_packet(engine: &Engine, view: &mut PacketView<'_>, now_ns: u64, summary:
         current_pcp: located.innermost_tag.map(|t| t.pcp),
     };
     summary.classified += 1;
+    let later_fragment =
+        wire::parse_ip(ip).is_ok_and(|p| p.fragment.is_some_and(|f| f.offset != 0));
     match engine.classify(ip, &meta, now_ns) {
         Verdict::Skip(_) => {}
-        Verdict::AlreadyMarked => summary.already_marked += 1,
+        Verdict::AlreadyMarked => {
+            summary.already_marked += 1;
+            if later_fragment {
+                summary.later_fragments_already_marked += 1;
+            }
+        }
         Verdict::Mark(mark) => {
             summary.marked += 1;
+            if later_fragment {
+                summary.later_fragments_marked += 1;
+            }
             if let Some(dscp) = mark.dscp {
                 match wire::set_dscp(ip, dscp) {
                     Ok(Rewrite::Changed) => summary.dscp_rewritten += 1,

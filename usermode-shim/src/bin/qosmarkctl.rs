@@ -151,6 +151,13 @@ fn print_summary(args: &ReplayArgs, s: &Summary) {
         s.pcp_requested_no_tag,
         s.already_marked
     );
+    if s.later_fragments_marked + s.later_fragments_already_marked > 0 {
+        println!(
+            "later fragments (marked like their first fragment, counted in the totals only): \
+             {} marked, {} already marked",
+            s.later_fragments_marked, s.later_fragments_already_marked
+        );
+    }
     println!(
         "not classified: {} non-IP frames, {} cut by snap length",
         s.not_ip_frames, s.cut_by_snaplen

@@ -332,6 +332,9 @@ pub enum RuleSpecError {
     MixedFamilies,
     /// A prefix length is too long for its family, or host bits are set.
     BadPrefix,
+    /// An IPv4-mapped IPv6 prefix (inside `::ffff:0:0/96`): it could never match, because the
+    /// engine keys IPv4 traffic of dual-stack sockets as IPv4. Write the IPv4 prefix instead.
+    MappedPrefix,
     /// A port range has `first > last`.
     BadPortRange,
 }
@@ -352,6 +355,11 @@ impl RuleSpec {
             };
             if p.len > max || !prefix_is_masked(p) {
                 return Err(RuleSpecError::BadPrefix);
+            }
+            if let IpAddr::V6(a) = p.addr {
+                if p.len >= 96 && a.to_ipv4_mapped().is_some() {
+                    return Err(RuleSpecError::MappedPrefix);
+                }
             }
         }
         if let (Some(a), Some(b)) = (self.local_prefix, self.remote_prefix) {
@@ -708,4 +716,49 @@ pub enum Response {
     Rules(alloc::vec::Vec<RuleEntry>),
     /// `GetTrafficTable`.
     TrafficTable(TrafficTable),
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+    use super::*;
+
+    fn spec(remote: Prefix) -> RuleSpec {
+        RuleSpec {
+            name: heapless_name::RuleName::try_new("r").unwrap(),
+            precedence: 127,
+            protocol: RuleProtocol::Any,
+            local_prefix: None,
+            remote_prefix: Some(remote),
+            local_ports: None,
+            remote_ports: None,
+            action: RuleAction::Dscp(Dscp::EF),
+            pcp: None,
+        }
+    }
+
+    #[test]
+    fn validate_prefixes() {
+        let p = |a: &str, len| Prefix {
+            addr: a.parse().unwrap(),
+            len,
+        };
+        assert_eq!(spec(p("10.1.0.0", 16)).validate(), Ok(()));
+        assert_eq!(
+            spec(p("10.1.0.1", 16)).validate(),
+            Err(RuleSpecError::BadPrefix)
+        );
+        assert_eq!(
+            spec(p("10.0.0.0", 33)).validate(),
+            Err(RuleSpecError::BadPrefix)
+        );
+        assert_eq!(
+            spec(p("::ffff:10.1.2.0", 120)).validate(),
+            Err(RuleSpecError::MappedPrefix)
+        );
+        // Prefixes that merely contain the mapped range are ordinary IPv6 prefixes.
+        assert_eq!(spec(p("::", 0)).validate(), Ok(()));
+        assert_eq!(spec(p("::", 80)).validate(), Ok(()));
+        assert_eq!(spec(p("2001:db8::", 32)).validate(), Ok(()));
+    }
 }

@@ -5,7 +5,7 @@
 //! [[rule]]
 //! name = "voip"                  # required, unique, 1..=64 bytes, no control characters
 //! precedence = 200               # 0..=255, higher wins; default 127
-//! protocol = "udp"               # "tcp" | "udp" | "any"; default "any"
+//! protocol = "udp"               # "tcp" | "udp" | "any" (TCP or UDP); default "any"
 //! local_address = "10.0.0.0/8"   # prefix "addr/len" or a bare address (= host prefix)
 //! remote_address = "192.0.2.9"   # same family as local_address
 //! local_port = 5060              # a port, or "first-last" (first <= last), or "port"
@@ -25,8 +25,11 @@
 //! * Host bits set in a prefix (`"10.0.0.1/24"`) are an error that names the intended prefix,
 //!   rather than being silently masked.
 //! * A rule's local and remote prefix must be of one family. An IPv4-mapped IPv6 prefix
-//!   (`::ffff:a.b.c.d/len`) is accepted, as the engine accepts it, but never matches: the engine
-//!   classifies such traffic as IPv4, so write the IPv4 prefix.
+//!   (`::ffff:a.b.c.d/len`, len ≥ 96) is an error that names the IPv4 prefix to write: the
+//!   engine keys the IPv4 traffic of dual-stack sockets as IPv4, so it could never match (the
+//!   engine refuses such a rule too).
+//! * `protocol = "any"` means TCP or UDP: rules only ever match TCP and UDP packets (a QoS
+//!   policy's `IPProtocolMatchCondition` is TCP, UDP or both); other protocols go unmarked.
 //!
 //! ## Errors
 //! Every error names a 1-based line: the line of the offending key (strictly: where its value
@@ -296,6 +299,15 @@ fn parse_prefix(s: &str) -> Result<Prefix, String> {
         return Err(format!(
             "host bits are set in `{s}` (the prefix is {masked}/{len})"
         ));
+    }
+    if let IpAddr::V6(a) = addr {
+        if let (Some(v4), true) = (a.to_ipv4_mapped(), len >= 96) {
+            return Err(format!(
+                "`{s}` is an IPv4-mapped prefix, which never matches (IPv4 traffic is matched \
+                 as IPv4): write `{v4}/{}`",
+                len - 96
+            ));
+        }
     }
     Ok(Prefix { addr, len })
 }
@@ -813,6 +825,16 @@ local_port = "0-1023"
 
     #[test]
     fn port_and_prefix_errors() {
+        check(
+            &format!("{HEAD}dscp = 1\nremote_address = \"::ffff:10.1.2.0/120\"\n"),
+            4,
+            "IPv4-mapped prefix, which never matches (IPv4 traffic is matched as IPv4): write `10.1.2.0/24`",
+        );
+        check(
+            &format!("{HEAD}dscp = 1\nlocal_address = \"::ffff:192.0.2.7\"\n"),
+            4,
+            "write `192.0.2.7/32`",
+        );
         check(
             &format!("{HEAD}dscp = 1\nlocal_port = 65536\n"),
             4,

@@ -79,6 +79,15 @@ fn bad_usage_exits_two_with_usage() {
             "out".as_ref(),
             "--bogus".as_ref(),
         ],
+        vec![
+            "replay".as_ref(),
+            "--rules".as_ref(),
+            rules.as_os_str(),
+            "--rules".as_ref(),
+            rules.as_os_str(),
+            sample.as_os_str(),
+            "out".as_ref(),
+        ],
     ];
     for args in cases {
         let o = run(&args);

@@ -28,6 +28,15 @@ struct Failure {
     usage: bool,
 }
 
+/// Stores the `--rules` value, refusing a second one (which file would win is not obvious).
+fn set_once(slot: &mut Option<String>, value: String) -> Result<(), Failure> {
+    if slot.is_some() {
+        return Err(usage_error("--rules given more than once"));
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
 fn usage_error(message: impl Into<String>) -> Failure {
     Failure {
         message: message.into(),
@@ -64,11 +73,11 @@ fn parse_replay_args(args: &[String]) -> Result<Option<ReplayArgs>, Failure> {
                 let value = it
                     .next()
                     .ok_or_else(|| usage_error("--rules needs a file name"))?;
-                rules = Some(value.clone());
+                set_once(&mut rules, value.clone())?;
             }
             "--" => positional.extend(it.by_ref().cloned()),
             s if s.starts_with("--rules=") => {
-                rules = Some(s.trim_start_matches("--rules=").to_owned());
+                set_once(&mut rules, s.trim_start_matches("--rules=").to_owned())?;
             }
             s if s.starts_with('-') && s.len() > 1 => {
                 return Err(usage_error(format!("unknown option {s}")));

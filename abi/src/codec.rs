@@ -180,7 +180,16 @@
 //!   need not trust the byte count: [`record_len`] reads the record's own length from its header.
 //!
 //!   `STATUS_BUFFER_TOO_SMALL` cannot carry the size: it is an error status, so no bytes reach
-//!   the caller. Linux transports send the same records over the socket: a successful answer, or
+//!   the caller.
+//!
+//!   **I/O completion ports.** A warning status (and every success) completes the IRP through
+//!   the normal path even when `DeviceIoControl` returns `FALSE` synchronously: the event is set
+//!   and, on a handle associated with a completion port, a completion packet is queued. QOS2
+//!   applications may associate the qosmark handle with their own port, so every request the
+//!   shim issues on its own behalf (the size probe of `QOSEnumerateFlows`, synchronous calls)
+//!   must use an `OVERLAPPED` whose `hEvent` has its low-order bit set, which tells the I/O
+//!   manager not to queue a packet to the port (documented for `GetQueuedCompletionStatus`):
+//!   otherwise the application would dequeue a packet for an `OVERLAPPED` it never owned. Linux transports send the same records over the socket: a successful answer, or
 //!   an Error record (required size 0 unless the code is 122).
 //!
 //! Stream transports (the Linux unix socket) frame records with [`record_len`]: read

@@ -90,7 +90,13 @@ impl GlobalCounters {
     }
 }
 
-/// The verdict for a packet whose current DSCP / 802.1p are known and whose target is `mark`.
+/// The verdict for a packet whose current DSCP is known and whose target is `mark`.
+///
+/// "Already marked" needs every requested part in place. When the mark requests 802.1p and the
+/// back end cannot say which priority the packet already carries (`meta.current_pcp` is
+/// `None`: raw IP, an untagged frame, the Windows IP layer where 802.1p is out-of-band
+/// information), the verdict is `Mark` even if the DSCP is already right: the back end must
+/// still request the priority. Its DSCP rewrite then reports `Rewrite::Unchanged`.
 fn decide(mark: Mark, summary: &IpSummary, meta: PacketMeta) -> Verdict {
     if mark.is_empty() {
         return Verdict::Skip(SkipReason::NoMarkConfigured);

@@ -87,13 +87,39 @@ pub struct Engine {
 
 impl Engine {
     /// An empty engine with these limits and the default traffic-type table.
+    ///
+    /// `max_flows` and `max_rules` are clamped to what one answer record can carry
+    /// (`qosmark_abi::codec::MAX_FLOW_IDS`, `MAX_RULES`), so `EnumerateFlows` and `ListRules`
+    /// can always be encoded. The fragment memory uses a fixed hash key: back ends with a
+    /// source of randomness should prefer [`Engine::with_seed`].
     #[must_use]
     pub fn new(limits: Limits) -> Self {
+        Self::build(limits, None)
+    }
+
+    /// [`Engine::new`] with the fragment memory keyed by `seed`, so that nobody outside can
+    /// predict which datagrams share a slot (the Windows driver seeds it from
+    /// `KeQueryPerformanceCounter` / the RNG, the Linux back end from `getrandom`).
+    #[must_use]
+    pub fn with_seed(limits: Limits, seed: u64) -> Self {
+        Self::build(limits, Some(seed))
+    }
+
+    fn build(limits: Limits, seed: Option<u64>) -> Self {
+        let limits = Limits {
+            max_flows: limits.max_flows.min(abi::codec::MAX_FLOW_IDS as usize),
+            max_rules: limits.max_rules.min(abi::codec::MAX_RULES as usize),
+            ..limits
+        };
+        let fragments = match seed {
+            Some(key) => frag::FragmentCache::with_key(limits.fragment_slots, key),
+            None => frag::FragmentCache::new(limits.fragment_slots),
+        };
         Engine {
             limits,
             control: control::ControlState::new(&limits),
             rules: rules::RuleSet::new(limits.max_rules),
-            fragments: frag::FragmentCache::new(limits.fragment_slots),
+            fragments,
             stats: classify::GlobalCounters::default(),
         }
     }

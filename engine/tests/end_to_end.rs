@@ -381,3 +381,66 @@ fn tcp4_to_server(src: [u8; 4], sport: u16) -> Vec<u8> {
     builder.write(&mut out, &[]).unwrap();
     out
 }
+
+#[test]
+fn limits_are_clamped_to_what_answers_can_carry() {
+    let engine = Engine::new(Limits {
+        max_flows: usize::MAX,
+        max_rules: usize::MAX,
+        ..Limits::default()
+    });
+    assert_eq!(engine.limits().max_flows, 65_536);
+    assert_eq!(engine.limits().max_rules, 4_096);
+    let small = Limits {
+        max_flows: 10,
+        ..Limits::default()
+    };
+    assert_eq!(Engine::new(small).limits().max_flows, 10);
+}
+
+/// A seeded engine remembers first fragments like the default one: the later fragments of a
+/// marked datagram get its mark.
+#[test]
+fn seeded_engine_marks_later_fragments() {
+    let mut engine = Engine::with_seed(Limits::default(), 0x1234_5678_9abc_def0);
+    let h = engine.open_handle(USER).unwrap();
+    let socket = SocketInfo {
+        socket: 1,
+        family: Family::V4,
+        protocol: Protocol::Udp,
+        local: sa("192.0.2.10:5004"),
+        peer: Some(sa("198.51.100.7:40000")),
+    };
+    add_flow(&mut engine, h, socket, None, TrafficType::Voice);
+    // A 3000-byte UDP datagram fragmented by hand: first fragment (offset 0, MF) and the
+    // next one (offset 1480 bytes = 185 units), both from etherparse's IPv4 header.
+    let frag = |offset_units: u16, more: bool, payload: &[u8]| {
+        let mut ip = etherparse::Ipv4Header::new(
+            payload.len() as u16,
+            64,
+            etherparse::IpNumber::UDP,
+            [192, 0, 2, 10],
+            [198, 51, 100, 7],
+        )
+        .unwrap();
+        ip.identification = 0x4242;
+        ip.more_fragments = more;
+        ip.fragment_offset = etherparse::IpFragOffset::try_new(offset_units).unwrap();
+        ip.header_checksum = ip.calc_header_checksum();
+        let mut out = ip.to_bytes().to_vec();
+        out.extend_from_slice(payload);
+        out
+    };
+    // UDP header: 5004 -> 40000, length 3008.
+    let mut first_payload = vec![0u8; 1480];
+    first_payload[..8].copy_from_slice(&[0x13, 0x8c, 0x9c, 0x40, 0x0b, 0xc0, 0, 0]);
+    let mut first = frag(0, true, &first_payload);
+    let mut later = frag(185, false, &[0x77; 1528]);
+    let cs7 = Mark {
+        dscp: Some(Dscp::try_new(56).unwrap()),
+        pcp: Some(Pcp::try_new(7).unwrap()),
+    };
+    assert_eq!(run(&engine, &mut first), Verdict::Mark(cs7));
+    assert_eq!(run(&engine, &mut later), Verdict::Mark(cs7));
+    assert_eq!(oracle(&later), (56, 0, true));
+}

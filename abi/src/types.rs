@@ -593,7 +593,12 @@ pub enum Request {
     SetTrafficTable(TrafficTable),
 }
 
-/// Per-object packet counters, as reported.
+/// Per-object (flow or rule) packet counters, as reported.
+///
+/// A packet reaches a flow's or a rule's counters only once it matched, so the only reason a
+/// matched packet goes unmarked is that the flow or rule adds no mark (`BestEffort`): those
+/// are `packets - marked - already_marked` (see [`CounterSnapshot::not_marked`]). Every other
+/// skip reason arises before a match and is counted globally ([`StatusInfo::skipped`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CounterSnapshot {
     /// Packets that matched.
@@ -604,6 +609,17 @@ pub struct CounterSnapshot {
     pub marked: u64,
     /// Packets that already carried the target mark.
     pub already_marked: u64,
+}
+
+impl CounterSnapshot {
+    /// Matched packets left unmarked because the flow or rule adds no mark
+    /// ([`SkipReason::NoMarkConfigured`]).
+    #[must_use]
+    pub const fn not_marked(&self) -> u64 {
+        self.packets
+            .saturating_sub(self.marked)
+            .saturating_sub(self.already_marked)
+    }
 }
 
 /// Why the engine let a packet go without marking it. Each reason has its own global counter;

@@ -372,6 +372,13 @@ fn unbound_tcp_registration_cannot_capture_other_traffic() {
         engine.classify(&theirs, &meta, 0),
         Verdict::Mark(_)
     ));
+    // The user's flow counted its one packet as matched but not marked (best effort).
+    let flows = engine.flow_details().unwrap();
+    let c = flows[0].counters;
+    assert_eq!(
+        (c.packets, c.marked, c.already_marked, c.not_marked()),
+        (1, 0, 0, 1)
+    );
 }
 
 /// An IPv4 TCP packet from `src:sport` to 192.0.2.9:443, built by etherparse.

@@ -68,8 +68,8 @@ pub const MAX_SLOTS: usize = 1 << 20;
 pub const TICK_SHIFT: u32 = 28;
 /// Entry lifetime in ticks (112 × 268.4 ms ≈ 30.06 s).
 pub const TIMEOUT_TICKS: u64 = 112;
-/// Default hash key used by [`FragmentCache::new`].
-const DEFAULT_KEY: u64 = 0x6a09_e667_f3bc_c908;
+/// Hash key of the fragment memory of [`crate::Engine::new`] (no random source).
+pub(crate) const DEFAULT_KEY: u64 = 0x6a09_e667_f3bc_c908;
 
 const VALID: u64 = 1 << 63;
 const MARK_SHIFT: u32 = 52;
@@ -172,14 +172,16 @@ fn ticks(now_ns: u64) -> u64 {
 }
 
 impl FragmentCache {
-    /// A cache of `slots` slots rounded up to a power of two (at most [`MAX_SLOTS`]); 0, or a
-    /// failed allocation, gives a disabled cache that remembers nothing (fail open).
+    /// [`FragmentCache::with_key`] with [`DEFAULT_KEY`] (tests).
+    #[cfg(test)]
     pub(crate) fn new(slots: usize) -> Self {
         Self::with_key(slots, DEFAULT_KEY)
     }
 
-    /// As [`FragmentCache::new`] with an explicit hash key (a back end with a random source
-    /// should pass a random key so slot and tag cannot be predicted).
+    /// A cache of `slots` slots rounded up to a power of two (at most [`MAX_SLOTS`]), keyed by
+    /// `key` (a back end with a random source should pass a random key so slot and tag cannot
+    /// be predicted); 0 slots, or a failed allocation, gives a disabled cache that remembers
+    /// nothing (fail open).
     pub(crate) fn with_key(slots: usize, key: u64) -> Self {
         let n = if slots == 0 {
             0

@@ -94,32 +94,24 @@ impl Engine {
     /// source of randomness should prefer [`Engine::with_seed`].
     #[must_use]
     pub fn new(limits: Limits) -> Self {
-        Self::build(limits, None)
+        Self::with_seed(limits, frag::DEFAULT_KEY)
     }
 
     /// [`Engine::new`] with the fragment memory keyed by `seed`, so that nobody outside can
-    /// predict which datagrams share a slot (the Windows driver seeds it from
-    /// `KeQueryPerformanceCounter` / the RNG, the Linux back end from `getrandom`).
+    /// predict which datagrams share a slot; a back end seeds it from its platform's random
+    /// source.
     #[must_use]
     pub fn with_seed(limits: Limits, seed: u64) -> Self {
-        Self::build(limits, Some(seed))
-    }
-
-    fn build(limits: Limits, seed: Option<u64>) -> Self {
         let limits = Limits {
             max_flows: limits.max_flows.min(abi::codec::MAX_FLOW_IDS as usize),
             max_rules: limits.max_rules.min(abi::codec::MAX_RULES as usize),
             ..limits
         };
-        let fragments = match seed {
-            Some(key) => frag::FragmentCache::with_key(limits.fragment_slots, key),
-            None => frag::FragmentCache::new(limits.fragment_slots),
-        };
         Engine {
             limits,
             control: control::ControlState::new(&limits),
             rules: rules::RuleSet::new(limits.max_rules),
-            fragments,
+            fragments: frag::FragmentCache::with_key(limits.fragment_slots, seed),
             stats: classify::GlobalCounters::default(),
         }
     }

@@ -106,10 +106,11 @@
 //!
 //! ```text
 //! 0x8001 Done (0)
-//! 0x8002 Status (120)
+//! 0x8002 Status (176)
 //!   0 u16 protocol version   2 zero [2]   4 u32 handles   8 u32 flows   12 u32 sockets
 //!  16 u32 rules   20 zero [4]   24 u64 packets   32 u64 marked   40 u64 already marked
 //!  48 u64 skipped[9], indexed by SkipReason value
+//! 120 u64 fail_open[7], indexed by FailOpen value
 //! 0x8003 FlowId (4):          0 u32 flow id (never 0)
 //! 0x8004 PacketPriority (16): 0 u32 conformant DSCP  4 u32 non-conformant DSCP
 //!                             8 u32 conformant 802.1p  12 u32 non-conformant 802.1p
@@ -210,7 +211,7 @@ use crate::ioctl::RequestKind;
 use crate::status::{NtStatus, Win32Error};
 use crate::types::heapless_name::RuleName;
 use crate::types::{
-    CounterSnapshot, Dscp, Family, FlowRate, NotifyFlow, OutOfRange, PacketPriority, Pcp,
+    CounterSnapshot, Dscp, FailOpen, Family, FlowRate, NotifyFlow, OutOfRange, PacketPriority, Pcp,
     PortRange, Prefix, Protocol, QueryFlow, Request, Response, RuleAction, RuleEntry, RuleProtocol,
     RuleSpec, SetFlow, Shaping, SkipReason, SocketInfo, StatusInfo, TrafficTable, TrafficType,
     TrafficTypeMark, MAX_RULE_NAME_LEN,
@@ -512,7 +513,7 @@ pub fn required_size(response: &Response) -> u32 {
     }
 }
 
-const STATUS_LEN: u32 = 48 + 8 * SkipReason::COUNT as u32;
+const STATUS_LEN: u32 = 48 + 8 * SkipReason::COUNT as u32 + 8 * FailOpen::COUNT as u32;
 
 // ------------------------------------------------------------------------------------------
 // Writer
@@ -672,6 +673,9 @@ impl Writer<'_> {
         self.u64(s.marked);
         self.u64(s.already_marked);
         for v in s.skipped {
+            self.u64(v);
+        }
+        for v in s.fail_open {
             self.u64(v);
         }
     }
@@ -1162,6 +1166,10 @@ impl<'a> Reader<'a> {
         for s in &mut skipped {
             *s = self.u64()?;
         }
+        let mut fail_open = [0u64; FailOpen::COUNT];
+        for f in &mut fail_open {
+            *f = self.u64()?;
+        }
         Ok(StatusInfo {
             protocol_version,
             handles,
@@ -1172,6 +1180,7 @@ impl<'a> Reader<'a> {
             marked,
             already_marked,
             skipped,
+            fail_open,
         })
     }
 

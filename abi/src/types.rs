@@ -681,6 +681,62 @@ impl SkipReason {
     }
 }
 
+/// Why a back end let a packet go out unmarked although the engine asked for a mark (fail
+/// open). The engine never sees these failures itself; the back end reports them with
+/// `Engine::record_fail_open` so that `QueryStatus` shows them next to the engine's own
+/// [`SkipReason`]s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum FailOpen {
+    /// Windows: the classify call did not carry `FWPS_RIGHT_ACTION_WRITE` (another callout
+    /// decided first).
+    NoWriteRight = 0,
+    /// The headers could not be read contiguously (`NdisGetDataBuffer` failed; a netfilter
+    /// message without a payload).
+    HeaderUnreadable = 1,
+    /// Allocating the modified copy failed (`FwpsAllocateCloneNetBufferList0`, or no memory).
+    CloneFailed = 2,
+    /// The engine's rewrite refused a packet it had classified (should not happen; counted).
+    RewriteFailed = 3,
+    /// Re-injection failed (`FwpsInjectNetworkSendAsync0` returned an error).
+    InjectFailed = 4,
+    /// Linux: the verdict carrying the rewritten packet could not be sent; the packet was
+    /// accepted unchanged instead.
+    VerdictFailed = 5,
+    /// The packet was larger than the back end's buffer for rewriting it.
+    Oversize = 6,
+}
+
+impl FailOpen {
+    /// Number of reasons (length of [`StatusInfo::fail_open`]).
+    pub const COUNT: usize = 7;
+
+    /// All reasons in value order.
+    pub const ALL: [FailOpen; Self::COUNT] = [
+        FailOpen::NoWriteRight,
+        FailOpen::HeaderUnreadable,
+        FailOpen::CloneFailed,
+        FailOpen::RewriteFailed,
+        FailOpen::InjectFailed,
+        FailOpen::VerdictFailed,
+        FailOpen::Oversize,
+    ];
+
+    /// Short stable name, for logs and JSON.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            FailOpen::NoWriteRight => "no_write_right",
+            FailOpen::HeaderUnreadable => "header_unreadable",
+            FailOpen::CloneFailed => "clone_failed",
+            FailOpen::RewriteFailed => "rewrite_failed",
+            FailOpen::InjectFailed => "inject_failed",
+            FailOpen::VerdictFailed => "verdict_failed",
+            FailOpen::Oversize => "oversize",
+        }
+    }
+}
+
 /// Global engine state and counters (`QueryStatus`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct StatusInfo {
@@ -702,6 +758,8 @@ pub struct StatusInfo {
     pub already_marked: u64,
     /// Packets left unmarked, per [`SkipReason`].
     pub skipped: [u64; SkipReason::COUNT],
+    /// Packets the engine wanted marked that the back end sent unmarked, per [`FailOpen`].
+    pub fail_open: [u64; FailOpen::COUNT],
 }
 
 /// One rule as listed, with its counters.

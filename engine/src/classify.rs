@@ -33,7 +33,7 @@ use crate::wire::{self, IpSummary, IpVersion, Transport, WireError};
 use crate::{traffic, Engine, FiveTuple};
 use core::net::SocketAddr;
 use core::sync::atomic::{AtomicU64, Ordering};
-use qosmark_abi::{Mark, Pcp, Protocol, RuleAction, SkipReason, StatusInfo};
+use qosmark_abi::{FailOpen, Mark, Pcp, Protocol, RuleAction, SkipReason, StatusInfo};
 
 /// What the back end knows about a packet besides its bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -62,6 +62,7 @@ pub(crate) struct GlobalCounters {
     marked: AtomicU64,
     already_marked: AtomicU64,
     skipped: [AtomicU64; SkipReason::COUNT],
+    fail_open: [AtomicU64; FailOpen::COUNT],
 }
 
 impl GlobalCounters {
@@ -86,6 +87,16 @@ impl GlobalCounters {
         status.already_marked = self.already_marked.load(Ordering::Relaxed);
         for (out, c) in status.skipped.iter_mut().zip(self.skipped.iter()) {
             *out = c.load(Ordering::Relaxed);
+        }
+        for (out, c) in status.fail_open.iter_mut().zip(self.fail_open.iter()) {
+            *out = c.load(Ordering::Relaxed);
+        }
+    }
+
+    /// Counts one packet a back end let go unmarked.
+    pub(crate) fn count_fail_open(&self, reason: FailOpen) {
+        if let Some(c) = self.fail_open.get(reason as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -127,6 +138,13 @@ fn fragment_key(summary: &IpSummary, id: u32) -> FragmentKey {
 }
 
 impl Engine {
+    /// Records that the back end sent a packet unmarked although [`Engine::classify`] asked
+    /// for a mark (fail open), and why. Lock-free (`&self`, one relaxed atomic add), so it may
+    /// be called under the shared lock on the packet path. Shown by `QueryStatus`.
+    pub fn record_fail_open(&self, reason: FailOpen) {
+        self.stats.count_fail_open(reason);
+    }
+
     /// Classifies one outbound packet (bytes from the IP header on). Never panics, never
     /// allocates; see the module docs for the order of decisions.
     #[must_use]
@@ -770,6 +788,21 @@ mod tests {
             (c.packets, c.bytes, c.marked, c.already_marked),
             (4000, 4000 * 48, 2000, 2000)
         );
+    }
+
+    #[test]
+    fn fail_open_is_counted_per_reason_and_apart_from_verdicts() {
+        let e = engine_with(&[]);
+        e.record_fail_open(FailOpen::InjectFailed);
+        e.record_fail_open(FailOpen::InjectFailed);
+        e.record_fail_open(FailOpen::Oversize);
+        let s = status(&e);
+        let mut want = [0u64; FailOpen::COUNT];
+        want[FailOpen::InjectFailed as usize] = 2;
+        want[FailOpen::Oversize as usize] = 1;
+        assert_eq!(s.fail_open, want);
+        // A back-end failure is not a classified packet.
+        assert_eq!(s.packets, 0);
     }
 
     proptest::proptest! {

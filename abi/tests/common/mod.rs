@@ -15,9 +15,10 @@ use qosmark_abi::heapless_name::RuleName;
 use qosmark_abi::ioctl::RequestKind;
 use qosmark_abi::status::Win32Error;
 use qosmark_abi::{
-    CounterSnapshot, Dscp, Family, FlowRate, NotifyFlow, PacketPriority, Pcp, PortRange, Prefix,
-    Protocol, QueryFlow, Request, Response, RuleAction, RuleEntry, RuleProtocol, RuleSpec, SetFlow,
-    Shaping, SkipReason, SocketInfo, StatusInfo, TrafficTable, TrafficType, TrafficTypeMark,
+    CounterSnapshot, Dscp, FailOpen, Family, FlowRate, NotifyFlow, PacketPriority, Pcp, PortRange,
+    Prefix, Protocol, QueryFlow, Request, Response, RuleAction, RuleEntry, RuleProtocol, RuleSpec,
+    SetFlow, Shaping, SkipReason, SocketInfo, StatusInfo, TrafficTable, TrafficType,
+    TrafficTypeMark,
 };
 
 /// One golden vector: a request, or an answer to a request of the given kind.
@@ -270,6 +271,7 @@ pub fn golden_cases() -> Vec<(&'static str, Golden)> {
                     marked: 600_000,
                     already_marked: 1_000,
                     skipped: [300_000, 50_000, 10, 2, 1, 30, 4, 48_953, 0],
+                    fail_open: [3, 0, 1, 0, 2, 0, 7],
                 })),
             ),
         ),
@@ -607,6 +609,7 @@ fn status_info() -> impl Strategy<Value = StatusInfo> {
         any::<[u32; 4]>(),
         any::<[u64; 3]>(),
         any::<[u64; SkipReason::COUNT]>(),
+        any::<[u64; FailOpen::COUNT]>(),
     )
         .prop_map(
             |(
@@ -614,6 +617,7 @@ fn status_info() -> impl Strategy<Value = StatusInfo> {
                 [handles, flows, sockets, rules],
                 [packets, marked, already_marked],
                 skipped,
+                fail_open,
             )| {
                 StatusInfo {
                     protocol_version,
@@ -625,6 +629,7 @@ fn status_info() -> impl Strategy<Value = StatusInfo> {
                     marked,
                     already_marked,
                     skipped,
+                    fail_open,
                 }
             },
         )

@@ -1,0 +1,565 @@
+//! The control path: the unix-socket server of `docs/linux-transport.md`.
+//!
+//! ## Threads
+//! One thread per connection, bounded by `--max-clients` (default 1024): a connection beyond
+//! the bound gets one `Error` record (1450, `ERROR_NO_SYSTEM_RESOURCES`) and is closed.
+//! Control traffic is a handful of requests per flow, so blocking reads are simple and cheap;
+//! each thread has a 128 KiB stack. A connection thread takes the engine's **exclusive** lock
+//! only around `Engine::apply` (and open/close), never while reading or writing the socket.
+//!
+//! ## One connection = one handle
+//! At accept: `SO_PEERCRED` gives pid and uid; uid 0, or `CAP_NET_ADMIN` in the peer's
+//! `CapEff` (`/proc/<pid>/status`, read once), is `Privilege::Admin`, anyone else
+//! `Privilege::User`. The engine handle opens then and closes when the connection ends
+//! (every flow of the connection goes away).
+//!
+//! ## Framing
+//! The reader takes exactly the 16-byte header, then exactly the rest of the record
+//! (`abi::codec::record_len`), so descriptors passed with `SCM_RIGHTS` are always attributed to
+//! the record they came with. Unframeable header → one `Error` (87, or 1306 for a version
+//! mismatch) and close; a framed record that does not decode → `Error` 87, connection stays.
+//!
+//! ## Socket ownership
+//! `AddSocketToFlow` must carry exactly one descriptor: family, protocol, local address and
+//! peer are read from it and replace the record's claims (only the `socket` value is kept).
+//! Anything else → 87. A TCP socket registered with local port 0 (before `connect`) is kept
+//! in [`Pending`] and polled every 5 ms until it has a port (→ `Engine::socket_bound`) or for
+//! 60 s; every other descriptor is closed when the request is answered.
+
+use crate::state::{self, State};
+use crate::sys;
+use qosmark_engine::abi::codec::{self, ErrorReply};
+use qosmark_engine::abi::status::Win32Error;
+use qosmark_engine::abi::{Caller, Family, Privilege, Protocol, Request, Response, SocketInfo};
+use qosmark_engine::{Engine, EngineError, HandleId};
+use std::io::{self, Write as _};
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+/// How long an unbound TCP socket's descriptor is kept waiting for its local port.
+pub const PENDING_TCP_LIMIT: Duration = Duration::from_secs(60);
+/// How often pending TCP sockets are polled.
+const PENDING_POLL: Duration = Duration::from_millis(5);
+/// `CAP_NET_ADMIN`'s bit in the capability sets.
+const CAP_NET_ADMIN: u32 = 12;
+/// `ERROR_REVISION_MISMATCH`: the answer to a record header of another protocol version.
+const REVISION_MISMATCH: Win32Error = Win32Error(1306);
+/// Stack of a connection thread.
+const CONNECTION_STACK: usize = 128 * 1024;
+
+/// A TCP socket registered before `connect`, waiting for its local port.
+struct Pending {
+    handle: HandleId,
+    socket: u64,
+    fd: OwnedFd,
+    deadline: Instant,
+}
+
+/// Everything the control threads share.
+pub struct Shared {
+    /// The engine: shared lock on the packet path, exclusive for requests.
+    pub engine: Arc<RwLock<Engine>>,
+    /// Where administrators' changes are saved (`None`: not persisted).
+    pub state_path: Option<PathBuf>,
+    /// Connection bound.
+    pub max_clients: usize,
+    clients: AtomicUsize,
+    /// Serialises "apply a persistent change, then write the file", so the file always ends
+    /// with the latest state.
+    save_lock: Mutex<()>,
+    pending: Mutex<Vec<Pending>>,
+    pending_cv: Condvar,
+}
+
+impl Shared {
+    /// Shared state for the server.
+    #[must_use]
+    pub fn new(
+        engine: Arc<RwLock<Engine>>,
+        state_path: Option<PathBuf>,
+        max_clients: usize,
+    ) -> Self {
+        Shared {
+            engine,
+            state_path,
+            max_clients,
+            clients: AtomicUsize::new(0),
+            save_lock: Mutex::new(()),
+            pending: Mutex::new(Vec::new()),
+            pending_cv: Condvar::new(),
+        }
+    }
+
+    fn engine_mut(&self) -> std::sync::RwLockWriteGuard<'_, Engine> {
+        self.engine.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Whether the process `pid` has `CAP_NET_ADMIN` in its effective set.
+#[must_use]
+pub fn has_net_admin(pid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    cap_eff_has(&status, CAP_NET_ADMIN)
+}
+
+/// Whether the `CapEff:` line of a `/proc/<pid>/status` text has capability `bit`.
+#[must_use]
+pub fn cap_eff_has(status: &str, bit: u32) -> bool {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .and_then(|caps| caps.checked_shr(bit))
+        .is_some_and(|v| v & 1 == 1)
+}
+
+/// Accepts connections forever, one bounded thread each.
+pub fn serve(listener: &UnixListener, shared: &Arc<Shared>) {
+    for stream in listener.incoming() {
+        let mut stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                crate::log(&format!("accept failed: {e}"));
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        if shared.clients.fetch_add(1, Ordering::AcqRel) >= shared.max_clients {
+            shared.clients.fetch_sub(1, Ordering::AcqRel);
+            let _ = send_error(&mut stream, Win32Error::NO_SYSTEM_RESOURCES);
+            continue;
+        }
+        let conn_shared = Arc::clone(shared);
+        let spawned = std::thread::Builder::new()
+            .name("qosmarkd-client".to_owned())
+            .stack_size(CONNECTION_STACK)
+            .spawn(move || {
+                connection(stream, &conn_shared);
+                conn_shared.clients.fetch_sub(1, Ordering::AcqRel);
+            });
+        if let Err(e) = spawned {
+            shared.clients.fetch_sub(1, Ordering::AcqRel);
+            crate::log(&format!("cannot start a connection thread: {e}"));
+        }
+    }
+}
+
+fn send_error(stream: &mut UnixStream, win32: Win32Error) -> io::Result<()> {
+    let mut out = Vec::with_capacity(codec::ERROR_RECORD_LEN as usize);
+    codec::encode_error(
+        ErrorReply {
+            win32,
+            required_size: 0,
+        },
+        &mut out,
+    )
+    .map_err(|_| io::Error::other("error record"))?;
+    stream.write_all(&out)
+}
+
+/// One record as read from the stream.
+enum ReadOutcome {
+    /// A whole record and the descriptors that came with it.
+    Record { truncated_fds: bool },
+    /// The peer closed (at a record boundary or not).
+    Closed,
+    /// The header cannot be framed: answer this and close.
+    Unframeable(Win32Error),
+}
+
+/// Reads exactly `want` more bytes into `buf` (appending), collecting descriptors.
+fn read_exact_fds(
+    fd: BorrowedFd<'_>,
+    buf: &mut Vec<u8>,
+    want: usize,
+    fds: &mut Vec<OwnedFd>,
+    truncated: &mut bool,
+) -> io::Result<bool> {
+    let start = buf.len();
+    buf.resize(start + want, 0);
+    let mut filled = start;
+    while filled < buf.len() {
+        let Some(dst) = buf.get_mut(filled..) else {
+            break;
+        };
+        let got = sys::recv_with_fds(fd, dst, fds)?;
+        *truncated |= got.truncated_fds;
+        if got.len == 0 {
+            buf.truncate(filled);
+            return Ok(false);
+        }
+        filled += got.len;
+    }
+    Ok(true)
+}
+
+fn read_record(
+    fd: BorrowedFd<'_>,
+    buf: &mut Vec<u8>,
+    fds: &mut Vec<OwnedFd>,
+) -> io::Result<ReadOutcome> {
+    buf.clear();
+    let mut truncated = false;
+    if !read_exact_fds(fd, buf, codec::HEADER_LEN as usize, fds, &mut truncated)? {
+        return Ok(ReadOutcome::Closed);
+    }
+    let len = match codec::record_len(buf) {
+        Ok(l) => l as usize,
+        Err(codec::AbiError::BadVersion) => return Ok(ReadOutcome::Unframeable(REVISION_MISMATCH)),
+        Err(e) => return Ok(ReadOutcome::Unframeable(e.win32())),
+    };
+    let rest = len.saturating_sub(codec::HEADER_LEN as usize);
+    if rest > 0 && !read_exact_fds(fd, buf, rest, fds, &mut truncated)? {
+        return Ok(ReadOutcome::Closed);
+    }
+    Ok(ReadOutcome::Record {
+        truncated_fds: truncated,
+    })
+}
+
+/// Serves one connection until it closes; its engine handle closes with it.
+fn connection(mut stream: UnixStream, shared: &Shared) {
+    let (pid, uid, _gid) = match sys::peer_credentials(stream.as_fd()) {
+        Ok(c) => c,
+        Err(e) => {
+            crate::log(&format!("SO_PEERCRED failed, closing the connection: {e}"));
+            return;
+        }
+    };
+    let privilege = if uid == 0 || has_net_admin(pid) {
+        Privilege::Admin
+    } else {
+        Privilege::User
+    };
+    let caller = Caller { pid, privilege };
+    let opened = shared.engine_mut().open_handle(caller);
+    let handle = match opened {
+        Ok(h) => h,
+        Err(e) => {
+            let _ = send_error(&mut stream, e.win32());
+            return;
+        }
+    };
+    crate::log(&format!(
+        "handle {} opened: pid {pid} uid {uid} ({privilege:?})",
+        handle.0
+    ));
+    let mut buf = Vec::with_capacity(1024);
+    let mut out = Vec::with_capacity(1024);
+    let mut fds = Vec::new();
+    loop {
+        fds.clear();
+        let Ok(outcome) = read_record(stream.as_fd(), &mut buf, &mut fds) else {
+            break;
+        };
+        let truncated_fds = match outcome {
+            ReadOutcome::Closed => break,
+            ReadOutcome::Unframeable(code) => {
+                let _ = send_error(&mut stream, code);
+                break;
+            }
+            ReadOutcome::Record { truncated_fds } => truncated_fds,
+        };
+        let reply = handle_record(shared, handle, &buf, &mut fds, truncated_fds);
+        out.clear();
+        let encoded = match &reply {
+            Ok(response) => codec::encode_response(response, &mut out),
+            Err(code) => codec::encode_error(
+                ErrorReply {
+                    win32: *code,
+                    required_size: 0,
+                },
+                &mut out,
+            ),
+        };
+        if encoded.is_err() {
+            out.clear();
+            let _ = codec::encode_error(
+                ErrorReply {
+                    win32: Win32Error::NOT_ENOUGH_MEMORY,
+                    required_size: 0,
+                },
+                &mut out,
+            );
+        }
+        if stream.write_all(&out).is_err() {
+            break;
+        }
+    }
+    drop(fds);
+    shared
+        .pending
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .retain(|p| p.handle != handle);
+    let closed = shared.engine_mut().close_handle(handle);
+    match closed {
+        Ok(report) => crate::log(&format!(
+            "handle {} closed: {} flows, {} sockets removed",
+            handle.0, report.flows_removed, report.sockets_removed
+        )),
+        Err(e) => crate::log(&format!("handle {} close failed: {e:?}", handle.0)),
+    }
+}
+
+/// Whether a successful `req` may have changed what the state file holds. Listed the other
+/// way round (what certainly does not) so that request kinds added later are persisted.
+fn changes_state(req: &Request) -> bool {
+    !matches!(
+        req,
+        Request::QueryStatus
+            | Request::AddSocketToFlow { .. }
+            | Request::RemoveSocketFromFlow { .. }
+            | Request::SetFlow { .. }
+            | Request::QueryFlow { .. }
+            | Request::NotifyFlow { .. }
+            | Request::EnumerateFlows
+            | Request::ListRules
+            | Request::GetTrafficTable
+    )
+}
+
+/// Decodes and applies one record; the answer or the Win32 error code.
+fn handle_record(
+    shared: &Shared,
+    handle: HandleId,
+    bytes: &[u8],
+    fds: &mut Vec<OwnedFd>,
+    truncated_fds: bool,
+) -> Result<Response, Win32Error> {
+    let request = codec::decode_request(bytes).map_err(codec::AbiError::win32)?;
+    if let Request::AddSocketToFlow {
+        socket,
+        dest,
+        traffic_type,
+        flags,
+        flow_id,
+    } = request
+    {
+        if fds.len() != 1 || truncated_fds {
+            return Err(Win32Error::INVALID_PARAMETER);
+        }
+        let fd = fds.pop().ok_or(Win32Error::INVALID_PARAMETER)?;
+        let info =
+            inspect_socket(fd.as_fd(), socket.socket).ok_or(Win32Error::INVALID_PARAMETER)?;
+        let req = Request::AddSocketToFlow {
+            socket: info,
+            dest,
+            traffic_type,
+            flags,
+            flow_id,
+        };
+        let answer = shared.engine_mut().apply(handle, &req);
+        if answer.is_ok() && info.protocol == Protocol::Tcp && info.local.port() == 0 {
+            let mut pending = shared
+                .pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            pending.retain(|p| !(p.handle == handle && p.socket == info.socket));
+            pending.push(Pending {
+                handle,
+                socket: info.socket,
+                fd,
+                deadline: Instant::now() + PENDING_TCP_LIMIT,
+            });
+            shared.pending_cv.notify_one();
+        }
+        return answer.map_err(EngineError::win32);
+    }
+    if !fds.is_empty() || truncated_fds {
+        // Descriptors belong only to AddSocketToFlow; they close when `fds` is cleared.
+        return Err(Win32Error::INVALID_PARAMETER);
+    }
+    if !changes_state(&request) {
+        return shared
+            .engine_mut()
+            .apply(handle, &request)
+            .map_err(EngineError::win32);
+    }
+    let _saving = shared
+        .save_lock
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let (answer, snapshot) = {
+        let mut engine = shared.engine_mut();
+        let answer = engine.apply(handle, &request);
+        let snapshot = if answer.is_ok() {
+            snapshot_state(&mut engine)
+        } else {
+            None
+        };
+        (answer, snapshot)
+    };
+    if let (Some(path), Some(state)) = (&shared.state_path, snapshot) {
+        match state::save(path, &state) {
+            Ok(()) => crate::log(&format!(
+                "state saved to {} ({} rules)",
+                path.display(),
+                state.rules.len()
+            )),
+            Err(e) => crate::log(&format!(
+                "ERROR: cannot save state to {}: {e} (the change is live but will not survive a restart)",
+                path.display()
+            )),
+        }
+    }
+    answer.map_err(EngineError::win32)
+}
+
+/// The persistent part of the engine's state, read through a short-lived administrator
+/// handle (rules are only listed through requests).
+pub fn snapshot_state(engine: &mut Engine) -> Option<State> {
+    let handle = engine
+        .open_handle(Caller {
+            pid: std::process::id(),
+            privilege: Privilege::Admin,
+        })
+        .ok()?;
+    let table = engine.apply(handle, &Request::GetTrafficTable);
+    let rules = engine.apply(handle, &Request::ListRules);
+    let _ = engine.close_handle(handle);
+    match (table, rules) {
+        (Ok(Response::TrafficTable(table)), Ok(Response::Rules(rules))) => Some(State {
+            table,
+            rules: rules.into_iter().map(|r| r.spec).collect(),
+        }),
+        _ => None,
+    }
+}
+
+/// Loads `state` into the engine through a short-lived administrator handle.
+///
+/// # Errors
+/// The rule (by name) or table the engine refused, with its error.
+pub fn load_state(engine: &mut Engine, state: &State) -> Result<(), String> {
+    let handle = engine
+        .open_handle(Caller {
+            pid: std::process::id(),
+            privilege: Privilege::Admin,
+        })
+        .map_err(|e| format!("cannot open an engine handle: {e:?}"))?;
+    let mut result = engine
+        .apply(handle, &Request::SetTrafficTable(state.table))
+        .map(|_| ())
+        .map_err(|e| format!("traffic table refused: {e:?}"));
+    for rule in &state.rules {
+        if result.is_err() {
+            break;
+        }
+        result = engine
+            .apply(handle, &Request::AddRule(rule.clone()))
+            .map(|_| ())
+            .map_err(|e| format!("rule `{}` refused: {e:?}", rule.name));
+    }
+    let _ = engine.close_handle(handle);
+    result
+}
+
+/// What the descriptor itself says about the socket; `None` if it is not an `AF_INET` /
+/// `AF_INET6` TCP or UDP socket (or cannot be read).
+fn inspect_socket(fd: BorrowedFd<'_>, socket: u64) -> Option<SocketInfo> {
+    let domain = sys::get_int_option(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).ok()?;
+    let kind = sys::get_int_option(fd, libc::SOL_SOCKET, libc::SO_TYPE).ok()?;
+    let proto = sys::get_int_option(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL).ok()?;
+    let family = match domain {
+        libc::AF_INET => Family::V4,
+        libc::AF_INET6 => Family::V6,
+        _ => return None,
+    };
+    let protocol = match (kind, proto) {
+        (libc::SOCK_STREAM, libc::IPPROTO_TCP) => Protocol::Tcp,
+        (libc::SOCK_DGRAM, libc::IPPROTO_UDP) => Protocol::Udp,
+        _ => return None,
+    };
+    let local = sys::local_address(fd).ok()??;
+    let peer = sys::peer_address(fd).ok()?;
+    Some(SocketInfo {
+        socket,
+        family,
+        protocol,
+        local,
+        peer,
+    })
+}
+
+/// Polls pending TCP sockets until each has a local port (then pins it in the engine) or its
+/// 60 s are up. Runs forever on its own thread.
+pub fn bind_watcher(shared: &Shared) {
+    let mut bound: Vec<(HandleId, u64, SocketAddr)> = Vec::new();
+    loop {
+        {
+            let mut pending = shared
+                .pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            while pending.is_empty() {
+                pending = shared
+                    .pending_cv
+                    .wait(pending)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            let now = Instant::now();
+            pending.retain(|p| match sys::local_address(p.fd.as_fd()) {
+                Ok(Some(local)) if local.port() != 0 => {
+                    bound.push((p.handle, p.socket, local));
+                    false
+                }
+                Ok(_) if now < p.deadline => true,
+                Ok(_) => {
+                    crate::log(&format!(
+                        "handle {}: TCP socket {} never got a local port in 60 s; it marks nothing",
+                        p.handle.0, p.socket
+                    ));
+                    false
+                }
+                Err(_) => false,
+            });
+        }
+        for (handle, socket, local) in bound.drain(..) {
+            let result = shared.engine_mut().socket_bound(handle, socket, local);
+            if let Err(e) = result {
+                crate::log(&format!(
+                    "handle {}: TCP socket {socket} bound to {local} could not be pinned: {e:?}",
+                    handle.0
+                ));
+            }
+        }
+        std::thread::sleep(PENDING_POLL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cap_eff_parsing() {
+        let status = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t0000000000001000\n";
+        assert!(cap_eff_has(status, CAP_NET_ADMIN));
+        assert!(!cap_eff_has(status, 0));
+        assert!(!cap_eff_has("CapEff:\t0000000000000000\n", CAP_NET_ADMIN));
+        assert!(cap_eff_has("CapEff:\t000001ffffffffff\n", CAP_NET_ADMIN));
+        assert!(!cap_eff_has("CapEff:\tzz\n", CAP_NET_ADMIN));
+        assert!(!cap_eff_has("", CAP_NET_ADMIN));
+    }
+
+    #[test]
+    fn persistent_requests() {
+        assert!(!changes_state(&Request::QueryStatus));
+        assert!(!changes_state(&Request::ListRules));
+        assert!(changes_state(&Request::SetTrafficTable(
+            qosmark_engine::traffic::default_table()
+        )));
+        assert!(changes_state(&Request::RemoveRule(
+            qosmark_engine::abi::heapless_name::RuleName::try_new("x")
+                .unwrap_or_else(|_| { unreachable!("valid name") })
+        )));
+    }
+}

@@ -1,0 +1,449 @@
+//! # qosmark-linux: `qosmarkd`
+//!
+//! The qosmark engine on the Linux network stack: outbound packets come from a netfilter
+//! queue ([`nfq`]), control requests from a unix socket ([`control`]) speaking the `abi`
+//! records of `docs/linux-transport.md`.
+//!
+//! ## Threads
+//! * **main**: start-up, then waits for SIGTERM / SIGINT / SIGHUP (blocked in every thread,
+//!   taken with `sigwait`) and shuts down: iptables rules first, so no new packet is queued,
+//!   then a short drain, then the socket file.
+//! * **packets**: the [`nfq::PacketLoop`] (shared engine lock).
+//! * **accept** + one thread per client connection ([`control::serve`], bounded).
+//! * **bind watcher**: TCP sockets registered before `connect` ([`control::bind_watcher`]).
+//!
+//! The engine sits in an `Arc<RwLock<Engine>>`: the packet thread reads (classify is `&self`),
+//! control requests write.
+//!
+//! `unsafe` lives only in [`sys`].
+#![deny(unsafe_code)]
+
+pub mod control;
+pub mod iptables;
+pub mod nfq;
+pub mod state;
+pub mod sys;
+
+use qosmark_engine::{Engine, Limits};
+use std::io::Read as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// Default control socket.
+pub const DEFAULT_SOCKET: &str = "/run/qosmark/qosmark.sock";
+/// Default state file.
+pub const DEFAULT_STATE: &str = "/var/lib/qosmark/state.toml";
+
+/// Writes one log line to standard error.
+pub fn log(msg: &str) {
+    eprintln!("qosmarkd: {msg}");
+}
+
+/// The daemon's configuration (command line).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Control socket path.
+    pub socket: PathBuf,
+    /// Netfilter queue number.
+    pub queue_num: u16,
+    /// Kernel queue length (packets waiting for a verdict).
+    pub queue_maxlen: u32,
+    /// Rules file loaded at start (overrides the state's rules).
+    pub rules: Option<PathBuf>,
+    /// State file.
+    pub state: PathBuf,
+    /// Maximum concurrent client connections.
+    pub max_clients: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            socket: PathBuf::from(DEFAULT_SOCKET),
+            queue_num: 0,
+            queue_maxlen: 4096,
+            rules: None,
+            state: PathBuf::from(DEFAULT_STATE),
+            max_clients: 1024,
+        }
+    }
+}
+
+/// `--help` text.
+pub const USAGE: &str = "\
+usage: qosmarkd [OPTIONS]
+
+Marks outbound packets of registered flows with DSCP (qosmark's Linux back end). Runs as
+root: binds a netfilter queue and installs its own NFQUEUE rules in the mangle OUTPUT chain
+(iptables and ip6tables, comment qosmarkd:queue=N, --queue-bypass), removed again on exit.
+
+options:
+  --socket PATH        control socket (default /run/qosmark/qosmark.sock)
+  --queue-num N        netfilter queue number, 0..=65535 (default 0)
+  --queue-maxlen N     packets the kernel queues for us before accepting unmarked (default 4096)
+  --rules FILE         administrator rules (TOML, qosmarkctl's rules format); they replace
+                       the rules kept in the state file
+  --state FILE         where the traffic table, user DSCP allow-list and rules changed at run
+                       time are kept (default /var/lib/qosmark/state.toml)
+  --max-clients N      concurrent client connections (default 1024)
+  -h, --help           this text
+  -V, --version        version
+
+Stops on SIGTERM or SIGINT. Logs go to standard error.";
+
+/// What the command line asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Run the daemon.
+    Run(Config),
+    /// Print the usage.
+    Help,
+    /// Print the version.
+    Version,
+}
+
+/// Parses the arguments (without the program name).
+///
+/// # Errors
+/// A one-line message for the first bad argument.
+pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String> {
+    let mut config = Config::default();
+    let mut args = args.into_iter();
+    let mut seen: Vec<String> = Vec::new();
+    while let Some(arg) = args.next() {
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
+            _ => (arg.clone(), None),
+        };
+        match name.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "-V" | "--version" => return Ok(Command::Version),
+            "--socket" | "--queue-num" | "--queue-maxlen" | "--rules" | "--state"
+            | "--max-clients" => {
+                if seen.contains(&name) {
+                    return Err(format!("{name} given twice"));
+                }
+                seen.push(name.clone());
+                let value = match inline {
+                    Some(v) => v,
+                    None => args.next().ok_or_else(|| format!("{name} needs a value"))?,
+                };
+                if value.is_empty() {
+                    return Err(format!("{name} needs a value"));
+                }
+                match name.as_str() {
+                    "--socket" => config.socket = PathBuf::from(value),
+                    "--rules" => config.rules = Some(PathBuf::from(value)),
+                    "--state" => config.state = PathBuf::from(value),
+                    "--queue-num" => {
+                        config.queue_num = value
+                            .parse()
+                            .map_err(|_| format!("--queue-num: `{value}` is not 0..=65535"))?;
+                    }
+                    "--queue-maxlen" => {
+                        config.queue_maxlen =
+                            value.parse().ok().filter(|v| *v > 0).ok_or_else(|| {
+                                format!("--queue-maxlen: `{value}` is not a positive number")
+                            })?;
+                    }
+                    _ => {
+                        config.max_clients =
+                            value.parse().ok().filter(|v| *v > 0).ok_or_else(|| {
+                                format!("--max-clients: `{value}` is not a positive number")
+                            })?;
+                    }
+                }
+            }
+            _ => return Err(format!("unknown argument `{arg}` (see --help)")),
+        }
+    }
+    Ok(Command::Run(config))
+}
+
+/// 64 random bits for the engine's fragment-memory key.
+fn random_seed() -> u64 {
+    let mut bytes = [0u8; 8];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = f.read_exact(&mut bytes);
+    }
+    u64::from_ne_bytes(bytes)
+}
+
+/// The engine with the persisted state and the rules file loaded.
+fn build_engine(config: &Config) -> Result<Engine, String> {
+    let mut engine = Engine::with_seed(Limits::default(), random_seed());
+    let defaults = qosmark_engine::traffic::default_table();
+    let mut loaded = state::load(&config.state, defaults)
+        .map_err(|e| format!("state file {}: {e}", config.state.display()))?;
+    match &loaded {
+        Some(s) => log(&format!(
+            "state loaded from {} ({} rules)",
+            config.state.display(),
+            s.rules.len()
+        )),
+        None => log(&format!(
+            "no state file at {}: default traffic table, no rules",
+            config.state.display()
+        )),
+    }
+    if let Some(path) = &config.rules {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("rules file {}: {e}", path.display()))?;
+        let rules = qosmark_shim::rules_file::parse_rules(&text)
+            .map_err(|e| format!("rules file {}: {e}", path.display()))?;
+        log(&format!(
+            "{} rules loaded from {}",
+            rules.len(),
+            path.display()
+        ));
+        let st = loaded.get_or_insert(state::State {
+            table: defaults,
+            rules: Vec::new(),
+        });
+        st.rules = rules;
+    }
+    if let Some(st) = &loaded {
+        control::load_state(&mut engine, st)?;
+    }
+    Ok(engine)
+}
+
+/// Creates the socket's directory and binds the listener (0666). A socket file left by a
+/// previous run is replaced; one that answers is another daemon.
+fn bind_socket(path: &Path) -> Result<UnixListener, String> {
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() && !dir.exists() {
+            std::fs::create_dir_all(dir)
+                .and_then(|()| {
+                    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+                })
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt as _;
+        if !meta.file_type().is_socket() {
+            return Err(format!(
+                "socket path {} exists and is not a socket",
+                path.display()
+            ));
+        }
+        if UnixStream::connect(path).is_ok() {
+            return Err(format!(
+                "socket path {} is in use: another qosmarkd is running",
+                path.display()
+            ));
+        }
+        std::fs::remove_file(path)
+            .map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path)
+        .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+        .map_err(|e| format!("cannot chmod {}: {e}", path.display()))?;
+    Ok(listener)
+}
+
+/// Removes our rules from both tools, logging what was removed.
+fn remove_rules(num: u16, when: &str) {
+    for (tool, family) in iptables::TOOLS {
+        match iptables::remove(tool, num) {
+            Ok(0) => {}
+            Ok(n) => log(&format!(
+                "{when}: removed {n} {family} rule(s) tagged {}",
+                iptables::tag(num)
+            )),
+            Err(e) => log(&format!("{when}: {e}")),
+        }
+    }
+}
+
+/// Runs the daemon until a termination signal. Start-up errors are one line each.
+///
+/// # Errors
+/// The start-up error, or a fatal error of the packet loop.
+pub fn run(config: &Config) -> Result<(), String> {
+    sys::block_termination_signals().map_err(|e| format!("cannot block signals: {e}"))?;
+    if sys::effective_uid() != 0 {
+        return Err(
+            "must run as root (binds a netfilter queue and installs iptables rules)".to_owned(),
+        );
+    }
+    for (tool, _) in iptables::TOOLS {
+        iptables::check(tool).map_err(|e| e.to_string())?;
+    }
+    let engine = Arc::new(RwLock::new(build_engine(config)?));
+    let listener = bind_socket(&config.socket)?;
+    let cleanup_socket = |path: &Path| {
+        let _ = std::fs::remove_file(path);
+    };
+    remove_rules(config.queue_num, "left by a previous run");
+    let queue = match nfq::Queue::open(config.queue_num, config.queue_maxlen) {
+        Ok(q) => q,
+        Err(e) => {
+            cleanup_socket(&config.socket);
+            return Err(e.to_string());
+        }
+    };
+    log(&format!(
+        "bound netfilter queue {} (copy-packet, fail-open, max {} queued)",
+        queue.num(),
+        config.queue_maxlen
+    ));
+    for (tool, family) in iptables::TOOLS {
+        match iptables::install(tool, config.queue_num) {
+            Ok(cmd) => log(&format!("installed {family} rule: {cmd}")),
+            Err(e) => {
+                remove_rules(config.queue_num, "start-up failed");
+                cleanup_socket(&config.socket);
+                return Err(e.to_string());
+            }
+        }
+    }
+
+    let shared = Arc::new(control::Shared::new(
+        Arc::clone(&engine),
+        Some(config.state.clone()),
+        config.max_clients,
+    ));
+    let fatal = Arc::new(AtomicBool::new(false));
+    let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+        std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(f)
+            .map(|_| ())
+            .map_err(|e| format!("cannot start the {name} thread: {e}"))
+    };
+    let mut packet_loop = nfq::PacketLoop::new(queue, Arc::clone(&engine));
+    let packet_fatal = Arc::clone(&fatal);
+    let started = spawn(
+        "qosmarkd-packets",
+        Box::new(move || {
+            if let Err(e) = packet_loop.run() {
+                log(&format!("ERROR: packet loop stopped: {e}"));
+                packet_fatal.store(true, Ordering::SeqCst);
+                sys::terminate_self();
+            }
+        }),
+    )
+    .and_then(|()| {
+        let s = Arc::clone(&shared);
+        spawn("qosmarkd-bind", Box::new(move || control::bind_watcher(&s)))
+    })
+    .and_then(|()| {
+        let s = Arc::clone(&shared);
+        spawn(
+            "qosmarkd-accept",
+            Box::new(move || control::serve(&listener, &s)),
+        )
+    });
+    if let Err(e) = started {
+        remove_rules(config.queue_num, "start-up failed");
+        cleanup_socket(&config.socket);
+        return Err(e);
+    }
+    log(&format!(
+        "ready: control socket {}, queue {}, max {} clients",
+        config.socket.display(),
+        config.queue_num,
+        config.max_clients
+    ));
+
+    let signal = sys::wait_for_signal().unwrap_or(libc::SIGTERM);
+    log(&format!("signal {signal}: shutting down"));
+    remove_rules(config.queue_num, "shutdown");
+    // Packets queued before the rules went away still get their verdicts.
+    std::thread::sleep(Duration::from_millis(100));
+    cleanup_socket(&config.socket);
+    let status = {
+        let mut engine = engine
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        final_status(&mut engine)
+    };
+    log(&status);
+    if fatal.load(Ordering::SeqCst) {
+        Err("stopped after a fatal packet-loop error".to_owned())
+    } else {
+        Ok(())
+    }
+}
+
+/// One log line with the engine's global counters (`QueryStatus` through a short-lived
+/// administrator handle).
+fn final_status(engine: &mut Engine) -> String {
+    let handle = engine.open_handle(qosmark_engine::abi::Caller {
+        pid: std::process::id(),
+        privilege: qosmark_engine::abi::Privilege::Admin,
+    });
+    let Ok(handle) = handle else {
+        return "final counters unavailable".to_owned();
+    };
+    let status = engine.apply(handle, &qosmark_engine::abi::Request::QueryStatus);
+    let _ = engine.close_handle(handle);
+    match status {
+        Ok(qosmark_engine::abi::Response::Status(s)) => format!(
+            "final counters: {} packets, {} marked, {} already marked, {} not matched, {} failed open",
+            s.packets,
+            s.marked,
+            s.already_marked,
+            s.skipped.first().copied().unwrap_or(0),
+            s.fail_open.iter().sum::<u64>()
+        ),
+        _ => "final counters unavailable".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn command_line() {
+        assert_eq!(
+            parse_args(args("")).unwrap(),
+            Command::Run(Config::default())
+        );
+        assert_eq!(parse_args(args("--help")).unwrap(), Command::Help);
+        let Command::Run(c) = parse_args(args(
+            "--socket /tmp/s --queue-num=7 --rules r.toml --state s.toml --max-clients 3",
+        ))
+        .unwrap() else {
+            unreachable!("run")
+        };
+        assert_eq!(c.socket, PathBuf::from("/tmp/s"));
+        assert_eq!(c.queue_num, 7);
+        assert_eq!(c.rules, Some(PathBuf::from("r.toml")));
+        assert_eq!(c.state, PathBuf::from("s.toml"));
+        assert_eq!(c.max_clients, 3);
+        assert_eq!(
+            parse_args(args("--queue-num 70000")).unwrap_err(),
+            "--queue-num: `70000` is not 0..=65535"
+        );
+        assert_eq!(
+            parse_args(args("--rules")).unwrap_err(),
+            "--rules needs a value"
+        );
+        assert_eq!(
+            parse_args(args("--rules a --rules b")).unwrap_err(),
+            "--rules given twice"
+        );
+        assert_eq!(
+            parse_args(args("--verbose")).unwrap_err(),
+            "unknown argument `--verbose` (see --help)"
+        );
+        assert_eq!(
+            parse_args(args("--max-clients 0")).unwrap_err(),
+            "--max-clients: `0` is not a positive number"
+        );
+    }
+}

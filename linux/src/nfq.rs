@@ -1,0 +1,784 @@
+//! The data path: one netfilter queue, spoken to over a `NETLINK_NETFILTER` socket.
+//!
+//! ## Protocol (`nfnetlink_queue`, facts from the kernel's uapi headers)
+//! Every message is a netlink header (16 bytes, host byte order: length, type, flags, sequence,
+//! port id), an `nfgenmsg` (family, version 0, queue number big-endian) and attributes
+//! (`nlattr`: u16 length, u16 type, value, padded to 4 bytes). Attribute values are big-endian.
+//! * Configuration (`NFQNL_MSG_CONFIG`): `CMD` bind/unbind, `PARAMS` (copy range, copy mode
+//!   `COPY_PACKET`), `QUEUE_MAXLEN`, `MASK`+`FLAGS` (`F_FAIL_OPEN`: when the queue is full or
+//!   the message cannot be delivered to us, the kernel accepts the packet instead of dropping
+//!   it). Each is sent with `NLM_F_ACK` and its acknowledgement checked.
+//! * Packets (`NFQNL_MSG_PACKET`): `PACKET_HDR` (packet id, hook), `PAYLOAD` (the IP packet),
+//!   `CAP_LEN` (original length, present when the copy was truncated).
+//! * Verdicts: `NFQNL_MSG_VERDICT` (one packet, may carry a replacement `PAYLOAD`) and
+//!   `NFQNL_MSG_VERDICT_BATCH` (one verdict for every queued packet with an id ≤ the given one).
+//!
+//! ## The loop (one thread)
+//! 1. `recvmmsg(MSG_WAITFORONE)` into [`BATCH`] preallocated buffers: blocks for the first
+//!    packet, then takes everything already queued.
+//! 2. Under the engine's **shared** lock, each packet is classified; a `Mark` verdict is
+//!    applied in place in the receive buffer with [`Engine::rewrite`] (ECN kept, IPv4
+//!    checksum recomputed).
+//! 3. Verdicts are written in packet-id order into one preallocated send buffer and sent with
+//!    as few `send` calls as possible: consecutive plain accepts collapse into one
+//!    `VERDICT_BATCH`, a rewritten packet gets its own `VERDICT` with the new bytes, emitted
+//!    after the batch that covers the packets before it — so the kernel releases packets in
+//!    the order they were queued.
+//!
+//! Nothing on this path allocates: buffers, headers and the item list are sized at start.
+//!
+//! ## Fail open
+//! Every failure accepts the packet unchanged and, when the engine wanted a mark, counts it
+//! with [`Engine::record_fail_open`]: a packet message without a payload
+//! (`HeaderUnreadable`), a truncated copy (`Oversize`), a rewrite error (`RewriteFailed`), a
+//! verdict the kernel refused or that could not be sent (`VerdictFailed`; the packet is then
+//! accepted with a plain verdict). The iptables rules use `--queue-bypass`, so with no daemon
+//! bound packets pass unmarked, and `F_FAIL_OPEN` covers a full queue.
+
+use crate::sys;
+use qosmark_engine::abi::FailOpen;
+use qosmark_engine::{Engine, PacketMeta, Verdict};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+const NLMSG_HDR_LEN: usize = 16;
+const NFGEN_LEN: usize = 4;
+const NLA_HDR_LEN: usize = 4;
+const NLMSG_ERROR: u16 = 2;
+const NLM_F_REQUEST: u16 = 1;
+const NLM_F_ACK: u16 = 4;
+const NFNL_SUBSYS_QUEUE: u16 = 3;
+const MSG_PACKET: u16 = NFNL_SUBSYS_QUEUE << 8;
+const MSG_VERDICT: u16 = (NFNL_SUBSYS_QUEUE << 8) | 1;
+const MSG_CONFIG: u16 = (NFNL_SUBSYS_QUEUE << 8) | 2;
+const MSG_VERDICT_BATCH: u16 = (NFNL_SUBSYS_QUEUE << 8) | 3;
+const NFQA_PACKET_HDR: u16 = 1;
+const NFQA_VERDICT_HDR: u16 = 2;
+const NFQA_PAYLOAD: u16 = 10;
+const NFQA_CAP_LEN: u16 = 13;
+const NFQA_CFG_CMD: u16 = 1;
+const NFQA_CFG_PARAMS: u16 = 2;
+const NFQA_CFG_QUEUE_MAXLEN: u16 = 3;
+const NFQA_CFG_MASK: u16 = 4;
+const NFQA_CFG_FLAGS: u16 = 5;
+const CFG_CMD_BIND: u8 = 1;
+const COPY_PACKET: u8 = 2;
+const CFG_F_FAIL_OPEN: u32 = 1;
+const NF_ACCEPT: u32 = 1;
+/// Attribute type bits that are flags (nested, network byte order), not the type.
+const NLA_TYPE_MASK: u16 = 0x3fff;
+const SOL_NETLINK: i32 = 270;
+const NETLINK_NO_ENOBUFS: i32 = 5;
+
+/// Datagrams taken per `recvmmsg`.
+pub const BATCH: usize = 64;
+/// Packet messages read from one datagram (the kernel sends one per datagram).
+const PACKETS_PER_DATAGRAM: usize = 8;
+/// Largest IP packet (the kernel copies at most this much of each packet).
+const COPY_RANGE: u32 = 65_535;
+/// One receive buffer: the largest packet plus room for the netlink headers and attributes.
+const RECV_BUF_LEN: usize = COPY_RANGE as usize + 1024;
+/// The send buffer is flushed when it holds more than this.
+const SEND_FLUSH_AT: usize = 256 * 1024;
+/// Send buffer capacity: the flush threshold plus one verdict of the largest packet.
+const SEND_BUF_LEN: usize = SEND_FLUSH_AT + RECV_BUF_LEN + 64;
+
+fn align4(n: usize) -> usize {
+    n.saturating_add(3) & !3
+}
+
+/// Appends bytes to a netlink message under construction (preallocated `Vec`).
+struct MsgWriter<'a> {
+    out: &'a mut Vec<u8>,
+    start: usize,
+}
+
+impl<'a> MsgWriter<'a> {
+    fn begin(out: &'a mut Vec<u8>, msg_type: u16, flags: u16, seq: u32, queue: u16) -> Self {
+        // Messages start 4-aligned inside a datagram.
+        while out.len() % 4 != 0 {
+            out.push(0);
+        }
+        let start = out.len();
+        out.extend_from_slice(&0u32.to_ne_bytes()); // length, patched in `finish`
+        out.extend_from_slice(&msg_type.to_ne_bytes());
+        out.extend_from_slice(&(flags | NLM_F_REQUEST).to_ne_bytes());
+        out.extend_from_slice(&seq.to_ne_bytes());
+        out.extend_from_slice(&0u32.to_ne_bytes()); // port id 0 = the kernel
+        out.push(libc::AF_UNSPEC as u8);
+        out.push(0); // NFNETLINK_V0
+        out.extend_from_slice(&queue.to_be_bytes());
+        MsgWriter { out, start }
+    }
+
+    fn attr(&mut self, attr_type: u16, value: &[u8]) {
+        let len = u16::try_from(NLA_HDR_LEN + value.len()).unwrap_or(u16::MAX);
+        self.out.extend_from_slice(&len.to_ne_bytes());
+        self.out.extend_from_slice(&attr_type.to_ne_bytes());
+        self.out.extend_from_slice(value);
+        while self.out.len() % 4 != 0 {
+            self.out.push(0);
+        }
+    }
+
+    fn finish(self) {
+        let len = u32::try_from(self.out.len() - self.start).unwrap_or(u32::MAX);
+        if let Some(slot) = self.out.get_mut(self.start..self.start + 4) {
+            slot.copy_from_slice(&len.to_ne_bytes());
+        }
+    }
+}
+
+fn verdict_hdr(verdict: u32, id: u32) -> [u8; 8] {
+    let mut v = [0u8; 8];
+    v[..4].copy_from_slice(&verdict.to_be_bytes());
+    v[4..].copy_from_slice(&id.to_be_bytes());
+    v
+}
+
+/// Appends a verdict for packet `id`, with a replacement payload when given.
+fn push_verdict(out: &mut Vec<u8>, queue: u16, id: u32, payload: Option<&[u8]>) {
+    let mut w = MsgWriter::begin(out, MSG_VERDICT, 0, id, queue);
+    w.attr(NFQA_VERDICT_HDR, &verdict_hdr(NF_ACCEPT, id));
+    if let Some(p) = payload {
+        w.attr(NFQA_PAYLOAD, p);
+    }
+    w.finish();
+}
+
+/// Appends an accept for every queued packet with an id up to `id`.
+fn push_batch_accept(out: &mut Vec<u8>, queue: u16, id: u32) {
+    let mut w = MsgWriter::begin(out, MSG_VERDICT_BATCH, 0, id, queue);
+    w.attr(NFQA_VERDICT_HDR, &verdict_hdr(NF_ACCEPT, id));
+    w.finish();
+}
+
+/// One netlink message inside a datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct NlMsg {
+    msg_type: u16,
+    seq: u32,
+    /// Offset of the payload (after the netlink header) in the datagram.
+    body: usize,
+    /// End of the message (exclusive) in the datagram.
+    end: usize,
+}
+
+/// Iterates the netlink messages of a datagram; stops at the first malformed header.
+fn messages(datagram: &[u8]) -> impl Iterator<Item = NlMsg> + '_ {
+    let mut at = 0usize;
+    std::iter::from_fn(move || {
+        let hdr = datagram.get(at..at.checked_add(NLMSG_HDR_LEN)?)?;
+        let len = u32::from_ne_bytes(hdr.get(0..4)?.try_into().ok()?) as usize;
+        let msg_type = u16::from_ne_bytes(hdr.get(4..6)?.try_into().ok()?);
+        let seq = u32::from_ne_bytes(hdr.get(8..12)?.try_into().ok()?);
+        let end = at.checked_add(len)?;
+        if len < NLMSG_HDR_LEN || end > datagram.len() {
+            return None;
+        }
+        let msg = NlMsg {
+            msg_type,
+            seq,
+            body: at + NLMSG_HDR_LEN,
+            end,
+        };
+        at = align4(end);
+        Some(msg)
+    })
+}
+
+/// Iterates (type, value range) of the attributes in `bytes[from..to]`.
+fn attributes(
+    bytes: &[u8],
+    from: usize,
+    to: usize,
+) -> impl Iterator<Item = (u16, usize, usize)> + '_ {
+    let mut at = from;
+    std::iter::from_fn(move || {
+        let hdr = bytes.get(at..at.checked_add(NLA_HDR_LEN)?)?;
+        let len = usize::from(u16::from_ne_bytes(hdr.get(0..2)?.try_into().ok()?));
+        let attr_type = u16::from_ne_bytes(hdr.get(2..4)?.try_into().ok()?) & NLA_TYPE_MASK;
+        let end = at.checked_add(len)?;
+        if len < NLA_HDR_LEN || end > to {
+            return None;
+        }
+        let item = (attr_type, at + NLA_HDR_LEN, end);
+        at = align4(end);
+        Some(item)
+    })
+}
+
+/// What a packet message carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PacketMsg {
+    id: u32,
+    /// Payload range in the datagram, if present.
+    payload: Option<(usize, usize)>,
+    /// The copy is shorter than the packet (`CAP_LEN` present and larger than the payload).
+    truncated: bool,
+}
+
+fn parse_packet(datagram: &[u8], msg: NlMsg) -> Option<PacketMsg> {
+    let attrs_from = msg.body.checked_add(NFGEN_LEN)?;
+    let mut id = None;
+    let mut payload = None;
+    let mut cap_len = None;
+    for (t, from, to) in attributes(datagram, attrs_from, msg.end) {
+        let value = datagram.get(from..to)?;
+        match t {
+            NFQA_PACKET_HDR => {
+                id = Some(u32::from_be_bytes(value.get(0..4)?.try_into().ok()?));
+            }
+            NFQA_PAYLOAD => payload = Some((from, to)),
+            NFQA_CAP_LEN => {
+                cap_len = Some(u32::from_be_bytes(value.get(0..4)?.try_into().ok()?) as usize);
+            }
+            _ => {}
+        }
+    }
+    let plen = payload.map_or(0, |(a, b)| b - a);
+    Some(PacketMsg {
+        id: id?,
+        payload,
+        truncated: cap_len.is_some_and(|c| c > plen),
+    })
+}
+
+/// An `NLMSG_ERROR` message: the error (0 = acknowledgement) and the type and sequence number
+/// of the request it answers.
+fn parse_error(datagram: &[u8], msg: NlMsg) -> Option<(i32, u16, u32)> {
+    let body = datagram.get(msg.body..msg.end)?;
+    let error = i32::from_ne_bytes(body.get(0..4)?.try_into().ok()?);
+    let orig_type = u16::from_ne_bytes(body.get(8..10)?.try_into().ok()?);
+    let orig_seq = u32::from_ne_bytes(body.get(12..16)?.try_into().ok()?);
+    Some((error, orig_type, orig_seq))
+}
+
+/// Why the queue could not be opened; each is one line for the operator.
+#[derive(Debug)]
+pub enum OpenError {
+    /// Another program is bound to this queue number.
+    Busy(u16),
+    /// Not permitted (needs `CAP_NET_ADMIN`).
+    Permission,
+    /// Any other failure, with what was being done.
+    Other(&'static str, io::Error),
+}
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenError::Busy(q) => write!(
+                f,
+                "netfilter queue {q} is busy: another program is bound to it (choose another with --queue-num)"
+            ),
+            OpenError::Permission => f.write_str(
+                "not permitted to bind a netfilter queue (needs root / CAP_NET_ADMIN)",
+            ),
+            OpenError::Other(what, e) => write!(f, "netfilter queue: {what}: {e}"),
+        }
+    }
+}
+
+/// A bound netfilter queue.
+pub struct Queue {
+    fd: OwnedFd,
+    num: u16,
+}
+
+impl Queue {
+    /// Binds queue `num` in copy-packet mode with fail-open, queue length `maxlen`.
+    ///
+    /// # Errors
+    /// [`OpenError`].
+    pub fn open(num: u16, maxlen: u32) -> Result<Queue, OpenError> {
+        let fd = sys::netlink_netfilter_socket().map_err(|e| match e.raw_os_error() {
+            Some(libc::EPERM | libc::EACCES) => OpenError::Permission,
+            _ => OpenError::Other("creating the netlink socket", e),
+        })?;
+        // Large buffers: bursts wait in the socket, not in the queue. The *FORCE variants need
+        // CAP_NET_ADMIN, which we have; fall back to the capped ones.
+        for (force, plain, size) in [
+            (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, 16 << 20),
+            (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, 4 << 20),
+        ] {
+            if sys::set_int_option(fd.as_fd(), libc::SOL_SOCKET, force, size).is_err() {
+                let _ = sys::set_int_option(fd.as_fd(), libc::SOL_SOCKET, plain, size);
+            }
+        }
+        // Overflow is handled by the kernel's fail-open; no ENOBUFS errors on our reads.
+        let _ = sys::set_int_option(fd.as_fd(), SOL_NETLINK, NETLINK_NO_ENOBUFS, 1);
+        sys::set_recv_timeout(fd.as_fd(), 2000)
+            .map_err(|e| OpenError::Other("setting a receive timeout", e))?;
+        let queue = Queue { fd, num };
+        let mut buf = Vec::with_capacity(256);
+
+        let mut w = MsgWriter::begin(&mut buf, MSG_CONFIG, NLM_F_ACK, 1, num);
+        w.attr(NFQA_CFG_CMD, &[CFG_CMD_BIND, 0, 0, 0]);
+        w.finish();
+        queue.request(&buf, 1).map_err(|e| match e.raw_os_error() {
+            Some(libc::EBUSY) => OpenError::Busy(num),
+            Some(libc::EPERM | libc::EACCES) => OpenError::Permission,
+            _ => OpenError::Other("binding the queue", e),
+        })?;
+
+        buf.clear();
+        let mut params = [0u8; 5];
+        params[..4].copy_from_slice(&COPY_RANGE.to_be_bytes());
+        params[4] = COPY_PACKET;
+        let mut w = MsgWriter::begin(&mut buf, MSG_CONFIG, NLM_F_ACK, 2, num);
+        w.attr(NFQA_CFG_PARAMS, &params);
+        w.attr(NFQA_CFG_QUEUE_MAXLEN, &maxlen.to_be_bytes());
+        w.finish();
+        queue
+            .request(&buf, 2)
+            .map_err(|e| OpenError::Other("setting copy-packet mode and queue length", e))?;
+
+        buf.clear();
+        let mut w = MsgWriter::begin(&mut buf, MSG_CONFIG, NLM_F_ACK, 3, num);
+        w.attr(NFQA_CFG_MASK, &CFG_F_FAIL_OPEN.to_be_bytes());
+        w.attr(NFQA_CFG_FLAGS, &CFG_F_FAIL_OPEN.to_be_bytes());
+        w.finish();
+        queue
+            .request(&buf, 3)
+            .map_err(|e| OpenError::Other("setting fail-open", e))?;
+        // The packet loop blocks without a timeout.
+        sys::set_recv_timeout(fd_of(&queue), 0)
+            .map_err(|e| OpenError::Other("clearing the receive timeout", e))?;
+        Ok(queue)
+    }
+
+    /// The queue number.
+    #[must_use]
+    pub fn num(&self) -> u16 {
+        self.num
+    }
+
+    /// Sends one configuration message and waits for its acknowledgement. A packet that
+    /// arrives meanwhile (rules of a previous run) is accepted at once.
+    fn request(&self, msg: &[u8], seq: u32) -> io::Result<()> {
+        sys::send_datagram(self.fd.as_fd(), msg)?;
+        let mut buf = vec![0u8; RECV_BUF_LEN];
+        let mut out = Vec::with_capacity(128);
+        loop {
+            let (len, _) = sys::recv_datagram(self.fd.as_fd(), &mut buf)?;
+            let datagram = buf.get(..len).unwrap_or_default();
+            for msg in messages(datagram) {
+                match msg.msg_type {
+                    NLMSG_ERROR => {
+                        if let Some((err, _, s)) = parse_error(datagram, msg) {
+                            if s == seq {
+                                return if err == 0 {
+                                    Ok(())
+                                } else {
+                                    Err(io::Error::from_raw_os_error(err.saturating_neg()))
+                                };
+                            }
+                        }
+                    }
+                    MSG_PACKET => {
+                        if let Some(p) = parse_packet(datagram, msg) {
+                            out.clear();
+                            push_verdict(&mut out, self.num, p.id, None);
+                            sys::send_datagram(self.fd.as_fd(), &out)?;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+fn fd_of(q: &Queue) -> std::os::fd::BorrowedFd<'_> {
+    q.fd.as_fd()
+}
+
+/// What to answer for one received packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Answer {
+    /// Accept unchanged.
+    Accept,
+    /// Accept with the rewritten payload at this range of the slot's buffer.
+    Replace { from: usize, to: usize },
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Item {
+    slot: usize,
+    id: u32,
+    answer: Answer,
+}
+
+/// Counts kept by the packet loop (logged at exit).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoopStats {
+    /// Packets received.
+    pub packets: u64,
+    /// Packets sent back rewritten.
+    pub rewritten: u64,
+    /// `send` calls for verdicts.
+    pub sends: u64,
+    /// Verdicts the kernel refused (then accepted plainly).
+    pub refused: u64,
+}
+
+/// The packet loop's preallocated state.
+pub struct PacketLoop {
+    queue: Queue,
+    engine: Arc<RwLock<Engine>>,
+    start: Instant,
+    buffers: Vec<Vec<u8>>,
+    lens: Vec<usize>,
+    truncated: Vec<bool>,
+    multi: sys::MultiRecv,
+    items: Vec<Item>,
+    /// Packet ids whose replacement verdict the kernel refused: re-accepted plainly.
+    refused: Vec<u32>,
+    out: Vec<u8>,
+    stats: LoopStats,
+}
+
+impl PacketLoop {
+    /// Allocates every buffer the loop will use.
+    #[must_use]
+    pub fn new(queue: Queue, engine: Arc<RwLock<Engine>>) -> Self {
+        PacketLoop {
+            queue,
+            engine,
+            start: Instant::now(),
+            buffers: (0..BATCH).map(|_| vec![0u8; RECV_BUF_LEN]).collect(),
+            lens: vec![0; BATCH],
+            truncated: vec![false; BATCH],
+            multi: sys::MultiRecv::new(BATCH),
+            items: Vec::with_capacity(BATCH * PACKETS_PER_DATAGRAM),
+            refused: Vec::with_capacity(BATCH * PACKETS_PER_DATAGRAM),
+            out: Vec::with_capacity(SEND_BUF_LEN),
+            stats: LoopStats::default(),
+        }
+    }
+
+    /// Runs until the socket fails (it does not, short of the process ending).
+    ///
+    /// # Errors
+    /// A receive error other than `EINTR`/`ENOBUFS`.
+    pub fn run(&mut self) -> io::Result<()> {
+        loop {
+            let n = match self.multi.recv(
+                self.queue.fd.as_fd(),
+                &mut self.buffers,
+                &mut self.lens,
+                &mut self.truncated,
+            ) {
+                Ok(n) => n,
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => continue,
+                Err(e) => return Err(e),
+            };
+            self.process(n);
+        }
+    }
+
+    /// Classifies, rewrites and answers the `n` datagrams in the buffers.
+    fn process(&mut self, n: usize) {
+        self.items.clear();
+        self.refused.clear();
+        let now_ns = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        {
+            // A poisoned lock means a control thread panicked mid-request (a bug); packets
+            // must still flow, and the engine's state changes are all-or-nothing.
+            let engine = self
+                .engine
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for slot in 0..n {
+                let len = self.lens.get(slot).copied().unwrap_or(0);
+                let cut = self.truncated.get(slot).copied().unwrap_or(true);
+                let Some(buf) = self.buffers.get_mut(slot) else {
+                    continue;
+                };
+                let Some(datagram) = buf.get_mut(..len) else {
+                    continue;
+                };
+                if cut {
+                    // Cannot happen with our copy range; the packet id may be unreadable, so the
+                    // next batch verdict accepts it.
+                    continue;
+                }
+                handle_datagram(
+                    &engine,
+                    datagram,
+                    slot,
+                    now_ns,
+                    &mut self.items,
+                    &mut self.refused,
+                    &mut self.stats,
+                );
+            }
+        }
+        self.answer();
+    }
+
+    /// Writes and sends the verdicts of `items` in order (module docs).
+    fn answer(&mut self) {
+        let queue = self.queue.num;
+        self.out.clear();
+        let mut pending_accept: Option<u32> = None;
+        let mut sent_replace: usize = 0;
+        for i in 0..self.items.len() {
+            let Some(item) = self.items.get(i).copied() else {
+                break;
+            };
+            match item.answer {
+                Answer::Accept => pending_accept = Some(item.id),
+                Answer::Replace { from, to } => {
+                    if let Some(id) = pending_accept.take() {
+                        push_batch_accept(&mut self.out, queue, id);
+                    }
+                    let payload = self
+                        .buffers
+                        .get(item.slot)
+                        .and_then(|b| b.get(from..to))
+                        .unwrap_or_default();
+                    push_verdict(&mut self.out, queue, item.id, Some(payload));
+                    sent_replace += 1;
+                    if self.out.len() > SEND_FLUSH_AT {
+                        self.flush(sent_replace);
+                        sent_replace = 0;
+                    }
+                }
+            }
+        }
+        if let Some(id) = pending_accept {
+            push_batch_accept(&mut self.out, queue, id);
+        }
+        for i in 0..self.refused.len() {
+            if let Some(id) = self.refused.get(i).copied() {
+                push_verdict(&mut self.out, queue, id, None);
+            }
+        }
+        self.flush(sent_replace);
+    }
+
+    /// Sends the verdict buffer. If the send itself fails, nothing in it reached the kernel:
+    /// every packet is accepted with one batch verdict instead, and each rewritten packet in
+    /// the buffer counts as `VerdictFailed`.
+    fn flush(&mut self, replaced: usize) {
+        if self.out.is_empty() {
+            return;
+        }
+        self.stats.sends += 1;
+        let result = sys::send_datagram(self.queue.fd.as_fd(), &self.out);
+        if result.is_err() {
+            let highest = self.items.iter().map(|i| i.id).max();
+            if let Some(id) = highest {
+                self.out.clear();
+                push_batch_accept(&mut self.out, self.queue.num, id);
+                let _ = sys::send_datagram(self.queue.fd.as_fd(), &self.out);
+            }
+            let engine = self
+                .engine
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for _ in 0..replaced {
+                engine.record_fail_open(FailOpen::VerdictFailed);
+            }
+        } else {
+            self.stats.rewritten += replaced as u64;
+        }
+        self.out.clear();
+    }
+
+    /// The loop's own counts.
+    #[must_use]
+    pub fn stats(&self) -> LoopStats {
+        self.stats
+    }
+}
+
+/// Classifies every packet message of one datagram, rewriting in place where the engine says
+/// so, and records what to answer. Error messages for refused verdicts go to `refused`.
+fn handle_datagram(
+    engine: &Engine,
+    datagram: &mut [u8],
+    slot: usize,
+    now_ns: u64,
+    items: &mut Vec<Item>,
+    refused: &mut Vec<u32>,
+    stats: &mut LoopStats,
+) {
+    // Collect first (the iterator borrows the datagram), then rewrite.
+    let mut found: [Option<NlMsg>; PACKETS_PER_DATAGRAM] = [None; PACKETS_PER_DATAGRAM];
+    let mut count = 0usize;
+    for msg in messages(datagram) {
+        match msg.msg_type {
+            MSG_PACKET => {
+                if let Some(slot) = found.get_mut(count) {
+                    *slot = Some(msg);
+                    count += 1;
+                }
+            }
+            NLMSG_ERROR => {
+                if let Some((err, orig_type, seq)) = parse_error(datagram, msg) {
+                    if err != 0 && orig_type == MSG_VERDICT && refused.len() < refused.capacity() {
+                        // The kernel refused a replacement verdict: the packet is still queued.
+                        refused.push(seq);
+                        stats.refused += 1;
+                        engine.record_fail_open(FailOpen::VerdictFailed);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    for msg in found.iter().take(count).flatten() {
+        let Some(pkt) = parse_packet(datagram, *msg) else {
+            continue;
+        };
+        stats.packets += 1;
+        let answer = decide(engine, datagram, pkt, now_ns);
+        if items.len() < items.capacity() {
+            items.push(Item {
+                slot,
+                id: pkt.id,
+                answer,
+            });
+        }
+    }
+}
+
+/// The verdict for one packet; rewrites it in place when it is to be replaced.
+fn decide(engine: &Engine, datagram: &mut [u8], pkt: PacketMsg, now_ns: u64) -> Answer {
+    let Some((from, to)) = pkt.payload else {
+        // Nothing to classify; the engine never saw it, so nothing is counted as wanted.
+        engine.record_fail_open(FailOpen::HeaderUnreadable);
+        return Answer::Accept;
+    };
+    let Some(payload) = datagram.get_mut(from..to) else {
+        return Answer::Accept;
+    };
+    let verdict = engine.classify(payload, &PacketMeta::default(), now_ns);
+    let Verdict::Mark(mark) = verdict else {
+        return Answer::Accept;
+    };
+    if pkt.truncated {
+        engine.record_fail_open(FailOpen::Oversize);
+        return Answer::Accept;
+    }
+    match Engine::rewrite(payload, mark) {
+        Ok(qosmark_engine::wire::Rewrite::Unchanged) => Answer::Accept,
+        Ok(_) => Answer::Replace { from, to },
+        Err(_) => {
+            engine.record_fail_open(FailOpen::RewriteFailed);
+            Answer::Accept
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "test code")]
+    use super::*;
+
+    /// A packet message as the kernel would send it: header, `nfgenmsg`, `PACKET_HDR`, `PAYLOAD`.
+    fn packet_msg(id: u32, payload: &[u8], cap_len: Option<u32>) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut w = MsgWriter::begin(&mut out, MSG_PACKET, 0, 0, 7);
+        let mut hdr = [0u8; 7];
+        hdr[..4].copy_from_slice(&id.to_be_bytes());
+        hdr[4..6].copy_from_slice(&0x0800u16.to_be_bytes());
+        hdr[6] = 3;
+        w.attr(NFQA_PACKET_HDR, &hdr);
+        w.attr(NFQA_PAYLOAD | 0x4000, payload);
+        if let Some(c) = cap_len {
+            w.attr(NFQA_CAP_LEN, &c.to_be_bytes());
+        }
+        w.finish();
+        out
+    }
+
+    #[test]
+    fn verdict_layout_matches_the_uapi() {
+        let mut out = Vec::new();
+        push_verdict(&mut out, 0x0102, 0xa0b0_c0d0, Some(&[1, 2, 3]));
+        // nlmsghdr (16) + nfgenmsg (4) + verdict hdr attr (12) + payload attr (4 + 3 + 1 pad).
+        assert_eq!(out.len(), 40);
+        assert_eq!(u32::from_ne_bytes(out[0..4].try_into().unwrap()), 40);
+        assert_eq!(u16::from_ne_bytes(out[4..6].try_into().unwrap()), 0x0301);
+        assert_eq!(
+            u16::from_ne_bytes(out[6..8].try_into().unwrap()),
+            NLM_F_REQUEST
+        );
+        assert_eq!(&out[16..20], &[0, 0, 0x01, 0x02]);
+        assert_eq!(&out[20..24], &[12, 0, 2, 0]);
+        assert_eq!(&out[24..32], &[0, 0, 0, 1, 0xa0, 0xb0, 0xc0, 0xd0]);
+        assert_eq!(&out[32..36], &[7, 0, 10, 0]);
+        assert_eq!(&out[36..40], &[1, 2, 3, 0]);
+    }
+
+    #[test]
+    fn batch_and_single_verdicts_concatenate_aligned() {
+        let mut out = Vec::new();
+        push_batch_accept(&mut out, 1, 5);
+        push_verdict(&mut out, 1, 6, Some(&[9]));
+        push_batch_accept(&mut out, 1, 9);
+        let msgs: Vec<_> = messages(&out).collect();
+        assert_eq!(msgs.len(), 3);
+        assert_eq!(msgs[0].msg_type, MSG_VERDICT_BATCH);
+        assert_eq!(msgs[1].msg_type, MSG_VERDICT);
+        assert_eq!(msgs[1].seq, 6);
+        assert_eq!(msgs[2].seq, 9);
+        assert!(msgs.iter().all(|m| (m.body - NLMSG_HDR_LEN) % 4 == 0));
+    }
+
+    #[test]
+    fn packet_message_parses() {
+        let msg = packet_msg(42, &[0x45, 0, 0, 20], None);
+        let m = messages(&msg).next().unwrap();
+        let p = parse_packet(&msg, m).unwrap();
+        assert_eq!(p.id, 42);
+        let (a, b) = p.payload.unwrap();
+        assert_eq!(&msg[a..b], &[0x45, 0, 0, 20]);
+        assert!(!p.truncated);
+        let msg = packet_msg(1, &[0x45, 0, 0, 20], Some(1500));
+        let m = messages(&msg).next().unwrap();
+        assert!(parse_packet(&msg, m).unwrap().truncated);
+    }
+
+    #[test]
+    fn malformed_messages_stop_iteration_without_panic() {
+        let msg = packet_msg(42, &[0x45; 30], None);
+        for cut in 0..msg.len() {
+            let part = &msg[..cut];
+            for m in messages(part) {
+                let _ = parse_packet(part, m);
+                let _ = parse_error(part, m);
+            }
+        }
+        // A length field below the header size ends the walk.
+        let mut bad = msg.clone();
+        bad[0..4].copy_from_slice(&8u32.to_ne_bytes());
+        assert_eq!(messages(&bad).count(), 0);
+        // An attribute longer than its message is ignored.
+        let mut bad = msg.clone();
+        bad[20..22].copy_from_slice(&500u16.to_ne_bytes());
+        let m = messages(&bad).next().unwrap();
+        assert_eq!(parse_packet(&bad, m), None);
+    }
+
+    #[test]
+    fn error_messages_name_the_refused_request() {
+        let mut out = Vec::new();
+        let w = MsgWriter::begin(&mut out, NLMSG_ERROR, 0, 77, 0);
+        // Replace nfgenmsg with the error body: errno, then the original header.
+        w.out.truncate(w.start + NLMSG_HDR_LEN);
+        w.out.extend_from_slice(&(-22i32).to_ne_bytes());
+        let mut orig = Vec::new();
+        push_verdict(&mut orig, 0, 77, None);
+        w.out.extend_from_slice(&orig[..16]);
+        w.finish();
+        let m = messages(&out).next().unwrap();
+        assert_eq!(parse_error(&out, m), Some((-22, MSG_VERDICT, 77)));
+    }
+}

@@ -262,6 +262,51 @@ fn remove_rules(num: u16, when: &str) {
     }
 }
 
+/// Starts the packet, bind-watcher and accept threads.
+fn start_workers(
+    config: &Config,
+    queue: nfq::Queue,
+    engine: &Arc<RwLock<Engine>>,
+    listener: UnixListener,
+    fatal: &Arc<AtomicBool>,
+) -> Result<(), String> {
+    let shared = Arc::new(control::Shared::new(
+        Arc::clone(engine),
+        Some(config.state.clone()),
+        config.max_clients,
+    ));
+    let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+        std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(f)
+            .map(|_| ())
+            .map_err(|e| format!("cannot start the {name} thread: {e}"))
+    };
+    let mut packet_loop = nfq::PacketLoop::new(queue, Arc::clone(engine));
+    let packet_fatal = Arc::clone(fatal);
+    spawn(
+        "qosmarkd-packets",
+        Box::new(move || {
+            if let Err(e) = packet_loop.run() {
+                log(&format!("ERROR: packet loop stopped: {e}"));
+                packet_fatal.store(true, Ordering::SeqCst);
+                sys::terminate_self();
+            }
+        }),
+    )
+    .and_then(|()| {
+        let s = Arc::clone(&shared);
+        spawn("qosmarkd-bind", Box::new(move || control::bind_watcher(&s)))
+    })
+    .and_then(|()| {
+        let s = Arc::clone(&shared);
+        spawn(
+            "qosmarkd-accept",
+            Box::new(move || control::serve(&listener, &s)),
+        )
+    })
+}
+
 /// Runs the daemon until a termination signal. Start-up errors are one line each.
 ///
 /// # Errors
@@ -305,42 +350,8 @@ pub fn run(config: &Config) -> Result<(), String> {
         }
     }
 
-    let shared = Arc::new(control::Shared::new(
-        Arc::clone(&engine),
-        Some(config.state.clone()),
-        config.max_clients,
-    ));
     let fatal = Arc::new(AtomicBool::new(false));
-    let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
-        std::thread::Builder::new()
-            .name(name.to_owned())
-            .spawn(f)
-            .map(|_| ())
-            .map_err(|e| format!("cannot start the {name} thread: {e}"))
-    };
-    let mut packet_loop = nfq::PacketLoop::new(queue, Arc::clone(&engine));
-    let packet_fatal = Arc::clone(&fatal);
-    let started = spawn(
-        "qosmarkd-packets",
-        Box::new(move || {
-            if let Err(e) = packet_loop.run() {
-                log(&format!("ERROR: packet loop stopped: {e}"));
-                packet_fatal.store(true, Ordering::SeqCst);
-                sys::terminate_self();
-            }
-        }),
-    )
-    .and_then(|()| {
-        let s = Arc::clone(&shared);
-        spawn("qosmarkd-bind", Box::new(move || control::bind_watcher(&s)))
-    })
-    .and_then(|()| {
-        let s = Arc::clone(&shared);
-        spawn(
-            "qosmarkd-accept",
-            Box::new(move || control::serve(&listener, &s)),
-        )
-    });
+    let started = start_workers(config, queue, &engine, listener, &fatal);
     if let Err(e) = started {
         remove_rules(config.queue_num, "start-up failed");
         cleanup_socket(&config.socket);

@@ -47,8 +47,6 @@ pub const PENDING_TCP_LIMIT: Duration = Duration::from_secs(60);
 const PENDING_POLL: Duration = Duration::from_millis(5);
 /// `CAP_NET_ADMIN`'s bit in the capability sets.
 const CAP_NET_ADMIN: u32 = 12;
-/// `ERROR_REVISION_MISMATCH`: the answer to a record header of another protocol version.
-const REVISION_MISMATCH: Win32Error = Win32Error(1306);
 /// Stack of a connection thread.
 const CONNECTION_STACK: usize = 128 * 1024;
 
@@ -212,7 +210,7 @@ fn read_record(
     }
     let len = match codec::record_len(buf) {
         Ok(l) => l as usize,
-        Err(codec::AbiError::BadVersion) => return Ok(ReadOutcome::Unframeable(REVISION_MISMATCH)),
+        Err(codec::AbiError::BadVersion) => return Ok(ReadOutcome::Unframeable(Win32Error::REVISION_MISMATCH)),
         Err(e) => return Ok(ReadOutcome::Unframeable(e.win32())),
     };
     let rest = len.saturating_sub(codec::HEADER_LEN as usize);
@@ -321,6 +319,7 @@ fn changes_state(req: &Request) -> bool {
             | Request::QueryFlow { .. }
             | Request::NotifyFlow { .. }
             | Request::EnumerateFlows
+            | Request::ListFlows { .. }
             | Request::ListRules
             | Request::GetTrafficTable
     )

@@ -210,7 +210,9 @@ fn read_record(
     }
     let len = match codec::record_len(buf) {
         Ok(l) => l as usize,
-        Err(codec::AbiError::BadVersion) => return Ok(ReadOutcome::Unframeable(Win32Error::REVISION_MISMATCH)),
+        Err(codec::AbiError::BadVersion) => {
+            return Ok(ReadOutcome::Unframeable(Win32Error::REVISION_MISMATCH))
+        }
         Err(e) => return Ok(ReadOutcome::Unframeable(e.win32())),
     };
     let rest = len.saturating_sub(codec::HEADER_LEN as usize);

@@ -1,0 +1,908 @@
+//! Harness of the live tests: two network namespaces joined by a veth pair, `qosmarkd` in the
+//! sender namespace, a record-level client of the control socket, and an `AF_PACKET` capture
+//! on the receiving side whose packets are checked with etherparse and an independent IPv4
+//! header checksum.
+//!
+//! Everything is torn down by `Drop` guards (daemon first, then the namespaces, which takes
+//! the veth pair and the daemon's iptables rules with them), so a failing assertion leaves
+//! nothing behind. Tests need root: without it they fail loudly, unless `QOSMARK_SKIP_LIVE=1`.
+#![allow(dead_code, reason = "each live test file uses part of the harness")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::missing_panics_doc,
+    clippy::must_use_candidate,
+    reason = "test harness: a panic is a test failure with its message"
+)]
+
+use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+use qosmark_engine::abi::codec::{self, Reply};
+use qosmark_engine::abi::ioctl::RequestKind;
+use qosmark_engine::abi::{Family, FlowId, Protocol, Request, Response, SocketInfo, TrafficType};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Whether live tests run. Not root and no `QOSMARK_SKIP_LIVE=1` → panic (fail loudly).
+pub fn live() -> bool {
+    if std::env::var("QOSMARK_SKIP_LIVE").as_deref() == Ok("1") {
+        eprintln!("QOSMARK_SKIP_LIVE=1: live test skipped");
+        return false;
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    assert!(
+        euid == 0,
+        "live tests need root (network namespaces, netfilter queue); run as root or set QOSMARK_SKIP_LIVE=1"
+    );
+    true
+}
+
+fn run(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn unique() -> u32 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Two namespaces joined by a veth pair: sender `s` (`veth-s`, 10.232.N.1, fd00:232:N::1) and
+/// receiver `r` (`veth-r`, 10.232.N.2, fd00:232:N::2). Deleted on drop.
+pub struct Net {
+    /// Sender namespace name.
+    pub sender: String,
+    /// Receiver namespace name.
+    pub receiver: String,
+    /// Sender IPv4 address.
+    pub s4: Ipv4Addr,
+    /// Receiver IPv4 address.
+    pub r4: Ipv4Addr,
+    /// Sender IPv6 address.
+    pub s6: Ipv6Addr,
+    /// Receiver IPv6 address.
+    pub r6: Ipv6Addr,
+    /// Scratch directory for this test (socket, state, logs).
+    pub dir: PathBuf,
+}
+
+impl Net {
+    /// Creates the namespaces and the link.
+    pub fn new() -> Net {
+        let n = unique();
+        let pid = std::process::id();
+        let id = format!("qm{pid}x{n}");
+        let net_n = u16::try_from((pid as usize * 7 + n as usize) % 250).unwrap() + 1;
+        let dir = std::env::temp_dir().join(format!("qosmark-live-{id}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let net = Net {
+            sender: format!("{id}s"),
+            receiver: format!("{id}r"),
+            s4: Ipv4Addr::new(10, 232, net_n as u8, 1),
+            r4: Ipv4Addr::new(10, 232, net_n as u8, 2),
+            s6: Ipv6Addr::new(0xfd00, 0x232, net_n, 0, 0, 0, 0, 1),
+            r6: Ipv6Addr::new(0xfd00, 0x232, net_n, 0, 0, 0, 0, 2),
+            dir,
+        };
+        run("ip", &["netns", "add", &net.sender]);
+        run("ip", &["netns", "add", &net.receiver]);
+        run(
+            "ip",
+            &[
+                "-n",
+                &net.sender,
+                "link",
+                "add",
+                "veth-s",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "veth-r",
+                "netns",
+                &net.receiver,
+            ],
+        );
+        for (ns, dev, v4, v6) in [
+            (&net.sender, "veth-s", net.s4, net.s6),
+            (&net.receiver, "veth-r", net.r4, net.r6),
+        ] {
+            run(
+                "ip",
+                &["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", dev],
+            );
+            run(
+                "ip",
+                &[
+                    "-n",
+                    ns,
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{v6}/64"),
+                    "dev",
+                    dev,
+                    "nodad",
+                ],
+            );
+            run("ip", &["-n", ns, "link", "set", dev, "up"]);
+            run("ip", &["-n", ns, "link", "set", "lo", "up"]);
+        }
+        net
+    }
+
+    /// Receiver address of `family` with `port`.
+    pub fn receiver_addr(&self, v6: bool, port: u16) -> SocketAddr {
+        if v6 {
+            SocketAddr::new(IpAddr::V6(self.r6), port)
+        } else {
+            SocketAddr::new(IpAddr::V4(self.r4), port)
+        }
+    }
+
+    /// Sender address of `family` with `port`.
+    pub fn sender_addr(&self, v6: bool, port: u16) -> SocketAddr {
+        if v6 {
+            SocketAddr::new(IpAddr::V6(self.s6), port)
+        } else {
+            SocketAddr::new(IpAddr::V4(self.s4), port)
+        }
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for ns in [&self.sender, &self.receiver] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs `f` on a thread that has entered network namespace `ns`; sockets it creates belong to
+/// that namespace for their whole life.
+pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        enter_ns(&path);
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+fn enter_ns(path: &str) {
+    let file = File::open(path).unwrap();
+    // SAFETY: `file` is an open namespace file; setns changes only this thread's namespace.
+    let ret = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(ret, 0, "setns {path}: {}", std::io::Error::last_os_error());
+}
+
+/// A running `qosmarkd` in the sender namespace; SIGTERM on drop.
+pub struct Daemon {
+    child: Option<Child>,
+    /// Control socket.
+    pub socket: PathBuf,
+    /// State file.
+    pub state: PathBuf,
+    /// Log (stderr) file.
+    pub log: PathBuf,
+    ns: String,
+}
+
+/// Extra command-line arguments for the daemon.
+#[derive(Default)]
+pub struct DaemonOptions {
+    /// `--rules FILE` content.
+    pub rules: Option<String>,
+    /// Keep the state file of a previous daemon of this `Net` (restart test).
+    pub keep_state: bool,
+}
+
+impl Daemon {
+    /// Starts `qosmarkd` in `net.sender` and waits until its socket answers.
+    pub fn start(net: &Net, opts: &DaemonOptions) -> Daemon {
+        let socket = net.dir.join("qosmark.sock");
+        let state = net.dir.join("state").join("state.toml");
+        if !opts.keep_state {
+            let _ = std::fs::remove_file(&state);
+        }
+        let log = net.dir.join(format!("qosmarkd-{}.log", unique()));
+        let mut args: Vec<String> = vec![
+            "netns".into(),
+            "exec".into(),
+            net.sender.clone(),
+            env!("CARGO_BIN_EXE_qosmarkd").into(),
+            "--socket".into(),
+            socket.display().to_string(),
+            "--state".into(),
+            state.display().to_string(),
+            "--queue-num".into(),
+            "7".into(),
+        ];
+        if let Some(rules) = &opts.rules {
+            let path = net.dir.join("rules.toml");
+            std::fs::write(&path, rules).unwrap();
+            args.push("--rules".into());
+            args.push(path.display().to_string());
+        }
+        let child = Command::new("ip")
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut d = Daemon {
+            child: Some(child),
+            socket,
+            state,
+            log,
+            ns: net.sender.clone(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = d.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("qosmarkd exited at start ({status}):\n{}", d.log_text());
+            }
+            if d.log_text().contains("qosmarkd: ready") && UnixStream::connect(&d.socket).is_ok() {
+                return d;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "qosmarkd not ready:\n{}",
+                d.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The daemon's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGTERM, wait, and check it exited cleanly and removed its rules.
+    pub fn stop(mut self) -> String {
+        let mut child = self.child.take().unwrap();
+        terminate(&mut child);
+        let status = child.wait().unwrap();
+        let log = self.log_text();
+        assert!(status.success(), "qosmarkd exit {status}:\n{log}");
+        for tool in ["iptables", "ip6tables"] {
+            let out = Command::new("ip")
+                .args([
+                    "netns", "exec", &self.ns, tool, "-t", "mangle", "-S", "OUTPUT",
+                ])
+                .output()
+                .unwrap();
+            let listing = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                !listing.contains("qosmarkd"),
+                "{tool} rules left after exit:\n{listing}"
+            );
+        }
+        assert!(!self.socket.exists(), "socket file left after exit");
+        log
+    }
+}
+
+fn terminate(child: &mut Child) {
+    let pid = i32::try_from(child.id()).unwrap();
+    // SAFETY: signalling our own child process by pid.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child);
+            let _ = child.wait();
+            if std::thread::panicking() {
+                eprintln!("--- qosmarkd log ---\n{}", self.log_text());
+            }
+        }
+    }
+}
+
+/// A record-level client of the control socket (one connection = one handle).
+pub struct Client {
+    /// The connection.
+    pub stream: UnixStream,
+}
+
+/// The Win32 code of an error answer, or the response.
+pub type Answer = Result<Response, u32>;
+
+impl Client {
+    /// Connects.
+    pub fn connect(path: &Path) -> Client {
+        let stream = UnixStream::connect(path).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Client { stream }
+    }
+
+    /// Sends one request (with a descriptor if given) and decodes its answer.
+    pub fn call(&mut self, req: &Request, fd: Option<BorrowedFd<'_>>) -> Answer {
+        let mut out = Vec::new();
+        codec::encode_request(req, &mut out).unwrap();
+        send_with_fd(&self.stream, &out, fd.map(|f| f.as_raw_fd()));
+        let bytes = self
+            .read_record()
+            .expect("connection closed instead of an answer");
+        match codec::decode_response(RequestKind::of(req), &bytes).unwrap() {
+            Reply::Response(r) => Ok(r),
+            Reply::Error(e) => Err(e.win32.0),
+        }
+    }
+
+    /// Reads one record; `None` at end of stream.
+    pub fn read_record(&mut self) -> Option<Vec<u8>> {
+        let mut header = [0u8; 16];
+        if self.stream.read_exact(&mut header).is_err() {
+            return None;
+        }
+        let len = codec::record_len(&header).unwrap() as usize;
+        let mut bytes = header.to_vec();
+        bytes.resize(len, 0);
+        self.stream.read_exact(&mut bytes[16..]).unwrap();
+        Some(bytes)
+    }
+
+    /// Writes raw bytes.
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// `AddSocketToFlow` for `sock`, passing its descriptor; the record's `SocketInfo` claims
+    /// what std reports (the daemon reads the truth from the descriptor anyway).
+    pub fn add_socket(
+        &mut self,
+        sock: &impl AsRawFd,
+        dest: Option<SocketAddr>,
+        traffic_type: TrafficType,
+        flags: u32,
+        flow_id: FlowId,
+    ) -> Result<FlowId, u32> {
+        let info = socket_info(sock.as_raw_fd());
+        // SAFETY: the descriptor is open for the duration of the call (borrowed from `sock`).
+        let fd = unsafe { BorrowedFd::borrow_raw(sock.as_raw_fd()) };
+        let req = Request::AddSocketToFlow {
+            socket: info,
+            dest,
+            traffic_type,
+            flags,
+            flow_id,
+        };
+        match self.call(&req, Some(fd)) {
+            Ok(Response::FlowId(id)) => Ok(id),
+            Ok(other) => panic!("unexpected answer {other:?}"),
+            Err(code) => Err(code),
+        }
+    }
+
+    /// A request answered with `Done` or an error code.
+    pub fn done(&mut self, req: &Request) -> Result<(), u32> {
+        match self.call(req, None) {
+            Ok(Response::Done) => Ok(()),
+            Ok(other) => panic!("unexpected answer {other:?}"),
+            Err(code) => Err(code),
+        }
+    }
+
+    /// `QueryStatus`.
+    pub fn status(&mut self) -> qosmark_engine::abi::StatusInfo {
+        match self.call(&Request::QueryStatus, None) {
+            Ok(Response::Status(s)) => s,
+            other => panic!("status: {other:?}"),
+        }
+    }
+}
+
+/// What std can say about a socket, as a `SocketInfo` claim (socket value = the descriptor).
+pub fn socket_info(fd: RawFd) -> SocketInfo {
+    // SAFETY: the caller's descriptor is open for the call; the temporary UdpSocket view is
+    // forgotten, never closed.
+    let view = std::mem::ManuallyDrop::new(unsafe {
+        <UdpSocket as std::os::fd::FromRawFd>::from_raw_fd(fd)
+    });
+    let local = view
+        .local_addr()
+        .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0));
+    let peer = view.peer_addr().ok();
+    let mut kind: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `kind` is a writable int of `len` bytes.
+    unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&raw mut kind).cast(),
+            &raw mut len,
+        )
+    };
+    SocketInfo {
+        socket: u64::try_from(fd).unwrap(),
+        family: if local.is_ipv6() {
+            Family::V6
+        } else {
+            Family::V4
+        },
+        protocol: if kind == libc::SOCK_STREAM {
+            Protocol::Tcp
+        } else {
+            Protocol::Udp
+        },
+        local,
+        peer,
+    }
+}
+
+/// `sendmsg` of `bytes` with `fd` attached (`SCM_RIGHTS`) when given.
+pub fn send_with_fd(stream: &UnixStream, bytes: &[u8], fd: Option<RawFd>) {
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr().cast_mut().cast(),
+        iov_len: bytes.len(),
+    };
+    #[repr(C, align(8))]
+    struct Cmsg([u8; 64]);
+    let mut cmsg = Cmsg([0; 64]);
+    // SAFETY: msghdr is plain data.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    if let Some(fd) = fd {
+        // SAFETY: pure size computation.
+        let space = unsafe { libc::CMSG_SPACE(4) } as usize;
+        msg.msg_control = cmsg.0.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        // SAFETY: the control buffer is set and large enough for one header.
+        let hdr = unsafe { libc::CMSG_FIRSTHDR(&raw const msg) };
+        // SAFETY: `hdr` points into `cmsg` (non-null: the buffer holds CMSG_SPACE(4) bytes).
+        unsafe {
+            (*hdr).cmsg_level = libc::SOL_SOCKET;
+        }
+        // SAFETY: as above.
+        unsafe {
+            (*hdr).cmsg_type = libc::SCM_RIGHTS;
+        }
+        // SAFETY: as above; CMSG_LEN is a pure computation.
+        unsafe {
+            (*hdr).cmsg_len = libc::CMSG_LEN(4) as usize;
+        }
+        // SAFETY: CMSG_DATA of a header inside the buffer has room for one int.
+        let data = unsafe { libc::CMSG_DATA(hdr) };
+        // SAFETY: `data` is writable for 4 bytes inside `cmsg`.
+        unsafe { std::ptr::write_unaligned(data.cast::<[u8; 4]>(), fd.to_ne_bytes()) };
+    }
+    // SAFETY: `msg` points at `iov` (readable `bytes`) and, if set, the filled control buffer.
+    let ret = unsafe { libc::sendmsg(stream.as_raw_fd(), &raw const msg, libc::MSG_NOSIGNAL) };
+    assert_eq!(
+        usize::try_from(ret).ok(),
+        Some(bytes.len()),
+        "sendmsg: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Sets the TOS (IPv4) or Traffic Class (IPv6) the application puts on its packets.
+pub fn set_tos(fd: RawFd, v6: bool, tos: u8) {
+    let value = libc::c_int::from(tos);
+    let (level, name) = if v6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_TCLASS)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_TOS)
+    };
+    // SAFETY: an int option read from a live local.
+    let ret = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&raw const value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(ret, 0, "set tos: {}", std::io::Error::last_os_error());
+}
+
+/// One captured IP packet, as etherparse reads it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    /// TCP or UDP.
+    pub protocol: Protocol,
+    /// Source (normalized).
+    pub src: SocketAddr,
+    /// Destination.
+    pub dst: SocketAddr,
+    /// TOS / Traffic Class byte.
+    pub tos: u8,
+    /// Transport payload.
+    pub payload: Vec<u8>,
+    /// IPv4 header checksum valid by full recomputation (always true for IPv6).
+    pub checksum_ok: bool,
+    /// The whole IP packet.
+    pub bytes: Vec<u8>,
+}
+
+/// RFC 1071 sum over an IPv4 header: 0xffff when the stored checksum is right.
+pub fn ipv4_header_sums_to_ffff(header: &[u8]) -> bool {
+    let mut sum: u32 = header
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum == 0xffff
+}
+
+/// Parses one captured IP packet (TCP/UDP only).
+pub fn parse(bytes: &[u8]) -> Option<Seen> {
+    let sliced = SlicedPacket::from_ip(bytes).ok()?;
+    let (src_ip, dst_ip, tos, checksum_ok) = match sliced.net? {
+        NetSlice::Ipv4(v4) => {
+            let h = v4.header();
+            (
+                IpAddr::V4(h.source_addr()),
+                IpAddr::V4(h.destination_addr()),
+                (h.dcp().value() << 2) | h.ecn().value(),
+                ipv4_header_sums_to_ffff(h.slice()),
+            )
+        }
+        NetSlice::Ipv6(v6) => {
+            let h = v6.header();
+            (
+                IpAddr::V6(h.source_addr()),
+                IpAddr::V6(h.destination_addr()),
+                h.traffic_class(),
+                true,
+            )
+        }
+        _ => return None,
+    };
+    let (protocol, sp, dp, payload) = match sliced.transport? {
+        TransportSlice::Udp(u) => (
+            Protocol::Udp,
+            u.source_port(),
+            u.destination_port(),
+            u.payload().to_vec(),
+        ),
+        TransportSlice::Tcp(t) => (
+            Protocol::Tcp,
+            t.source_port(),
+            t.destination_port(),
+            t.payload().to_vec(),
+        ),
+        _ => return None,
+    };
+    Some(Seen {
+        protocol,
+        src: SocketAddr::new(src_ip, sp),
+        dst: SocketAddr::new(dst_ip, dp),
+        tos,
+        payload,
+        checksum_ok,
+        bytes: bytes.to_vec(),
+    })
+}
+
+/// An `AF_PACKET` capture of packets arriving on `veth-r` in the receiver namespace.
+pub struct Capture {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Vec<Vec<u8>>>>,
+}
+
+impl Capture {
+    /// Starts capturing; returns once the socket is bound.
+    pub fn start(net: &Net) -> Capture {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let path = format!("/run/netns/{}", net.receiver);
+        let stop2 = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            enter_ns(&path);
+            let fd = packet_socket("veth-r");
+            ready_tx.send(()).unwrap();
+            let mut packets = Vec::new();
+            let mut buf = vec![0u8; 70_000];
+            loop {
+                // SAFETY: sockaddr_ll is plain data.
+                let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+                let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+                // SAFETY: `buf` and `from` are writable for the sizes given.
+                let n = unsafe {
+                    libc::recvfrom(
+                        fd,
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                        0,
+                        (&raw mut from).cast(),
+                        &raw mut len,
+                    )
+                };
+                if n < 0 {
+                    if stop2.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    continue;
+                }
+                if from.sll_pkttype != libc::PACKET_OUTGOING as u8 {
+                    packets.push(buf[..usize::try_from(n).unwrap()].to_vec());
+                }
+            }
+            // SAFETY: closing our own descriptor once.
+            unsafe { libc::close(fd) };
+            packets
+        });
+        ready_rx.recv().unwrap();
+        Capture {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops (after the socket has been idle 100 ms) and returns the parsed TCP/UDP packets.
+    pub fn finish(mut self) -> Vec<Seen> {
+        self.stop.store(true, Ordering::SeqCst);
+        let raw = self.thread.take().unwrap().join().unwrap();
+        raw.iter().filter_map(|b| parse(b)).collect()
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn packet_socket(ifname: &str) -> RawFd {
+    let proto = (libc::ETH_P_ALL as u16).to_be();
+    // SAFETY: plain socket creation, checked below.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, i32::from(proto)) };
+    assert!(
+        fd >= 0,
+        "AF_PACKET socket: {}",
+        std::io::Error::last_os_error()
+    );
+    let name = std::ffi::CString::new(ifname).unwrap();
+    // SAFETY: `name` is a valid C string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    assert!(index > 0, "no interface {ifname}");
+    // SAFETY: sockaddr_ll is plain data.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = proto;
+    addr.sll_ifindex = i32::try_from(index).unwrap();
+    // SAFETY: `addr` is a valid sockaddr_ll of the size given.
+    let ret = unsafe {
+        libc::bind(
+            fd,
+            (&raw const addr).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(
+        ret,
+        0,
+        "bind AF_PACKET: {}",
+        std::io::Error::last_os_error()
+    );
+    let size: libc::c_int = 64 << 20;
+    // SAFETY: int option from a live local.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&raw const size).cast(),
+            4,
+        )
+    };
+    let tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 100_000,
+    };
+    // SAFETY: timeval option from a live local.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const tv).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    fd
+}
+
+/// UDP sinks in the receiver namespace: count datagrams per payload tag (the text before the
+/// last `:`), so "every packet sent was received" can be checked per flow.
+pub struct UdpSink {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    counts: Arc<Mutex<HashMap<String, u64>>>,
+}
+
+impl UdpSink {
+    /// Binds one socket per address (in the receiver namespace) and starts reading.
+    pub fn start(net: &Net, addrs: &[SocketAddr]) -> UdpSink {
+        let stop = Arc::new(AtomicBool::new(false));
+        let counts = Arc::new(Mutex::new(HashMap::new()));
+        let mut threads = Vec::new();
+        for addr in addrs.iter().copied() {
+            let (tx, rx) = mpsc::channel();
+            let path = format!("/run/netns/{}", net.receiver);
+            let (stop, counts) = (Arc::clone(&stop), Arc::clone(&counts));
+            threads.push(std::thread::spawn(move || {
+                enter_ns(&path);
+                let sock = UdpSocket::bind(addr).unwrap();
+                sock.set_read_timeout(Some(Duration::from_millis(50)))
+                    .unwrap();
+                tx.send(()).unwrap();
+                let mut buf = [0u8; 2048];
+                loop {
+                    match sock.recv(&mut buf) {
+                        Ok(n) => {
+                            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                            let tag = text
+                                .rsplit_once(':')
+                                .map_or(text.clone(), |(t, _)| t.to_owned());
+                            *counts.lock().unwrap().entry(tag).or_insert(0) += 1;
+                        }
+                        Err(_) if stop.load(Ordering::SeqCst) => break,
+                        Err(_) => {}
+                    }
+                }
+            }));
+            rx.recv().unwrap();
+        }
+        UdpSink {
+            stop,
+            threads,
+            counts,
+        }
+    }
+
+    /// Waits until `tag` has `n` datagrams (at most 5 s); returns the count.
+    pub fn wait_for(&self, tag: &str, n: u64) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let got = self.count(tag);
+            if got >= n || Instant::now() > deadline {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Datagrams received with `tag` so far.
+    pub fn count(&self, tag: &str) -> u64 {
+        self.counts.lock().unwrap().get(tag).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for UdpSink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Sends `n` datagrams `TAG:i` on a connected socket (or to `to`), 1 ms apart.
+pub fn send_tagged(sock: &UdpSocket, to: Option<SocketAddr>, tag: &str, n: u32) {
+    for i in 0..n {
+        let msg = format!("{tag}:{i}");
+        match to {
+            Some(a) => sock.send_to(msg.as_bytes(), a).unwrap(),
+            None => sock.send(msg.as_bytes()).unwrap(),
+        };
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// What a flow's packets must carry on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// This DSCP, with the ECN bits the application set.
+    Dscp(u8),
+    /// Exactly the TOS byte the application set, and a byte-identical packet otherwise.
+    Untouched,
+}
+
+/// Checks every captured UDP packet whose payload starts with `tag:` against `expect`, with
+/// the application's TOS `app_tos`; returns how many there were.
+pub fn check_udp(seen: &[Seen], tag: &str, app_tos: u8, expect: Expect) -> u64 {
+    let prefix = format!("{tag}:");
+    let mut n = 0;
+    for p in seen
+        .iter()
+        .filter(|p| p.protocol == Protocol::Udp && p.payload.starts_with(prefix.as_bytes()))
+    {
+        n += 1;
+        assert!(
+            p.checksum_ok,
+            "{tag}: IPv4 header checksum wrong: {:02x?}",
+            p.bytes
+        );
+        match expect {
+            Expect::Dscp(d) => assert_eq!(
+                p.tos,
+                (d << 2) | (app_tos & 3),
+                "{tag}: TOS {:#04x}, want DSCP {d} with ECN {}",
+                p.tos,
+                app_tos & 3
+            ),
+            Expect::Untouched => {
+                assert_eq!(p.tos, app_tos, "{tag}: TOS changed on an unregistered flow")
+            }
+        }
+    }
+    n
+}
+
+/// Checks every captured TCP segment from `src` to `dst` that carries data.
+pub fn check_tcp(seen: &[Seen], src: SocketAddr, dst: SocketAddr, expect: Expect) -> usize {
+    let mut n = 0;
+    for p in seen.iter().filter(|p| {
+        p.protocol == Protocol::Tcp && p.src == src && p.dst == dst && !p.payload.is_empty()
+    }) {
+        n += 1;
+        assert!(p.checksum_ok, "TCP {src}: IPv4 header checksum wrong");
+        match expect {
+            Expect::Dscp(d) => assert_eq!(p.tos >> 2, d, "TCP {src}->{dst}: TOS {:#04x}", p.tos),
+            Expect::Untouched => assert_eq!(p.tos, 0, "TCP {src}->{dst}: TOS changed"),
+        }
+    }
+    n
+}
+
+/// Normalizes a v4-mapped IPv6 socket address to IPv4 (how packets carry it on the wire).
+pub fn unmapped(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => a,
+        },
+        SocketAddr::V4(_) => a,
+    }
+}

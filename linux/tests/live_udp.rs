@@ -1,0 +1,217 @@
+//! Live UDP marking through `qosmarkd` (see `common` for the harness): traffic types on
+//! connected IPv4 and IPv6 sockets, ECN kept, unregistered traffic untouched, one unconnected
+//! socket with several destinations in one flow, and a dual-stack IPv6 socket talking to an
+//! IPv4 peer.
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "test code: a panic is a failure"
+)]
+
+mod common;
+
+use common::{
+    check_udp, in_ns, live, send_tagged, Capture, Client, Daemon, DaemonOptions, Expect, Net,
+    UdpSink,
+};
+use qosmark_engine::abi::{TrafficType, QOS_NON_ADAPTIVE_FLOW};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+
+const PACKETS: u32 = 20;
+
+/// Every traffic type on connected sockets, both families, with the ECN bits the application
+/// set; a socket left unregistered keeps its TOS and payload.
+#[test]
+fn traffic_types_on_connected_sockets_v4_and_v6() {
+    if !live() {
+        return;
+    }
+    let net = Net::new();
+    let daemon = Daemon::start(&net, &DaemonOptions::default());
+    // (traffic type, DSCP from the default table, application TOS with ECN bits)
+    let cases = [
+        (TrafficType::BestEffort, None, 0x01),
+        (TrafficType::Background, Some(8), 0x02),
+        (TrafficType::ExcellentEffort, Some(40), 0x03),
+        (TrafficType::AudioVideo, Some(40), 0x01),
+        (TrafficType::Voice, Some(56), 0x02),
+        (TrafficType::Control, Some(56), 0x00),
+    ];
+    let mut sink_addrs = Vec::new();
+    for v6 in [false, true] {
+        for (i, _) in cases.iter().enumerate() {
+            sink_addrs.push(net.receiver_addr(v6, 5000 + i as u16));
+        }
+        sink_addrs.push(net.receiver_addr(v6, 5100));
+    }
+    let sink = UdpSink::start(&net, &sink_addrs);
+    let capture = Capture::start(&net);
+    let mut client = Client::connect(&daemon.socket);
+    let mut expectations = Vec::new();
+    for v6 in [false, true] {
+        for (i, (tt, dscp, tos)) in cases.iter().copied().enumerate() {
+            let dest = net.receiver_addr(v6, 5000 + i as u16);
+            let bind = net.sender_addr(v6, 0);
+            let sock = in_ns(&net.sender, move || {
+                let s = UdpSocket::bind(bind).unwrap();
+                s.connect(dest).unwrap();
+                s
+            });
+            common::set_tos(sock.as_raw_fd(), v6, tos);
+            let flow = client.add_socket(&sock, None, tt, 0, 0).unwrap();
+            assert_ne!(flow, 0);
+            let tag = format!("tt{}v{}", tt as u32, if v6 { 6 } else { 4 });
+            send_tagged(&sock, None, &tag, PACKETS);
+            expectations.push((tag, tos, dscp.map_or(Expect::Untouched, Expect::Dscp)));
+        }
+        // Unregistered, with an application DSCP (AF11) and ECN: left exactly as sent.
+        let dest = net.receiver_addr(v6, 5100);
+        let bind = net.sender_addr(v6, 0);
+        let sock = in_ns(&net.sender, move || {
+            let s = UdpSocket::bind(bind).unwrap();
+            s.connect(dest).unwrap();
+            s
+        });
+        common::set_tos(sock.as_raw_fd(), v6, (10 << 2) | 1);
+        let tag = format!("plain{}", if v6 { 6 } else { 4 });
+        send_tagged(&sock, None, &tag, PACKETS);
+        expectations.push((tag, (10 << 2) | 1, Expect::Untouched));
+    }
+    for (tag, _, _) in &expectations {
+        assert_eq!(
+            sink.wait_for(tag, u64::from(PACKETS)),
+            u64::from(PACKETS),
+            "{tag}: packets lost"
+        );
+    }
+    let seen = capture.finish();
+    for (tag, tos, expect) in &expectations {
+        assert_eq!(
+            check_udp(&seen, tag, *tos, *expect),
+            u64::from(PACKETS),
+            "{tag}: captured count"
+        );
+    }
+    let status = client.status();
+    assert_eq!(status.fail_open.iter().sum::<u64>(), 0, "{status:?}");
+    drop(client);
+    daemon.stop();
+}
+
+/// One unconnected socket registered for two destinations under one flow id (non-adaptive):
+/// both are marked, a third destination is not.
+#[test]
+fn unconnected_socket_several_destinations_one_flow() {
+    if !live() {
+        return;
+    }
+    let net = Net::new();
+    let daemon = Daemon::start(&net, &DaemonOptions::default());
+    let dests: Vec<SocketAddr> = (0..3).map(|i| net.receiver_addr(false, 6000 + i)).collect();
+    let sink = UdpSink::start(&net, &dests);
+    let capture = Capture::start(&net);
+    let bind = net.sender_addr(false, 0);
+    let sock = in_ns(&net.sender, move || UdpSocket::bind(bind).unwrap());
+    let mut client = Client::connect(&daemon.socket);
+    let flow = client
+        .add_socket(
+            &sock,
+            Some(dests[0]),
+            TrafficType::Voice,
+            QOS_NON_ADAPTIVE_FLOW,
+            0,
+        )
+        .unwrap();
+    let same = client
+        .add_socket(
+            &sock,
+            Some(dests[1]),
+            TrafficType::Voice,
+            QOS_NON_ADAPTIVE_FLOW,
+            flow,
+        )
+        .unwrap();
+    assert_eq!(same, flow);
+    for (i, d) in dests.iter().enumerate() {
+        send_tagged(&sock, Some(*d), &format!("dest{i}"), PACKETS);
+    }
+    for i in 0..3 {
+        assert_eq!(
+            sink.wait_for(&format!("dest{i}"), u64::from(PACKETS)),
+            u64::from(PACKETS)
+        );
+    }
+    let seen = capture.finish();
+    assert_eq!(
+        check_udp(&seen, "dest0", 0, Expect::Dscp(56)),
+        u64::from(PACKETS)
+    );
+    assert_eq!(
+        check_udp(&seen, "dest1", 0, Expect::Dscp(56)),
+        u64::from(PACKETS)
+    );
+    assert_eq!(
+        check_udp(&seen, "dest2", 0, Expect::Untouched),
+        u64::from(PACKETS)
+    );
+    drop(client);
+    daemon.stop();
+}
+
+/// A dual-stack IPv6 socket connected to an IPv4 peer (`::ffff:a.b.c.d`) is marked on its
+/// IPv4 packets; the same socket type unconnected, registered with an IPv4 destination, too.
+#[test]
+fn dual_stack_v6_socket_to_v4_peer() {
+    if !live() {
+        return;
+    }
+    let net = Net::new();
+    let daemon = Daemon::start(&net, &DaemonOptions::default());
+    let dests = [
+        net.receiver_addr(false, 6100),
+        net.receiver_addr(false, 6101),
+    ];
+    let sink = UdpSink::start(&net, &dests);
+    let capture = Capture::start(&net);
+    let mapped = |a: SocketAddr| match a.ip() {
+        IpAddr::V4(v4) => SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), a.port()),
+        IpAddr::V6(_) => a,
+    };
+    let (m0, m1) = (mapped(dests[0]), mapped(dests[1]));
+    let (connected, unconnected) = in_ns(&net.sender, move || {
+        let c = UdpSocket::bind("[::]:0").unwrap();
+        c.connect(m0).unwrap();
+        let u = UdpSocket::bind("[::]:0").unwrap();
+        (c, u)
+    });
+    let mut client = Client::connect(&daemon.socket);
+    client
+        .add_socket(&connected, None, TrafficType::AudioVideo, 0, 0)
+        .unwrap();
+    client
+        .add_socket(&unconnected, Some(dests[1]), TrafficType::Background, 0, 0)
+        .unwrap();
+    send_tagged(&connected, None, "mapped", PACKETS);
+    send_tagged(&unconnected, Some(m1), "dual", PACKETS);
+    assert_eq!(
+        sink.wait_for("mapped", u64::from(PACKETS)),
+        u64::from(PACKETS)
+    );
+    assert_eq!(
+        sink.wait_for("dual", u64::from(PACKETS)),
+        u64::from(PACKETS)
+    );
+    let seen = capture.finish();
+    assert_eq!(
+        check_udp(&seen, "mapped", 0, Expect::Dscp(40)),
+        u64::from(PACKETS)
+    );
+    assert_eq!(
+        check_udp(&seen, "dual", 0, Expect::Dscp(8)),
+        u64::from(PACKETS)
+    );
+    drop(client);
+    daemon.stop();
+}

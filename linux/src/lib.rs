@@ -326,7 +326,7 @@ pub fn run(config: &Config) -> Result<(), String> {
     let cleanup_socket = |path: &Path| {
         let _ = std::fs::remove_file(path);
     };
-    remove_rules(config.queue_num, "left by a previous run");
+    // Bind the queue first: if another program owns it, its rules must stay untouched.
     let queue = match nfq::Queue::open(config.queue_num, config.queue_maxlen) {
         Ok(q) => q,
         Err(e) => {
@@ -334,6 +334,7 @@ pub fn run(config: &Config) -> Result<(), String> {
             return Err(e.to_string());
         }
     };
+    remove_rules(config.queue_num, "left by a previous run");
     log(&format!(
         "bound netfilter queue {} (copy-packet, fail-open, max {} queued)",
         queue.num(),

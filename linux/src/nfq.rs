@@ -272,7 +272,7 @@ impl std::fmt::Display for OpenError {
         match self {
             OpenError::Busy(q) => write!(
                 f,
-                "netfilter queue {q} is busy: another program is bound to it (choose another with --queue-num)"
+                "netfilter queue {q} is busy: another program is bound to it (choose another with --queue-num; or this process lacks CAP_NET_ADMIN)"
             ),
             OpenError::Permission => f.write_str(
                 "not permitted to bind a netfilter queue (needs root / CAP_NET_ADMIN)",
@@ -318,9 +318,10 @@ impl Queue {
         let mut w = MsgWriter::begin(&mut buf, MSG_CONFIG, NLM_F_ACK, 1, num);
         w.attr(NFQA_CFG_CMD, &[CFG_CMD_BIND, 0, 0, 0]);
         w.finish();
+        // The kernel answers EPERM when another socket owns the queue (we checked root first).
         queue.request(&buf, 1).map_err(|e| match e.raw_os_error() {
-            Some(libc::EBUSY) => OpenError::Busy(num),
-            Some(libc::EPERM | libc::EACCES) => OpenError::Permission,
+            Some(libc::EBUSY | libc::EPERM) => OpenError::Busy(num),
+            Some(libc::EACCES) => OpenError::Permission,
             _ => OpenError::Other("binding the queue", e),
         })?;
 

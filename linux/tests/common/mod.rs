@@ -64,8 +64,8 @@ fn unique() -> u32 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// Two namespaces joined by a veth pair: sender `s` (`veth-s`, 10.232.N.1, fd00:232:N::1) and
-/// receiver `r` (`veth-r`, 10.232.N.2, fd00:232:N::2). Deleted on drop.
+/// Two namespaces joined by a veth pair: sender `s` (`veth-s`, `10.232.N.1`, `fd00:232:N::1`)
+/// and receiver `r` (`veth-r`, `10.232.N.2`, `fd00:232:N::2`). Deleted on drop.
 pub struct Net {
     /// Sender namespace name.
     pub sender: String,
@@ -474,12 +474,12 @@ pub fn socket_info(fd: RawFd) -> SocketInfo {
 
 /// `sendmsg` of `bytes` with `fd` attached (`SCM_RIGHTS`) when given.
 pub fn send_with_fd(stream: &UnixStream, bytes: &[u8], fd: Option<RawFd>) {
+    #[repr(C, align(8))]
+    struct Cmsg([u8; 64]);
     let mut iov = libc::iovec {
         iov_base: bytes.as_ptr().cast_mut().cast(),
         iov_len: bytes.len(),
     };
-    #[repr(C, align(8))]
-    struct Cmsg([u8; 64]);
     let mut cmsg = Cmsg([0; 64]);
     // SAFETY: msghdr is plain data.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -500,9 +500,11 @@ pub fn send_with_fd(stream: &UnixStream, bytes: &[u8], fd: Option<RawFd>) {
         unsafe {
             (*hdr).cmsg_type = libc::SCM_RIGHTS;
         }
-        // SAFETY: as above; CMSG_LEN is a pure computation.
+        // SAFETY: pure size computation.
+        let len = unsafe { libc::CMSG_LEN(4) } as usize;
+        // SAFETY: as above.
         unsafe {
-            (*hdr).cmsg_len = libc::CMSG_LEN(4) as usize;
+            (*hdr).cmsg_len = len;
         }
         // SAFETY: CMSG_DATA of a header inside the buffer has room for one int.
         let data = unsafe { libc::CMSG_DATA(hdr) };
@@ -593,7 +595,7 @@ pub fn parse(bytes: &[u8]) -> Option<Seen> {
                 true,
             )
         }
-        _ => return None,
+        NetSlice::Arp(_) => return None,
     };
     let (protocol, sp, dp, payload) = match sliced.transport? {
         TransportSlice::Udp(u) => (
@@ -661,7 +663,7 @@ impl Capture {
                     }
                     continue;
                 }
-                if from.sll_pkttype != libc::PACKET_OUTGOING as u8 {
+                if from.sll_pkttype != libc::PACKET_OUTGOING {
                     packets.push(buf[..usize::try_from(n).unwrap()].to_vec());
                 }
             }
@@ -873,7 +875,7 @@ pub fn check_udp(seen: &[Seen], tag: &str, app_tos: u8, expect: Expect) -> u64 {
                 app_tos & 3
             ),
             Expect::Untouched => {
-                assert_eq!(p.tos, app_tos, "{tag}: TOS changed on an unregistered flow")
+                assert_eq!(p.tos, app_tos, "{tag}: TOS changed on an unregistered flow");
             }
         }
     }

@@ -1,0 +1,833 @@
+//! Live tests of the control plane on real packets: TCP (registered after and before
+//! `connect`), custom DSCP for root and for an unprivileged uid, admin rules and socket
+//! flows overriding them, removal and handle close, socket ownership across processes,
+//! framing errors, state persistence and start-up errors.
+//!
+//! The unprivileged and "other process" cases run this test binary again as a helper
+//! process ([`helper_process`], ignored unless started by a test with `QOSMARK_HELPER=1`).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::too_many_lines,
+    reason = "test code: a panic is a failure"
+)]
+
+mod common;
+
+use common::{
+    check_tcp, check_udp, in_ns, live, send_tagged, Capture, Client, Daemon, DaemonOptions, Expect,
+    Net, UdpSink,
+};
+use qosmark_engine::abi::codec;
+use qosmark_engine::abi::heapless_name::RuleName;
+use qosmark_engine::abi::{
+    Dscp, PortRange, Request, Response, RuleAction, RuleProtocol, RuleSpec, SetFlow, TrafficType,
+};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const PACKETS: u32 = 10;
+
+/// A TCP sink in the receiver namespace: accepts connections and counts the bytes of each.
+fn tcp_sink(net: &Net, addr: SocketAddr) -> std::thread::JoinHandle<Vec<usize>> {
+    let listener = in_ns(&net.receiver, move || TcpListener::bind(addr).unwrap());
+    std::thread::spawn(move || {
+        let mut totals = Vec::new();
+        listener.set_nonblocking(false).unwrap();
+        for stream in listener.incoming() {
+            let mut s = stream.unwrap();
+            let mut data = Vec::new();
+            s.read_to_end(&mut data).unwrap();
+            if data == b"stop" {
+                break;
+            }
+            totals.push(data.len());
+        }
+        totals
+    })
+}
+
+fn stop_tcp_sink(net: &Net, addr: SocketAddr) {
+    let mut s = in_ns(&net.sender, move || TcpStream::connect(addr).unwrap());
+    s.write_all(b"stop").unwrap();
+}
+
+/// Writes 20 chunks of 100 bytes, 2 ms apart, without Nagle, then closes.
+fn write_chunks(mut s: TcpStream) {
+    s.set_nodelay(true).unwrap();
+    for _ in 0..20 {
+        s.write_all(&[0x5a; 100]).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+}
+
+/// A TCP socket created in the sender namespace but not connected yet.
+fn unconnected_tcp(net: &Net, v6: bool) -> std::os::fd::OwnedFd {
+    in_ns(&net.sender, move || {
+        let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
+        // SAFETY: plain socket creation, checked below.
+        let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        assert!(fd >= 0);
+        // SAFETY: a fresh descriptor nobody else owns.
+        unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+    })
+}
+
+/// Connects `fd` to `dest` (blocking) and returns it as a stream.
+fn connect_fd(fd: std::os::fd::OwnedFd, dest: SocketAddr) -> TcpStream {
+    // `TcpStream` cannot connect an existing socket; go through libc.
+    let (storage, len) = sockaddr(dest);
+    // SAFETY: `storage` holds a valid sockaddr of `len` bytes.
+    let ret = unsafe { libc::connect(fd.as_raw_fd(), (&raw const storage).cast(), len) };
+    assert_eq!(ret, 0, "connect: {}", std::io::Error::last_os_error());
+    TcpStream::from(fd)
+}
+
+fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain data.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    match a {
+        SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*v4.ip()).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than sockaddr_in and suitably aligned.
+            unsafe { std::ptr::write((&raw mut storage).cast(), sin) };
+            (storage, std::mem::size_of::<libc::sockaddr_in>() as u32)
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as u16,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: as above for sockaddr_in6.
+            unsafe { std::ptr::write((&raw mut storage).cast(), sin6) };
+            (storage, std::mem::size_of::<libc::sockaddr_in6>() as u32)
+        }
+    }
+}
+
+/// TCP over IPv4 and IPv6: a socket registered after `connect` and one registered before
+/// (the daemon keeps its descriptor until it has a port) both get their data segments marked.
+#[test]
+fn tcp_registered_after_and_before_connect() {
+    if !live() {
+        return;
+    }
+    let net = Net::new();
+    let daemon = Daemon::start(&net, &DaemonOptions::default());
+    let mut client = Client::connect(&daemon.socket);
+    let capture = Capture::start(&net);
+    let mut checks = Vec::new();
+    let mut sinks = Vec::new();
+    for v6 in [false, true] {
+        let dest = net.receiver_addr(v6, 7000);
+        sinks.push((dest, tcp_sink(&net, dest)));
+        // After connect.
+        let s = in_ns(&net.sender, move || TcpStream::connect(dest).unwrap());
+        client
+            .add_socket(&s, None, TrafficType::Voice, 0, 0)
+            .unwrap();
+        checks.push((s.local_addr().unwrap(), dest, Expect::Dscp(56)));
+        write_chunks(s);
+        // Before connect: local port 0, destination given.
+        let fd = unconnected_tcp(&net, v6);
+        client
+            .add_socket(&fd, Some(dest), TrafficType::Background, 0, 0)
+            .unwrap();
+        let s = connect_fd(fd, dest);
+        // The daemon polls pending sockets every 5 ms; the handshake itself may go unmarked.
+        std::thread::sleep(Duration::from_millis(100));
+        checks.push((s.local_addr().unwrap(), dest, Expect::Dscp(8)));
+        write_chunks(s);
+        // Unregistered.
+        let s = in_ns(&net.sender, move || TcpStream::connect(dest).unwrap());
+        checks.push((s.local_addr().unwrap(), dest, Expect::Untouched));
+        write_chunks(s);
+    }
+    let mut totals = Vec::new();
+    for (dest, sink) in sinks {
+        stop_tcp_sink(&net, dest);
+        totals.extend(sink.join().unwrap());
+    }
+    assert_eq!(
+        totals,
+        vec![2000; 6],
+        "every byte arrives on every connection"
+    );
+    let seen = capture.finish();
+    for (src, dst, expect) in checks {
+        assert!(
+            check_tcp(&seen, src, dst, expect) > 0,
+            "{src}: no data segments seen"
+        );
+    }
+    drop(client);
+    daemon.stop();
+}
+
+/// Where the helper process (this binary, re-run) is told what to do, via the environment.
+struct Helper {
+    socket: std::path::PathBuf,
+    dest: SocketAddr,
+    tag: String,
+    register: Option<TrafficType>,
+    dscp: Option<u32>,
+    as_nobody: bool,
+}
+
+/// Runs the helper in the sender namespace; it prints `HELPER LOCAL addr` once its socket is
+/// bound, waits for a line on stdin, sends, and prints `HELPER SETFLOW code` / `HELPER SENT`.
+/// `between` runs after LOCAL and before the go line.
+fn run_helper(net: &Net, h: &Helper, between: impl FnOnce(SocketAddr)) -> Vec<String> {
+    // A copy every uid can execute.
+    let exe = net.dir.join("helper");
+    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &net.sender]);
+    if h.as_nobody {
+        cmd.args([
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ]);
+    }
+    cmd.arg(&exe)
+        .args([
+            "--ignored",
+            "--exact",
+            "helper_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("QOSMARK_HELPER", "1")
+        .env("QOSMARK_HELPER_SOCKET", &h.socket)
+        .env("QOSMARK_HELPER_DEST", h.dest.to_string())
+        .env("QOSMARK_HELPER_TAG", &h.tag)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    if let Some(tt) = h.register {
+        cmd.env("QOSMARK_HELPER_TYPE", (tt as u32).to_string());
+    }
+    if let Some(d) = h.dscp {
+        cmd.env("QOSMARK_HELPER_DSCP", d.to_string());
+    }
+    let mut child = cmd.spawn().unwrap();
+    // Watchdog: a helper that hangs is killed after 30 s, which fails the reads below.
+    let finished = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watchdog = {
+        let finished = std::sync::Arc::clone(&finished);
+        let pid = i32::try_from(child.id()).unwrap();
+        std::thread::spawn(move || {
+            for _ in 0..300 {
+                if finished.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            // SAFETY: signalling our own child by pid.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        })
+    };
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "helper ended early: {lines:?}"
+        );
+        // The test harness prints "test helper_process ... " before the test's own output.
+        if let Some(rest) = line.trim().split_once("HELPER ").map(|(_, r)| r) {
+            lines.push(rest.to_owned());
+            if let Some(local) = rest.strip_prefix("LOCAL ") {
+                between(local.parse().unwrap());
+                break;
+            }
+        }
+    }
+    writeln!(child.stdin.as_mut().unwrap(), "go").unwrap();
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    lines.extend(
+        rest.lines()
+            .filter_map(|l| l.trim().split_once("HELPER ").map(|(_, r)| r))
+            .map(str::to_owned),
+    );
+    let status = child.wait().unwrap();
+    finished.store(true, std::sync::atomic::Ordering::SeqCst);
+    watchdog.join().unwrap();
+    assert!(status.success(), "helper failed: {lines:?}");
+    lines
+}
+
+/// The helper process itself (see [`run_helper`]); does nothing unless started by a test.
+#[test]
+#[ignore = "helper process of the live tests; they start it"]
+fn helper_process() {
+    if std::env::var("QOSMARK_HELPER").as_deref() != Ok("1") {
+        return;
+    }
+    let var = |k: &str| std::env::var(k).ok();
+    let dest: SocketAddr = var("QOSMARK_HELPER_DEST").unwrap().parse().unwrap();
+    let tag = var("QOSMARK_HELPER_TAG").unwrap();
+    let bind = if dest.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    };
+    let sock = UdpSocket::bind(bind).unwrap();
+    sock.connect(dest).unwrap();
+    let mut client = Client::connect(std::path::Path::new(&var("QOSMARK_HELPER_SOCKET").unwrap()));
+    if let Some(tt) = var("QOSMARK_HELPER_TYPE") {
+        let tt = TrafficType::try_from_u32(tt.parse().unwrap()).unwrap();
+        let flow = client.add_socket(&sock, None, tt, 0, 0).unwrap();
+        if let Some(d) = var("QOSMARK_HELPER_DSCP") {
+            let code = client
+                .done(&Request::SetFlow {
+                    flow_id: flow,
+                    op: SetFlow::OutgoingDscp(d.parse().unwrap()),
+                })
+                .err()
+                .unwrap_or(0);
+            println!("HELPER SETFLOW {code}");
+        }
+    }
+    println!("HELPER LOCAL {}", sock.local_addr().unwrap());
+    let mut go = String::new();
+    std::io::stdin().read_line(&mut go).unwrap();
+    send_tagged(&sock, None, &tag, PACKETS);
+    println!("HELPER SENT");
+}
+
+/// Custom DSCP: root may set any value; an unprivileged uid gets 5 until the administrator
+/// allows that value, then its packets carry it.
+#[test]
+fn custom_dscp_root_and_unprivileged_user() {
+    if !live() {
+        return;
+    }
+    let net = Net::new();
+    let daemon = Daemon::start(&net, &DaemonOptions::default());
+    let dests = [
+        net.receiver_addr(false, 6300),
+        net.receiver_addr(true, 6301),
+    ];
+    let sink = UdpSink::start(&net, &dests);
+    let capture = Capture::start(&net);
+    let mut admin = Client::connect(&daemon.socket);
+    // Root, IPv4 and IPv6.
+    for (i, dest) in dests.iter().copied().enumerate() {
+        let bind = net.sender_addr(dest.is_ipv6(), 0);
+        let sock = in_ns(&net.sender, move || {
+            let s = UdpSocket::bind(bind).unwrap();
+            s.connect(dest).unwrap();
+            s
+        });
+        common::set_tos(sock.as_raw_fd(), dest.is_ipv6(), 0x03);
+        let flow = admin
+            .add_socket(&sock, None, TrafficType::Background, 0, 0)
+            .unwrap();
+        admin
+            .done(&Request::SetFlow {
+                flow_id: flow,
+                op: SetFlow::OutgoingDscp(34),
+            })
+            .unwrap();
+        send_tagged(&sock, None, &format!("root{i}"), PACKETS);
+    }
+    // nobody, value not allowed: 5, and the flow keeps its traffic type's DSCP (Background 8).
+    let h = Helper {
+        socket: daemon.socket.clone(),
+        dest: dests[0],
+        tag: "user-refused".into(),
+        register: Some(TrafficType::Background),
+        dscp: Some(34),
+        as_nobody: true,
+    };
+    let lines = run_helper(&net, &h, |_| {});
+    assert!(lines.contains(&"SETFLOW 5".to_owned()), "{lines:?}");
+    // The administrator allows 34 for users; now the same request succeeds.
+    let Ok(Response::TrafficTable(mut table)) = admin.call(&Request::GetTrafficTable, None) else {
+        panic!("table")
+    };
+    table.user_dscp_allow |= 1 << 34;
+    admin.done(&Request::SetTrafficTable(table)).unwrap();
+    let h = Helper {
+        tag: "user-allowed".into(),
+        ..h
+    };
+    let lines = run_helper(&net, &h, |_| {});
+    assert!(lines.contains(&"SETFLOW 0".to_owned()), "{lines:?}");
+    for tag in ["root0", "root1", "user-refused", "user-allowed"] {
+        assert_eq!(
+            sink.wait_for(tag, u64::from(PACKETS)),
+            u64::from(PACKETS),
+            "{tag}"
+        );
+    }
+    let seen = capture.finish();
+    assert_eq!(
+        check_udp(&seen, "root0", 0x03, Expect::Dscp(34)),
+        u64::from(PACKETS)
+    );
+    assert_eq!(
+        check_udp(&seen, "root1", 0x03, Expect::Dscp(34)),
+        u64::from(PACKETS)
+    );
+    assert_eq!(
+        check_udp(&seen, "user-refused", 0, Expect::Dscp(8)),
+        u64::from(PACKETS)
+    );
+    assert_eq!(
+        check_udp(&seen, "user-allowed", 0, Expect::Dscp(34)),
+        u64::from(PACKETS)
+    );
+    // The allow-list was persisted.
+    let state = std::fs::read_to_string(&daemon.state).unwrap();
+    assert!(state.contains("user_dscp_allow = [34]"), "{state}");
+    drop(admin);
+    daemon.stop();
+}
+
+/// A process cannot register another process's socket: the daemon takes the addresses from
+/// the descriptor passed, not from the record, and a record without a descriptor is refused.
+#[test]
+fn one_process_cannot_register_anothers_socket() {
+    if !live() {
+        return;
+    }
+    let net = Net::new();
+    let daemon = Daemon::start(&net, &DaemonOptions::default());
+    let dests = [
+        net.receiver_addr(false, 6400),
+        net.receiver_addr(false, 6401),
+    ];
+    let sink = UdpSink::start(&net, &dests);
+    let capture = Capture::start(&net);
+    let mut client = Client::connect(&daemon.socket);
+    let bind = net.sender_addr(false, 0);
+    let d1 = dests[1];
+    let own = in_ns(&net.sender, move || {
+        let s = UdpSocket::bind(bind).unwrap();
+        s.connect(d1).unwrap();
+        s
+    });
+    let h = Helper {
+        socket: daemon.socket.clone(),
+        dest: dests[0],
+        tag: "victim".into(),
+        register: None,
+        dscp: None,
+        as_nobody: false,
+    };
+    let victim_dest = dests[0];
+    run_helper(&net, &h, |victim_local| {
+        // Claim the helper's socket: its addresses in the record, socket value 3.
+        let claim = qosmark_engine::abi::SocketInfo {
+            socket: 3,
+            family: qosmark_engine::abi::Family::V4,
+            protocol: qosmark_engine::abi::Protocol::Udp,
+            local: SocketAddr::new(net.s4.into(), victim_local.port()),
+            peer: Some(victim_dest),
+        };
+        let req = Request::AddSocketToFlow {
+            socket: claim,
+            dest: None,
+            traffic_type: TrafficType::Voice,
+            flags: 0,
+            flow_id: 0,
+        };
+        // Without a descriptor: refused.
+        assert_eq!(client.call(&req, None), Err(87));
+        // With our own descriptor: what gets registered is our socket, not the claim.
+        assert!(matches!(
+            client.call(&req, Some(own.as_fd())),
+            Ok(Response::FlowId(_))
+        ));
+    });
+    send_tagged(&own, None, "own", PACKETS);
+    assert_eq!(
+        sink.wait_for("victim", u64::from(PACKETS)),
+        u64::from(PACKETS)
+    );
+    assert_eq!(sink.wait_for("own", u64::from(PACKETS)), u64::from(PACKETS));
+    let seen = capture.finish();
+    assert_eq!(
+        check_udp(&seen, "victim", 0, Expect::Untouched),
+        u64::from(PACKETS)
+    );
+    assert_eq!(
+        check_udp(&seen, "own", 0, Expect::Dscp(56)),
+        u64::from(PACKETS)
+    );
+    drop(client);
+    daemon.stop();
+}
+
+/// An admin rule (rules file) marks a port range of unregistered sockets; a socket flow
+/// overrides it; a rule added at run time works and survives a restart with the table.
+#[test]
+fn admin_rule_port_range_socket_override_and_persistence() {
+    if !live() {
+        return;
+    }
+    let net = Net::new();
+    let rules =
+        "[[rule]]\nname = \"range\"\nprotocol = \"udp\"\nremote_port = \"6200-6210\"\ndscp = 10\n";
+    let daemon = Daemon::start(
+        &net,
+        &DaemonOptions {
+            rules: Some(rules.into()),
+            keep_state: false,
+        },
+    );
+    let ports = [6200u16, 6205, 6210, 6211, 6203, 6300];
+    let dests: Vec<SocketAddr> = ports.iter().map(|p| net.receiver_addr(false, *p)).collect();
+    let sink = UdpSink::start(&net, &dests);
+    let capture = Capture::start(&net);
+    let mut admin = Client::connect(&daemon.socket);
+    // A rule added at run time: UDP to port 6300 → DSCP 18.
+    let spec = RuleSpec {
+        name: RuleName::try_new("runtime").unwrap(),
+        precedence: 100,
+        protocol: RuleProtocol::Udp,
+        local_prefix: None,
+        remote_prefix: None,
+        local_ports: None,
+        remote_ports: Some(PortRange {
+            first: 6300,
+            last: 6300,
+        }),
+        action: RuleAction::Dscp(Dscp::try_new(18).unwrap()),
+        pcp: None,
+    };
+    admin.done(&Request::AddRule(spec.clone())).unwrap();
+    let bind = net.sender_addr(false, 0);
+    for (i, dest) in dests.iter().copied().enumerate() {
+        let sock = in_ns(&net.sender, move || {
+            let s = UdpSocket::bind(bind).unwrap();
+            s.connect(dest).unwrap();
+            s
+        });
+        if dest.port() == 6203 {
+            admin
+                .add_socket(&sock, None, TrafficType::Voice, 0, 0)
+                .unwrap();
+        }
+        send_tagged(&sock, None, &format!("p{i}"), PACKETS);
+    }
+    let expect = [
+        Expect::Dscp(10),
+        Expect::Dscp(10),
+        Expect::Dscp(10),
+        Expect::Untouched,
+        Expect::Dscp(56),
+        Expect::Dscp(18),
+    ];
+    for i in 0..ports.len() {
+        assert_eq!(
+            sink.wait_for(&format!("p{i}"), u64::from(PACKETS)),
+            u64::from(PACKETS)
+        );
+    }
+    let seen = capture.finish();
+    for (i, e) in expect.iter().enumerate() {
+        assert_eq!(
+            check_udp(&seen, &format!("p{i}"), 0, *e),
+            u64::from(PACKETS),
+            "port {}",
+            ports[i]
+        );
+    }
+    // Change the table too, then restart without --rules: both come back from the state file.
+    let Ok(Response::TrafficTable(mut table)) = admin.call(&Request::GetTrafficTable, None) else {
+        panic!("table")
+    };
+    table.marks[TrafficType::Voice as usize].dscp = Some(Dscp::EF);
+    admin.done(&Request::SetTrafficTable(table)).unwrap();
+    drop(admin);
+    daemon.stop();
+    let daemon = Daemon::start(
+        &net,
+        &DaemonOptions {
+            rules: None,
+            keep_state: true,
+        },
+    );
+    let mut admin = Client::connect(&daemon.socket);
+    assert_eq!(
+        admin.call(&Request::GetTrafficTable, None),
+        Ok(Response::TrafficTable(table))
+    );
+    let Ok(Response::Rules(listed)) = admin.call(&Request::ListRules, None) else {
+        panic!("rules")
+    };
+    let names: Vec<&str> = listed.iter().map(|r| r.spec.name.as_str()).collect();
+    assert_eq!(names, ["range", "runtime"]);
+    assert_eq!(listed[1].spec, spec);
+    drop(admin);
+    daemon.stop();
+}
+
+/// Removing the socket, removing the flow, and closing the handle each stop the marking.
+#[test]
+fn remove_socket_remove_flow_and_close_handle_stop_marking() {
+    if !live() {
+        return;
+    }
+    let net = Net::new();
+    let daemon = Daemon::start(&net, &DaemonOptions::default());
+    let dests: Vec<SocketAddr> = (0..3)
+        .map(|i| net.receiver_addr(i == 1, 6500 + i))
+        .collect();
+    let sink = UdpSink::start(&net, &dests);
+    let capture = Capture::start(&net);
+    let mut main = Client::connect(&daemon.socket);
+    let socks: Vec<UdpSocket> = dests
+        .iter()
+        .copied()
+        .map(|dest| {
+            let bind = net.sender_addr(dest.is_ipv6(), 0);
+            in_ns(&net.sender, move || {
+                let s = UdpSocket::bind(bind).unwrap();
+                s.connect(dest).unwrap();
+                s
+            })
+        })
+        .collect();
+    // 1: remove the socket.
+    let f0 = main
+        .add_socket(&socks[0], None, TrafficType::Voice, 0, 0)
+        .unwrap();
+    send_tagged(&socks[0], None, "s-before", PACKETS);
+    main.done(&Request::RemoveSocketFromFlow {
+        socket: Some(u64::try_from(socks[0].as_raw_fd()).unwrap()),
+        flow_id: f0,
+    })
+    .unwrap();
+    send_tagged(&socks[0], None, "s-after", PACKETS);
+    // 2: remove the whole flow.
+    let f1 = main
+        .add_socket(&socks[1], None, TrafficType::AudioVideo, 0, 0)
+        .unwrap();
+    send_tagged(&socks[1], None, "f-before", PACKETS);
+    main.done(&Request::RemoveSocketFromFlow {
+        socket: None,
+        flow_id: f1,
+    })
+    .unwrap();
+    send_tagged(&socks[1], None, "f-after", PACKETS);
+    // 3: close the handle (the connection).
+    let mut other = Client::connect(&daemon.socket);
+    other
+        .add_socket(&socks[2], None, TrafficType::Background, 0, 0)
+        .unwrap();
+    send_tagged(&socks[2], None, "h-before", PACKETS);
+    drop(other);
+    let mut waited = 0;
+    while main.status().flows != 0 {
+        assert!(waited < 200, "the closed handle's flow is still there");
+        std::thread::sleep(Duration::from_millis(10));
+        waited += 1;
+    }
+    send_tagged(&socks[2], None, "h-after", PACKETS);
+    for tag in [
+        "s-before", "s-after", "f-before", "f-after", "h-before", "h-after",
+    ] {
+        assert_eq!(
+            sink.wait_for(tag, u64::from(PACKETS)),
+            u64::from(PACKETS),
+            "{tag}"
+        );
+    }
+    let seen = capture.finish();
+    for (tag, e) in [
+        ("s-before", Expect::Dscp(56)),
+        ("s-after", Expect::Untouched),
+        ("f-before", Expect::Dscp(40)),
+        ("f-after", Expect::Untouched),
+        ("h-before", Expect::Dscp(8)),
+        ("h-after", Expect::Untouched),
+    ] {
+        assert_eq!(check_udp(&seen, tag, 0, e), u64::from(PACKETS), "{tag}");
+    }
+    drop(main);
+    daemon.stop();
+}
+
+/// Framing and descriptor errors answer exactly as the transport contract says.
+#[test]
+fn framing_and_descriptor_errors() {
+    if !live() {
+        return;
+    }
+    let net = Net::new();
+    let daemon = Daemon::start(&net, &DaemonOptions::default());
+    let error_code = |bytes: &[u8]| -> u32 {
+        match codec::decode_response(qosmark_engine::abi::ioctl::RequestKind::QueryStatus, bytes)
+            .unwrap()
+        {
+            codec::Reply::Error(e) => e.win32.0,
+            codec::Reply::Response(r) => panic!("not an error: {r:?}"),
+        }
+    };
+    // Bad magic: one Error 87, then the connection closes.
+    let mut c = Client::connect(&daemon.socket);
+    c.send_raw(&[0xa5; 16]);
+    assert_eq!(error_code(&c.read_record().unwrap()), 87);
+    assert!(c.read_record().is_none());
+    // Bad version: 1306, then close.
+    let mut record = Vec::new();
+    codec::encode_request(&Request::QueryStatus, &mut record).unwrap();
+    record[4] = 0x63;
+    let mut c = Client::connect(&daemon.socket);
+    c.send_raw(&record);
+    assert_eq!(error_code(&c.read_record().unwrap()), 1306);
+    assert!(c.read_record().is_none());
+    // Length above the maximum: 87, close.
+    let mut c = Client::connect(&daemon.socket);
+    let mut big = Vec::new();
+    codec::encode_request(&Request::QueryStatus, &mut big).unwrap();
+    big[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
+    c.send_raw(&big);
+    assert_eq!(error_code(&c.read_record().unwrap()), 87);
+    assert!(c.read_record().is_none());
+    // A framed record that does not decode: 87, and the connection stays usable.
+    let mut c = Client::connect(&daemon.socket);
+    let mut q = Vec::new();
+    codec::encode_request(
+        &Request::QueryFlow {
+            flow_id: 1,
+            op: qosmark_engine::abi::QueryFlow::PacketPriority,
+        },
+        &mut q,
+    )
+    .unwrap();
+    let last = q.len() - 1;
+    q[last] = 0x7f; // operation 0x7f000001
+    c.send_raw(&q);
+    assert_eq!(error_code(&c.read_record().unwrap()), 87);
+    assert_eq!(
+        c.status().protocol_version,
+        qosmark_engine::abi::PROTOCOL_VERSION
+    );
+    // A descriptor on another request: 87.
+    let file = std::fs::File::open("/dev/null").unwrap();
+    assert_eq!(c.call(&Request::QueryStatus, Some(file.as_fd())), Err(87));
+    // AddSocketToFlow with a descriptor that is not an inet socket: 87.
+    let sock = in_ns(&net.sender, || UdpSocket::bind("127.0.0.1:0").unwrap());
+    let info = common::socket_info(sock.as_raw_fd());
+    let req = Request::AddSocketToFlow {
+        socket: info,
+        dest: None,
+        traffic_type: TrafficType::Voice,
+        flags: 0,
+        flow_id: 0,
+    };
+    assert_eq!(c.call(&req, Some(file.as_fd())), Err(87));
+    // An unconnected, unbound-destination UDP socket without DestAddr: the engine's 87.
+    assert_eq!(c.call(&req, Some(sock.as_fd())), Err(87));
+    assert_eq!(c.status().flows, 0);
+    drop(c);
+    daemon.stop();
+}
+
+/// Start-up errors are one line and a non-zero exit: socket in use, queue busy, not root.
+#[test]
+fn start_up_errors_are_one_clear_line() {
+    if !live() {
+        return;
+    }
+    let net = Net::new();
+    let daemon = Daemon::start(&net, &DaemonOptions::default());
+    let run = |extra: &[&str], as_nobody: bool| -> (i32, String) {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &net.sender]);
+        if as_nobody {
+            cmd.args([
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+            ]);
+        }
+        let out = cmd
+            .arg(env!("CARGO_BIN_EXE_qosmarkd"))
+            .args(extra)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        let errors: Vec<&str> = err.lines().filter(|l| l.contains("error:")).collect();
+        assert_eq!(errors.len(), 1, "{err}");
+        (out.status.code().unwrap_or(-1), errors[0].to_owned())
+    };
+    let sock = daemon.socket.display().to_string();
+    let other_sock = net.dir.join("other.sock").display().to_string();
+    let state = net.dir.join("other-state.toml").display().to_string();
+    let (code, line) = run(
+        &["--socket", &sock, "--queue-num", "8", "--state", &state],
+        false,
+    );
+    assert_eq!(code, 1);
+    assert!(
+        line.contains("is in use: another qosmarkd is running"),
+        "{line}"
+    );
+    let (code, line) = run(
+        &[
+            "--socket",
+            &other_sock,
+            "--queue-num",
+            "7",
+            "--state",
+            &state,
+        ],
+        false,
+    );
+    assert_eq!(code, 1);
+    assert!(line.contains("netfilter queue 7 is busy"), "{line}");
+    assert!(!std::path::Path::new(&other_sock).exists());
+    let (code, line) = run(&["--socket", &other_sock, "--state", &state], true);
+    assert_eq!(code, 1);
+    assert!(line.contains("must run as root"), "{line}");
+    let (code, line) = run(&["--queue-num", "x"], false);
+    assert_eq!(code, 2);
+    assert!(line.contains("--queue-num"), "{line}");
+    // The running daemon kept its rules and still marks: its stop() checks the rules go.
+    let listing = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &net.sender,
+            "iptables",
+            "-t",
+            "mangle",
+            "-S",
+            "OUTPUT",
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&listing.stdout).contains("qosmarkd:queue=7"));
+    daemon.stop();
+}

@@ -1,5 +1,6 @@
 //! The daemon's own `NFQUEUE` rules in the `mangle` table's `OUTPUT` chain, for IPv4
-//! (`iptables`) and IPv6 (`ip6tables`).
+//! (`iptables`) and IPv6 (`ip6tables`): one rule per protocol, TCP and UDP (the only packets
+//! the engine can mark; ICMP and neighbour discovery never wait for the daemon).
 //!
 //! Each rule carries the comment `qosmarkd:queue=N`, which is how exactly our rules are found
 //! again: at start (rules a crashed run left behind are deleted before new ones go in) and at
@@ -22,9 +23,13 @@ pub fn tag(num: u16) -> String {
     format!("qosmarkd:queue={num}")
 }
 
-/// The arguments that insert our rule for queue `num`.
+/// The transport protocols whose packets are queued: the engine marks only TCP and UDP, so
+/// everything else (ICMP, neighbour discovery, ...) never waits for the daemon.
+pub const PROTOCOLS: [&str; 2] = ["tcp", "udp"];
+
+/// The arguments that insert our rule for `protocol` and queue `num`.
 #[must_use]
-pub fn insert_args(num: u16) -> Vec<String> {
+pub fn insert_args(protocol: &str, num: u16) -> Vec<String> {
     [
         "-w",
         "-t",
@@ -32,6 +37,8 @@ pub fn insert_args(num: u16) -> Vec<String> {
         "-I",
         "OUTPUT",
         "1",
+        "-p",
+        protocol,
         "-m",
         "comment",
         "--comment",
@@ -146,14 +153,19 @@ pub fn remove(tool: &'static str, num: u16) -> Result<usize, RuleError> {
     Ok(numbers.len())
 }
 
-/// Inserts the rule of queue `num`; returns the command line, for the log.
+/// Inserts the rules of queue `num` (one per protocol of [`PROTOCOLS`]); returns the command
+/// lines, for the log.
 ///
 /// # Errors
-/// [`RuleError`].
-pub fn install(tool: &'static str, num: u16) -> Result<String, RuleError> {
-    let args = insert_args(num);
-    run(tool, &args)?;
-    Ok(format!("{tool} {}", args.join(" ")))
+/// [`RuleError`]; rules inserted before the failure stay (the caller removes them by tag).
+pub fn install(tool: &'static str, num: u16) -> Result<Vec<String>, RuleError> {
+    let mut done = Vec::new();
+    for protocol in PROTOCOLS {
+        let args = insert_args(protocol, num);
+        run(tool, &args)?;
+        done.push(format!("{tool} {}", args.join(" ")));
+    }
+    Ok(done)
 }
 
 /// Checks that `tool` runs (`--version`).
@@ -184,10 +196,10 @@ mod tests {
 
     #[test]
     fn insert_rule_names_queue_and_bypass() {
-        let args = insert_args(9).join(" ");
+        let args = insert_args("udp", 9).join(" ");
         assert_eq!(
             args,
-            "-w -t mangle -I OUTPUT 1 -m comment --comment qosmarkd:queue=9 -j NFQUEUE --queue-num 9 --queue-bypass"
+            "-w -t mangle -I OUTPUT 1 -p udp -m comment --comment qosmarkd:queue=9 -j NFQUEUE --queue-num 9 --queue-bypass"
         );
     }
 }

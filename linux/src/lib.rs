@@ -65,7 +65,7 @@ impl Default for Config {
         Config {
             socket: PathBuf::from(DEFAULT_SOCKET),
             queue_num: 0,
-            queue_maxlen: 4096,
+            queue_maxlen: 16_384,
             rules: None,
             state: PathBuf::from(DEFAULT_STATE),
             max_clients: 1024,
@@ -78,13 +78,14 @@ pub const USAGE: &str = "\
 usage: qosmarkd [OPTIONS]
 
 Marks outbound packets of registered flows with DSCP (qosmark's Linux back end). Runs as
-root: binds a netfilter queue and installs its own NFQUEUE rules in the mangle OUTPUT chain
-(iptables and ip6tables, comment qosmarkd:queue=N, --queue-bypass), removed again on exit.
+root: binds a netfilter queue and installs its own NFQUEUE rules for TCP and UDP in the mangle
+OUTPUT chain (iptables and ip6tables, comment qosmarkd:queue=N, --queue-bypass), removed again
+on exit.
 
 options:
   --socket PATH        control socket (default /run/qosmark/qosmark.sock)
   --queue-num N        netfilter queue number, 0..=65535 (default 0)
-  --queue-maxlen N     packets the kernel queues for us before accepting unmarked (default 4096)
+  --queue-maxlen N     packets the kernel queues for us before accepting unmarked (default 16384)
   --rules FILE         administrator rules (TOML, qosmarkctl's rules format); they replace
                        the rules kept in the state file
   --state FILE         where the traffic table, user DSCP allow-list and rules changed at run
@@ -342,7 +343,11 @@ pub fn run(config: &Config) -> Result<(), String> {
     ));
     for (tool, family) in iptables::TOOLS {
         match iptables::install(tool, config.queue_num) {
-            Ok(cmd) => log(&format!("installed {family} rule: {cmd}")),
+            Ok(cmds) => {
+                for cmd in cmds {
+                    log(&format!("installed {family} rule: {cmd}"));
+                }
+            }
             Err(e) => {
                 remove_rules(config.queue_num, "start-up failed");
                 cleanup_socket(&config.socket);

@@ -26,6 +26,7 @@
 //!    the order they were queued.
 //!
 //! Nothing on this path allocates: buffers, headers and the item list are sized at start.
+//! The thread runs at nice -10: while it waits for a CPU, packets wait in the kernel queue.
 //!
 //! ## Fail open
 //! Every failure accepts the packet unchanged and, when the engine wanted a mark, counts it
@@ -72,6 +73,8 @@ const NLA_TYPE_MASK: u16 = 0x3fff;
 const SOL_NETLINK: i32 = 270;
 const NETLINK_NO_ENOBUFS: i32 = 5;
 
+/// Nice value of the packet thread.
+const PACKET_THREAD_NICE: i32 = -10;
 /// Datagrams taken per `recvmmsg`.
 pub const BATCH: usize = 64;
 /// Packet messages read from one datagram (the kernel sends one per datagram).
@@ -301,7 +304,7 @@ impl Queue {
         // Large buffers: bursts wait in the socket, not in the queue. The *FORCE variants need
         // CAP_NET_ADMIN, which we have; fall back to the capped ones.
         for (force, plain, size) in [
-            (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, 16 << 20),
+            (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, 64 << 20),
             (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, 4 << 20),
         ] {
             if sys::set_int_option(fd.as_fd(), libc::SOL_SOCKET, force, size).is_err() {
@@ -466,6 +469,11 @@ impl PacketLoop {
     /// # Errors
     /// A receive error other than `EINTR`/`ENOBUFS`.
     pub fn run(&mut self) -> io::Result<()> {
+        // Packets wait in the kernel while this thread is not running; under CPU contention it
+        // should win against batch work (nice -10; a failure only costs latency).
+        if let Err(e) = sys::set_thread_nice(PACKET_THREAD_NICE) {
+            crate::log(&format!("packet thread keeps its priority: {e}"));
+        }
         loop {
             let n = match self.multi.recv(
                 self.queue.fd.as_fd(),

@@ -508,3 +508,16 @@ pub fn terminate_self() {
     // SAFETY: as above.
     let _ = unsafe { libc::kill(pid, libc::SIGTERM) };
 }
+
+/// Sets the nice value of the calling thread (Linux schedules threads individually).
+///
+/// # Errors
+/// The `setpriority` error.
+pub fn set_thread_nice(nice: i32) -> io::Result<()> {
+    // SAFETY: gettid has no preconditions and cannot fail.
+    let tid = unsafe { libc::gettid() };
+    let tid = libc::id_t::try_from(tid).map_err(|_| io::Error::other("thread id"))?;
+    // SAFETY: PRIO_PROCESS with a thread id of this process changes only that thread.
+    let ret = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) };
+    check(ret).map(|_| ())
+}

@@ -230,7 +230,8 @@ impl Daemon {
             "netns".into(),
             "exec".into(),
             net.sender.clone(),
-            env!("CARGO_BIN_EXE_qosmarkd").into(),
+            // QOSMARKD=path runs another build (e.g. release, to measure CPU use).
+            std::env::var("QOSMARKD").unwrap_or_else(|_| env!("CARGO_BIN_EXE_qosmarkd").into()),
             "--socket".into(),
             socket.display().to_string(),
             "--state".into(),

@@ -1,0 +1,304 @@
+//! The load test: 1,000 concurrent flows × 50 packets/s for 10 s (a `VoIP` gateway at 1,000
+//! calls) through `qosmarkd`, with zero loss and zero wrong marks, judged on the receiving
+//! side from the TOS / Traffic Class each datagram arrived with (`IP_RECVTOS`,
+//! `IPV6_RECVTCLASS`). Half the flows are IPv4, half IPv6; their marks cycle through traffic
+//! types and custom DSCP values, and each keeps the ECN bits its application set. The
+//! daemon's CPU use over the run is read from `/proc/<pid>/stat` and printed.
+//!
+//! Its own test binary, so cargo runs it after (not alongside) the other live tests.
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::cast_precision_loss,
+    clippy::too_many_lines,
+    reason = "test code: a panic is a failure"
+)]
+
+mod common;
+
+use common::{in_ns, live, Client, Daemon, DaemonOptions, Net};
+use qosmark_engine::abi::{Request, SetFlow, TrafficType};
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const FLOWS: usize = 1000;
+const RATE: u64 = 50;
+const SECONDS: u64 = 10;
+const TICKS: u64 = RATE * SECONDS;
+
+/// Per flow: how it is registered and the DSCP its packets must carry.
+fn plan(i: usize) -> (TrafficType, Option<u32>, u8) {
+    match i % 5 {
+        0 => (TrafficType::Voice, None, 56),
+        1 => (TrafficType::AudioVideo, None, 40),
+        2 => (TrafficType::Background, None, 8),
+        3 => (TrafficType::Background, Some(46), 46),
+        _ => (TrafficType::Voice, Some(26), 26),
+    }
+}
+
+/// utime + stime of `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let after = stat.rsplit_once(')').unwrap().1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a writable rlimit.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) },
+        0
+    );
+    lim.rlim_cur = lim.rlim_max.max(8192);
+    lim.rlim_max = lim.rlim_cur;
+    // SAFETY: `lim` is a valid rlimit; root may raise the hard limit.
+    assert_eq!(
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim) },
+        0
+    );
+}
+
+/// Per-flow receive counts and wrong marks, filled by the receiver threads.
+struct Tally {
+    received: Vec<AtomicU64>,
+    wrong: Vec<AtomicU64>,
+    expected_tos: Vec<u8>,
+}
+
+fn set_int(fd: i32, level: i32, name: i32, value: i32) {
+    // SAFETY: an int option from a live local.
+    let ret = unsafe { libc::setsockopt(fd, level, name, (&raw const value).cast(), 4) };
+    assert_eq!(ret, 0, "setsockopt: {}", std::io::Error::last_os_error());
+}
+
+/// Reads datagrams `[flow u32][seq u32]` with their TOS until `stop`.
+fn receive(sock: &UdpSocket, v6: bool, tally: &Tally, stop: &AtomicBool) {
+    #[repr(C, align(8))]
+    struct Cmsg([u8; 128]);
+    let fd = sock.as_raw_fd();
+    if v6 {
+        set_int(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS, 1);
+    } else {
+        set_int(fd, libc::IPPROTO_IP, libc::IP_RECVTOS, 1);
+    }
+    set_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 64 << 20);
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let mut cmsg = Cmsg([0; 128]);
+    loop {
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: msghdr is plain data.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &raw mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cmsg.0.as_mut_ptr().cast();
+        msg.msg_controllen = cmsg.0.len();
+        // SAFETY: the iovec and control buffer are writable for the lengths given.
+        let n = unsafe { libc::recvmsg(fd, &raw mut msg, 0) };
+        if n < 0 {
+            if stop.load(Ordering::SeqCst) {
+                return;
+            }
+            continue;
+        }
+        let mut tos = None;
+        // SAFETY: `msg` was filled by recvmsg.
+        let mut c = unsafe { libc::CMSG_FIRSTHDR(&raw const msg) };
+        while !c.is_null() {
+            // SAFETY: a header inside the control buffer.
+            let hdr = unsafe { std::ptr::read_unaligned(c) };
+            // SAFETY: data of that header.
+            let data = unsafe { libc::CMSG_DATA(c) };
+            if (hdr.cmsg_level, hdr.cmsg_type) == (libc::IPPROTO_IP, libc::IP_TOS) {
+                // SAFETY: IP_TOS carries one byte.
+                tos = Some(unsafe { *data });
+            } else if (hdr.cmsg_level, hdr.cmsg_type) == (libc::IPPROTO_IPV6, libc::IPV6_TCLASS) {
+                // SAFETY: IPV6_TCLASS carries one int.
+                let v = unsafe { std::ptr::read_unaligned(data.cast::<[u8; 4]>()) };
+                tos = u8::try_from(i32::from_ne_bytes(v)).ok();
+            }
+            // SAFETY: `c` is a valid header of `msg`.
+            c = unsafe { libc::CMSG_NXTHDR(&raw const msg, c) };
+        }
+        let flow = u32::from_ne_bytes(buf[..4].try_into().unwrap()) as usize;
+        tally.received[flow].fetch_add(1, Ordering::Relaxed);
+        if tos != Some(tally.expected_tos[flow]) {
+            tally.wrong[flow].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[test]
+fn thousand_flows_fifty_packets_per_second_ten_seconds() {
+    if !live() {
+        return;
+    }
+    raise_fd_limit();
+    let net = Net::new();
+    let daemon = Daemon::start(&net, &DaemonOptions::default());
+    let dest = [
+        net.receiver_addr(false, 9000),
+        net.receiver_addr(true, 9000),
+    ];
+    let tally = Arc::new(Tally {
+        received: (0..FLOWS).map(|_| AtomicU64::new(0)).collect(),
+        wrong: (0..FLOWS).map(|_| AtomicU64::new(0)).collect(),
+        expected_tos: (0..FLOWS)
+            .map(|i| (plan(i).2 << 2) | (i % 4) as u8)
+            .collect(),
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let receivers: Vec<_> = dest
+        .iter()
+        .copied()
+        .map(|addr| {
+            let sock = in_ns(&net.receiver, move || UdpSocket::bind(addr).unwrap());
+            let (tally, stop) = (Arc::clone(&tally), Arc::clone(&stop));
+            std::thread::spawn(move || receive(&sock, addr.is_ipv6(), &tally, &stop))
+        })
+        .collect();
+    let binds: Vec<SocketAddr> = (0..2).map(|f| net.sender_addr(f == 1, 0)).collect();
+    let socks: Vec<UdpSocket> = in_ns(&net.sender, move || {
+        (0..FLOWS)
+            .map(|i| {
+                let s = UdpSocket::bind(binds[i % 2]).unwrap();
+                s.connect(dest[i % 2]).unwrap();
+                s
+            })
+            .collect()
+    });
+    // A gateway's neighbour caches are warm; resolve ARP / NDP before the clock starts.
+    for (cmd, addr) in [("-4", net.r4.to_string()), ("-6", net.r6.to_string())] {
+        let ok = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &net.sender,
+                "ping",
+                cmd,
+                "-c",
+                "1",
+                "-W",
+                "2",
+                &addr,
+            ])
+            .output()
+            .unwrap()
+            .status
+            .success();
+        assert!(ok, "ping {addr}");
+    }
+    let mut client = Client::connect(&daemon.socket);
+    for (i, s) in socks.iter().enumerate() {
+        common::set_tos(s.as_raw_fd(), i % 2 == 1, (i % 4) as u8);
+        let (tt, custom, _) = plan(i);
+        let flow = client.add_socket(s, None, tt, 0, 0).unwrap();
+        if let Some(d) = custom {
+            client
+                .done(&Request::SetFlow {
+                    flow_id: flow,
+                    op: SetFlow::OutgoingDscp(d),
+                })
+                .unwrap();
+        }
+    }
+    assert_eq!(client.status().flows as usize, FLOWS);
+
+    let pid = daemon.pid();
+    let cpu_before = cpu_ticks(pid);
+    let start = Instant::now();
+    let tick = Duration::from_nanos(1_000_000_000 / RATE);
+    for t in 0..TICKS {
+        let due = start + tick * u32::try_from(t).unwrap();
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        for (i, s) in socks.iter().enumerate() {
+            let mut payload = [0u8; 8];
+            payload[..4].copy_from_slice(&(i as u32).to_ne_bytes());
+            payload[4..].copy_from_slice(&(t as u32).to_ne_bytes());
+            s.send(&payload).unwrap();
+        }
+    }
+    let send_time = start.elapsed();
+    let total = (FLOWS as u64) * TICKS;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let received = || {
+        tally
+            .received
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum::<u64>()
+    };
+    while received() < total && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let cpu = cpu_ticks(pid) - cpu_before;
+    let elapsed = start.elapsed();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let cpu_percent = cpu as f64 / hz / elapsed.as_secs_f64() * 100.0;
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::SeqCst);
+    for r in receivers {
+        r.join().unwrap();
+    }
+    let status = client.status();
+    eprintln!(
+        "load: {total} packets in {:.2} s ({FLOWS} flows x {RATE}/s x {SECONDS} s); qosmarkd CPU {:.1}% of one core ({cpu} ticks over {:.2} s); engine: {} marked, {} already marked, fail-open {:?}",
+        send_time.as_secs_f64(),
+        cpu_percent,
+        elapsed.as_secs_f64(),
+        status.marked,
+        status.already_marked,
+        status.fail_open
+    );
+    for fam in 0..2 {
+        let got: u64 = (fam..FLOWS)
+            .step_by(2)
+            .map(|i| tally.received[i].load(Ordering::Relaxed))
+            .sum();
+        let bad: u64 = (fam..FLOWS)
+            .step_by(2)
+            .map(|i| tally.wrong[i].load(Ordering::Relaxed))
+            .sum();
+        eprintln!(
+            "family {}: received {got}, wrong {bad}",
+            if fam == 0 { "v4" } else { "v6" }
+        );
+    }
+    eprintln!("status: {status:?}");
+    let lost: Vec<(usize, u64)> = tally
+        .received
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (i, c.load(Ordering::Relaxed)))
+        .filter(|(_, c)| *c != TICKS)
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "flows with loss (flow, received of {TICKS}): {:?}",
+        &lost[..lost.len().min(10)]
+    );
+    let wrong: u64 = tally.wrong.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+    assert_eq!(wrong, 0, "packets with a wrong mark");
+    assert_eq!(status.fail_open.iter().sum::<u64>(), 0);
+    assert!(status.marked >= total, "{status:?}");
+    drop(client);
+    daemon.stop();
+}

@@ -1,5 +1,5 @@
 //! The QOS2 API in Rust ([`QosHandle`]) through the in-process transport, with real sockets
-//! bound on 127.0.0.1 / ::1 (no traffic is sent). One test per rule of qos-api.md §5; expected
+//! bound on `127.0.0.1` / `::1` (no traffic is sent). One test per rule of qos-api.md §5; expected
 //! codes are the documented Win32 values, written out as numbers.
 #![cfg(unix)]
 #![allow(
@@ -7,7 +7,8 @@
     clippy::indexing_slicing,
     clippy::panic,
     clippy::too_many_lines,
-    reason = "test code: a failure is a test failure"
+    clippy::many_single_char_names,
+    reason = "test code: a failure is a test failure; short names for sockets and handles"
 )]
 
 use qosmark::client::Client;

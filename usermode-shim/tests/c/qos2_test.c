@@ -325,6 +325,22 @@ int main(void) {
         close(e);
     }
 
+    /* TCP may be registered before connect (unbound, DestAddr given); an unbound UDP socket
+     * may not (its local port is not known yet): 87. */
+    int t = socket(AF_INET, SOCK_STREAM, 0);
+    QOS_FLOWID ft = 0;
+    struct sockaddr_in server = v4("127.0.0.1", 443);
+    EXPECT_OK(QOSAddSocketToFlow(h, (SOCKET)t, (PSOCKADDR)&server, QOSTrafficTypeControl, 0, &ft));
+    CHECK(ft != 0);
+    QOS_FLOWID ft2 = 0;
+    EXPECT_FAIL(QOSAddSocketToFlow(h, (SOCKET)t, NULL, QOSTrafficTypeControl, 0, &ft2), 87);
+    int u = socket(AF_INET, SOCK_DGRAM, 0);
+    QOS_FLOWID fu = 0;
+    EXPECT_FAIL(QOSAddSocketToFlow(h, (SOCKET)u, (PSOCKADDR)&server, QOSTrafficTypeControl, 0, &fu),
+                87);
+    close(t);
+    close(u);
+
     /* Closing removes the flows; the handle is then invalid. */
     EXPECT_OK(QOSCloseHandle(h));
     EXPECT_FAIL(QOSCloseHandle(h), 6);

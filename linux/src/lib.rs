@@ -194,7 +194,7 @@ fn build_engine(config: &Config) -> Result<Engine, String> {
     if let Some(path) = &config.rules {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("rules file {}: {e}", path.display()))?;
-        let rules = qosmark_shim::rules_file::parse_rules(&text)
+        let rules = qosmark::rules_file::parse_rules(&text)
             .map_err(|e| format!("rules file {}: {e}", path.display()))?;
         log(&format!(
             "{} rules loaded from {}",

@@ -19,7 +19,7 @@
 //! [traffic_type.voice]             # best-effort, background, excellent-effort,
 //! dscp = 56                        # audio-video, voice, control; absent key = "not added"
 //! priority_8021p = 7
-//! [[rule]]                         # the rules-file format, see qosmark_shim::rules_file
+//! [[rule]]                         # the rules-file format, see qosmark::rules_file
 //! name = "voip"
 //! ...
 //! ```
@@ -27,7 +27,7 @@
 //! `FILE`, so a crash leaves the old or the new state, never a mix.
 
 use qosmark_engine::abi::{Dscp, Pcp, RuleSpec, TrafficTable, TrafficType, TrafficTypeMark};
-use qosmark_shim::rules_file;
+use qosmark::rules_file;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::Path;

@@ -26,8 +26,8 @@
 //! Writes are atomic: the text goes to `FILE.tmp` (mode 0644), is synced, then renamed over
 //! `FILE`, so a crash leaves the old or the new state, never a mix.
 
-use qosmark_engine::abi::{Dscp, Pcp, RuleSpec, TrafficTable, TrafficType, TrafficTypeMark};
 use qosmark::rules_file;
+use qosmark_engine::abi::{Dscp, Pcp, RuleSpec, TrafficTable, TrafficType, TrafficTypeMark};
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::Path;

@@ -1,0 +1,249 @@
+//! Live tests through the public APIs applications use: the Rust QOS2 API (`qosmark::QosHandle`
+//! over the unix transport) and the C ABI (`libqosmark.so` + `qosmark.h`, a C program compiled
+//! by this test), both against `qosmarkd`, judged by the receiving side's capture.
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "test code: a panic is a failure"
+)]
+
+mod common;
+
+use common::{
+    check_tcp, check_udp, in_ns, live, send_tagged, Capture, Daemon, DaemonOptions, Expect, Net,
+    UdpSink,
+};
+use qosmark::qos2::FlowQuery;
+use qosmark::{Client, QosHandle};
+use qosmark_engine::abi::{QueryFlow, SetFlow, TrafficType, QOS_NON_ADAPTIVE_FLOW};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const PACKETS: u32 = 10;
+
+/// A TCP sink that accepts `n` connections in the receiver namespace and returns their sizes.
+fn tcp_sink(net: &Net, addr: SocketAddr, n: usize) -> std::thread::JoinHandle<Vec<usize>> {
+    let listener = in_ns(&net.receiver, move || TcpListener::bind(addr).unwrap());
+    std::thread::spawn(move || {
+        (0..n)
+            .map(|_| {
+                let (mut s, _) = listener.accept().unwrap();
+                let mut data = Vec::new();
+                s.read_to_end(&mut data).unwrap();
+                data.len()
+            })
+            .collect()
+    })
+}
+
+/// The Rust API: `QosHandle` over the unix transport — traffic types, custom DSCP, a TCP
+/// flow, `QOSQueryFlow`, removal and handle close (`Drop`).
+#[test]
+fn rust_api_against_qosmarkd() {
+    if !live() {
+        return;
+    }
+    let net = Net::new();
+    let daemon = Daemon::start(&net, &DaemonOptions::default());
+    let udp4 = net.receiver_addr(false, 8000);
+    let udp6 = net.receiver_addr(true, 8001);
+    let tcp4 = net.receiver_addr(false, 8002);
+    let sink = UdpSink::start(&net, &[udp4, udp6]);
+    let tcp = tcp_sink(&net, tcp4, 1);
+    let capture = Capture::start(&net);
+    let (b4, b6) = (net.sender_addr(false, 0), net.sender_addr(true, 0));
+    let (s4, s6) = in_ns(&net.sender, move || {
+        let s4 = UdpSocket::bind(b4).unwrap();
+        s4.connect(udp4).unwrap();
+        (s4, UdpSocket::bind(b6).unwrap())
+    });
+    common::set_tos(s4.as_raw_fd(), false, 0x02);
+
+    let handle = QosHandle::with_client(Client::connect_unix(&daemon.socket).unwrap());
+    let f4 = handle
+        .add_socket_to_flow(&s4, None, TrafficType::Control, 0, 0)
+        .unwrap();
+    let FlowQuery::PacketPriority(p) = handle.query_flow(f4, QueryFlow::PacketPriority).unwrap()
+    else {
+        panic!("packet priority expected")
+    };
+    assert_eq!(p.conformant_dscp, 56);
+    send_tagged(&s4, None, "r-control4", PACKETS);
+    let f6 = handle
+        .add_socket_to_flow(
+            &s6,
+            Some(udp6),
+            TrafficType::BestEffort,
+            QOS_NON_ADAPTIVE_FLOW,
+            0,
+        )
+        .unwrap();
+    send_tagged(&s6, Some(udp6), "r-besteffort6", PACKETS);
+    handle.set_flow(f6, SetFlow::OutgoingDscp(18)).unwrap();
+    send_tagged(&s6, Some(udp6), "r-dscp6", PACKETS);
+    let t = in_ns(&net.sender, move || TcpStream::connect(tcp4).unwrap());
+    handle
+        .add_socket_to_flow(&t, None, TrafficType::ExcellentEffort, 0, 0)
+        .unwrap();
+    let tcp_src = t.local_addr().unwrap();
+    {
+        let mut t = t;
+        t.set_nodelay(true).unwrap();
+        for _ in 0..10 {
+            t.write_all(&[0x33; 100]).unwrap();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    handle.remove_socket_from_flow(Some(&s4), f4).unwrap();
+    assert_eq!(
+        handle
+            .remove_socket_from_flow(Some(&s4), f4)
+            .unwrap_err()
+            .raw(),
+        1168
+    );
+    send_tagged(&s4, None, "r-removed4", PACKETS);
+    // Close the handle (Drop); a second handle sees the flows go.
+    drop(handle);
+    let watcher = Client::connect_unix(&daemon.socket).unwrap();
+    let mut tries = 0;
+    while !watcher.enumerate_flows().unwrap().is_empty() {
+        assert!(tries < 200, "flows of the dropped handle remain");
+        std::thread::sleep(Duration::from_millis(10));
+        tries += 1;
+    }
+    send_tagged(&s6, Some(udp6), "r-closed6", PACKETS);
+    for tag in [
+        "r-control4",
+        "r-besteffort6",
+        "r-dscp6",
+        "r-removed4",
+        "r-closed6",
+    ] {
+        assert_eq!(
+            sink.wait_for(tag, u64::from(PACKETS)),
+            u64::from(PACKETS),
+            "{tag}"
+        );
+    }
+    assert_eq!(tcp.join().unwrap(), vec![1000]);
+    let seen = capture.finish();
+    for (tag, tos, e) in [
+        ("r-control4", 0x02, Expect::Dscp(56)),
+        ("r-besteffort6", 0, Expect::Untouched),
+        ("r-dscp6", 0, Expect::Dscp(18)),
+        ("r-removed4", 0x02, Expect::Untouched),
+        ("r-closed6", 0, Expect::Untouched),
+    ] {
+        assert_eq!(check_udp(&seen, tag, tos, e), u64::from(PACKETS), "{tag}");
+    }
+    assert!(check_tcp(&seen, tcp_src, tcp4, Expect::Dscp(40)) > 0);
+    drop(watcher);
+    daemon.stop();
+}
+
+/// Builds the ordinary `libqosmark.so` (no test hooks) into its own target directory (the
+/// running `cargo test` holds the main one) and returns the directory holding it.
+fn build_library() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let target = exe.ancestors().nth(3).unwrap().to_path_buf();
+    let target_dir = target.join("capi-live");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "-p", "qosmark-capi"])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "building libqosmark.so failed");
+    let dir = target_dir.join("debug");
+    assert!(dir.join("libqosmark.so").exists(), "{}", dir.display());
+    dir
+}
+
+/// The C ABI: `tests/c/live_client.c` compiled against `qosmark.h` and `libqosmark.so`, run in
+/// the sender namespace (see the C file for what it sends and expects).
+#[test]
+fn c_api_against_qosmarkd() {
+    if !live() {
+        return;
+    }
+    let lib = build_library();
+    let net = Net::new();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let exe = net.dir.join("live_client");
+    let status = Command::new("cc")
+        .args([
+            "-std=c11",
+            "-D_POSIX_C_SOURCE=200809L",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+        ])
+        .arg("-I")
+        .arg(root.join("../usermode-shim/include"))
+        .arg(root.join("tests/c/live_client.c"))
+        .arg("-L")
+        .arg(&lib)
+        .arg("-lqosmark")
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .arg("-o")
+        .arg(&exe)
+        .status()
+        .expect("cc (the system C compiler) is needed for this test");
+    assert!(status.success(), "compiling live_client.c failed");
+    let daemon = Daemon::start(&net, &DaemonOptions::default());
+    let base = 8100u16;
+    let udp4 = net.receiver_addr(false, base);
+    let udp6 = net.receiver_addr(true, base + 1);
+    let tcp4 = net.receiver_addr(false, base + 2);
+    let sink = UdpSink::start(&net, &[udp4, udp6]);
+    let tcp = tcp_sink(&net, tcp4, 1);
+    let capture = Capture::start(&net);
+    let out = Command::new("ip")
+        .args(["netns", "exec", &net.sender])
+        .arg(&exe)
+        .args([net.r4.to_string(), net.r6.to_string(), base.to_string()])
+        .env("QOSMARK_SOCKET", &daemon.socket)
+        .env_remove("LD_LIBRARY_PATH")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "live_client:\n{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("\n0 failures"), "{stdout}");
+    for tag in ["c-voice4", "c-dscp6", "c-removed4", "c-closed6"] {
+        assert_eq!(
+            sink.wait_for(tag, u64::from(PACKETS)),
+            u64::from(PACKETS),
+            "{tag}"
+        );
+    }
+    assert_eq!(tcp.join().unwrap(), vec![1000]);
+    let seen = capture.finish();
+    for (tag, tos, e) in [
+        ("c-voice4", 0x01, Expect::Dscp(56)),
+        ("c-dscp6", 0, Expect::Dscp(46)),
+        ("c-removed4", 0x01, Expect::Untouched),
+        ("c-closed6", 0, Expect::Untouched),
+    ] {
+        assert_eq!(check_udp(&seen, tag, tos, e), u64::from(PACKETS), "{tag}");
+    }
+    let tcp_data: Vec<_> = seen
+        .iter()
+        .filter(|p| p.dst == tcp4 && !p.payload.is_empty())
+        .collect();
+    assert!(!tcp_data.is_empty());
+    let src = tcp_data[0].src;
+    assert!(check_tcp(&seen, src, tcp4, Expect::Dscp(8)) > 0);
+    daemon.stop();
+}

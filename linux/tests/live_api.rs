@@ -3,6 +3,7 @@
 //! by this test), both against `qosmarkd`, judged by the receiving side's capture.
 #![allow(
     clippy::unwrap_used,
+    clippy::expect_used,
     clippy::indexing_slicing,
     clippy::panic,
     reason = "test code: a panic is a failure"

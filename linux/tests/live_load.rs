@@ -56,17 +56,13 @@ fn raise_fd_limit() {
         rlim_max: 0,
     };
     // SAFETY: `lim` is a writable rlimit.
-    assert_eq!(
-        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) },
-        0
-    );
+    let got = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) };
+    assert_eq!(got, 0);
     lim.rlim_cur = lim.rlim_max.max(8192);
     lim.rlim_max = lim.rlim_cur;
     // SAFETY: `lim` is a valid rlimit; root may raise the hard limit.
-    assert_eq!(
-        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim) },
-        0
-    );
+    let set = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim) };
+    assert_eq!(set, 0);
 }
 
 /// Per-flow receive counts and wrong marks, filled by the receiver threads.

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 enum Mode {
     /// Hand it to the engine with a handle of this privilege.
     Engine(Privilege),
-    /// Answer QueryStatus with another protocol version.
+    /// Answer `QueryStatus` with another protocol version.
     WrongVersion,
 }
 

@@ -53,6 +53,32 @@ Back end: Linux qosmarkd at $QOSMARK_SOCKET or /run/qosmark/qosmark.sock; Window
 exit codes: 0 ok, 1 request refused, 2 bad usage or bad input (nothing sent),
             3 back end unreachable, 4 access denied (needs administrator / root)";
 
+/// The usage lines of one command (`rules`, `table`, `replay`, ...), each as
+/// `usage: qosmarkctl ...`; `None` for an unknown command.
+fn command_usage(command: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in USAGE.lines() {
+        let trimmed = line.trim_start();
+        let indent = line.len() - trimmed.len();
+        if indent == 2 {
+            inside = trimmed.split_whitespace().next() == Some(command);
+            if inside {
+                out.push_str("\nusage: qosmarkctl ");
+                // The command and its flags, without the right-hand description.
+                out.push_str(trimmed.split("   ").next().unwrap_or(trimmed).trim_end());
+            }
+        } else if inside && indent > 2 && indent < 30 {
+            // A continuation of the flags (descriptions are indented further).
+            out.push(' ');
+            out.push_str(trimmed);
+        } else if indent != 34 {
+            inside = false;
+        }
+    }
+    (!out.is_empty()).then(|| format!("{}\n(qosmarkctl --help for all commands)", out.trim_start()))
+}
+
 /// Reads and parses a rules file for `rules load`, before connecting.
 fn read_rules_file(path: &str) -> Result<Vec<qosmark_abi::RuleSpec>, Failure> {
     let text = if path == "-" {
@@ -103,7 +129,11 @@ fn main() -> ExitCode {
         Err(e) => {
             // Even a bad command line answers in JSON when JSON was asked for.
             let json = argv.iter().any(|a| a == "--json");
-            return fail(&Failure::usage(e.0), json, false);
+            let usage = argv
+                .iter()
+                .find(|a| *a != "--json")
+                .and_then(|c| command_usage(c));
+            return fail(&Failure::usage(e.0), json, false, usage.as_deref());
         }
     };
     match run(&inv) {
@@ -116,15 +146,15 @@ fn main() -> ExitCode {
             }
             ExitCode::from(commands::EXIT_OK)
         }
-        Err(f) => fail(&f, inv.json, inv.command == Command::Status),
+        Err(f) => fail(&f, inv.json, inv.command == Command::Status, None),
     }
 }
 
 /// Prints a failure (stderr; and stdout as JSON with `--json`) and returns its exit code.
-fn fail(f: &Failure, json: bool, is_status: bool) -> ExitCode {
+fn fail(f: &Failure, json: bool, is_status: bool, usage: Option<&str>) -> ExitCode {
     eprintln!("qosmarkctl: {}", f.message);
     if f.usage {
-        eprintln!("{USAGE}");
+        eprintln!("{}", usage.unwrap_or(USAGE));
     }
     if json {
         let mut doc = render::error_json(f.exit, f.win32, &f.message);
@@ -136,4 +166,49 @@ fn fail(f: &Failure, json: bool, is_status: bool) -> ExitCode {
         println!("{doc}");
     }
     ExitCode::from(f.exit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::command_usage;
+
+    #[test]
+    fn per_command_usage() {
+        assert_eq!(
+            command_usage("replay").as_deref(),
+            Some(
+                "usage: qosmarkctl replay --rules RULES.toml IN OUT\n\
+                 (qosmarkctl --help for all commands)"
+            )
+        );
+        let rules = command_usage("rules").unwrap_or_default();
+        assert!(
+            rules.starts_with("usage: qosmarkctl rules list\n"),
+            "{rules}"
+        );
+        assert!(
+            rules.contains(
+                "usage: qosmarkctl rules add --name NAME [--precedence 0-255] [--protocol \
+                 tcp|udp|any] [--local-address PREFIX]"
+            ),
+            "{rules}"
+        );
+        assert!(
+            rules.contains("usage: qosmarkctl rules load FILE\n"),
+            "{rules}"
+        );
+        assert!(!rules.contains("table"), "{rules}");
+        let table = command_usage("table").unwrap_or_default();
+        assert!(
+            table.contains("usage: qosmarkctl table set TYPE [--dscp D|none]"),
+            "{table}"
+        );
+        assert_eq!(
+            command_usage("status")
+                .as_deref()
+                .map(|s| s.lines().count()),
+            Some(2)
+        );
+        assert_eq!(command_usage("bogus"), None);
+    }
 }

@@ -3,12 +3,12 @@
 //! Everything a command needs from its flags is validated here, before any file is read or
 //! any request is sent: a bad flag is a [`UsageError`] (exit 2) and nothing reaches the back
 //! end. `rules add` flags are turned into a one-rule rules file and checked by the very parser
-//! `rules load` uses ([`qosmark_shim::rules_file::parse_rules`]), so both accept exactly the
+//! `rules load` uses ([`qosmark::rules_file::parse_rules`]), so both accept exactly the
 //! same values; its errors are reported against the flag that caused them.
 
+use qosmark::rules_file;
 use qosmark_abi::heapless_name::RuleName;
 use qosmark_abi::{Dscp, Pcp, RuleSpec, TrafficType};
-use qosmark_shim::rules_file;
 use std::fmt::Write as _;
 
 /// A usage error: what is wrong with the command line. Exit code 2, usage printed.

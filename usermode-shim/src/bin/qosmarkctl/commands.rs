@@ -13,7 +13,7 @@
 //! | 4 | access denied: the command needs an administrator (Windows) / root or `CAP_NET_ADMIN` (Linux) |
 
 use crate::args::{EntryChange, RulesCommand, TableCommand};
-use crate::backend::{Backend, CallError, OpenError};
+use crate::backend::{Backend, OpenError};
 use crate::render::Output;
 use qosmark_abi::heapless_name::RuleName;
 use qosmark_abi::status::Win32Error;
@@ -90,18 +90,7 @@ impl From<OpenError> for Failure {
 
 /// What a refused request means for `what` ("add rule voip", ...).
 #[must_use]
-pub fn refused(what: &str, e: CallError) -> Failure {
-    let code = match e {
-        CallError::Transport(message) => {
-            return Failure {
-                exit: EXIT_UNREACHABLE,
-                win32: None,
-                message: format!("{what}: {message}"),
-                usage: false,
-            }
-        }
-        CallError::Refused(code) => code,
-    };
+pub fn refused(what: &str, code: Win32Error) -> Failure {
     let (exit, hint) = match code.0 {
         5 => (
             EXIT_ACCESS_DENIED,
@@ -124,8 +113,11 @@ pub fn refused(what: &str, e: CallError) -> Failure {
         ),
         1164 => (
             EXIT_UNREACHABLE,
-            "the back end restarted: try again".to_owned(),
+            "the connection to the back end was lost (restarted or stopped?): check with \
+             `qosmarkctl status` and try again"
+                .to_owned(),
         ),
+        31 => (EXIT_REFUSED, "general failure in the back end".to_owned()),
         n => (EXIT_REFUSED, format!("Win32 error {n}")),
     };
     Failure {
@@ -206,7 +198,7 @@ pub fn rules(
         RulesCommand::List => list_rules(b).map(Output::Rules),
         RulesCommand::Export => {
             let specs: Vec<RuleSpec> = list_rules(b)?.into_iter().map(|r| r.spec).collect();
-            Ok(Output::RulesFile(qosmark_shim::rules_file::to_toml(&specs)))
+            Ok(Output::RulesFile(qosmark::rules_file::to_toml(&specs)))
         }
         RulesCommand::Add(spec) => {
             let what = format!("rules add {}", spec.name);
@@ -313,7 +305,7 @@ mod tests {
     )]
     use super::*;
     use crate::args::{parse, Command, Invocation};
-    use crate::backend::in_process::EngineBackend;
+    use crate::backend::in_process::backend;
     use qosmark_abi::{
         Caller, Dscp, Family, Privilege, Protocol, SocketInfo, TrafficType, QOS_NON_ADAPTIVE_FLOW,
     };
@@ -339,7 +331,7 @@ mod tests {
 
     #[test]
     fn status_counts_the_engine_state() {
-        let mut b = EngineBackend::new(Privilege::Admin);
+        let (mut b, _engine) = backend(Privilege::Admin);
         rules(&mut b, &rules_cmd("rules add --name a --dscp 46"), None).unwrap();
         let Output::Status { info, endpoint } = status(&mut b).unwrap() else {
             panic!()
@@ -352,7 +344,7 @@ mod tests {
 
     #[test]
     fn rules_add_list_remove_and_errors() {
-        let mut b = EngineBackend::new(Privilege::Admin);
+        let (mut b, _engine) = backend(Privilege::Admin);
         let add = rules_cmd("rules add --name voip --protocol udp --remote-port 5004 --dscp ef");
         assert_eq!(
             rules(&mut b, &add, None).unwrap(),
@@ -373,7 +365,7 @@ mod tests {
         let Output::RulesFile(toml) = rules(&mut b, &RulesCommand::Export, None).unwrap() else {
             panic!()
         };
-        let back = qosmark_shim::rules_file::parse_rules(&toml).unwrap();
+        let back = qosmark::rules_file::parse_rules(&toml).unwrap();
         assert_eq!(back, vec![list[0].spec.clone()]);
         let rm = rules_cmd("rules remove voip");
         assert_eq!(
@@ -391,9 +383,9 @@ mod tests {
 
     #[test]
     fn rules_load_replaces_everything() {
-        let mut b = EngineBackend::new(Privilege::Admin);
+        let (mut b, _engine) = backend(Privilege::Admin);
         rules(&mut b, &rules_cmd("rules add --name old --dscp 8"), None).unwrap();
-        let specs = qosmark_shim::rules_file::parse_rules(
+        let specs = qosmark::rules_file::parse_rules(
             "[[rule]]\nname = \"a\"\ndscp = 46\n\n[[rule]]\nname = \"b\"\n\
              traffic_type = \"voice\"\n",
         )
@@ -415,7 +407,7 @@ mod tests {
 
     #[test]
     fn users_are_refused_with_exit_4() {
-        let mut b = EngineBackend::new(Privilege::User);
+        let (mut b, _engine) = backend(Privilege::User);
         let f = rules(&mut b, &rules_cmd("rules add --name a --dscp 46"), None).unwrap_err();
         assert_eq!((f.exit, f.win32), (EXIT_ACCESS_DENIED, Some(5)));
         assert!(f.message.contains("administrator"), "{}", f.message);
@@ -430,7 +422,7 @@ mod tests {
 
     #[test]
     fn table_changes_reach_the_engine() {
-        let mut b = EngineBackend::new(Privilege::Admin);
+        let (mut b, _engine) = backend(Privilege::Admin);
         let out = table(&mut b, &table_cmd("table set voice --dscp ef --pcp 6")).unwrap();
         let Output::Table(t) = out else { panic!() };
         assert_eq!(t.marks[TrafficType::Voice.index()].dscp, Some(Dscp::EF));
@@ -470,10 +462,10 @@ mod tests {
 
     #[test]
     fn flows_lists_every_page() {
-        let mut b = EngineBackend::new(Privilege::Admin);
+        let (mut b, engine) = backend(Privilege::Admin);
         // More flows than one ListFlows page holds (512), from a second handle (pid 7).
-        let other = b
-            .engine
+        let mut engine = engine.lock().unwrap();
+        let other = engine
             .open_handle(Caller {
                 pid: 7,
                 privilege: Privilege::User,
@@ -494,8 +486,9 @@ mod tests {
                 flags: QOS_NON_ADAPTIVE_FLOW,
                 flow_id: 0,
             };
-            b.engine.apply(other, &req).unwrap();
+            engine.apply(other, &req).unwrap();
         }
+        drop(engine);
         let Output::Flows(all) = flows(&mut b).unwrap() else {
             panic!()
         };
@@ -503,18 +496,20 @@ mod tests {
         assert!(all.windows(2).all(|w| w[0].id < w[1].id));
         assert!(all.iter().all(|f| f.pid == 7 && f.sockets.len() == 1));
         // A user sees only their own process's flows: none here.
-        let mut user = EngineBackend::new(Privilege::User);
+        let (mut user, _engine) = backend(Privilege::User);
         assert_eq!(flows(&mut user).unwrap(), Output::Flows(vec![]));
     }
 
     #[test]
     fn transport_failures_are_unreachable() {
-        let f = refused("status", CallError::Transport("gone".into()));
-        assert_eq!((f.exit, f.win32), (EXIT_UNREACHABLE, None));
-        assert_eq!(f.message, "status: gone");
-        let f = refused("x", CallError::Refused(Win32Error(1164)));
-        assert_eq!(f.exit, EXIT_UNREACHABLE);
-        let f = refused("x", CallError::Refused(Win32Error(1450)));
+        let f = refused("status", Win32Error(1164));
+        assert_eq!((f.exit, f.win32), (EXIT_UNREACHABLE, Some(1164)));
+        assert!(
+            f.message.starts_with("status: the connection"),
+            "{}",
+            f.message
+        );
+        let f = refused("x", Win32Error(1450));
         assert_eq!(f.exit, EXIT_REFUSED);
         let f: Failure = OpenError {
             win32: Win32Error(2),

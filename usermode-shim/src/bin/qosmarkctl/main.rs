@@ -92,7 +92,7 @@ fn read_rules_file(path: &str) -> Result<Vec<qosmark_abi::RuleSpec>, Failure> {
         String::from_utf8(bytes).map_err(|_| Failure::input(format!("{path}: not UTF-8 text")))?
     };
     // "RULES.toml:12: message", as compilers print positions.
-    qosmark_shim::rules_file::parse_rules(&text)
+    qosmark::rules_file::parse_rules(&text)
         .map_err(|e| Failure::input(format!("{path}:{}: {}", e.line, e.message)))
 }
 

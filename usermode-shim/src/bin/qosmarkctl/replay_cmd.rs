@@ -4,7 +4,7 @@
 
 use crate::args::ReplayArgs;
 use crate::commands::{Failure, EXIT_REFUSED};
-use qosmark_shim::replay::{self, ReplayError, Summary};
+use qosmark::replay::{self, ReplayError, Summary};
 
 fn read(path: &str) -> Result<Vec<u8>, Failure> {
     std::fs::read(path).map_err(|e| Failure::input(format!("{path}: cannot read: {e}")))

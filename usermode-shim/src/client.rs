@@ -139,8 +139,7 @@ impl Client {
         }
         #[cfg(windows)]
         {
-            crate::windows::DeviceTransport::open()
-                .map(|t| Client::from_transport(Box::new(t)))
+            crate::windows::DeviceTransport::open().map(|t| Client::from_transport(Box::new(t)))
         }
     }
 

@@ -33,8 +33,7 @@ impl QosError {
     /// `ERROR_DEVICE_REINITIALIZATION_NEEDED` (1164): the connection to the back end broke
     /// (daemon restarted, driver unloaded); close the handle and create a new one, as qWAVE
     /// callers already do for this code.
-    pub const REINITIALIZE: QosError =
-        QosError::new(Win32Error::DEVICE_REINITIALIZATION_NEEDED);
+    pub const REINITIALIZE: QosError = QosError::new(Win32Error::DEVICE_REINITIALIZATION_NEEDED);
 
     /// An error with this Win32 code. A code of 0 is turned into `ERROR_GEN_FAILURE`, so an
     /// error never reads as success.

@@ -107,9 +107,7 @@ impl UnixTransport {
         self.stream.read_exact(&mut header).map_err(lost)?;
         let len = match codec::record_len(&header) {
             Ok(len) => len,
-            Err(AbiError::BadVersion) => {
-                return Err(QosError::new(Win32Error::REVISION_MISMATCH))
-            }
+            Err(AbiError::BadVersion) => return Err(QosError::new(Win32Error::REVISION_MISMATCH)),
             Err(_) => return Err(QosError::GEN_FAILURE),
         };
         let mut record = Vec::new();

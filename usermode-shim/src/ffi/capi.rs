@@ -523,7 +523,9 @@ pub unsafe extern "system" fn QOSNotifyFlow(
             }
             // SAFETY: `Buffer` holds `*Size` ≥ 8 bytes (`_Inout_updates_bytes_opt_(*Size)`).
             let b = unsafe { bytes_in(Buffer, 8) };
-            let Some(v) = b.and_then(|b| b.first_chunk::<8>()).map(|b| u64::from_ne_bytes(*b))
+            let Some(v) = b
+                .and_then(|b| b.first_chunk::<8>())
+                .map(|b| u64::from_ne_bytes(*b))
             else {
                 return fail(QosError::INVALID_PARAMETER);
             };

@@ -37,11 +37,8 @@ fn to_socket_addr(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Opt
     }
 }
 
-type NameFn = unsafe extern "C" fn(
-    libc::c_int,
-    *mut libc::sockaddr,
-    *mut libc::socklen_t,
-) -> libc::c_int;
+type NameFn =
+    unsafe extern "C" fn(libc::c_int, *mut libc::sockaddr, *mut libc::socklen_t) -> libc::c_int;
 
 /// `getsockname` / `getpeername` into a `sockaddr_storage`.
 fn name_of(fd: RawFd, f: NameFn) -> io::Result<(libc::sockaddr_storage, libc::socklen_t)> {
@@ -248,6 +245,9 @@ mod tests {
     #[test]
     fn not_a_socket_is_87() {
         let f = std::fs::File::open("/dev/null").unwrap();
-        assert_eq!(socket_facts(f.as_raw_fd()), Err(QosError::INVALID_PARAMETER));
+        assert_eq!(
+            socket_facts(f.as_raw_fd()),
+            Err(QosError::INVALID_PARAMETER)
+        );
     }
 }

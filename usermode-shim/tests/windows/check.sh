@@ -66,7 +66,7 @@ facts() { # facts <extra flags...>: "expression = value" lines of qos2_facts.h
 }
 facts -DQM_ORACLE >"$out/oracle.txt"
 facts >"$out/ours.txt"
-n_facts="$(grep -c 'QM_FACT(' "$here/qos2_facts.h")"
+n_facts="$(grep -c '^QM_FACT(' "$here/qos2_facts.h")"
 [ "$(wc -l <"$out/oracle.txt")" -eq "$n_facts" ] || fail "oracle gave $(wc -l <"$out/oracle.txt") of $n_facts facts"
 # The compile-time comparison: the oracle's values as _Static_asserts against qosmark.h.
 sed 's/^\(.*\) = \(-\{0,1\}[0-9]*\)$/_Static_assert((\1) == \2, "\1 must be \2 as in mingw-w64 qos2.h");/' \

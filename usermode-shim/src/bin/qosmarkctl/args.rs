@@ -202,16 +202,20 @@ fn parse_rules(tail: &[&str]) -> Result<RulesCommand, UsageError> {
         "list" => no_more(rest, "rules list").map(|()| RulesCommand::List),
         "export" => no_more(rest, "rules export").map(|()| RulesCommand::Export),
         "add" => parse_rule_flags(rest).map(RulesCommand::Add),
+        // `--` lets a name or file start with `-`.
         "remove" => match rest {
-            [name] if !name.starts_with('-') => RuleName::try_new(name)
-                .map(RulesCommand::Remove)
-                .map_err(|e| usage(format!("rules remove: bad rule name {name:?}: {e:?}"))),
+            [name] | ["--", name] if !name.starts_with('-') || rest.len() == 2 => {
+                RuleName::try_new(name)
+                    .map(RulesCommand::Remove)
+                    .map_err(|e| usage(format!("rules remove: bad rule name {name:?}: {e:?}")))
+            }
             _ => Err(usage("rules remove needs exactly one rule name")),
         },
         "load" => match rest {
             [path] if !path.starts_with('-') || *path == "-" => {
                 Ok(RulesCommand::Load((*path).to_owned()))
             }
+            ["--", path] => Ok(RulesCommand::Load((*path).to_owned())),
             _ => Err(usage(
                 "rules load needs exactly one file (RULES.toml, or - for stdin)",
             )),
@@ -529,6 +533,19 @@ mod tests {
         assert!(err("rules").contains("needs a subcommand"));
         assert!(err("rules remove").contains("exactly one rule name"));
         assert!(err("rules remove a b").contains("exactly one rule name"));
+        assert!(err("rules remove -a").contains("exactly one rule name"));
+        assert_eq!(
+            cmd("rules remove -- -a"),
+            Command::Rules(RulesCommand::Remove(RuleName::try_new("-a").unwrap()))
+        );
+        assert_eq!(
+            cmd("rules load -- -f.toml"),
+            Command::Rules(RulesCommand::Load("-f.toml".into()))
+        );
+        assert_eq!(
+            cmd("rules load -"),
+            Command::Rules(RulesCommand::Load("-".into()))
+        );
         assert!(err("rules load").contains("exactly one file"));
         assert!(err("rules load a b").contains("exactly one file"));
         assert!(err("table set").contains("traffic type"));

@@ -18,6 +18,7 @@
 #![deny(unsafe_code)]
 
 pub mod capture;
+pub use ffi::capi;
 pub mod client;
 pub mod error;
 mod ffi;

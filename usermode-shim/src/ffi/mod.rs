@@ -8,7 +8,7 @@
 use core::net::SocketAddr;
 use qosmark_abi::{Family, Protocol};
 
-pub(crate) mod capi;
+pub mod capi;
 #[cfg(unix)]
 pub(crate) mod os_unix;
 #[cfg(unix)]

@@ -222,6 +222,57 @@ fn parse_sockaddr(family: i32, b: &[u8]) -> Option<SocketAddr> {
     }
 }
 
+/// Test servers only: reads up to `buf.len()` bytes with `recvmsg` and returns them with the
+/// descriptors that arrived by `SCM_RIGHTS` (at most 4 per call).
+#[cfg(test)]
+pub(crate) fn recv_with_fds(
+    fd: RawFd,
+    buf: &mut [u8],
+) -> io::Result<(usize, Vec<std::os::fd::OwnedFd>)> {
+    use std::os::fd::FromRawFd;
+    let mut control = [0u64; 16];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: all-zero is a valid msghdr.
+    let mut msg: libc::msghdr = unsafe { core::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = size_of::<[u64; 16]>() as _;
+    // SAFETY: `msg` points to `buf` and `control`, both writable and alive for the call.
+    let n = unsafe { libc::recvmsg(fd, &raw mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut fds = Vec::new();
+    // SAFETY: `msg` was filled by recvmsg; CMSG_FIRSTHDR reads its control fields.
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&raw const msg) };
+    while !cmsg.is_null() {
+        // SAFETY: non-null header inside `control`, as recvmsg laid it out.
+        let h = unsafe { &*cmsg };
+        if h.cmsg_level == libc::SOL_SOCKET && h.cmsg_type == libc::SCM_RIGHTS {
+            // SAFETY: CMSG_LEN(0) only computes a size.
+            let header = unsafe { libc::CMSG_LEN(0) } as usize;
+            let count = (h.cmsg_len as usize).saturating_sub(header) / size_of::<RawFd>();
+            // SAFETY: the data of this header lies inside `control`.
+            let data = unsafe { libc::CMSG_DATA(cmsg) };
+            for i in 0..count {
+                // SAFETY: `count` descriptors follow the header (cmsg_len says so).
+                let at = unsafe { data.add(i * size_of::<RawFd>()) };
+                // SAFETY: `at` is inside the descriptor array; read without alignment.
+                let raw = unsafe { at.cast::<RawFd>().read_unaligned() };
+                // SAFETY: the kernel installed `raw` for us; we own it from now on.
+                fds.push(unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) });
+            }
+        }
+        // SAFETY: advancing within the control buffer recvmsg filled.
+        cmsg = unsafe { libc::CMSG_NXTHDR(&raw const msg, cmsg) };
+    }
+    Ok((usize::try_from(n).unwrap_or(0), fds))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, reason = "test code")]

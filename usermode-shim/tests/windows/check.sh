@@ -2,7 +2,8 @@
 # Windows checks of the user-mode shim that run on Linux (issue 3, item 6). Run from the
 # repository root, normally through `cargo make qm-windows-shim` (part of `cargo make test`).
 #
-#  1. cargo check of qosmark-shim (library + qosmarkctl) for x86_64-pc-windows-msvc;
+#  1. cargo check of qosmark-shim (library + qosmarkctl) and qosmark-capi (the C ABI DLL) for
+#     x86_64-pc-windows-msvc;
 #  2. cross build for x86_64-pc-windows-gnu with Debian's mingw-w64: qosmark.dll, its import
 #     library libqosmark.dll.a, qosmarkctl.exe;
 #  3. include/qosmark.h against mingw-w64's qos2.h (the independent oracle): every enumerator,
@@ -44,11 +45,14 @@ fail() {
   exit 1
 }
 
+# qosmark-shim: the library and qosmarkctl; qosmark-capi: the C ABI's qosmark.dll.
+pkgs=(-p qosmark-shim -p qosmark-capi)
+
 step "cargo check --target x86_64-pc-windows-msvc"
-cargo check -p qosmark-shim --target x86_64-pc-windows-msvc --lib --bins
+cargo check "${pkgs[@]}" --target x86_64-pc-windows-msvc --lib --bins
 
 step "cross build --target x86_64-pc-windows-gnu (mingw-w64)"
-cargo build -p qosmark-shim --target x86_64-pc-windows-gnu --lib --bins
+cargo build "${pkgs[@]}" --target x86_64-pc-windows-gnu --lib --bins
 for f in qosmark.dll libqosmark.dll.a qosmarkctl.exe; do
   [ -f "$gnu/$f" ] || fail "$gnu/$f was not built"
 done

@@ -134,7 +134,14 @@ assert doc["error"]["exit"] == 3, doc
 assert doc["error"]["win32"] == 2, doc
 assert "driver not installed or not started" in doc["error"]["message"], doc
 PY
-echo "ok: exit 3, driver-absent message, JSON"
+# A bad command line is refused before anything is opened: exit 2, on Windows too.
+set +e
+wine "$out/qosmarkctl.exe" rules add --name x --dscp 64 >/dev/null 2>"$out/usage.err"
+code=$?
+set -e
+[ "$code" -eq 2 ] || fail "qosmarkctl.exe with a bad flag exited $code, expected 2"
+grep -q -- '--dscp' "$out/usage.err" || fail "qosmarkctl.exe did not name the bad flag"
+echo "ok: exit 3, driver-absent message, JSON; bad flag exit 2"
 
 step "C program under Wine (no driver)"
 wine "$out/create_handle.exe" || fail "create_handle.exe failed under Wine"

@@ -85,7 +85,7 @@ fi
 diff -u "$out/oracle.txt" "$out/ours.txt" || fail "qosmark.h differs from qos2.h (above)"
 echo "$n_facts facts equal"
 # Every function mingw's qos2.h declares is exported by qosmark.dll.
-qos2_h="$(echo '#include <qos2.h>' | x86_64-w64-mingw32-gcc -E -M -x c - | tr ' \\' '\n\n' | grep '/qos2\.h$' | head -n 1)"
+qos2_h="$(echo '#include <qos2.h>' | x86_64-w64-mingw32-gcc -E -M -x c - | tr ' \\' '\n\n' | grep '/qos2\.h$' | sed -n 1p)"
 [ -n "$qos2_h" ] || fail "mingw-w64 qos2.h not found"
 sed -n 's/^WINBOOL WINAPI \(QOS[A-Za-z]*\)(.*/\1/p' "$qos2_h" | sort >"$out/qos2-functions.txt"
 [ "$(wc -l <"$out/qos2-functions.txt")" -eq 11 ] || fail "expected 11 functions in $qos2_h"
@@ -99,7 +99,9 @@ echo "qosmark.dll exports all 11 QOS2 functions"
 step "C program against qosmark.h + libqosmark.dll.a"
 "${cc[@]}" -o "$out/create_handle.exe" -I"$include" "$here/create_handle.c" \
   "$gnu/libqosmark.dll.a" -lws2_32
-x86_64-w64-mingw32-objdump -p "$out/create_handle.exe" | grep -q 'DLL Name: qosmark.dll' ||
+# (Through a file: `objdump | grep -q` would fail under pipefail when grep stops early.)
+x86_64-w64-mingw32-objdump -p "$out/create_handle.exe" >"$out/create_handle.objdump"
+grep -q 'DLL Name: qosmark.dll' "$out/create_handle.objdump" ||
   fail "create_handle.exe does not import qosmark.dll"
 
 step "Wine prefix"

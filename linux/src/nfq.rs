@@ -531,78 +531,116 @@ impl PacketLoop {
 
     /// Writes and sends the verdicts of `items` in order (module docs).
     fn answer(&mut self) {
-        let queue = self.queue.num;
-        self.out.clear();
-        let mut pending_accept: Option<u32> = None;
-        let mut sent_replace: usize = 0;
-        for i in 0..self.items.len() {
-            let Some(item) = self.items.get(i).copied() else {
-                break;
-            };
-            match item.answer {
-                Answer::Accept => pending_accept = Some(item.id),
-                Answer::Replace { from, to } => {
-                    if let Some(id) = pending_accept.take() {
-                        push_batch_accept(&mut self.out, queue, id);
-                    }
-                    let payload = self
-                        .buffers
-                        .get(item.slot)
-                        .and_then(|b| b.get(from..to))
-                        .unwrap_or_default();
-                    push_verdict(&mut self.out, queue, item.id, Some(payload));
-                    sent_replace += 1;
-                    if self.out.len() > SEND_FLUSH_AT {
-                        self.flush(sent_replace);
-                        sent_replace = 0;
-                    }
-                }
-            }
-        }
-        if let Some(id) = pending_accept {
-            push_batch_accept(&mut self.out, queue, id);
-        }
-        for i in 0..self.refused.len() {
-            if let Some(id) = self.refused.get(i).copied() {
-                push_verdict(&mut self.out, queue, id, None);
-            }
-        }
-        self.flush(sent_replace);
-    }
-
-    /// Sends the verdict buffer. If the send itself fails, nothing in it reached the kernel:
-    /// every packet is accepted with one batch verdict instead, and each rewritten packet in
-    /// the buffer counts as `VerdictFailed`.
-    fn flush(&mut self, replaced: usize) {
-        if self.out.is_empty() {
-            return;
-        }
-        self.stats.sends += 1;
-        let result = sys::send_datagram(self.queue.fd.as_fd(), &self.out);
-        if result.is_err() {
-            let highest = self.items.iter().map(|i| i.id).max();
-            if let Some(id) = highest {
-                self.out.clear();
-                push_batch_accept(&mut self.out, self.queue.num, id);
-                let _ = sys::send_datagram(self.queue.fd.as_fd(), &self.out);
-            }
-            let engine = self
-                .engine
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            for _ in 0..replaced {
-                engine.record_fail_open(FailOpen::VerdictFailed);
-            }
-        } else {
-            self.stats.rewritten += replaced as u64;
-        }
-        self.out.clear();
+        let Self {
+            items,
+            refused,
+            buffers,
+            out,
+            queue,
+            engine,
+            stats,
+            ..
+        } = self;
+        let mut send = |out: &mut Vec<u8>, chunk: Chunk| flush(queue, engine, stats, out, chunk);
+        write_verdicts(queue.num, items, refused, buffers, out, &mut send);
     }
 
     /// The loop's own counts.
     #[must_use]
     pub fn stats(&self) -> LoopStats {
         self.stats
+    }
+}
+
+/// What one filled verdict buffer covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Chunk {
+    /// Rewritten packets in it.
+    replaced: usize,
+    /// The highest packet id it answers.
+    last_id: u32,
+}
+
+/// Writes the verdicts for `items` (in packet-id order) into `out`, handing each filled buffer
+/// to `send`: runs of plain accepts become one batch verdict, each rewritten packet its own
+/// verdict with its bytes, after the batch covering the packets before it; then a plain
+/// accept for each id in `refused`. `out` is flushed past [`SEND_FLUSH_AT`] bytes and at the
+/// end.
+fn write_verdicts(
+    queue: u16,
+    items: &[Item],
+    refused: &[u32],
+    buffers: &[Vec<u8>],
+    out: &mut Vec<u8>,
+    send: &mut dyn FnMut(&mut Vec<u8>, Chunk),
+) {
+    out.clear();
+    let mut pending_accept: Option<u32> = None;
+    let mut chunk = Chunk {
+        replaced: 0,
+        last_id: 0,
+    };
+    for item in items {
+        match item.answer {
+            Answer::Accept => pending_accept = Some(item.id),
+            Answer::Replace { from, to } => {
+                if let Some(id) = pending_accept.take() {
+                    push_batch_accept(out, queue, id);
+                }
+                let payload = buffers
+                    .get(item.slot)
+                    .and_then(|b| b.get(from..to))
+                    .unwrap_or_default();
+                push_verdict(out, queue, item.id, Some(payload));
+                chunk.replaced += 1;
+                chunk.last_id = item.id;
+                if out.len() > SEND_FLUSH_AT {
+                    send(out, chunk);
+                    out.clear();
+                    chunk.replaced = 0;
+                }
+            }
+        }
+    }
+    if let Some(id) = pending_accept {
+        push_batch_accept(out, queue, id);
+        chunk.last_id = id;
+    }
+    for id in refused {
+        // Sequence number 0: should this plain accept be refused too, it is not retried.
+        let mut w = MsgWriter::begin(out, MSG_VERDICT, 0, 0, queue);
+        w.attr(NFQA_VERDICT_HDR, &verdict_hdr(NF_ACCEPT, *id));
+        w.finish();
+    }
+    if !out.is_empty() {
+        send(out, chunk);
+        out.clear();
+    }
+}
+
+/// Sends one verdict buffer. If the send itself fails, nothing in it reached the kernel: its
+/// packets are accepted with one batch verdict up to its last id instead, and each rewritten
+/// packet in it counts as `VerdictFailed`.
+fn flush(
+    queue: &Queue,
+    engine: &RwLock<Engine>,
+    stats: &mut LoopStats,
+    out: &mut Vec<u8>,
+    chunk: Chunk,
+) {
+    stats.sends += 1;
+    if sys::send_datagram(queue.fd.as_fd(), out).is_ok() {
+        stats.rewritten += chunk.replaced as u64;
+        return;
+    }
+    out.clear();
+    push_batch_accept(out, queue.num, chunk.last_id);
+    let _ = sys::send_datagram(queue.fd.as_fd(), out);
+    let engine = engine
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for _ in 0..chunk.replaced {
+        engine.record_fail_open(FailOpen::VerdictFailed);
     }
 }
 
@@ -630,7 +668,14 @@ fn handle_datagram(
             }
             NLMSG_ERROR => {
                 if let Some((err, orig_type, seq)) = parse_error(datagram, msg) {
-                    if err != 0 && orig_type == MSG_VERDICT && refused.len() < refused.capacity() {
+                    // ENOENT: the packet is no longer queued (nothing to do). Sequence 0 is a
+                    // re-accept of ours, not retried.
+                    if err != 0
+                        && err != -libc::ENOENT
+                        && orig_type == MSG_VERDICT
+                        && seq != 0
+                        && refused.len() < refused.capacity()
+                    {
                         // The kernel refused a replacement verdict: the packet is still queued.
                         refused.push(seq);
                         stats.refused += 1;
@@ -739,6 +784,121 @@ mod tests {
         assert_eq!(msgs[1].seq, 6);
         assert_eq!(msgs[2].seq, 9);
         assert!(msgs.iter().all(|m| (m.body - NLMSG_HDR_LEN) % 4 == 0));
+    }
+
+    /// (type, verdict id, payload length) of every message in `out`.
+    fn verdicts(out: &[u8]) -> Vec<(u16, u32, usize)> {
+        messages(out)
+            .map(|m| {
+                let mut id = 0;
+                let mut plen = 0;
+                for (t, a, b) in attributes(out, m.body + NFGEN_LEN, m.end) {
+                    match t {
+                        NFQA_VERDICT_HDR => {
+                            id = u32::from_be_bytes(out[a + 4..a + 8].try_into().unwrap());
+                        }
+                        NFQA_PAYLOAD => plen = b - a,
+                        _ => {}
+                    }
+                }
+                (m.msg_type, id, plen)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn verdicts_keep_packet_order_and_batch_plain_accepts() {
+        let buffers = vec![vec![0x45u8; 100]; 2];
+        let item = |id, replace: bool| Item {
+            slot: (id % 2) as usize,
+            id,
+            answer: if replace {
+                Answer::Replace { from: 10, to: 30 }
+            } else {
+                Answer::Accept
+            },
+        };
+        let items = [
+            item(1, false),
+            item(2, false),
+            item(3, true),
+            item(4, false),
+            item(5, true),
+            item(6, true),
+            item(7, false),
+        ];
+        let mut out = Vec::new();
+        let mut sent = Vec::new();
+        let mut seqs = Vec::new();
+        write_verdicts(3, &items, &[99], &buffers, &mut out, &mut |o, c| {
+            sent.push((verdicts(o), c));
+            seqs.extend(messages(o).map(|m| m.seq));
+        });
+        // Sequence = packet id, except the re-accept of a refused verdict: 0 (never retried).
+        assert_eq!(seqs, vec![2, 3, 4, 5, 6, 7, 0]);
+        assert_eq!(sent.len(), 1, "one send for the whole batch");
+        let (msgs, chunk) = &sent[0];
+        assert_eq!(
+            msgs,
+            &vec![
+                (MSG_VERDICT_BATCH, 2, 0),
+                (MSG_VERDICT, 3, 20),
+                (MSG_VERDICT_BATCH, 4, 0),
+                (MSG_VERDICT, 5, 20),
+                (MSG_VERDICT, 6, 20),
+                (MSG_VERDICT_BATCH, 7, 0),
+                (MSG_VERDICT, 99, 0),
+            ]
+        );
+        assert_eq!(
+            *chunk,
+            Chunk {
+                replaced: 3,
+                last_id: 7
+            }
+        );
+        assert!(out.is_empty(), "out is cleared after sending");
+    }
+
+    #[test]
+    fn large_rewrites_flush_in_chunks_that_cover_their_ids() {
+        let buffers = vec![vec![0x45u8; 60_000]; 1];
+        let items: Vec<Item> = (1..=9)
+            .map(|id| Item {
+                slot: 0,
+                id,
+                answer: Answer::Replace {
+                    from: 0,
+                    to: 60_000,
+                },
+            })
+            .collect();
+        let mut out = Vec::with_capacity(SEND_BUF_LEN);
+        let mut chunks = Vec::new();
+        let mut ids = Vec::new();
+        write_verdicts(0, &items, &[], &buffers, &mut out, &mut |o, c| {
+            assert!(o.len() <= SEND_BUF_LEN);
+            ids.extend(verdicts(o).into_iter().map(|(_, id, _)| id));
+            chunks.push(c);
+        });
+        assert_eq!(ids, (1..=9).collect::<Vec<_>>());
+        assert_eq!(
+            chunks,
+            vec![
+                Chunk {
+                    replaced: 5,
+                    last_id: 5
+                },
+                Chunk {
+                    replaced: 4,
+                    last_id: 9
+                }
+            ]
+        );
+        assert!(
+            out.capacity() <= SEND_BUF_LEN,
+            "no growth past the preallocation"
+        );
     }
 
     #[test]

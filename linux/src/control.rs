@@ -23,7 +23,7 @@
 //! `AddSocketToFlow` must carry exactly one descriptor: family, protocol, local address and
 //! peer are read from it and replace the record's claims (only the `socket` value is kept).
 //! Anything else → 87. A TCP socket registered with local port 0 (before `connect`) is kept
-//! in [`Pending`] and polled every 5 ms until it has a port (→ `Engine::socket_bound`) or for
+//! in a pending list and polled every 5 ms until it has a port (→ `Engine::socket_bound`) or for
 //! 60 s; every other descriptor is closed when the request is answered.
 
 use crate::state::{self, State};

@@ -386,7 +386,7 @@ pub fn recv_datagram(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, b
     }
 }
 
-/// Preallocated state for [`recv_many`]: one `mmsghdr` + `iovec` per slot. Built once; the
+/// Preallocated state for [`MultiRecv::recv`]: one `mmsghdr` + `iovec` per slot. Built once; the
 /// buffers it points into are passed at each call, so nothing dangles between calls.
 pub struct MultiRecv {
     headers: Vec<libc::mmsghdr>,

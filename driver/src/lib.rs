@@ -36,7 +36,6 @@
 
 #[cfg(windows)]
 mod entry;
-#[cfg(all(windows, not(test)))]
 mod ffi;
 #[cfg(all(windows, not(test)))]
 mod panic;

@@ -34,11 +34,14 @@
 // `test-stubs` feature of wdk-sys stands in for the kernel symbols).
 #![cfg_attr(all(windows, not(test)), no_std)]
 
+extern crate alloc;
+
 #[cfg(windows)]
 mod entry;
 mod ffi;
 #[cfg(all(windows, not(test)))]
 mod panic;
+mod wfp;
 
 /// Heap for `alloc` in the kernel: `ExAllocatePool2(POOL_FLAG_NON_PAGED)`, tag `'rust'`.
 #[cfg(all(windows, not(test)))]

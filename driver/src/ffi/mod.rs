@@ -19,12 +19,10 @@
 //!
 //! Naming: C names are kept here (STYLE.md §14), hence the `non_camel_case_types` /
 //! `non_snake_case` allowances in the submodules.
-#![cfg_attr(
-    not(windows),
-    allow(
-        dead_code,
-        reason = "on the host only the layout tests use these declarations"
-    )
+#![allow(
+    dead_code,
+    reason = "a declared subset of C headers: not every item is used on every target (on the \
+              host only the layout tests use them)"
 )]
 
 pub(crate) mod ndis;
@@ -65,7 +63,7 @@ pub(crate) type NtStatus = i32;
 
 /// `STATUS_SUCCESS`.
 pub(crate) const STATUS_SUCCESS: NtStatus = 0;
-/// `STATUS_PENDING` (0x103).
+/// `STATUS_PENDING` (0x103): `FwpsFlowRemoveContext0` deferred the flow-delete callback.
 pub(crate) const STATUS_PENDING: NtStatus = 0x103;
 /// `STATUS_DEVICE_BUSY` (0x80000011).
 pub(crate) const STATUS_DEVICE_BUSY: NtStatus = 0x8000_0011_u32.cast_signed();
@@ -85,7 +83,8 @@ pub(crate) type Handle = *mut core::ffi::c_void;
 // SAFETY: the signatures match wdm.h: `KeBugCheckEx` is NTAPI (the "system" ABI; `ULONG` is
 // u32 and `ULONG_PTR` is usize on Windows) and DECLSPEC_NORETURN, so `-> !` is accurate.
 // `KeQueryInterruptTime` returns ULONGLONG, takes nothing, is exported by ntoskrnl
-// (NtosKrnl.lib per its reference page) and is callable at any IRQL. Both symbols come from
+// (NtosKrnl.lib per its reference page) and is callable at any IRQL; `KeDelayExecutionThread`
+// is `NTSTATUS (KPROCESSOR_MODE, BOOLEAN, PLARGE_INTEGER)`. All symbols come from
 // `ntoskrnl.lib`, which wdk-sys already puts on the driver's link line.
 #[cfg(windows)]
 unsafe extern "system" {
@@ -102,4 +101,10 @@ unsafe extern "system" {
 
     /// Interrupt time since boot, in 100 ns units. Any IRQL.
     pub(crate) fn KeQueryInterruptTime() -> u64;
+
+    /// Puts the current thread to sleep (`WaitMode` is a `KPROCESSOR_MODE` = `CCHAR`,
+    /// `Alertable` a `BOOLEAN`, `Interval` a `PLARGE_INTEGER`: negative = relative, 100 ns).
+    /// `IRQL <= APC_LEVEL`.
+    pub(crate) fn KeDelayExecutionThread(wait_mode: i8, alertable: u8, interval: *const i64)
+        -> i32;
 }

@@ -21,3 +21,13 @@
 pub(crate) mod decide;
 pub(crate) mod flows;
 pub(crate) mod table;
+
+#[cfg(windows)]
+mod callouts;
+#[cfg(windows)]
+mod packet;
+#[cfg(windows)]
+mod registration;
+
+#[cfg(windows)]
+pub(crate) use registration::Wfp;

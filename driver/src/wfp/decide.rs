@@ -125,6 +125,7 @@ impl NblPlan {
     }
 
     /// Buffers recorded.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.len
     }

@@ -67,9 +67,15 @@
 //!
 //! ## Lookup (packet path)
 //! Socket entries are keyed by IP addresses and ports only (no IPv6 scope id or flow label),
-//! v4-mapped addresses normalized to IPv4, in two tiers probed in this order, first hit wins:
+//! v4-mapped addresses normalized to IPv4, in tiers probed in this order, first hit wins:
 //! 1. exact: protocol, local address and port, remote address and port;
-//! 2. any local address: the socket is bound to `0.0.0.0` / `::` — protocol, local port, remote.
+//! 2. any local address: the socket is bound to `0.0.0.0` / `::` — protocol, local port, remote;
+//! 3. (kernel flows only, see [`kernel`]) local endpoint, any remote: protocol, local address
+//!    and port — first the packet's local address, then the unspecified address of its family.
+//!
+//! Kernel flows with a remote endpoint share tiers 1 and 2 with socket flows (one key space: a
+//! 5-tuple held by a socket cannot be added by a kernel client, and the other way round, 183).
+//! A more specific key always wins, whoever registered it; every flow tier beats every rule.
 //!
 //! A TCP socket registered before `connect` (local port 0, "unbound") marks nothing until the
 //! back end reports its local port with [`Engine::socket_bound`], which moves its entries into
@@ -79,13 +85,16 @@
 //! server never collide.
 //!
 //! Each tier is one hash map (`hashbrown` with a randomly seeded `foldhash`), so a lookup is
-//! two probes at most, O(1) expected, without allocation. Each flow caches its resolved
+//! four probes at most (tier 3 is skipped while it is empty), O(1) expected, without allocation. Each flow caches its resolved
 //! [`Mark`]. Memory: about 100-150 bytes per socket entry plus 100-200 per flow (estimate
 //! in the `flows` module docs).
 //!
 //! Every failing request leaves the state unchanged: checks come first, capacity is reserved
 //! before anything is written (`try_reserve`), and commits cannot fail.
 mod flows;
+mod kernel;
+
+pub use kernel::KernelFlowState;
 
 pub(crate) use flows::ControlState;
 
@@ -134,6 +143,10 @@ pub enum Binding {
     },
     /// TCP registered before `connect`: matches nothing until [`Engine::socket_bound`].
     NotBound,
+    /// A kernel flow without a remote endpoint: this local address (unspecified = any of its
+    /// family) and port, any remote (lookup tier 4). Its [`SocketDetail::remote`] is the
+    /// unspecified address with port 0.
+    AnyRemote(SocketAddr),
 }
 
 /// One socket / destination entry of a flow.

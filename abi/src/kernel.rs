@@ -12,8 +12,8 @@
 //! In the spirit of `IRP_MN_QUERY_INTERFACE`: the client opens `\Device\QosMark`
 //! ([`crate::ioctl::NT_DEVICE_NAME`]) with `IoGetDeviceObjectPointer` and sends
 //! [`IOCTL_QOSMARK_QUERY_KERNEL_INTERFACE`] as an `IRP_MJ_INTERNAL_DEVICE_CONTROL` request
-//! (`IoBuildDeviceIoControlRequest` with `InternalDeviceIoControl = TRUE`), at
-//! `PASSIVE_LEVEL`:
+//! (`IoBuildDeviceIoControlRequest` with `InternalDeviceIoControl = TRUE`, `IRQL <= APC_LEVEL`;
+//! `IoGetDeviceObjectPointer` needs `PASSIVE_LEVEL`):
 //!
 //! ```text
 //! input  QOSMARK_QUERY_INTERFACE_INPUT (24 bytes)     output QOSMARK_KERNEL_INTERFACE (96 bytes)

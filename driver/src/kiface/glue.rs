@@ -4,7 +4,7 @@
 //! | function | caller | IRQL |
 //! |---|---|---|
 //! | [`start`] | `DriverEntry`, before the device is created | `PASSIVE_LEVEL` |
-//! | [`query_interface`] | the `IRP_MJ_INTERNAL_DEVICE_CONTROL` dispatch routine, for [`IOCTL_QOSMARK_QUERY_KERNEL_INTERFACE`] | `PASSIVE_LEVEL` (the client's thread; `IoBuildDeviceIoControlRequest` requires it) |
+//! | [`query_interface`] | the `IRP_MJ_INTERNAL_DEVICE_CONTROL` dispatch routine, for [`IOCTL_QOSMARK_QUERY_KERNEL_INTERFACE`] | the client's thread, `<= APC_LEVEL` (`IoBuildDeviceIoControlRequest` requires it) |
 //! | [`unload`] | `DriverUnload`, before the engine and the device are torn down | `PASSIVE_LEVEL` |
 //! | the table's entries (`super::table`) | other drivers | `<= DISPATCH_LEVEL` |
 //!

@@ -19,7 +19,8 @@
 //!      (qos-api.md §8: a caller only touches its own sockets). The Windows driver learns the
 //!      local port at `ALE_AUTH_CONNECT`, before the SYN leaves.
 //!
-//!   4. **local endpoint** (kernel clients only): (protocol, local address, local port), any
+//!   4. **local endpoint** (kernel clients only; lookup tier 3 in the `control` docs, since
+//!      map 3 never matches): (protocol, local address, local port), any
 //!      remote — a flow registered through the kernel interface without a remote endpoint
 //!      (`QOSMARK_FLOW_ANY_REMOTE`: a listening or unconnected datagram socket of another
 //!      driver). The local address may be unspecified (`0.0.0.0` / `::`: any local address of
@@ -87,7 +88,7 @@ pub(crate) struct AnyLocalKey {
     remote: IpAddr,
 }
 
-/// Tier 4 key: a kernel flow by local endpoint, any remote. `local` is the unspecified address
+/// Map 4 key: a kernel flow by local endpoint, any remote. `local` is the unspecified address
 /// of its family for "any local address".
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct LocalKey {

@@ -70,7 +70,7 @@
 //! v4-mapped addresses normalized to IPv4, in tiers probed in this order, first hit wins:
 //! 1. exact: protocol, local address and port, remote address and port;
 //! 2. any local address: the socket is bound to `0.0.0.0` / `::` — protocol, local port, remote;
-//! 3. (kernel flows only, see [`kernel`]) local endpoint, any remote: protocol, local address
+//! 3. (kernel flows only, see [`Engine::add_kernel_flow`]) local endpoint, any remote: protocol, local address
 //!    and port — first the packet's local address, then the unspecified address of its family.
 //!
 //! Kernel flows with a remote endpoint share tiers 1 and 2 with socket flows (one key space: a

@@ -8,7 +8,8 @@
 //! | [`unload`] | `DriverUnload`, before the engine and the device are torn down | `PASSIVE_LEVEL` |
 //! | the table's entries (`super::table`) | other drivers | `<= DISPATCH_LEVEL` |
 //!
-//! Lock: the entries take `crate::globals::get().engine` (drvdev's `SpinRwLock<Engine>`),
+//! Lock: the entries take `crate::globals::enter()` (rundown protection) and its `engine`
+//! (drvdev's `SpinRwLock<Engine>`),
 //! exclusive for changes and shared for `QueryFlow`, the same lock the IOCTL path and the
 //! classify path use; nothing else is held while it is, and nothing is held across calls.
 
@@ -32,14 +33,16 @@ impl Backend for Driver {
         &LIFETIME
     }
 
+    // `globals::enter` takes drvdev's rundown protection (callable at <= DISPATCH_LEVEL), so
+    // the globals cannot be retracted under a running entry even if an unload order changed.
     fn write<R>(f: impl FnOnce(&mut Engine) -> R) -> Option<R> {
-        let globals = crate::globals::get()?;
+        let globals = crate::globals::enter()?;
         let mut engine = globals.engine.write();
         Some(f(&mut engine))
     }
 
     fn read<R>(f: impl FnOnce(&Engine) -> R) -> Option<R> {
-        let globals = crate::globals::get()?;
+        let globals = crate::globals::enter()?;
         let engine = globals.engine.read();
         Some(f(&engine))
     }
@@ -121,4 +124,14 @@ fn set_information(irp: PIRP, bytes: usize) {
     // SAFETY: `irp` is the valid current IRP (see `query_interface`); only this dispatch
     // call writes its status block before completion.
     unsafe { (*irp).IoStatus.Information = bytes as u64 };
+}
+
+/// `IoStatus.Information` for a query completed with `status`: the table's size on success,
+/// else 0 (for the dispatch routine, which passes it to its completion helper).
+pub(crate) fn information(status: NTSTATUS) -> usize {
+    if status == NtStatus::SUCCESS.0 {
+        core::mem::size_of::<KernelInterface>()
+    } else {
+        0
+    }
 }

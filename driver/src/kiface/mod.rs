@@ -7,7 +7,14 @@
 //! | [`lifetime`] | reference count, unloading flag, generation | portable, host-tested |
 //! | [`entries`] | what each entry does to the engine; status mapping; handle values | portable, host-tested |
 //! | [`table`] | the `extern "system"` entries, `InterfaceReference`/`Dereference`, the query answer — generic over a [`table::Backend`] | portable, host-tested through the C ABI |
-//! | `glue` | the driver's backend (globals + spin lock), `query_interface` for the dispatch, `start` / `unload` | Windows |
+//! | `glue` | the driver's backend (globals + spin lock), `query_interface` / `information` for the dispatch, `start` / `unload` | Windows |
+//!
+//! Hooks the rest of the driver needs (Windows):
+//! * `DriverEntry`: `crate::kiface::start()` before the control device is created;
+//! * `DriverUnload`: `crate::kiface::unload()` first, before WFP, the device and the globals
+//!   are torn down (it waits for every client reference);
+//! * `IRP_MJ_INTERNAL_DEVICE_CONTROL` dispatch: `let status = crate::kiface::query_interface(irp,
+//!   stack);` then complete the IRP with `status` and `crate::kiface::information(status)`.
 //!
 //! Lifetime in one paragraph: the query hands out one reference; `InterfaceReference` adds
 //! one, `InterfaceDereference` drops one; every entry call holds one while it runs. The
@@ -35,7 +42,7 @@ mod glue;
     unused_imports,
     reason = "called by drvdev's dispatch and DriverEntry/DriverUnload"
 )]
-pub(crate) use glue::{query_interface, start, unload};
+pub(crate) use glue::{information, query_interface, start, unload};
 
 #[cfg(test)]
 mod tests;

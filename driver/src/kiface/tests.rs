@@ -133,11 +133,27 @@ fn ioctl_status(e: EngineError) -> i32 {
     ntstatus_for(e.win32()).0
 }
 
+/// IPv4 + UDP, 10 payload bytes, correct header checksum (RFC 791 one's-complement sum).
 fn udp4_packet(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
-    let b = etherparse::PacketBuilder::ipv4(src, dst, 64).udp(sport, dport);
-    let mut out = Vec::new();
-    b.write(&mut out, &[0xa5; 10]).unwrap();
-    out
+    let total: u16 = 20 + 8 + 10;
+    let mut p = vec![0x45, 0, 0, 0, 0, 1, 0, 0, 64, 17, 0, 0];
+    p[2..4].copy_from_slice(&total.to_be_bytes());
+    p.extend_from_slice(&src);
+    p.extend_from_slice(&dst);
+    let mut sum: u32 = p
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    p[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    p.extend_from_slice(&sport.to_be_bytes());
+    p.extend_from_slice(&dport.to_be_bytes());
+    p.extend_from_slice(&18u16.to_be_bytes());
+    p.extend_from_slice(&[0, 0]);
+    p.extend_from_slice(&[0xa5; 10]);
+    p
 }
 
 #[test]

@@ -17,6 +17,7 @@ use qosmark_engine::abi::{
     heapless_name::RuleName, Dscp, Family, Mark, Pcp, Protocol, Request, RuleAction, RuleProtocol,
     RuleSpec, SkipReason, TrafficType,
 };
+use qosmark_engine::control::Binding;
 use qosmark_engine::{Engine, EngineError, HandleId, Limits, PacketMeta, Verdict};
 
 fn dscp_mark(d: u32) -> KernelMark {
@@ -586,16 +587,17 @@ fn limits_are_enforced() {
 }
 
 #[test]
-fn details_show_the_local_endpoint() {
+fn details_show_the_local_endpoint_and_any_remote() {
     let (mut e, h) = kernel_engine();
     e.add_kernel_flow(h, &flow(Family::V4, Protocol::Udp, "10.0.0.1:9", None))
         .unwrap();
+    e.add_kernel_flow(h, &flow(Family::V6, Protocol::Tcp, "[::]:443", None))
+        .unwrap();
     let d = e.flow_details().unwrap();
-    let s = d[0].sockets[0];
-    assert_eq!(
-        s.binding,
-        qosmark_engine::control::Binding::AnyRemote(sa("10.0.0.1:9"))
-    );
-    assert_eq!(s.remote, sa("0.0.0.0:0"));
-    assert_eq!(d[0].pid, 0);
+    let (a, b) = (d[0].sockets[0], d[1].sockets[0]);
+    assert_eq!(a.binding, Binding::Address(sa("10.0.0.1:9")));
+    assert_eq!(a.remote, sa("0.0.0.0:0"));
+    assert_eq!(b.binding, Binding::AnyAddress { port: 443 });
+    assert_eq!(b.remote, sa("[::]:0"));
+    assert_eq!((d[0].pid, a.socket), (0, 0));
 }

@@ -178,7 +178,10 @@ impl EntryKey {
             EntryKey::Exact(k) => super::Binding::Address(SocketAddr::new(k.local, k.local_port)),
             EntryKey::AnyLocal(k) => super::Binding::AnyAddress { port: k.local_port },
             EntryKey::Unbound(_) => super::Binding::NotBound,
-            EntryKey::Local(k) => super::Binding::AnyRemote(SocketAddr::new(k.local, k.local_port)),
+            EntryKey::Local(k) if k.local.is_unspecified() => {
+                super::Binding::AnyAddress { port: k.local_port }
+            }
+            EntryKey::Local(k) => super::Binding::Address(SocketAddr::new(k.local, k.local_port)),
         }
     }
 }

@@ -143,10 +143,6 @@ pub enum Binding {
     },
     /// TCP registered before `connect`: matches nothing until [`Engine::socket_bound`].
     NotBound,
-    /// A kernel flow without a remote endpoint: this local address (unspecified = any of its
-    /// family) and port, any remote (lookup tier 4). Its [`SocketDetail::remote`] is the
-    /// unspecified address with port 0.
-    AnyRemote(SocketAddr),
 }
 
 /// One socket / destination entry of a flow.
@@ -158,7 +154,10 @@ pub struct SocketDetail {
     pub protocol: Protocol,
     /// Local side.
     pub binding: Binding,
-    /// Destination (normalized: v4-mapped shown as IPv4; no scope id).
+    /// Destination (normalized: v4-mapped shown as IPv4; no scope id). A kernel flow without a
+    /// remote endpoint (any remote, lookup tier 3) shows the unspecified address of its local
+    /// family with port 0; its local side is then [`Binding::Address`] or
+    /// [`Binding::AnyAddress`] as for a socket.
     pub remote: SocketAddr,
 }
 

@@ -601,3 +601,84 @@ fn details_show_the_local_endpoint_and_any_remote() {
     assert_eq!(b.remote, sa("[::]:0"));
     assert_eq!((d[0].pid, a.socket), (0, 0));
 }
+
+/// Oracle: a linear scan over what was registered, ranking each candidate by specificity
+/// (the documented precedence), independent of the engine's hash tiers.
+fn oracle(
+    registered: &[(KernelFlow, u32)],
+    local: std::net::SocketAddr,
+    remote: std::net::SocketAddr,
+) -> Option<u32> {
+    registered
+        .iter()
+        .filter_map(|(f, id)| {
+            if f.local.port() != local.port() {
+                return None;
+            }
+            let local_ok = f.local.ip() == local.ip() || f.local.ip().is_unspecified();
+            if !local_ok {
+                return None;
+            }
+            let rank = match f.remote {
+                Some(r) if r == remote => {
+                    if f.local.ip().is_unspecified() {
+                        2
+                    } else {
+                        1
+                    }
+                }
+                Some(_) => return None,
+                None if f.local.ip().is_unspecified() => 4,
+                None => 3,
+            };
+            Some((rank, *id))
+        })
+        .min()
+        .map(|(_, id)| id)
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+    /// Any mix of 5-tuple and local-endpoint kernel flows: every packet goes to the flow the
+    /// oracle's precedence picks, and a key registered twice is refused with 183.
+    #[test]
+    fn lookup_follows_the_documented_precedence(
+        flows in proptest::collection::vec(
+            (0usize..3, 1u16..3, proptest::option::of((0usize..2, 1u16..3))),
+            0..12,
+        ),
+        packets in proptest::collection::vec((0usize..2, 1u16..3, 0usize..2, 1u16..3), 1..20),
+    ) {
+        let locals = ["10.0.0.1", "10.0.0.2", "0.0.0.0"];
+        let remotes = ["192.0.2.1", "192.0.2.2"];
+        let (mut e, h) = kernel_engine();
+        let mut registered: Vec<(KernelFlow, u32)> = Vec::new();
+        for (l, lp, r) in flows {
+            let local = format!("{}:{lp}", locals[l]);
+            let remote = r.map(|(ri, rp)| format!("{}:{rp}", remotes[ri]));
+            let f = flow(Family::V4, Protocol::Udp, &local, remote.as_deref());
+            let taken = registered
+                .iter()
+                .any(|(g, _)| g.local == f.local && g.remote == f.remote);
+            match e.add_kernel_flow(h, &f) {
+                Ok(id) => {
+                    proptest::prop_assert!(!taken);
+                    registered.push((f, id));
+                }
+                Err(err) => {
+                    proptest::prop_assert!(taken);
+                    proptest::prop_assert_eq!(err, EngineError::AlreadyExists);
+                }
+            }
+        }
+        for (l, lp, r, rp) in packets {
+            let local = sa(&format!("{}:{lp}", locals[l]));
+            let remote = sa(&format!("{}:{rp}", remotes[r]));
+            let got = e
+                .socket_lookup(&qosmark_engine::FiveTuple::new(Protocol::Udp, local, remote))
+                .map(|(id, _)| id);
+            proptest::prop_assert_eq!(got, oracle(&registered, local, remote));
+        }
+        e.check_control_invariants().unwrap();
+    }
+}

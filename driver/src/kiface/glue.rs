@@ -83,17 +83,22 @@ pub(crate) fn unload() {
 /// status in `IoStatus.Status` and completes the IRP. Any other code →
 /// `STATUS_INVALID_DEVICE_REQUEST`.
 pub(crate) fn query_interface(irp: PIRP, stack: PIO_STACK_LOCATION) -> NTSTATUS {
-    // SAFETY: the I/O manager passes the current IRP and its current stack location, both
-    // valid for the duration of the dispatch call (PASSIVE_LEVEL); for
-    // IRP_MJ_INTERNAL_DEVICE_CONTROL the `DeviceIoControl` arm of the parameters union is
-    // the active one.
-    let (code, in_len, out_len) = unsafe {
-        let p = &(*stack).Parameters.DeviceIoControl;
-        (p.IoControlCode, p.InputBufferLength, p.OutputBufferLength)
-    };
-    // SAFETY: `irp` is valid (above); `SystemBuffer` is the active arm of AssociatedIrp for a
-    // METHOD_BUFFERED request.
-    let buffer = unsafe { (*irp).AssociatedIrp.SystemBuffer }.cast::<u8>();
+    // SAFETY: the I/O manager passes the current stack location of the live IRP, valid for
+    // the duration of the dispatch call (the client's thread, <= APC_LEVEL).
+    let stack_ref = unsafe { &*stack };
+    // SAFETY: for IRP_MJ_INTERNAL_DEVICE_CONTROL the `DeviceIoControl` member of the
+    // parameters union is the one the I/O manager filled in.
+    let params = unsafe { stack_ref.Parameters.DeviceIoControl };
+    let (code, in_len, out_len) = (
+        params.IoControlCode,
+        params.InputBufferLength,
+        params.OutputBufferLength,
+    );
+    // SAFETY: the live IRP of this dispatch call; only read through this reference, which is
+    // not used after the buffer pointer is copied out.
+    let irp_ref = unsafe { &*irp };
+    // SAFETY: METHOD_BUFFERED: `SystemBuffer` is the valid member of AssociatedIrp.
+    let buffer = unsafe { irp_ref.AssociatedIrp.SystemBuffer }.cast::<u8>();
     let status = if code != IOCTL_QOSMARK_QUERY_KERNEL_INTERFACE {
         NtStatus(wdk_sys::STATUS_INVALID_DEVICE_REQUEST)
     } else if buffer.is_null() {

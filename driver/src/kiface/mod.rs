@@ -35,9 +35,11 @@ pub(crate) mod entries;
 pub(crate) mod lifetime;
 pub(crate) mod table;
 
-#[cfg(windows)]
+// Like the driver's other kernel modules: Windows, and not in unit-test builds (those link
+// `std` and the wdk-sys test stubs; `crate::globals` does not exist there).
+#[cfg(all(windows, not(test)))]
 mod glue;
-#[cfg(windows)]
+#[cfg(all(windows, not(test)))]
 #[allow(
     unused_imports,
     reason = "called by drvdev's dispatch and DriverEntry/DriverUnload"

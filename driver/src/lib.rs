@@ -35,15 +35,17 @@
 // `test-stubs` feature of wdk-sys stands in for the kernel symbols).
 #![cfg_attr(all(windows, not(test)), no_std)]
 
+extern crate alloc;
+
 #[cfg(windows)]
 mod entry;
-#[cfg(all(windows, not(test)))]
 mod ffi;
 // The kernel interface for other drivers. Its portable core is compiled (and unit-tested) on
 // every host; only its glue needs Windows.
 mod kiface;
 #[cfg(all(windows, not(test)))]
 mod panic;
+mod wfp;
 
 /// Heap for `alloc` in the kernel: `ExAllocatePool2(POOL_FLAG_NON_PAGED)`, tag `'rust'`.
 #[cfg(all(windows, not(test)))]

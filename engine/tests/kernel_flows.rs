@@ -682,3 +682,49 @@ proptest::proptest! {
         e.check_control_invariants().unwrap();
     }
 }
+
+/// With the ownership check on (Windows), a user's socket flow marks only tuples its process
+/// owns; kernel flows are trusted and mark without any owner report.
+#[test]
+fn kernel_flows_are_exempt_from_the_owner_check() {
+    let mut e = Engine::new(Limits {
+        check_owner: true,
+        ..Limits::default()
+    });
+    let k = e.open_handle(KERNEL).unwrap();
+    e.add_kernel_flow(
+        k,
+        &flow(
+            Family::V4,
+            Protocol::Udp,
+            "10.0.0.1:5004",
+            Some("192.0.2.7:5060"),
+        ),
+    )
+    .unwrap();
+    e.add_kernel_flow(k, &flow(Family::V4, Protocol::Udp, "0.0.0.0:7000", None))
+        .unwrap();
+    for p in [
+        udp4("10.0.0.1:5004", "192.0.2.7:5060", 0),
+        udp4("10.0.0.9:7000", "198.51.100.1:9", 0),
+    ] {
+        assert_eq!(
+            e.classify(&p, &PacketMeta::default(), 0),
+            Verdict::Mark(ef())
+        );
+    }
+    // A user's socket flow on another tuple, not reported as its process's: not marked.
+    let u = e.open_handle(USER).unwrap();
+    let mut s = tcp(1, Family::V4, "10.0.0.1:6000", Some("192.0.2.7:5060"));
+    s.protocol = Protocol::Udp;
+    add_ok(
+        &mut e,
+        u,
+        &add(s, None, TrafficType::Voice, NON_ADAPTIVE, 0),
+    );
+    let p = udp4("10.0.0.1:6000", "192.0.2.7:5060", 0);
+    assert_eq!(
+        e.classify(&p, &PacketMeta::default(), 0),
+        Verdict::Skip(SkipReason::NotOwner)
+    );
+}

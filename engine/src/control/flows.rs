@@ -262,6 +262,9 @@ pub(crate) struct Flow {
     handle: HandleId,
     /// Process id of the handle's caller; every entry of the flow belongs to this process.
     pid: u32,
+    /// The handle's caller is a plain user (`Privilege::User`): its packets are subject to the
+    /// ownership check.
+    user: bool,
     traffic_type: TrafficType,
     /// Added without `QOS_NON_ADAPTIVE_FLOW`. Adaptive flows hold a single socket (§9).
     adaptive: bool,
@@ -527,6 +530,7 @@ impl ControlState {
         self.lookup_flow(tuple).map(|(_, f)| SocketHit {
             mark: f.mark,
             counters: &f.counters,
+            user_pid: f.user.then_some(f.pid),
         })
     }
 
@@ -690,6 +694,7 @@ impl ControlState {
         let flow = Flow {
             handle,
             pid: hs.caller.pid,
+            user: !privileged(hs.caller),
             traffic_type: req.traffic_type,
             adaptive,
             custom_dscp: None,
@@ -923,6 +928,8 @@ impl ControlState {
         let mut new = Flow {
             handle,
             pid: hs.caller.pid,
+            // Kernel handles only (checked above): never subject to the ownership check.
+            user: false,
             traffic_type,
             adaptive: false,
             custom_dscp,

@@ -23,6 +23,7 @@
 //! | `entry` | `DriverEntry`, `DriverUnload` | `PASSIVE_LEVEL`, system thread |
 //! | `panic` | the panic handler: a panic is a bugcheck with code `'QMRK'` | any |
 //! | `ffi` | kernel routines declared here rather than taken from `wdk-sys` | per routine |
+//! | `kiface` | the kernel-mode interface for other drivers (function table, lifetime) | query: `PASSIVE_LEVEL`; entries `<= DISPATCH_LEVEL` |
 //!
 //! The global allocator is windows-drivers-rs' `WdkAllocator`: non-paged pool, tag `'rust'`,
 //! usable at `IRQL <= DISPATCH_LEVEL`. It returns null on exhaustion (collections report that
@@ -39,6 +40,9 @@ extern crate alloc;
 #[cfg(windows)]
 mod entry;
 mod ffi;
+// The kernel interface for other drivers. Its portable core is compiled (and unit-tested) on
+// every host; only its glue needs Windows.
+mod kiface;
 #[cfg(all(windows, not(test)))]
 mod panic;
 mod wfp;

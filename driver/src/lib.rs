@@ -34,6 +34,13 @@
 // `test-stubs` feature of wdk-sys stands in for the kernel symbols).
 #![cfg_attr(all(windows, not(test)), no_std)]
 
+extern crate alloc;
+#[cfg(test)]
+extern crate std;
+
+pub mod config;
+pub mod request;
+
 #[cfg(windows)]
 mod entry;
 #[cfg(all(windows, not(test)))]

@@ -1,0 +1,598 @@
+//! `IRP_MJ_DEVICE_CONTROL` as plain Rust over byte slices: input bytes, output capacity and the
+//! 32-bit control code in, an NTSTATUS and the answer bytes out.
+//!
+//! Nothing here touches an IRP, a lock or a kernel routine, so the whole request path — code
+//! matching, decoding, the engine call, the short-buffer protocol and the status mapping — is
+//! unit-tested on the host against the real engine. The dispatch routine (`device` module,
+//! Windows only) only copies `SystemBuffer` in and out and holds the engine lock around
+//! [`execute`].
+//!
+//! # Steps, in the order the driver runs them
+//!
+//! 1. [`decode`] (no lock): the full 32-bit code must be one of
+//!    [`qosmark_abi::ioctl::request_kind`]'s codes, else `STATUS_INVALID_DEVICE_REQUEST`; the
+//!    input must be one whole record of that kind ([`qosmark_abi::codec::decode_request_for`]),
+//!    else the Win32 code of the [`AbiError`](qosmark_abi::codec::AbiError) (87, or 8 on
+//!    allocation failure) as an NTSTATUS. An output buffer smaller than
+//!    [`MIN_OUTPUT_LEN`](qosmark_abi::codec::MIN_OUTPUT_LEN) is refused with
+//!    `STATUS_BUFFER_TOO_SMALL` *before* the engine runs, so a request that changes state is
+//!    never committed when its answer could not even say "too small".
+//! 2. [`execute`] (engine lock held by the caller): [`Engine::apply`]. The decoded request is an
+//!    owned value, so with `METHOD_BUFFERED` (input and output share one system buffer) the
+//!    input has been consumed before any output byte is written.
+//! 3. [`encode`] (no lock): a successful response goes through
+//!    [`encode_response_for_buffer`] — the size protocol documented in `abi/src/codec.rs`:
+//!    fits → `STATUS_SUCCESS` with the record; does not fit → an Error record { 122, required
+//!    size } with `STATUS_BUFFER_OVERFLOW`. An engine error completes with
+//!    [`ntstatus_for`] of its Win32 code and no data.
+//!
+//! `Information` (the byte count the I/O manager copies back) is always `bytes.len()` of the
+//! returned [`Completion`], and never more than the output capacity: every path is checked by
+//! the tests below.
+//!
+//! Memory: decoding allocates at most the input's own size (bounded by
+//! [`MAX_RECORD_LEN`](qosmark_abi::codec::MAX_RECORD_LEN) through the record's length check),
+//! encoding at most one answer record (also bounded by `MAX_RECORD_LEN`: the engine clamps its
+//! list sizes to what one record can carry). Every allocation is fallible.
+
+use alloc::vec::Vec;
+
+use qosmark_abi::codec::{self, encode_response_for_buffer, MIN_OUTPUT_LEN};
+use qosmark_abi::ioctl::{request_kind, RequestKind};
+use qosmark_abi::status::{ntstatus_for, NtStatus, Win32Error};
+use qosmark_abi::{Request, Response};
+use qosmark_engine::{Engine, EngineError, HandleId};
+
+/// A decoded control request, ready for [`execute`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decoded {
+    /// The request kind the control code named.
+    pub kind: RequestKind,
+    /// The request itself.
+    pub request: Request,
+}
+
+/// How to complete the IRP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Completion {
+    /// `IoStatus.Status`.
+    pub status: NtStatus,
+    /// The bytes to copy to the start of `SystemBuffer`; `IoStatus.Information` is their count.
+    /// Empty for every error status (the I/O manager copies nothing then).
+    pub bytes: Vec<u8>,
+}
+
+impl Completion {
+    /// A completion that carries no data.
+    #[must_use]
+    pub const fn status_only(status: NtStatus) -> Self {
+        Completion {
+            status,
+            bytes: Vec::new(),
+        }
+    }
+}
+
+/// Whether a successful request of this kind changed the persisted configuration (admin
+/// rules, traffic table, user DSCP allow-list), so the driver must write the `Parameters`
+/// key afterwards (`config` module).
+#[must_use]
+pub const fn changes_configuration(kind: RequestKind) -> bool {
+    match kind {
+        RequestKind::AddRule | RequestKind::RemoveRule | RequestKind::SetTrafficTable => true,
+        RequestKind::QueryStatus
+        | RequestKind::AddSocketToFlow
+        | RequestKind::RemoveSocketFromFlow
+        | RequestKind::SetFlow
+        | RequestKind::QueryFlow
+        | RequestKind::NotifyFlow
+        | RequestKind::EnumerateFlows
+        | RequestKind::ListRules
+        | RequestKind::GetTrafficTable => false,
+    }
+}
+
+/// Step 1: matches the code, checks the output capacity and decodes the input record.
+///
+/// # Errors
+/// The completion to finish the IRP with at once: `STATUS_INVALID_DEVICE_REQUEST` for a code
+/// that is not ours, `STATUS_BUFFER_TOO_SMALL` for an output buffer that cannot hold an Error
+/// record, the NTSTATUS of the decoding error's Win32 code otherwise.
+pub fn decode(code: u32, input: &[u8], output_capacity: u32) -> Result<Decoded, Completion> {
+    let Some(kind) = request_kind(code) else {
+        return Err(Completion::status_only(NtStatus::INVALID_DEVICE_REQUEST));
+    };
+    if output_capacity < MIN_OUTPUT_LEN {
+        return Err(Completion::status_only(NtStatus::BUFFER_TOO_SMALL));
+    }
+    match codec::decode_request_for(kind, input) {
+        Ok(request) => Ok(Decoded { kind, request }),
+        Err(error) => Err(Completion::status_only(ntstatus_for(error.win32()))),
+    }
+}
+
+/// Step 2: runs the request on the engine for `handle` (the caller holds the engine lock).
+///
+/// # Errors
+/// The engine's refusal; the engine state is then unchanged (engine contract).
+pub fn execute(
+    engine: &mut Engine,
+    handle: HandleId,
+    decoded: &Decoded,
+) -> Result<Response, EngineError> {
+    engine.apply(handle, &decoded.request)
+}
+
+/// Step 3: turns the engine's result into the IRP's completion for an output buffer of
+/// `output_capacity` bytes.
+#[must_use]
+pub fn encode(result: &Result<Response, EngineError>, output_capacity: u32) -> Completion {
+    match result {
+        Ok(response) => {
+            let mut bytes = Vec::new();
+            match encode_response_for_buffer(response, output_capacity, &mut bytes) {
+                Ok(status) => Completion { status, bytes },
+                Err(error) => Completion::status_only(ntstatus_for(error.win32())),
+            }
+        }
+        Err(error) => Completion::status_only(status_for_engine_error(*error)),
+    }
+}
+
+/// The status an engine refusal completes with.
+#[must_use]
+pub fn status_for_engine_error(error: EngineError) -> NtStatus {
+    ntstatus_for(error.win32())
+}
+
+/// The whole request path without locking: [`decode`], [`execute`], [`encode`]. The driver
+/// runs the three steps itself so that it holds the engine lock only around `execute`; this
+/// composition is what the host tests exercise, and it returns whether the configuration
+/// changed (see [`changes_configuration`]).
+pub fn process(
+    engine: &mut Engine,
+    handle: HandleId,
+    code: u32,
+    input: &[u8],
+    output_capacity: u32,
+) -> (Completion, bool) {
+    let decoded = match decode(code, input, output_capacity) {
+        Ok(decoded) => decoded,
+        Err(completion) => return (completion, false),
+    };
+    let result = execute(engine, handle, &decoded);
+    let changed = result.is_ok() && changes_configuration(decoded.kind);
+    (encode(&result, output_capacity), changed)
+}
+
+/// The status `IRP_MJ_CREATE` completes with when the engine refuses a new handle.
+#[must_use]
+pub fn status_for_open_error(error: EngineError) -> NtStatus {
+    match error {
+        // 1450 → STATUS_INSUFFICIENT_RESOURCES; 8 → STATUS_NO_MEMORY: both through the table.
+        EngineError::LimitReached | EngineError::NoMemory => ntstatus_for(error.win32()),
+        // open_handle documents no other error; anything else is reported as a failure of the
+        // device rather than invented.
+        EngineError::InvalidParameter
+        | EngineError::NotFound
+        | EngineError::AccessDenied
+        | EngineError::InvalidHandle
+        | EngineError::InsufficientBuffer { .. }
+        | EngineError::NotSupported
+        | EngineError::AlreadyExists
+        | EngineError::Aborted => ntstatus_for(Win32Error::GEN_FAILURE),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::indexing_slicing,
+        clippy::too_many_lines,
+        clippy::panic,
+        reason = "test code: a panic is a test failure"
+    )]
+
+    use super::*;
+    use alloc::vec;
+    use qosmark_abi::codec::{
+        decode_response, encode_request, record_len, ErrorReply, Reply, ERROR_RECORD_LEN,
+        HEADER_LEN, MAX_RECORD_LEN,
+    };
+    use qosmark_abi::ioctl::{
+        ctl_code, DEVICE_TYPE, FILE_ANY_ACCESS, IOCTL_QOSMARK_ADD_RULE,
+        IOCTL_QOSMARK_ENUMERATE_FLOWS, IOCTL_QOSMARK_LIST_RULES, IOCTL_QOSMARK_QUERY_STATUS,
+        METHOD_BUFFERED,
+    };
+    use qosmark_abi::types::heapless_name::RuleName;
+    use qosmark_abi::{
+        Caller, Dscp, Family, PortRange, Privilege, Protocol, RuleAction, RuleProtocol, RuleSpec,
+        SocketInfo, TrafficType,
+    };
+    use qosmark_engine::Limits;
+    use std::net::SocketAddr;
+
+    // Independent oracle: the NTSTATUS values written out from ntstatus.h, not taken from the
+    // abi constants.
+    const STATUS_SUCCESS: u32 = 0x0000_0000;
+    const STATUS_BUFFER_OVERFLOW: u32 = 0x8000_0005;
+    const STATUS_INVALID_PARAMETER: u32 = 0xC000_000D;
+    const STATUS_INVALID_DEVICE_REQUEST: u32 = 0xC000_0010;
+    const STATUS_ACCESS_DENIED: u32 = 0xC000_0022;
+    const STATUS_BUFFER_TOO_SMALL: u32 = 0xC000_0023;
+    const STATUS_OBJECT_NAME_COLLISION: u32 = 0xC000_0035;
+    const STATUS_INVALID_HANDLE: u32 = 0xC000_0008;
+    const STATUS_NOT_SUPPORTED: u32 = 0xC000_00BB;
+    const STATUS_NOT_FOUND: u32 = 0xC000_0225;
+
+    fn engine_with(privilege: Privilege) -> (Engine, HandleId) {
+        let mut engine = Engine::with_seed(Limits::default(), 7);
+        let handle = engine
+            .open_handle(Caller {
+                pid: 1234,
+                privilege,
+            })
+            .unwrap();
+        (engine, handle)
+    }
+
+    fn record(request: &Request) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_request(request, &mut out).unwrap();
+        out
+    }
+
+    fn rule(name: &str, dscp: u8) -> RuleSpec {
+        RuleSpec {
+            name: RuleName::try_new(name).unwrap(),
+            precedence: 1,
+            protocol: RuleProtocol::Udp,
+            local_prefix: None,
+            remote_prefix: None,
+            local_ports: None,
+            remote_ports: Some(PortRange {
+                first: 5000,
+                last: 5010,
+            }),
+            action: RuleAction::Dscp(Dscp::try_new(dscp).unwrap()),
+            pcp: None,
+        }
+    }
+
+    fn add_udp_flow(engine: &mut Engine, handle: HandleId, port: u16) -> u32 {
+        let local: SocketAddr = "192.0.2.1:40000".parse().unwrap();
+        let dest: SocketAddr = alloc::format!("198.51.100.7:{port}").parse().unwrap();
+        let request = Request::AddSocketToFlow {
+            socket: SocketInfo {
+                socket: u64::from(port),
+                family: Family::V4,
+                protocol: Protocol::Udp,
+                local,
+                peer: None,
+            },
+            dest: Some(dest),
+            traffic_type: TrafficType::Voice,
+            flags: 0,
+            flow_id: 0,
+        };
+        let (c, _) = process(
+            engine,
+            handle,
+            RequestKind::AddSocketToFlow.code(),
+            &record(&request),
+            64,
+        );
+        assert_eq!(c.status.bits(), STATUS_SUCCESS);
+        match decode_response(RequestKind::AddSocketToFlow, &c.bytes).unwrap() {
+            Reply::Response(Response::FlowId(id)) => id,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_codes_are_refused_before_decoding() {
+        let (mut engine, handle) = engine_with(Privilege::Admin);
+        let status_record = record(&Request::QueryStatus);
+        for code in [
+            0,
+            u32::MAX,
+            // Right function, wrong access / method.
+            ctl_code(DEVICE_TYPE, 0x800, METHOD_BUFFERED, FILE_ANY_ACCESS),
+            ctl_code(DEVICE_TYPE, 0x800, 3, 1),
+            // Another device type.
+            ctl_code(0x22, 0x800, METHOD_BUFFERED, 1),
+            // First unused function.
+            ctl_code(DEVICE_TYPE, 0x800 + 64, METHOD_BUFFERED, 1),
+        ] {
+            let (c, changed) = process(&mut engine, handle, code, &status_record, 4096);
+            assert_eq!(c.status.bits(), STATUS_INVALID_DEVICE_REQUEST, "{code:#x}");
+            assert!(c.bytes.is_empty());
+            assert!(!changed);
+        }
+    }
+
+    #[test]
+    fn query_status_round_trip() {
+        let (mut engine, handle) = engine_with(Privilege::User);
+        let (c, changed) = process(
+            &mut engine,
+            handle,
+            IOCTL_QOSMARK_QUERY_STATUS,
+            &record(&Request::QueryStatus),
+            4096,
+        );
+        assert_eq!(c.status.bits(), STATUS_SUCCESS);
+        assert!(!changed);
+        assert_eq!(record_len(&c.bytes).unwrap() as usize, c.bytes.len());
+        match decode_response(RequestKind::QueryStatus, &c.bytes).unwrap() {
+            Reply::Response(Response::Status(s)) => {
+                assert_eq!(s.handles, 1);
+                assert_eq!(s.flows, 0);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_record_of_another_kind_is_invalid_parameter() {
+        let (mut engine, handle) = engine_with(Privilege::Admin);
+        // A ListRules record sent with the QueryStatus code.
+        let (c, _) = process(
+            &mut engine,
+            handle,
+            IOCTL_QOSMARK_QUERY_STATUS,
+            &record(&Request::ListRules),
+            4096,
+        );
+        assert_eq!(c.status.bits(), STATUS_INVALID_PARAMETER);
+        assert!(c.bytes.is_empty());
+    }
+
+    #[test]
+    fn every_truncation_and_extension_of_a_request_is_invalid_parameter() {
+        let (mut engine, handle) = engine_with(Privilege::Admin);
+        let full = record(&Request::AddRule(rule("voip", 46)));
+        for len in 0..full.len() {
+            let (c, changed) = process(
+                &mut engine,
+                handle,
+                IOCTL_QOSMARK_ADD_RULE,
+                &full[..len],
+                4096,
+            );
+            assert_eq!(c.status.bits(), STATUS_INVALID_PARAMETER, "len {len}");
+            assert!(c.bytes.is_empty());
+            assert!(!changed);
+        }
+        let mut longer = full.clone();
+        longer.push(0);
+        let (c, _) = process(&mut engine, handle, IOCTL_QOSMARK_ADD_RULE, &longer, 4096);
+        assert_eq!(c.status.bits(), STATUS_INVALID_PARAMETER);
+        // Nothing was added by any of them.
+        let (c, _) = process(
+            &mut engine,
+            handle,
+            IOCTL_QOSMARK_LIST_RULES,
+            &record(&Request::ListRules),
+            4096,
+        );
+        match decode_response(RequestKind::ListRules, &c.bytes).unwrap() {
+            Reply::Response(Response::Rules(rules)) => assert!(rules.is_empty()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_single_byte_corruption_is_refused_or_decodes_cleanly() {
+        // No panic, and the status is one of the documented outcomes.
+        let (mut engine, handle) = engine_with(Privilege::Admin);
+        let full = record(&Request::AddRule(rule("video", 34)));
+        for i in 0..full.len() {
+            for v in [0x00, 0x01, 0x7F, 0x80, 0xFF] {
+                let mut bytes = full.clone();
+                bytes[i] = v;
+                let (c, _) = process(&mut engine, handle, IOCTL_QOSMARK_ADD_RULE, &bytes, 4096);
+                let s = c.status.bits();
+                assert!(
+                    [
+                        STATUS_SUCCESS,
+                        STATUS_INVALID_PARAMETER,
+                        STATUS_OBJECT_NAME_COLLISION
+                    ]
+                    .contains(&s),
+                    "byte {i} = {v:#x}: {s:#x}"
+                );
+                if s != STATUS_SUCCESS {
+                    assert!(c.bytes.is_empty());
+                }
+                // Remove whatever got in so the next iteration starts clean.
+                if s == STATUS_SUCCESS {
+                    let Request::AddRule(spec) = codec::decode_request(&bytes).unwrap() else {
+                        panic!("not an AddRule");
+                    };
+                    let (r, _) = process(
+                        &mut engine,
+                        handle,
+                        RequestKind::RemoveRule.code(),
+                        &record(&Request::RemoveRule(spec.name)),
+                        64,
+                    );
+                    assert_eq!(r.status.bits(), STATUS_SUCCESS);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn output_smaller_than_an_error_record_is_refused_before_the_engine_runs() {
+        let (mut engine, handle) = engine_with(Privilege::Admin);
+        let add = record(&Request::AddRule(rule("voip", 46)));
+        for capacity in 0..ERROR_RECORD_LEN {
+            let (c, changed) = process(&mut engine, handle, IOCTL_QOSMARK_ADD_RULE, &add, capacity);
+            assert_eq!(c.status.bits(), STATUS_BUFFER_TOO_SMALL, "cap {capacity}");
+            assert!(c.bytes.is_empty());
+            assert!(!changed);
+        }
+        // The rule was never added: adding it now with room succeeds (not 183).
+        let (c, changed) = process(&mut engine, handle, IOCTL_QOSMARK_ADD_RULE, &add, 24);
+        assert_eq!(c.status.bits(), STATUS_SUCCESS);
+        assert!(changed);
+        assert_eq!(c.bytes.len(), HEADER_LEN as usize);
+    }
+
+    #[test]
+    fn short_buffer_protocol_for_a_list_answer_at_every_capacity() {
+        let (mut engine, handle) = engine_with(Privilege::Admin);
+        let ids: Vec<u32> = (0..5)
+            .map(|i| add_udp_flow(&mut engine, handle, 6000 + i))
+            .collect();
+        // 16 header + 8 list header + 5 x 4.
+        let need = 16 + 8 + 5 * 4;
+        let enumerate = record(&Request::EnumerateFlows);
+        for capacity in 0..=(need + 8) {
+            let (c, changed) = process(
+                &mut engine,
+                handle,
+                IOCTL_QOSMARK_ENUMERATE_FLOWS,
+                &enumerate,
+                capacity,
+            );
+            assert!(!changed);
+            assert!(c.bytes.len() <= capacity as usize, "cap {capacity}");
+            if capacity < 24 {
+                assert_eq!(c.status.bits(), STATUS_BUFFER_TOO_SMALL);
+                assert!(c.bytes.is_empty());
+            } else if capacity < need {
+                assert_eq!(c.status.bits(), STATUS_BUFFER_OVERFLOW, "cap {capacity}");
+                assert_eq!(c.bytes.len(), 24);
+                assert_eq!(
+                    decode_response(RequestKind::EnumerateFlows, &c.bytes).unwrap(),
+                    Reply::Error(ErrorReply {
+                        win32: Win32Error::INSUFFICIENT_BUFFER,
+                        required_size: need,
+                    })
+                );
+            } else {
+                assert_eq!(c.status.bits(), STATUS_SUCCESS, "cap {capacity}");
+                assert_eq!(c.bytes.len(), need as usize);
+                assert_eq!(
+                    decode_response(RequestKind::EnumerateFlows, &c.bytes).unwrap(),
+                    Reply::Response(Response::FlowIds(ids.clone()))
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn engine_errors_map_to_their_statuses_without_data() {
+        let (mut engine, user) = engine_with(Privilege::User);
+        // A user may not add rules: 5 → STATUS_ACCESS_DENIED.
+        let (c, changed) = process(
+            &mut engine,
+            user,
+            IOCTL_QOSMARK_ADD_RULE,
+            &record(&Request::AddRule(rule("voip", 46))),
+            4096,
+        );
+        assert_eq!(c.status.bits(), STATUS_ACCESS_DENIED);
+        assert!(c.bytes.is_empty());
+        assert!(!changed);
+        // Unknown flow: 1168 → STATUS_NOT_FOUND.
+        let query = Request::QueryFlow {
+            flow_id: 99,
+            op: qosmark_abi::QueryFlow::PacketPriority,
+        };
+        let (c, _) = process(
+            &mut engine,
+            user,
+            RequestKind::QueryFlow.code(),
+            &record(&query),
+            4096,
+        );
+        assert_eq!(c.status.bits(), STATUS_NOT_FOUND);
+        assert!(c.bytes.is_empty());
+        // NotifyFlow on a live flow: 50 → STATUS_NOT_SUPPORTED.
+        let flow = add_udp_flow(&mut engine, user, 7000);
+        let notify = Request::NotifyFlow {
+            flow_id: flow,
+            op: qosmark_abi::NotifyFlow::Congested,
+            threshold: None,
+        };
+        let (c, _) = process(
+            &mut engine,
+            user,
+            RequestKind::NotifyFlow.code(),
+            &record(&notify),
+            4096,
+        );
+        assert_eq!(c.status.bits(), STATUS_NOT_SUPPORTED);
+        // A closed handle: 6 → STATUS_INVALID_HANDLE.
+        engine.close_handle(user).unwrap();
+        let (c, _) = process(
+            &mut engine,
+            user,
+            IOCTL_QOSMARK_QUERY_STATUS,
+            &record(&Request::QueryStatus),
+            4096,
+        );
+        assert_eq!(c.status.bits(), STATUS_INVALID_HANDLE);
+    }
+
+    #[test]
+    fn duplicate_rule_is_a_name_collision_and_configuration_changes_are_flagged() {
+        let (mut engine, admin) = engine_with(Privilege::Admin);
+        let add = record(&Request::AddRule(rule("voip", 46)));
+        let (c, changed) = process(&mut engine, admin, IOCTL_QOSMARK_ADD_RULE, &add, 64);
+        assert_eq!(c.status.bits(), STATUS_SUCCESS);
+        assert!(changed);
+        let (c, changed) = process(&mut engine, admin, IOCTL_QOSMARK_ADD_RULE, &add, 64);
+        assert_eq!(c.status.bits(), STATUS_OBJECT_NAME_COLLISION);
+        assert!(!changed);
+        let table = Request::SetTrafficTable(qosmark_engine::traffic::default_table());
+        let (c, changed) = process(
+            &mut engine,
+            admin,
+            RequestKind::SetTrafficTable.code(),
+            &record(&table),
+            64,
+        );
+        assert_eq!(c.status.bits(), STATUS_SUCCESS);
+        assert!(changed);
+        for kind in RequestKind::ALL {
+            let expected = matches!(
+                kind,
+                RequestKind::AddRule | RequestKind::RemoveRule | RequestKind::SetTrafficTable
+            );
+            assert_eq!(changes_configuration(kind), expected, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn huge_inputs_are_refused_without_allocating_their_size() {
+        let (mut engine, handle) = engine_with(Privilege::Admin);
+        // A header that claims the maximum length over a buffer one byte longer than that.
+        let mut bytes = vec![0u8; MAX_RECORD_LEN as usize + 1];
+        let header = record(&Request::ListRules);
+        bytes[..12].copy_from_slice(&header[..12]);
+        bytes[12..16].copy_from_slice(&(MAX_RECORD_LEN + 1).to_le_bytes());
+        let (c, _) = process(&mut engine, handle, IOCTL_QOSMARK_LIST_RULES, &bytes, 4096);
+        assert_eq!(c.status.bits(), STATUS_INVALID_PARAMETER);
+    }
+
+    #[test]
+    fn open_errors() {
+        assert_eq!(
+            status_for_open_error(EngineError::LimitReached).bits(),
+            0xC000_009A
+        );
+        assert_eq!(
+            status_for_open_error(EngineError::NoMemory).bits(),
+            0xC000_0017
+        );
+        assert_eq!(
+            status_for_open_error(EngineError::NotFound).bits(),
+            0xC000_0001
+        );
+    }
+}

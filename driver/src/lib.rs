@@ -40,6 +40,7 @@ extern crate std;
 
 pub mod config;
 pub mod request;
+pub mod security;
 
 #[cfg(windows)]
 mod entry;

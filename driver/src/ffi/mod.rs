@@ -1,5 +1,12 @@
 //! Kernel routines this crate declares itself instead of using `wdk_sys::ntddk`.
 //!
+//! Submodules hold declarations of libraries wdk-sys does not bind (one `mod` line each;
+//! the WFP/NDIS ones belong to the packet-path side):
+//!
+//! | module | library | for |
+//! |---|---|---|
+//! | `wdmsec` | `wdmsec.lib` | `WdmlibIoCreateDeviceSecure` (control device with an SDDL) |
+//!
 //! wdk-sys generates its declarations from the installed WDK headers at build time; for
 //! `KeBugCheckEx` we need the fact that it never returns in the type (`-> !`), which lets
 //! the panic handler end in the call itself rather than in a loop after it. The symbol comes
@@ -19,3 +26,5 @@ unsafe extern "system" {
         parameter4: usize,
     ) -> !;
 }
+
+pub(crate) mod wdmsec;

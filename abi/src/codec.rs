@@ -11,14 +11,17 @@
 //!  0               4       6       8               12              16
 //! +---------------+-------+-------+---------------+---------------+
 //! | magic u32     |version| kind  | flags u32     | length u32    |  payload ...
-//! | "QMRK"        | u16   | u16   | must be 0     | header+payload|
+//! | "QMRK"        | u16   | u16   | see below     | header+payload|
 //! +---------------+-------+-------+---------------+---------------+
 //! ```
 //!
 //! * `magic` = [`MAGIC`], the bytes `51 4D 52 4B` ("QMRK").
 //! * `version` = [`crate::PROTOCOL_VERSION`]; any other value is refused.
-//! * `kind` = [`RecordKind`]: requests 0x0001..=0x000C, answers 0x8001..=0x8008, error 0x80FF.
-//! * `flags` is reserved and must be 0.
+//! * `kind` = [`RecordKind`]: requests 0x0001..=0x000E, answers 0x8001..=0x8009, error 0x80FF.
+//! * `flags`: 0, except bit 0 [`FLAG_QOS2_ANSWER`] on SetFlow, QueryFlow and NotifyFlow requests
+//!   (see *QOS2 answers* below; only [`decode_request_with_flags`] accepts it). Every other bit,
+//!   the bit on any other request, and any bit on an answer is refused
+//!   ([`AbiError::ReservedNotZero`] → 87).
 //! * `length` is the whole record, header included, and must equal the buffer length.
 //!
 //! # Common fields
@@ -100,6 +103,8 @@
 //! 0x0008 AddRule (128):          RULE SPEC
 //! 0x0009 RemoveRule (68):        NAME
 //! 0x000C SetTrafficTable (40):   TRAFFIC TABLE
+//! 0x000D ListFlows (8):          0 u32 after (flow id; 0 = from the first)   4 zero [4]
+//! 0x000E ReplaceRules (8 + 128n): 0 u32 n (<= 4096)   4 zero [4]   8 n x RULE SPEC
 //! ```
 //!
 //! # Answers
@@ -118,6 +123,21 @@
 //! 0x8006 FlowIds (8 + 4n):    0 u32 n (<= 65536)  4 zero [4]  8 n x u32 flow id (never 0)
 //! 0x8007 Rules (8 + 160n):    0 u32 n (<= 4096)   4 zero [4]  8 n x { RULE SPEC, COUNTERS }
 //! 0x8008 TrafficTable (40):   TRAFFIC TABLE
+//! 0x8009 Flows (8 + sum of FLOW):
+//!   0 u32 n (<= 512)   4 u32 next_after (0 = last page, else = the last flow's id)
+//!   8 n x FLOW, ids non-zero and strictly ascending
+//!
+//! FLOW (56 + 72m)
+//!   0 u32 flow id     4 u32 pid     8 u8 traffic type (0..=5)     9 u8 adaptive (0|1)
+//!  10 u8 custom DSCP present   11 u8 custom DSCP (0..=63)
+//!  12 u8 mark DSCP present     13 u8 mark DSCP   14 u8 mark PCP present   15 u8 mark PCP (0..=7)
+//!  16 u32 sockets total (the flow's entries)     20 u32 m listed (m <= 16, m <= total)
+//!  24 COUNTERS      56 m x FLOW SOCKET
+//!
+//! FLOW SOCKET (72)
+//!   0 u64 socket    8 u8 protocol 6|17    9 u8 binding: 0 not bound, 1 any address, 2 address
+//!  10 u16 local port (binding 1; else zero)   12 zero [4]
+//!  16 ADDRESS local (binding 2; else zero)    44 ADDRESS remote
 //!
 //! 0x80FF Error (8)
 //!   0 u32 Win32 error code (non-zero)
@@ -126,14 +146,47 @@
 //!
 //! Which answer a request may get ([`answers`]): QueryStatus → Status; AddSocketToFlow →
 //! FlowId; QueryFlow → PacketPriority or OutgoingRate; EnumerateFlows → FlowIds; ListRules →
-//! Rules; GetTrafficTable → TrafficTable; every other request → Done. Any request may get Error.
+//! Rules; GetTrafficTable → TrafficTable; ListFlows → Flows; every other request → Done. Any
+//! request may get Error.
+//!
+//! **ListFlows is paged** so that a Flows record always fits [`MAX_RECORD_LEN`] (one IOCTL
+//! output buffer, one stream record): at most [`MAX_FLOWS_PER_PAGE`] (512) flows per page and
+//! at most [`MAX_LISTED_SOCKETS`] (16) socket entries per flow (`sockets total` still says how
+//! many the flow has). The largest page is 16 + 8 + 512 × (56 + 16 × 72) = 618 520 bytes. A
+//! client asks with `after` = 0, then with `after` = `next_after` until `next_after` is 0;
+//! flows created or destroyed meanwhile may or may not appear (each page is consistent).
+//!
+//! # QOS2 answers (`FLAG_QOS2_ANSWER`)
+//!
+//! On Windows an overlapped `QOSSetFlow` / `QOSQueryFlow` / `QOSNotifyFlow` must complete
+//! through the application's own `OVERLAPPED` (its event, or its I/O completion port) with the
+//! QOS2 result already in the application's `Buffer`: no shim code runs at completion. So the
+//! shim passes the application's `Buffer` (and `*Size`) as the IOCTL output buffer and its
+//! `OVERLAPPED` straight to `DeviceIoControl`, and sets [`FLAG_QOS2_ANSWER`] in the request
+//! header. The back end then answers a success with the bare QOS2 output structure instead of
+//! a record ([`encode_qos2_answer`]):
+//!
+//! * SetFlow → 0 bytes;
+//! * QueryFlow(PacketPriority) → `QOS_PACKET_PRIORITY`, 16 bytes: u32 ConformantDSCPValue,
+//!   u32 NonConformantDSCPValue, u32 ConformantL2Value, u32 NonConformantL2Value (LE);
+//! * QueryFlow(OutgoingRate) → the `UINT64` rate, 8 bytes LE;
+//! * NotifyFlow → 0 bytes (QOS2 writes nothing back for a completed notification; qosmark
+//!   answers every NotifyFlow with 50 today anyway).
+//!
+//! An error completes with the NTSTATUS of its Win32 code ([`crate::status::ntstatus_for`]) and
+//! no bytes. A QOS2 structure has a fixed size, so the shim checks `*Size` before issuing
+//! the IOCTL (122 with the required size, no IOCTL); a driver that still gets a smaller output
+//! buffer completes with `STATUS_BUFFER_TOO_SMALL` (122) and no bytes. The flag is refused on
+//! every other request, and [`decode_request`] refuses it everywhere (a back end that has not
+//! opted in with [`decode_request_with_flags`] answers 87, never a record the caller cannot
+//! read).
 //!
 //! # Errors and limits
 //!
 //! Checks run in this order: buffer shorter than a header → [`AbiError::Truncated`]; magic →
 //! `BadMagic`; version → `BadVersion`; header length ≠ buffer length → `BadLength`; length above
 //! [`MAX_RECORD_LEN`] → `TooLarge`; unknown kind, or a kind not allowed here → `BadKind`; flags
-//! ≠ 0 → `ReservedNotZero`; then the payload field by field: payload too short → `Truncated`,
+//! not allowed ([`flags_allowed`]; answers: ≠ 0) → `ReservedNotZero`; then the payload field by field: payload too short → `Truncated`,
 //! too long → `TrailingBytes`, a value out of range → `BadValue`, a reserved byte or absent slot
 //! not zero → `ReservedNotZero`, a list count above its cap → `TooLarge`.
 //!
@@ -211,10 +264,11 @@ use crate::ioctl::RequestKind;
 use crate::status::{NtStatus, Win32Error};
 use crate::types::heapless_name::RuleName;
 use crate::types::{
-    CounterSnapshot, Dscp, FailOpen, Family, FlowRate, NotifyFlow, OutOfRange, PacketPriority, Pcp,
-    PortRange, Prefix, Protocol, QueryFlow, Request, Response, RuleAction, RuleEntry, RuleProtocol,
-    RuleSpec, SetFlow, Shaping, SkipReason, SocketInfo, StatusInfo, TrafficTable, TrafficType,
-    TrafficTypeMark, MAX_RULE_NAME_LEN,
+    CounterSnapshot, Dscp, FailOpen, Family, FlowPage, FlowRate, FlowRecord, FlowSocket, Mark,
+    NotifyFlow, OutOfRange, PacketPriority, Pcp, PortRange, Prefix, Protocol, QueryFlow, Request,
+    Response, RuleAction, RuleEntry, RuleProtocol, RuleSpec, SetFlow, Shaping, SkipReason,
+    SocketBinding, SocketInfo, StatusInfo, TrafficTable, TrafficType, TrafficTypeMark,
+    MAX_RULE_NAME_LEN,
 };
 use crate::PROTOCOL_VERSION;
 
@@ -246,6 +300,16 @@ pub const MIN_OUTPUT_LEN: u32 = ERROR_RECORD_LEN;
 pub const MAX_FLOW_IDS: u32 = 65_536;
 /// Most rules in one Rules answer.
 pub const MAX_RULES: u32 = 4_096;
+/// Length of the fixed part of a FLOW entry of a Flows answer.
+pub const FLOW_LEN: u32 = 56;
+/// Length of a FLOW SOCKET entry.
+pub const FLOW_SOCKET_LEN: u32 = 72;
+/// Most flows in one Flows answer (one ListFlows page).
+pub const MAX_FLOWS_PER_PAGE: u32 = 512;
+/// Most socket entries listed per flow in a Flows answer.
+pub const MAX_LISTED_SOCKETS: u32 = 16;
+/// Header flag bit 0: answer with the bare QOS2 output structure (module docs, *QOS2 answers*).
+pub const FLAG_QOS2_ANSWER: u32 = 0x0000_0001;
 /// Longest record (a Rules answer with [`MAX_RULES`] entries): 655 384 bytes.
 pub const MAX_RECORD_LEN: u32 = HEADER_LEN + LIST_HEADER_LEN + MAX_RULES * RULE_ENTRY_LEN;
 
@@ -325,6 +389,10 @@ pub enum RecordKind {
     GetTrafficTable = 0x000B,
     /// Request [`Request::SetTrafficTable`].
     SetTrafficTable = 0x000C,
+    /// Request [`Request::ListFlows`].
+    ListFlows = 0x000D,
+    /// Request [`Request::ReplaceRules`].
+    ReplaceRules = 0x000E,
     /// Answer [`Response::Done`].
     Done = 0x8001,
     /// Answer [`Response::Status`].
@@ -341,6 +409,8 @@ pub enum RecordKind {
     Rules = 0x8007,
     /// Answer [`Response::TrafficTable`].
     TrafficTable = 0x8008,
+    /// Answer [`Response::Flows`].
+    Flows = 0x8009,
     /// Error answer ([`ErrorReply`]).
     Error = 0x80FF,
 }
@@ -362,6 +432,8 @@ impl RecordKind {
             0x000A => RecordKind::ListRules,
             0x000B => RecordKind::GetTrafficTable,
             0x000C => RecordKind::SetTrafficTable,
+            0x000D => RecordKind::ListFlows,
+            0x000E => RecordKind::ReplaceRules,
             0x8001 => RecordKind::Done,
             0x8002 => RecordKind::Status,
             0x8003 => RecordKind::FlowId,
@@ -370,6 +442,7 @@ impl RecordKind {
             0x8006 => RecordKind::FlowIds,
             0x8007 => RecordKind::Rules,
             0x8008 => RecordKind::TrafficTable,
+            0x8009 => RecordKind::Flows,
             0x80FF => RecordKind::Error,
             _ => return None,
         })
@@ -397,6 +470,8 @@ impl RecordKind {
             RequestKind::ListRules => RecordKind::ListRules,
             RequestKind::GetTrafficTable => RecordKind::GetTrafficTable,
             RequestKind::SetTrafficTable => RecordKind::SetTrafficTable,
+            RequestKind::ListFlows => RecordKind::ListFlows,
+            RequestKind::ReplaceRules => RecordKind::ReplaceRules,
         }
     }
 
@@ -412,6 +487,7 @@ impl RecordKind {
             Response::FlowIds(_) => RecordKind::FlowIds,
             Response::Rules(_) => RecordKind::Rules,
             Response::TrafficTable(_) => RecordKind::TrafficTable,
+            Response::Flows(_) => RecordKind::Flows,
         }
     }
 }
@@ -432,13 +508,15 @@ pub const fn answers(request: RequestKind, record: RecordKind) -> bool {
             | (RequestKind::EnumerateFlows, RecordKind::FlowIds)
             | (RequestKind::ListRules, RecordKind::Rules)
             | (RequestKind::GetTrafficTable, RecordKind::TrafficTable)
+            | (RequestKind::ListFlows, RecordKind::Flows)
             | (
                 RequestKind::RemoveSocketFromFlow
                     | RequestKind::SetFlow
                     | RequestKind::NotifyFlow
                     | RequestKind::AddRule
                     | RequestKind::RemoveRule
-                    | RequestKind::SetTrafficTable,
+                    | RequestKind::SetTrafficTable
+                    | RequestKind::ReplaceRules,
                 RecordKind::Done
             )
     )
@@ -467,8 +545,10 @@ pub enum Reply {
 // ------------------------------------------------------------------------------------------
 // Sizes
 
-const fn payload_len_of_request(request: &Request) -> u32 {
+fn payload_len_of_request(request: &Request) -> u32 {
     match request {
+        Request::ReplaceRules(rules) => LIST_HEADER_LEN
+            .saturating_add(list_count_u32(rules.len()).saturating_mul(RULE_SPEC_LEN)),
         Request::QueryStatus
         | Request::EnumerateFlows
         | Request::ListRules
@@ -476,17 +556,27 @@ const fn payload_len_of_request(request: &Request) -> u32 {
         Request::AddSocketToFlow { .. } => 24 + 3 * ADDRESS_LEN,
         Request::RemoveSocketFromFlow { .. } => 16,
         Request::SetFlow { .. } | Request::NotifyFlow { .. } => 24,
-        Request::QueryFlow { .. } => 8,
+        Request::QueryFlow { .. } | Request::ListFlows { .. } => 8,
         Request::AddRule(_) => RULE_SPEC_LEN,
         Request::RemoveRule(_) => NAME_LEN,
         Request::SetTrafficTable(_) => TRAFFIC_TABLE_LEN,
     }
 }
 
-/// Length of the encoded record of `request`.
+/// Length of the encoded record of `request` (saturating at `u32::MAX` for a rule list too long
+/// to encode).
 #[must_use]
-pub const fn request_size(request: &Request) -> u32 {
-    HEADER_LEN + payload_len_of_request(request)
+pub fn request_size(request: &Request) -> u32 {
+    HEADER_LEN.saturating_add(payload_len_of_request(request))
+}
+
+fn list_count_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Length of one FLOW entry with its listed sockets, saturating.
+fn flow_len(flow: &FlowRecord) -> u32 {
+    FLOW_LEN.saturating_add(list_count_u32(flow.sockets.len()).saturating_mul(FLOW_SOCKET_LEN))
 }
 
 /// Bytes of a list answer of `count` entries of `entry` bytes, saturating.
@@ -510,6 +600,12 @@ pub fn required_size(response: &Response) -> u32 {
         Response::FlowIds(ids) => list_len(ids.len(), 4),
         Response::Rules(rules) => list_len(rules.len(), RULE_ENTRY_LEN),
         Response::TrafficTable(_) => HEADER_LEN + TRAFFIC_TABLE_LEN,
+        Response::Flows(page) => page
+            .flows
+            .iter()
+            .fold(HEADER_LEN + LIST_HEADER_LEN, |acc, f| {
+                acc.saturating_add(flow_len(f))
+            }),
     }
 }
 
@@ -661,6 +757,50 @@ impl Writer<'_> {
         self.zeros(7);
     }
 
+    fn opt_byte(&mut self, v: Option<u8>) {
+        self.flag(v.is_some());
+        self.u8(v.unwrap_or(0));
+    }
+
+    fn flow(&mut self, f: &FlowRecord) {
+        self.u32(f.id);
+        self.u32(f.pid);
+        self.u8(f.traffic_type as u8);
+        self.flag(f.adaptive);
+        self.opt_byte(f.custom_dscp.map(Dscp::value));
+        self.opt_byte(f.mark.dscp.map(Dscp::value));
+        self.opt_byte(f.mark.pcp.map(Pcp::value));
+        self.u32(f.sockets_total);
+        // Checked by `check_flow_page` (≤ MAX_LISTED_SOCKETS).
+        self.u32(f.sockets.len() as u32);
+        self.counters(&f.counters);
+        for s in &f.sockets {
+            self.u64(s.socket);
+            self.u8(s.protocol.number());
+            match s.binding {
+                SocketBinding::NotBound => {
+                    self.u8(0);
+                    self.u16(0);
+                    self.zeros(4);
+                    self.address(None);
+                }
+                SocketBinding::AnyAddress { port } => {
+                    self.u8(1);
+                    self.u16(port);
+                    self.zeros(4);
+                    self.address(None);
+                }
+                SocketBinding::Address(a) => {
+                    self.u8(2);
+                    self.u16(0);
+                    self.zeros(4);
+                    self.address(Some(&a));
+                }
+            }
+            self.address(Some(&s.remote));
+        }
+    }
+
     fn status(&mut self, s: &StatusInfo) {
         self.u16(s.protocol_version);
         self.u16(0);
@@ -686,6 +826,7 @@ impl Writer<'_> {
 fn encode_record(
     out: &mut Vec<u8>,
     kind: RecordKind,
+    flags: u32,
     len: u32,
     body: impl FnOnce(&mut Writer<'_>) -> Result<(), AbiError>,
 ) -> Result<(), AbiError> {
@@ -699,7 +840,7 @@ fn encode_record(
     w.u32(MAGIC);
     w.u16(PROTOCOL_VERSION);
     w.u16(kind.value());
-    w.u32(0);
+    w.u32(flags);
     w.u32(len);
     let result = body(&mut w);
     debug_assert!(result.is_err() || out.len() - start == len as usize);
@@ -715,9 +856,56 @@ fn encode_record(
 /// [`AbiError::BadValue`] for an invalid [`RuleSpec`] (see [`RuleSpec::validate`]);
 /// [`AbiError::OutOfMemory`]. On error `out` is unchanged.
 pub fn encode_request(request: &Request, out: &mut Vec<u8>) -> Result<(), AbiError> {
-    let kind = RecordKind::of_request(RequestKind::of(request));
-    encode_record(out, kind, request_size(request), |w| {
+    encode_request_with_flags(request, 0, out)
+}
+
+/// Whether header `flags` are allowed on a request of `kind`: 0 always, [`FLAG_QOS2_ANSWER`]
+/// on SetFlow, QueryFlow and NotifyFlow only.
+#[must_use]
+pub const fn flags_allowed(kind: RequestKind, flags: u32) -> bool {
+    flags == 0
+        || (flags == FLAG_QOS2_ANSWER
+            && matches!(
+                kind,
+                RequestKind::SetFlow | RequestKind::QueryFlow | RequestKind::NotifyFlow
+            ))
+}
+
+/// [`encode_request`] with header `flags` ([`FLAG_QOS2_ANSWER`] or 0).
+///
+/// # Errors
+/// [`AbiError::ReservedNotZero`] when the flags are not allowed on this request
+/// ([`flags_allowed`]); [`AbiError::TooLarge`] for more than [`MAX_RULES`] rules; otherwise as
+/// [`encode_request`]. On error `out` is unchanged.
+pub fn encode_request_with_flags(
+    request: &Request,
+    flags: u32,
+    out: &mut Vec<u8>,
+) -> Result<(), AbiError> {
+    let request_kind = RequestKind::of(request);
+    if !flags_allowed(request_kind, flags) {
+        return Err(AbiError::ReservedNotZero);
+    }
+    if let Request::ReplaceRules(rules) = request {
+        if rules.len() > MAX_RULES as usize {
+            return Err(AbiError::TooLarge);
+        }
+    }
+    let kind = RecordKind::of_request(request_kind);
+    encode_record(out, kind, flags, request_size(request), |w| {
         match request {
+            Request::ListFlows { after } => {
+                w.u32(*after);
+                w.u32(0);
+            }
+            Request::ReplaceRules(rules) => {
+                // Count checked above (≤ MAX_RULES).
+                w.u32(rules.len() as u32);
+                w.u32(0);
+                for r in rules {
+                    w.rule_spec(r)?;
+                }
+            }
             Request::QueryStatus
             | Request::EnumerateFlows
             | Request::ListRules
@@ -809,9 +997,10 @@ pub fn encode_response(response: &Response, out: &mut Vec<u8>) -> Result<(), Abi
         Response::Rules(rules) if rules.len() > MAX_RULES as usize => {
             return Err(AbiError::TooLarge);
         }
+        Response::Flows(page) => check_flow_page(page)?,
         _ => {}
     }
-    encode_record(out, kind, required_size(response), |w| {
+    encode_record(out, kind, 0, required_size(response), |w| {
         match response {
             Response::Done => {}
             Response::Status(s) => w.status(s),
@@ -849,9 +1038,85 @@ pub fn encode_response(response: &Response, out: &mut Vec<u8>) -> Result<(), Abi
                 }
             }
             Response::TrafficTable(t) => w.traffic_table(t),
+            Response::Flows(page) => {
+                // Count checked by `check_flow_page` (≤ MAX_FLOWS_PER_PAGE).
+                w.u32(page.flows.len() as u32);
+                w.u32(page.next_after);
+                for f in &page.flows {
+                    w.flow(f);
+                }
+            }
         }
         Ok(())
     })
+}
+
+/// The invariants of a Flows answer (module docs) that the types do not carry.
+fn check_flow_page(page: &FlowPage) -> Result<(), AbiError> {
+    if page.flows.len() > MAX_FLOWS_PER_PAGE as usize {
+        return Err(AbiError::TooLarge);
+    }
+    let mut last = 0u32;
+    for f in &page.flows {
+        if f.id <= last {
+            return Err(AbiError::BadValue);
+        }
+        last = f.id;
+        if f.sockets.len() > MAX_LISTED_SOCKETS as usize {
+            return Err(AbiError::TooLarge);
+        }
+        if list_count_u32(f.sockets.len()) > f.sockets_total {
+            return Err(AbiError::BadValue);
+        }
+    }
+    if page.next_after != 0 && page.next_after != last {
+        return Err(AbiError::BadValue);
+    }
+    Ok(())
+}
+
+/// Length of the bare QOS2 answer of a successful `response` ([`FLAG_QOS2_ANSWER`]): 0 for
+/// `Done`, 16 for `PacketPriority`, 8 for `OutgoingRate`; `None` for every answer that has no
+/// QOS2 form.
+#[must_use]
+pub const fn qos2_answer_len(response: &Response) -> Option<u32> {
+    match response {
+        Response::Done => Some(0),
+        Response::PacketPriority(_) => Some(16),
+        Response::OutgoingRate(_) => Some(8),
+        Response::Status(_)
+        | Response::FlowId(_)
+        | Response::FlowIds(_)
+        | Response::Rules(_)
+        | Response::TrafficTable(_)
+        | Response::Flows(_) => None,
+    }
+}
+
+/// Appends the bare QOS2 output structure of a successful `response` to `out`, for a request
+/// that carried [`FLAG_QOS2_ANSWER`] (module docs, *QOS2 answers*): nothing for `Done`
+/// (SetFlow, NotifyFlow), `QOS_PACKET_PRIORITY` (16 bytes) for `PacketPriority`, a `UINT64`
+/// (8 bytes) for `OutgoingRate`. Little-endian, no header.
+///
+/// # Errors
+/// [`AbiError::BadKind`] for an answer that has no QOS2 form ([`qos2_answer_len`] is `None`);
+/// [`AbiError::OutOfMemory`]. On error `out` is unchanged.
+pub fn encode_qos2_answer(response: &Response, out: &mut Vec<u8>) -> Result<(), AbiError> {
+    let len = qos2_answer_len(response).ok_or(AbiError::BadKind)?;
+    out.try_reserve_exact(len as usize)
+        .map_err(|_| AbiError::OutOfMemory)?;
+    let mut w = Writer { out };
+    match response {
+        Response::PacketPriority(p) => {
+            w.u32(p.conformant_dscp);
+            w.u32(p.non_conformant_dscp);
+            w.u32(p.conformant_l2);
+            w.u32(p.non_conformant_l2);
+        }
+        Response::OutgoingRate(r) => w.u64(*r),
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Appends an Error record to `out`.
@@ -861,7 +1126,7 @@ pub fn encode_response(response: &Response, out: &mut Vec<u8>) -> Result<(), Abi
 /// than 122; [`AbiError::OutOfMemory`]. On error `out` is unchanged.
 pub fn encode_error(error: ErrorReply, out: &mut Vec<u8>) -> Result<(), AbiError> {
     check_error(error)?;
-    encode_record(out, RecordKind::Error, ERROR_RECORD_LEN, |w| {
+    encode_record(out, RecordKind::Error, 0, ERROR_RECORD_LEN, |w| {
         w.u32(error.win32.0);
         w.u32(error.required_size);
         Ok(())
@@ -1151,6 +1416,75 @@ impl<'a> Reader<'a> {
         })
     }
 
+    fn flow(&mut self) -> Result<FlowRecord, AbiError> {
+        let id = self.u32()?;
+        let pid = self.u32()?;
+        let traffic_type = traffic_type(u32::from(self.u8()?))?;
+        let adaptive = self.flag()?;
+        let custom_present = self.flag()?;
+        let custom_dscp = self.optional_byte(custom_present, Dscp::try_new)?;
+        let dscp_present = self.flag()?;
+        let dscp = self.optional_byte(dscp_present, Dscp::try_new)?;
+        let pcp_present = self.flag()?;
+        let pcp = self.optional_byte(pcp_present, Pcp::try_new)?;
+        let sockets_total = self.u32()?;
+        let listed = self.u32()?;
+        if listed > MAX_LISTED_SOCKETS {
+            return Err(AbiError::TooLarge);
+        }
+        if listed > sockets_total || id == 0 {
+            return Err(AbiError::BadValue);
+        }
+        let counters = self.counters()?;
+        // listed ≤ 16: a tiny bounded allocation, and only once the bytes are there.
+        if self.buf.len() < listed as usize * FLOW_SOCKET_LEN as usize {
+            return Err(AbiError::Truncated);
+        }
+        let mut sockets = try_vec(listed as usize)?;
+        for _ in 0..listed {
+            let socket = self.u64()?;
+            let protocol = match self.u8()? {
+                6 => Protocol::Tcp,
+                17 => Protocol::Udp,
+                _ => return Err(AbiError::BadValue),
+            };
+            let binding_kind = self.u8()?;
+            let port = self.u16()?;
+            self.zeros(4)?;
+            let binding = match binding_kind {
+                0 | 2 if port != 0 => return Err(AbiError::ReservedNotZero),
+                0 => {
+                    self.address(false)?;
+                    SocketBinding::NotBound
+                }
+                1 => {
+                    self.address(false)?;
+                    SocketBinding::AnyAddress { port }
+                }
+                2 => SocketBinding::Address(self.address(true)?.ok_or(AbiError::BadValue)?),
+                _ => return Err(AbiError::BadValue),
+            };
+            let remote = self.address(true)?.ok_or(AbiError::BadValue)?;
+            sockets.push(FlowSocket {
+                socket,
+                protocol,
+                binding,
+                remote,
+            });
+        }
+        Ok(FlowRecord {
+            id,
+            pid,
+            traffic_type,
+            adaptive,
+            custom_dscp,
+            mark: Mark { dscp, pcp },
+            counters,
+            sockets_total,
+            sockets,
+        })
+    }
+
     fn status(&mut self) -> Result<StatusInfo, AbiError> {
         let protocol_version = self.u16()?;
         self.zeros(2)?;
@@ -1287,8 +1621,9 @@ fn try_vec<T>(count: usize) -> Result<Vec<T>, AbiError> {
     Ok(v)
 }
 
-/// Checks the header and returns the record kind and the payload.
-fn decode_header(bytes: &[u8]) -> Result<(RecordKind, Reader<'_>), AbiError> {
+/// Checks the header and returns the record kind, the flags and the payload; the caller checks
+/// the flags.
+fn decode_header(bytes: &[u8]) -> Result<(RecordKind, u32, Reader<'_>), AbiError> {
     let mut r = Reader { buf: bytes };
     if bytes.len() < HEADER_LEN as usize {
         return Err(AbiError::Truncated);
@@ -1309,10 +1644,7 @@ fn decode_header(bytes: &[u8]) -> Result<(RecordKind, Reader<'_>), AbiError> {
         return Err(AbiError::TooLarge);
     }
     let kind = RecordKind::from_u16(kind).ok_or(AbiError::BadKind)?;
-    if flags != 0 {
-        return Err(AbiError::ReservedNotZero);
-    }
-    Ok((kind, r))
+    Ok((kind, flags, r))
 }
 
 /// The length of the record whose header starts `bytes` (at least [`HEADER_LEN`] bytes; more are
@@ -1358,8 +1690,43 @@ fn check_error(e: ErrorReply) -> Result<(), AbiError> {
 /// # Errors
 /// The first problem found, in the order given in the module docs; never panics.
 pub fn decode_request(bytes: &[u8]) -> Result<Request, AbiError> {
-    let (kind, mut r) = decode_header(bytes)?;
+    match decode_request_with_flags(bytes)? {
+        (request, 0) => Ok(request),
+        _ => Err(AbiError::ReservedNotZero),
+    }
+}
+
+/// Decodes one request record and returns it with its header flags: 0, or
+/// [`FLAG_QOS2_ANSWER`] on SetFlow, QueryFlow and NotifyFlow (the back end then answers a
+/// success with [`encode_qos2_answer`]). Any other flag → [`AbiError::ReservedNotZero`] (87).
+///
+/// # Errors
+/// As [`decode_request`], with the flag rule of [`flags_allowed`].
+pub fn decode_request_with_flags(bytes: &[u8]) -> Result<(Request, u32), AbiError> {
+    let (kind, flags, mut r) = decode_header(bytes)?;
+    let flag_ok = flags == 0
+        || (flags == FLAG_QOS2_ANSWER
+            && matches!(
+                kind,
+                RecordKind::SetFlow | RecordKind::QueryFlow | RecordKind::NotifyFlow
+            ));
+    if !flag_ok {
+        return Err(AbiError::ReservedNotZero);
+    }
     let request = match kind {
+        RecordKind::ListFlows => {
+            let after = r.u32()?;
+            r.zeros(4)?;
+            Request::ListFlows { after }
+        }
+        RecordKind::ReplaceRules => {
+            let count = r.list_count(MAX_RULES, RULE_SPEC_LEN)?;
+            let mut rules = try_vec(count)?;
+            for _ in 0..count {
+                rules.push(r.rule_spec()?);
+            }
+            Request::ReplaceRules(rules)
+        }
         RecordKind::QueryStatus => Request::QueryStatus,
         RecordKind::EnumerateFlows => Request::EnumerateFlows,
         RecordKind::ListRules => Request::ListRules,
@@ -1420,10 +1787,12 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, AbiError> {
         | RecordKind::FlowIds
         | RecordKind::Rules
         | RecordKind::TrafficTable
+        | RecordKind::Flows
         | RecordKind::Error => return Err(AbiError::BadKind),
     };
+    debug_assert!(flags_allowed(RequestKind::of(&request), flags));
     r.finish()?;
-    Ok(request)
+    Ok((request, flags))
 }
 
 /// Decodes one request record that arrived with the IOCTL of `kind`: as [`decode_request`],
@@ -1446,9 +1815,12 @@ pub fn decode_request_for(kind: RequestKind, bytes: &[u8]) -> Result<Request, Ab
 /// The first problem found, in the order given in the module docs; [`AbiError::BadKind`] when
 /// the record is not a valid answer to `kind` ([`answers`]). Never panics.
 pub fn decode_response(kind: RequestKind, bytes: &[u8]) -> Result<Reply, AbiError> {
-    let (record, mut r) = decode_header(bytes)?;
+    let (record, flags, mut r) = decode_header(bytes)?;
     if !answers(kind, record) {
         return Err(AbiError::BadKind);
+    }
+    if flags != 0 {
+        return Err(AbiError::ReservedNotZero);
     }
     let reply = match record {
         RecordKind::Error => {
@@ -1499,6 +1871,32 @@ pub fn decode_response(kind: RequestKind, bytes: &[u8]) -> Result<Reply, AbiErro
             Response::Rules(rules)
         }
         RecordKind::TrafficTable => Response::TrafficTable(r.traffic_table()?),
+        RecordKind::Flows => {
+            let count = r.u32()?;
+            let next_after = r.u32()?;
+            if count > MAX_FLOWS_PER_PAGE {
+                return Err(AbiError::TooLarge);
+            }
+            // Each flow takes at least FLOW_LEN bytes: refuse a count the bytes cannot hold
+            // before allocating for it.
+            if r.buf.len() < count as usize * FLOW_LEN as usize {
+                return Err(AbiError::Truncated);
+            }
+            let mut flows = try_vec(count as usize)?;
+            let mut last = 0u32;
+            for _ in 0..count {
+                let f = r.flow()?;
+                if f.id <= last {
+                    return Err(AbiError::BadValue);
+                }
+                last = f.id;
+                flows.push(f);
+            }
+            if next_after != 0 && next_after != last {
+                return Err(AbiError::BadValue);
+            }
+            Response::Flows(FlowPage { flows, next_after })
+        }
         RecordKind::QueryStatus
         | RecordKind::AddSocketToFlow
         | RecordKind::RemoveSocketFromFlow
@@ -1510,7 +1908,9 @@ pub fn decode_response(kind: RequestKind, bytes: &[u8]) -> Result<Reply, AbiErro
         | RecordKind::RemoveRule
         | RecordKind::ListRules
         | RecordKind::GetTrafficTable
-        | RecordKind::SetTrafficTable => return Err(AbiError::BadKind),
+        | RecordKind::SetTrafficTable
+        | RecordKind::ListFlows
+        | RecordKind::ReplaceRules => return Err(AbiError::BadKind),
     };
     r.finish()?;
     Ok(Reply::Response(reply))

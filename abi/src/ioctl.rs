@@ -19,7 +19,7 @@
 //!   below 0x800 are Microsoft's, 0x800 and above are for vendors. A custom device type
 //!   (≥ 0x8000) would also be legal, but would then have to be the device object's type too,
 //!   which gains nothing: IOCTLs only ever reach our own device object.
-//! * **Function ≥ 0x800**, one per request kind (0x800..=0x80B, [`RequestKind::function`]).
+//! * **Function ≥ 0x800**, one per request kind (0x800..=0x80D, [`RequestKind::function`]).
 //! * **Method = `METHOD_BUFFERED`** for every code: the I/O manager copies the input into a
 //!   system buffer and copies `IoStatus.Information` bytes back on success or warning, so the
 //!   driver never touches user addresses (see [`crate::codec`] for the size protocol).
@@ -102,11 +102,15 @@ pub enum RequestKind {
     GetTrafficTable = 10,
     /// [`Request::SetTrafficTable`].
     SetTrafficTable = 11,
+    /// [`Request::ListFlows`].
+    ListFlows = 12,
+    /// [`Request::ReplaceRules`].
+    ReplaceRules = 13,
 }
 
 impl RequestKind {
     /// Every kind, in function-code order.
-    pub const ALL: [RequestKind; 12] = [
+    pub const ALL: [RequestKind; 14] = [
         RequestKind::QueryStatus,
         RequestKind::AddSocketToFlow,
         RequestKind::RemoveSocketFromFlow,
@@ -119,6 +123,8 @@ impl RequestKind {
         RequestKind::ListRules,
         RequestKind::GetTrafficTable,
         RequestKind::SetTrafficTable,
+        RequestKind::ListFlows,
+        RequestKind::ReplaceRules,
     ];
 
     /// The kind of a decoded request.
@@ -137,6 +143,8 @@ impl RequestKind {
             Request::ListRules => RequestKind::ListRules,
             Request::GetTrafficTable => RequestKind::GetTrafficTable,
             Request::SetTrafficTable(_) => RequestKind::SetTrafficTable,
+            Request::ListFlows { .. } => RequestKind::ListFlows,
+            Request::ReplaceRules(_) => RequestKind::ReplaceRules,
         }
     }
 
@@ -155,13 +163,15 @@ impl RequestKind {
             | RequestKind::NotifyFlow
             | RequestKind::EnumerateFlows
             | RequestKind::ListRules
-            | RequestKind::GetTrafficTable => false,
+            | RequestKind::GetTrafficTable
+            | RequestKind::ListFlows => false,
             RequestKind::AddSocketToFlow
             | RequestKind::RemoveSocketFromFlow
             | RequestKind::SetFlow
             | RequestKind::AddRule
             | RequestKind::RemoveRule
-            | RequestKind::SetTrafficTable => true,
+            | RequestKind::SetTrafficTable
+            | RequestKind::ReplaceRules => true,
         }
     }
 
@@ -215,6 +225,10 @@ pub const IOCTL_QOSMARK_LIST_RULES: u32 = RequestKind::ListRules.code();
 pub const IOCTL_QOSMARK_GET_TRAFFIC_TABLE: u32 = RequestKind::GetTrafficTable.code();
 /// `IOCTL_QOSMARK_SET_TRAFFIC_TABLE`.
 pub const IOCTL_QOSMARK_SET_TRAFFIC_TABLE: u32 = RequestKind::SetTrafficTable.code();
+/// `IOCTL_QOSMARK_LIST_FLOWS`.
+pub const IOCTL_QOSMARK_LIST_FLOWS: u32 = RequestKind::ListFlows.code();
+/// `IOCTL_QOSMARK_REPLACE_RULES`.
+pub const IOCTL_QOSMARK_REPLACE_RULES: u32 = RequestKind::ReplaceRules.code();
 
 #[cfg(test)]
 mod tests {
@@ -231,7 +245,7 @@ mod tests {
         // DeviceType 0x12 (FILE_DEVICE_NETWORK), METHOD_BUFFERED 0, FILE_READ_ACCESS 1,
         // FILE_WRITE_ACCESS 2. Hand-computed: 0x12 << 16 = 0x0012_0000; read 1 << 14 = 0x4000;
         // write 2 << 14 = 0x8000; 0x800 << 2 = 0x2000, each further function adds 4.
-        let expected: [(RequestKind, u32, u32); 12] = [
+        let expected: [(RequestKind, u32, u32); 14] = [
             (
                 RequestKind::QueryStatus,
                 formula(0x12, 0x800, 0, 1),
@@ -292,6 +306,16 @@ mod tests {
                 formula(0x12, 0x80B, 0, 2),
                 0x0012_A02C,
             ),
+            (
+                RequestKind::ListFlows,
+                formula(0x12, 0x80C, 0, 1),
+                0x0012_6030,
+            ),
+            (
+                RequestKind::ReplaceRules,
+                formula(0x12, 0x80D, 0, 2),
+                0x0012_A034,
+            ),
         ];
         for (kind, by_formula, literal) in expected {
             assert_eq!(by_formula, literal, "{kind:?}: test table inconsistent");
@@ -310,6 +334,8 @@ mod tests {
         assert_eq!(IOCTL_QOSMARK_LIST_RULES, 0x0012_6024);
         assert_eq!(IOCTL_QOSMARK_GET_TRAFFIC_TABLE, 0x0012_6028);
         assert_eq!(IOCTL_QOSMARK_SET_TRAFFIC_TABLE, 0x0012_A02C);
+        assert_eq!(IOCTL_QOSMARK_LIST_FLOWS, 0x0012_6030);
+        assert_eq!(IOCTL_QOSMARK_REPLACE_RULES, 0x0012_A034);
     }
 
     #[test]

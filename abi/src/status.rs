@@ -48,6 +48,9 @@ impl Win32Error {
     pub const SUCCESS: Self = Self(0);
     /// `ERROR_INVALID_FUNCTION`.
     pub const INVALID_FUNCTION: Self = Self(1);
+    /// `ERROR_FILE_NOT_FOUND`: the shim's code when the back end is absent (no `\\.\QosMark`
+    /// device, no `qosmarkd` socket).
+    pub const FILE_NOT_FOUND: Self = Self(2);
     /// `ERROR_ACCESS_DENIED`.
     pub const ACCESS_DENIED: Self = Self(5);
     /// `ERROR_INVALID_HANDLE`.
@@ -102,6 +105,8 @@ impl Win32Error {
     pub const HOST_UNREACHABLE: Self = Self(1232);
     /// `ERROR_REQUEST_ABORTED`.
     pub const REQUEST_ABORTED: Self = Self(1235);
+    /// `ERROR_REVISION_MISMATCH`: client and back end speak different protocol versions.
+    pub const REVISION_MISMATCH: Self = Self(1306);
     /// `ERROR_RETRY`.
     pub const RETRY: Self = Self(1237);
     /// `ERROR_ACCESS_DISABLED_BY_POLICY`.
@@ -148,6 +153,10 @@ impl NtStatus {
     pub const ACCESS_DENIED: Self = nt(0xC000_0022);
     /// `STATUS_BUFFER_TOO_SMALL` → `ERROR_INSUFFICIENT_BUFFER` (122). An error: nothing is copied.
     pub const BUFFER_TOO_SMALL: Self = nt(0xC000_0023);
+    /// `STATUS_OBJECT_NAME_NOT_FOUND` → `ERROR_FILE_NOT_FOUND` (2).
+    pub const OBJECT_NAME_NOT_FOUND: Self = nt(0xC000_0034);
+    /// `STATUS_REVISION_MISMATCH` → `ERROR_REVISION_MISMATCH` (1306).
+    pub const REVISION_MISMATCH: Self = nt(0xC000_0059);
     /// `STATUS_OBJECT_NAME_COLLISION` → `ERROR_ALREADY_EXISTS` (183).
     pub const OBJECT_NAME_COLLISION: Self = nt(0xC000_0035);
     /// `STATUS_INSUFFICIENT_RESOURCES` → `ERROR_NO_SYSTEM_RESOURCES` (1450).
@@ -240,7 +249,7 @@ impl NtStatus {
 /// `ERROR_MORE_DATA` and `STATUS_PENDING` → `ERROR_IO_PENDING` are in the same tables
 /// (`table_80000001`, `table_00000102`). The first status listed for a code is the one
 /// [`ntstatus_for`] chooses.
-const NAMED: [(NtStatus, Win32Error); 28] = [
+const NAMED: [(NtStatus, Win32Error); 30] = [
     (NtStatus::PENDING, Win32Error::IO_PENDING),
     (NtStatus::BUFFER_OVERFLOW, Win32Error::MORE_DATA),
     (NtStatus::UNSUCCESSFUL, Win32Error::GEN_FAILURE),
@@ -254,6 +263,8 @@ const NAMED: [(NtStatus, Win32Error); 28] = [
     (NtStatus::ACCESS_DENIED, Win32Error::ACCESS_DENIED),
     (NtStatus::BUFFER_TOO_SMALL, Win32Error::INSUFFICIENT_BUFFER),
     (NtStatus::OBJECT_NAME_COLLISION, Win32Error::ALREADY_EXISTS),
+    (NtStatus::OBJECT_NAME_NOT_FOUND, Win32Error::FILE_NOT_FOUND),
+    (NtStatus::REVISION_MISMATCH, Win32Error::REVISION_MISMATCH),
     (
         NtStatus::INSUFFICIENT_RESOURCES,
         Win32Error::NO_SYSTEM_RESOURCES,
@@ -339,7 +350,7 @@ mod tests {
 
     /// `(NTSTATUS, Win32)` pairs written out as literals from Wine's `dlls/ntdll/error.c` tables
     /// (and the WRK rule for 0x8007xxxx), independent of the constants above.
-    const ORACLE: [(u32, u32); 28] = [
+    const ORACLE: [(u32, u32); 30] = [
         (0x0000_0103, 997),  // STATUS_PENDING -> ERROR_IO_PENDING
         (0x8000_0005, 234),  // STATUS_BUFFER_OVERFLOW -> ERROR_MORE_DATA
         (0xC000_0001, 31),   // STATUS_UNSUCCESSFUL -> ERROR_GEN_FAILURE
@@ -368,6 +379,8 @@ mod tests {
         (0xC000_0287, 1164), // STATUS_REINITIALIZATION_NEEDED
         (0xC000_0361, 1260), // STATUS_ACCESS_DISABLED_BY_POLICY_DEFAULT
         (0x8007_042C, 1068), // NTSTATUS_FROM_WIN32(ERROR_SERVICE_DEPENDENCY_FAIL)
+        (0xC000_0034, 2),    // STATUS_OBJECT_NAME_NOT_FOUND -> ERROR_FILE_NOT_FOUND
+        (0xC000_0059, 1306), // STATUS_REVISION_MISMATCH -> ERROR_REVISION_MISMATCH
     ];
 
     /// Every Win32 code of qos-api.md §7 (except the pseudo-entry "ERROR_ABORTED").
@@ -405,7 +418,9 @@ mod tests {
     #[test]
     fn chosen_statuses_for_the_engine_codes() {
         // The statuses the driver completes with for every EngineError code, written out.
-        let expected: [(u32, u32); 16] = [
+        let expected: [(u32, u32); 18] = [
+            (2, 0xC000_0034),
+            (1306, 0xC000_0059),
             (5, 0xC000_0022),
             (6, 0xC000_0008),
             (8, 0xC000_0017),

@@ -591,6 +591,78 @@ pub enum Request {
     GetTrafficTable,
     /// Replace the traffic-type table and user DSCP allow-list (admin only).
     SetTrafficTable(TrafficTable),
+    /// One page of flow details (`qosmarkctl flows`): the flows with an id above `after`,
+    /// ascending. Administrators see every flow, others the flows of their own process (the
+    /// rule of [`Request::EnumerateFlows`]).
+    ListFlows {
+        /// Only flows with a larger id (0 = from the first flow).
+        after: FlowId,
+    },
+    /// Replace the whole rule set atomically (admin only): every rule is validated first and
+    /// on any error nothing changes. Rule counters start again from zero.
+    ReplaceRules(alloc::vec::Vec<RuleSpec>),
+}
+
+/// The local side of a listed socket entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SocketBinding {
+    /// Bound to this address and port.
+    Address(SocketAddr),
+    /// Bound to the unspecified address with this port (any local address matches).
+    AnyAddress {
+        /// Local port.
+        port: u16,
+    },
+    /// A TCP socket registered before `connect`: it matches nothing until its local port is
+    /// known.
+    NotBound,
+}
+
+/// One socket / destination entry of a listed flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowSocket {
+    /// Socket value as the owning process knows it.
+    pub socket: u64,
+    /// TCP or UDP.
+    pub protocol: Protocol,
+    /// Local side.
+    pub binding: SocketBinding,
+    /// Destination (v4-mapped shown as IPv4).
+    pub remote: SocketAddr,
+}
+
+/// One flow as listed by [`Request::ListFlows`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowRecord {
+    /// Flow id (never 0).
+    pub id: FlowId,
+    /// Process id of the owner.
+    pub pid: u32,
+    /// Traffic type.
+    pub traffic_type: TrafficType,
+    /// Added without `QOS_NON_ADAPTIVE_FLOW`.
+    pub adaptive: bool,
+    /// DSCP set with `QOSSetOutgoingDSCPValue`.
+    pub custom_dscp: Option<Dscp>,
+    /// The mark the flow's packets get.
+    pub mark: Mark,
+    /// Packet counters.
+    pub counters: CounterSnapshot,
+    /// How many socket entries the flow has; `sockets` holds the first
+    /// `min(sockets_total, MAX_LISTED_SOCKETS)` of them (`codec::MAX_LISTED_SOCKETS`).
+    pub sockets_total: u32,
+    /// The first socket entries, in registration order.
+    pub sockets: alloc::vec::Vec<FlowSocket>,
+}
+
+/// One page of [`Request::ListFlows`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FlowPage {
+    /// Flows, ascending by id (at most `codec::MAX_FLOWS_PER_PAGE`).
+    pub flows: alloc::vec::Vec<FlowRecord>,
+    /// 0 when this is the last page; otherwise the id of the last flow listed, to be passed as
+    /// `after` for the next page.
+    pub next_after: FlowId,
 }
 
 /// Per-object (flow or rule) packet counters, as reported.
@@ -790,6 +862,8 @@ pub enum Response {
     Rules(alloc::vec::Vec<RuleEntry>),
     /// `GetTrafficTable`.
     TrafficTable(TrafficTable),
+    /// `ListFlows`: one page.
+    Flows(FlowPage),
 }
 
 #[cfg(test)]

@@ -149,7 +149,7 @@ fn header_errors() {
     }
 
     // Unknown kinds.
-    for kind in [0x0000u16, 0x000D, 0x7FFF, 0x8000, 0x8009, 0x80FE, 0xFFFF] {
+    for kind in [0x0000u16, 0x000F, 0x7FFF, 0x8000, 0x800A, 0x80FE, 0xFFFF] {
         let mut b = good.clone();
         b[6..8].copy_from_slice(&kind.to_le_bytes());
         assert_eq!(req(&b), Err(AbiError::BadKind), "kind {kind:#x}");
@@ -220,6 +220,7 @@ fn direction_and_pairing_of_kinds() {
                 | RequestKind::AddRule
                 | RequestKind::RemoveRule
                 | RequestKind::SetTrafficTable
+                | RequestKind::ReplaceRules
         );
         assert_eq!(resp(kind, &done).is_ok(), expect_ok, "{kind:?}");
     }
@@ -630,4 +631,121 @@ fn record_len_frames_streams() {
     assert_eq!(codec::record_len(&x), Err(AbiError::TooLarge));
     x[12..16].copy_from_slice(&codec::MAX_RECORD_LEN.to_le_bytes());
     assert_eq!(codec::record_len(&x), Ok(codec::MAX_RECORD_LEN));
+}
+
+/// Payload offsets in `resp_flows` (list header 8): first FLOW at 8, its first FLOW SOCKET at
+/// 8 + 56 = 64, its third at 64 + 2 * 72 = 208; the second FLOW starts at 64 + 3 * 72 = 280.
+#[test]
+fn flows_answer_values() {
+    let good = golden("resp_flows");
+    let flows = |b: &[u8]| resp(RequestKind::ListFlows, b);
+    assert!(flows(&good).is_ok());
+    let cases: [(usize, &[u8], AbiError); 14] = [
+        (0, &600u32.to_le_bytes(), AbiError::TooLarge), // count > 512
+        (4, &5u32.to_le_bytes(), AbiError::BadValue),   // next_after not the last id
+        (8, &0u32.to_le_bytes(), AbiError::BadValue),   // flow id 0
+        (8, &7u32.to_le_bytes(), AbiError::BadValue),   // ids not strictly ascending
+        (16, &[6], AbiError::BadValue),                 // traffic type 6
+        (17, &[2], AbiError::BadValue),                 // adaptive flag 2
+        (19, &[9], AbiError::ReservedNotZero),          // custom DSCP absent but non-zero
+        (21, &[64], AbiError::BadValue),                // mark DSCP 64
+        (23, &[3], AbiError::ReservedNotZero),          // mark PCP absent but non-zero
+        (28, &17u32.to_le_bytes(), AbiError::TooLarge), // listed > 16
+        (24, &2u32.to_le_bytes(), AbiError::BadValue),  // listed (3) > total (2)
+        (72, &[7], AbiError::BadValue),                 // socket protocol 7
+        (73, &[3], AbiError::BadValue),                 // binding kind 3
+        (76, &[1], AbiError::ReservedNotZero),          // FLOW SOCKET reserved bytes
+    ];
+    for (off, value, expected) in cases {
+        let mut b = good.clone();
+        patch(&mut b, off, value);
+        assert_eq!(flows(&b), Err(expected), "offset {off}");
+    }
+    // Binding "not bound" (the third socket of flow 3, at 80 + 2 * 72 = 224) with a port.
+    let mut b = good.clone();
+    assert_eq!(b[16 + 208 + 9], 0);
+    patch(&mut b, 208 + 10, &[1, 0]);
+    assert_eq!(flows(&b), Err(AbiError::ReservedNotZero));
+    // Binding "any address" with a local ADDRESS present.
+    let mut b = good.clone();
+    assert_eq!(b[16 + 64 + 9], 1);
+    patch(&mut b, 64 + 16, &[4]);
+    assert_eq!(flows(&b), Err(AbiError::ReservedNotZero));
+    // A count that the bytes cannot hold is refused before any allocation.
+    let mut b = good.clone();
+    patch(&mut b, 0, &512u32.to_le_bytes());
+    assert_eq!(flows(&b), Err(AbiError::Truncated));
+    // Answers never carry flags.
+    let mut b = good.clone();
+    b[8] = 1;
+    assert_eq!(flows(&b), Err(AbiError::ReservedNotZero));
+}
+
+#[test]
+fn largest_flow_page_fits_a_record() {
+    use qosmark_abi::{
+        CounterSnapshot, FlowPage, FlowRecord, FlowSocket, Mark, Protocol, SocketBinding,
+        TrafficType,
+    };
+    let addr: std::net::SocketAddr = "[2001:db8::1]:443".parse().unwrap();
+    let socket = FlowSocket {
+        socket: u64::MAX,
+        protocol: Protocol::Tcp,
+        binding: SocketBinding::Address(addr),
+        remote: addr,
+    };
+    let flows = (1..=codec::MAX_FLOWS_PER_PAGE)
+        .map(|id| FlowRecord {
+            id,
+            pid: 1,
+            traffic_type: TrafficType::Control,
+            adaptive: true,
+            custom_dscp: None,
+            mark: Mark::default(),
+            counters: CounterSnapshot::default(),
+            sockets_total: u32::MAX,
+            sockets: vec![socket; codec::MAX_LISTED_SOCKETS as usize],
+        })
+        .collect::<Vec<_>>();
+    let page = Response::Flows(FlowPage {
+        next_after: codec::MAX_FLOWS_PER_PAGE,
+        flows,
+    });
+    let mut out = Vec::new();
+    codec::encode_response(&page, &mut out).unwrap();
+    assert_eq!(out.len(), 618_520);
+    assert!(out.len() <= codec::MAX_RECORD_LEN as usize);
+    assert_eq!(
+        resp(RequestKind::ListFlows, &out),
+        Ok(Reply::Response(page.clone()))
+    );
+    // One flow or one socket more is refused by the encoder.
+    let Response::Flows(mut p) = page else {
+        unreachable!()
+    };
+    p.flows[0].sockets.push(socket);
+    assert_eq!(
+        codec::encode_response(&Response::Flows(p.clone()), &mut Vec::new()),
+        Err(AbiError::TooLarge)
+    );
+    p.flows[0].sockets.pop();
+    p.flows[0].sockets_total = 3;
+    assert_eq!(
+        codec::encode_response(&Response::Flows(p), &mut Vec::new()),
+        Err(AbiError::BadValue)
+    );
+}
+
+#[test]
+fn replace_rules_limits() {
+    let rule = common::sample_rule();
+    let too_many = Request::ReplaceRules(vec![rule; codec::MAX_RULES as usize + 1]);
+    assert_eq!(
+        codec::encode_request(&too_many, &mut Vec::new()),
+        Err(AbiError::TooLarge)
+    );
+    let mut good = golden("req_replace_rules");
+    assert!(req(&good).is_ok());
+    patch(&mut good, 0, &3u32.to_le_bytes()); // count 3, two rules present
+    assert_eq!(req(&good), Err(AbiError::Truncated));
 }

@@ -27,9 +27,9 @@ fn record(kind: u16, payload: &[u8]) -> Vec<u8> {
     b
 }
 
-const KINDS: [u16; 21] = [
+const KINDS: [u16; 24] = [
     0x0001, 0x0002, 0x0003, 0x0004, 0x0005, 0x0006, 0x0007, 0x0008, 0x0009, 0x000A, 0x000B, 0x000C,
-    0x8001, 0x8002, 0x8003, 0x8004, 0x8005, 0x8006, 0x8007, 0x8008, 0x80FF,
+    0x000D, 0x000E, 0x8001, 0x8002, 0x8003, 0x8004, 0x8005, 0x8006, 0x8007, 0x8008, 0x8009, 0x80FF,
 ];
 
 /// Decodes `bytes` every way; each success must re-encode to exactly `bytes`.
@@ -37,6 +37,11 @@ fn decode_everything(bytes: &[u8]) {
     if let Ok(r) = codec::decode_request(bytes) {
         let mut out = Vec::new();
         codec::encode_request(&r, &mut out).unwrap();
+        assert_eq!(out, bytes);
+    }
+    if let Ok((r, flags)) = codec::decode_request_with_flags(bytes) {
+        let mut out = Vec::new();
+        codec::encode_request_with_flags(&r, flags, &mut out).unwrap();
         assert_eq!(out, bytes);
     }
     for kind in RequestKind::ALL {
@@ -70,7 +75,7 @@ proptest! {
     }
 
     #[test]
-    fn errors_round_trip(error in common::error_reply(), kind in 0usize..12) {
+    fn errors_round_trip(error in common::error_reply(), kind in 0usize..RequestKind::ALL.len()) {
         let mut out = Vec::new();
         codec::encode_error(error, &mut out).unwrap();
         prop_assert_eq!(out.len(), codec::ERROR_RECORD_LEN as usize);
@@ -98,6 +103,61 @@ proptest! {
         } else {
             prop_assert_eq!(status, NtStatus::BUFFER_TOO_SMALL);
             prop_assert!(out.is_empty());
+        }
+    }
+
+    #[test]
+    fn flagged_requests(request in common::request(), flags in prop_oneof![Just(0u32), Just(1), any::<u32>()]) {
+        let kind = RequestKind::of(&request);
+        let allowed = flags == 0
+            || (flags == 1 && matches!(kind, RequestKind::SetFlow | RequestKind::QueryFlow | RequestKind::NotifyFlow));
+        prop_assert_eq!(codec::flags_allowed(kind, flags), allowed);
+        let mut out = Vec::new();
+        let r = codec::encode_request_with_flags(&request, flags, &mut out);
+        if allowed {
+            prop_assert_eq!(r, Ok(()));
+            prop_assert_eq!(&out[8..12], &flags.to_le_bytes());
+            prop_assert_eq!(codec::decode_request_with_flags(&out), Ok((request.clone(), flags)));
+            let plain = codec::decode_request(&out);
+            if flags == 0 {
+                prop_assert_eq!(plain, Ok(request));
+            } else {
+                prop_assert_eq!(plain, Err(codec::AbiError::ReservedNotZero));
+            }
+        } else {
+            prop_assert_eq!(r, Err(codec::AbiError::ReservedNotZero));
+            prop_assert!(out.is_empty());
+            // The same bytes with the flag patched in are refused by the decoder too.
+            codec::encode_request(&request, &mut out).unwrap();
+            out[8..12].copy_from_slice(&flags.to_le_bytes());
+            prop_assert_eq!(codec::decode_request_with_flags(&out), Err(codec::AbiError::ReservedNotZero));
+        }
+    }
+
+    #[test]
+    fn qos2_answers_are_the_bare_structures(response in common::response()) {
+        let mut out = vec![0xAA];
+        let r = codec::encode_qos2_answer(&response, &mut out);
+        // Written out independently: QOS_PACKET_PRIORITY = 4 x ULONG, the rate a UINT64.
+        let expected: Option<Vec<u8>> = match &response {
+            qosmark_abi::Response::Done => Some(vec![]),
+            qosmark_abi::Response::PacketPriority(p) => Some(
+                [p.conformant_dscp, p.non_conformant_dscp, p.conformant_l2, p.non_conformant_l2]
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+            ),
+            qosmark_abi::Response::OutgoingRate(v) => Some(v.to_le_bytes().to_vec()),
+            _ => None,
+        };
+        if let Some(e) = expected {
+            prop_assert_eq!(r, Ok(()));
+            prop_assert_eq!(&out[1..], &e[..]);
+            prop_assert_eq!(codec::qos2_answer_len(&response), Some(e.len() as u32));
+        } else {
+            prop_assert_eq!(r, Err(codec::AbiError::BadKind));
+            prop_assert_eq!(out, vec![0xAA]);
+            prop_assert_eq!(codec::qos2_answer_len(&response), None);
         }
     }
 

@@ -402,6 +402,47 @@ impl RuleSet {
         }
     }
 
+    /// Replaces every rule with `specs`, in that order (`ReplaceRules`). All or nothing: each
+    /// spec is validated and the names checked before anything changes. The new rules' counters
+    /// start at zero, even for a rule whose name was already there.
+    ///
+    /// # Errors
+    /// `InvalidParameter` for the first invalid spec, `AlreadyExists` when two specs share a
+    /// name, `LimitReached` for more than the set holds, `NoMemory`. On error the set is
+    /// unchanged.
+    pub(crate) fn replace(&mut self, specs: &[RuleSpec]) -> Result<(), EngineError> {
+        for spec in specs {
+            spec.validate().map_err(|_| EngineError::InvalidParameter)?;
+        }
+        if specs.len() > self.max {
+            return Err(EngineError::LimitReached);
+        }
+        // Duplicate names: sort a list of the names (O(n log n)) and compare neighbours.
+        let mut names = Vec::new();
+        names.try_reserve_exact(specs.len())?;
+        names.extend(specs.iter().map(|s| s.name.as_str()));
+        names.sort_unstable();
+        if names.windows(2).any(|w| w.first() == w.last()) {
+            return Err(EngineError::AlreadyExists);
+        }
+        let mut rules = Vec::new();
+        rules.try_reserve_exact(specs.len())?;
+        let mut seq = self.next_seq;
+        for spec in specs {
+            rules.push(Rule {
+                spec: spec.clone(),
+                counters: Counters::default(),
+                rank: Rank::of(spec, seq),
+            });
+            seq += 1;
+        }
+        let index = Index::build(&rules)?;
+        self.rules = rules;
+        self.index = index;
+        self.next_seq = seq;
+        Ok(())
+    }
+
     /// Every rule in insertion order, with its counters.
     ///
     /// # Errors

@@ -2,6 +2,8 @@
 //! decoder for every request kind. Decoding must never panic; whatever decodes must re-encode to
 //! exactly the input bytes (the encoding is canonical) and decode again to the same value.
 //!
+//! Flagged requests (`FLAG_QOS2_ANSWER`) go through `decode_request_with_flags` too.
+//!
 //! Seed corpus: `corpus/abi_decode/` = the golden vectors of `abi/golden/`.
 #![no_main]
 
@@ -19,6 +21,16 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(codec::record_len(data).ok(), u32::try_from(data.len()).ok());
         let kind = RequestKind::of(&request);
         assert_eq!(codec::decode_request_for(kind, data).as_ref(), Ok(&request));
+    }
+    if let Ok((request, flags)) = codec::decode_request_with_flags(data) {
+        let mut out = Vec::new();
+        codec::encode_request_with_flags(&request, flags, &mut out)
+            .expect("a decoded flagged request must encode");
+        assert_eq!(out, data, "flagged request re-encoding differs");
+        assert!(codec::flags_allowed(RequestKind::of(&request), flags));
+        if let Ok(reply) = codec::decode_response(RequestKind::of(&request), data) {
+            panic!("a request decoded as an answer: {reply:?}");
+        }
     }
     for kind in RequestKind::ALL {
         if let Ok(reply) = codec::decode_response(kind, data) {

@@ -15,10 +15,10 @@ use qosmark_abi::heapless_name::RuleName;
 use qosmark_abi::ioctl::RequestKind;
 use qosmark_abi::status::Win32Error;
 use qosmark_abi::{
-    CounterSnapshot, Dscp, FailOpen, Family, FlowRate, NotifyFlow, PacketPriority, Pcp, PortRange,
-    Prefix, Protocol, QueryFlow, Request, Response, RuleAction, RuleEntry, RuleProtocol, RuleSpec,
-    SetFlow, Shaping, SkipReason, SocketInfo, StatusInfo, TrafficTable, TrafficType,
-    TrafficTypeMark,
+    CounterSnapshot, Dscp, FailOpen, Family, FlowPage, FlowRate, FlowRecord, FlowSocket, Mark,
+    NotifyFlow, PacketPriority, Pcp, PortRange, Prefix, Protocol, QueryFlow, Request, Response,
+    RuleAction, RuleEntry, RuleProtocol, RuleSpec, SetFlow, Shaping, SkipReason, SocketBinding,
+    SocketInfo, StatusInfo, TrafficTable, TrafficType, TrafficTypeMark,
 };
 
 /// One golden vector: a request, or an answer to a request of the given kind.
@@ -336,6 +336,18 @@ pub fn golden_cases() -> Vec<(&'static str, Golden)> {
                 Reply::Response(Response::TrafficTable(sample_table())),
             ),
         ),
+        ("req_list_flows", R(Request::ListFlows { after: 3 })),
+        (
+            "req_replace_rules",
+            R(Request::ReplaceRules(vec![sample_rule(), sample_rule_v6()])),
+        ),
+        (
+            "resp_flows",
+            A(
+                RequestKind::ListFlows,
+                Reply::Response(Response::Flows(sample_flow_page())),
+            ),
+        ),
         (
             "resp_error",
             A(
@@ -359,6 +371,79 @@ pub fn golden_cases() -> Vec<(&'static str, Golden)> {
     ]
 }
 
+/// The page of the Flows vector: a two-socket non-adaptive flow with every binding kind, and
+/// an adaptive flow with a custom DSCP; more pages follow.
+pub fn sample_flow_page() -> FlowPage {
+    let v4 = |a: [u8; 4], p| SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(a), p));
+    FlowPage {
+        flows: vec![
+            FlowRecord {
+                id: 3,
+                pid: 4242,
+                traffic_type: TrafficType::Voice,
+                adaptive: false,
+                custom_dscp: None,
+                mark: Mark {
+                    dscp: Some(dscp(56)),
+                    pcp: None,
+                },
+                counters: CounterSnapshot {
+                    packets: 100,
+                    bytes: 17_200,
+                    marked: 99,
+                    already_marked: 1,
+                },
+                sockets_total: 3,
+                sockets: vec![
+                    FlowSocket {
+                        socket: 0x1A4,
+                        protocol: Protocol::Udp,
+                        binding: SocketBinding::AnyAddress { port: 50000 },
+                        remote: v4([192, 0, 2, 7], 5004),
+                    },
+                    FlowSocket {
+                        socket: 0x1A4,
+                        protocol: Protocol::Udp,
+                        binding: SocketBinding::AnyAddress { port: 50000 },
+                        remote: v4([192, 0, 2, 8], 5004),
+                    },
+                    FlowSocket {
+                        socket: 0x1B0,
+                        protocol: Protocol::Tcp,
+                        binding: SocketBinding::NotBound,
+                        remote: SocketAddr::V6(SocketAddrV6::new(
+                            Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1),
+                            443,
+                            0,
+                            0,
+                        )),
+                    },
+                ],
+            },
+            FlowRecord {
+                id: 7,
+                pid: 99,
+                traffic_type: TrafficType::AudioVideo,
+                adaptive: true,
+                custom_dscp: Some(dscp(46)),
+                mark: Mark {
+                    dscp: Some(dscp(46)),
+                    pcp: Some(pcp(5)),
+                },
+                counters: CounterSnapshot::default(),
+                sockets_total: 20,
+                sockets: vec![FlowSocket {
+                    socket: 9,
+                    protocol: Protocol::Tcp,
+                    binding: SocketBinding::Address(v4([10, 1, 2, 3], 49152)),
+                    remote: v4([192, 0, 2, 80], 443),
+                }],
+            },
+        ],
+        next_after: 7,
+    }
+}
+
 /// The request kind a response answers (one of them, for `Done`).
 pub fn kind_for(response: &Response) -> RequestKind {
     match response {
@@ -369,6 +454,7 @@ pub fn kind_for(response: &Response) -> RequestKind {
         Response::FlowIds(_) => RequestKind::EnumerateFlows,
         Response::Rules(_) => RequestKind::ListRules,
         Response::TrafficTable(_) => RequestKind::GetTrafficTable,
+        Response::Flows(_) => RequestKind::ListFlows,
     }
 }
 
@@ -591,7 +677,73 @@ pub fn request() -> impl Strategy<Value = Request> {
         Just(Request::ListRules),
         Just(Request::GetTrafficTable),
         traffic_table().prop_map(Request::SetTrafficTable),
+        any::<u32>().prop_map(|after| Request::ListFlows { after }),
+        proptest::collection::vec(rule_spec(), 0..5).prop_map(Request::ReplaceRules),
     ]
+}
+
+fn flow_socket() -> impl Strategy<Value = FlowSocket> {
+    (
+        any::<u64>(),
+        prop_oneof![Just(Protocol::Tcp), Just(Protocol::Udp)],
+        prop_oneof![
+            Just(SocketBinding::NotBound),
+            any::<u16>().prop_map(|port| SocketBinding::AnyAddress { port }),
+            socket_addr().prop_map(SocketBinding::Address),
+        ],
+        socket_addr(),
+    )
+        .prop_map(|(socket, protocol, binding, remote)| FlowSocket {
+            socket,
+            protocol,
+            binding,
+            remote,
+        })
+}
+
+fn flow_record() -> impl Strategy<Value = FlowRecord> {
+    (
+        (any::<u32>(), traffic_type(), any::<bool>(), opt_dscp()),
+        (opt_dscp(), opt_pcp(), counters()),
+        proptest::collection::vec(flow_socket(), 0..4),
+        0u32..40,
+    )
+        .prop_map(
+            |((pid, traffic_type, adaptive, custom_dscp), (d, p, counters), sockets, extra)| {
+                FlowRecord {
+                    id: 1,
+                    pid,
+                    traffic_type,
+                    adaptive,
+                    custom_dscp,
+                    mark: Mark { dscp: d, pcp: p },
+                    counters,
+                    sockets_total: u32::try_from(sockets.len()).unwrap() + extra,
+                    sockets,
+                }
+            },
+        )
+}
+
+/// A valid Flows page: ids strictly ascending, `next_after` 0 or the last id.
+pub fn flow_page() -> impl Strategy<Value = FlowPage> {
+    (
+        proptest::collection::vec((1u32..1000, flow_record()), 0..5),
+        any::<bool>(),
+    )
+        .prop_map(|(flows, more)| {
+            let mut id = 0u32;
+            let flows: Vec<FlowRecord> = flows
+                .into_iter()
+                .map(|(step, mut f)| {
+                    id += step;
+                    f.id = id;
+                    f
+                })
+                .collect();
+            let next_after = if more { id } else { 0 };
+            FlowPage { flows, next_after }
+        })
 }
 
 fn counters() -> impl Strategy<Value = CounterSnapshot> {
@@ -654,6 +806,7 @@ pub fn response() -> impl Strategy<Value = Response> {
         )
         .prop_map(Response::Rules),
         traffic_table().prop_map(Response::TrafficTable),
+        flow_page().prop_map(Response::Flows),
     ]
 }
 

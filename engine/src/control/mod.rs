@@ -61,6 +61,15 @@
 //! ## Enumeration, rules, table
 //! * `EnumerateFlows`: `Admin`/`Kernel` see every flow, users the flows of their own process
 //!   (same pid, any handle), ascending (§8, §9).
+//! * `ListFlows { after }` (`qosmarkctl flows`): the same visibility, as pages of full records
+//!   (pid, type, adaptivity, custom DSCP, mark, counters, socket entries) of the flows with an
+//!   id above `after`: at most `codec::MAX_FLOWS_PER_PAGE` (512) flows per page and the first
+//!   `codec::MAX_LISTED_SOCKETS` (16) entries of each flow (its total is reported), so a page
+//!   always fits one record; `next_after` ≠ 0 says more flows follow. Built from
+//!   [`Engine::flow_details`] (one pass over every flow per page: diagnostics, not a hot path).
+//! * `ReplaceRules`: `Admin`/`Kernel` only (5); validates every rule first (87), then the
+//!   limit (1450), then the names (duplicate → 183), and only then swaps the whole set;
+//!   counters of the new rules start at zero.
 //! * `AddRule`, `RemoveRule`, `ListRules`, `SetTrafficTable`: `Admin`/`Kernel` only, else 5.
 //!   `GetTrafficTable` and `QueryStatus` are open to every handle.
 //! * `SetTrafficTable` re-resolves the cached mark of every live flow.
@@ -93,9 +102,11 @@ use crate::counters::Counters;
 use crate::{Engine, EngineError, FiveTuple};
 use alloc::vec::Vec;
 use core::net::SocketAddr;
+use qosmark_abi::codec::{MAX_FLOWS_PER_PAGE, MAX_LISTED_SOCKETS};
 use qosmark_abi::{
-    Caller, CounterSnapshot, Dscp, FlowId, Mark, NotifyFlow, PacketPriority, Privilege, Protocol,
-    QueryFlow, Request, Response, SetFlow, StatusInfo, TrafficTable, TrafficType, PROTOCOL_VERSION,
+    Caller, CounterSnapshot, Dscp, FlowId, FlowPage, FlowRecord, FlowSocket, Mark, NotifyFlow,
+    PacketPriority, Privilege, Protocol, QueryFlow, Request, Response, SetFlow, SocketBinding,
+    StatusInfo, TrafficTable, TrafficType, PROTOCOL_VERSION,
 };
 
 /// Identifies an open handle. Never 0; not reused while the handle is open.
@@ -317,7 +328,58 @@ impl Engine {
                 self.control.set_table(*table);
                 Ok(Response::Done)
             }
+            Request::ListFlows { after } => self.list_flows(caller, *after).map(Response::Flows),
+            Request::ReplaceRules(specs) => {
+                require_admin(caller)?;
+                self.rules.replace(specs).map(|()| Response::Done)
+            }
         }
+    }
+
+    /// One `ListFlows` page for `caller`: the visible flows (all for `Admin`/`Kernel`, else
+    /// the caller's process's, as `EnumerateFlows`) with an id above `after`, ascending, at
+    /// most `MAX_FLOWS_PER_PAGE`, each with its first `MAX_LISTED_SOCKETS` entries.
+    fn list_flows(&self, caller: Caller, after: FlowId) -> Result<FlowPage, EngineError> {
+        let all = matches!(caller.privilege, Privilege::Admin | Privilege::Kernel);
+        let page_max = MAX_FLOWS_PER_PAGE as usize;
+        let mut visible = self
+            .flow_details()?
+            .into_iter()
+            .filter(|d| d.id > after && (all || d.pid == caller.pid));
+        let mut flows = Vec::new();
+        flows.try_reserve_exact(page_max.min(self.control.counts().1))?;
+        for d in visible.by_ref().take(page_max) {
+            let mut sockets = Vec::new();
+            let listed = d.sockets.len().min(MAX_LISTED_SOCKETS as usize);
+            sockets.try_reserve_exact(listed)?;
+            sockets.extend(d.sockets.iter().take(listed).map(|s| FlowSocket {
+                socket: s.socket,
+                protocol: s.protocol,
+                binding: match s.binding {
+                    Binding::Address(a) => SocketBinding::Address(a),
+                    Binding::AnyAddress { port } => SocketBinding::AnyAddress { port },
+                    Binding::NotBound => SocketBinding::NotBound,
+                },
+                remote: s.remote,
+            }));
+            flows.push(FlowRecord {
+                id: d.id,
+                pid: d.pid,
+                traffic_type: d.traffic_type,
+                adaptive: d.adaptive,
+                custom_dscp: d.custom_dscp,
+                mark: d.mark,
+                counters: d.counters,
+                sockets_total: to_u32(d.sockets.len()),
+                sockets,
+            });
+        }
+        let more = visible.next().is_some();
+        let next_after = match flows.last() {
+            Some(last) if more => last.id,
+            _ => 0,
+        };
+        Ok(FlowPage { flows, next_after })
     }
 
     fn status(&self) -> StatusInfo {

@@ -11,20 +11,28 @@
 //!
 //! 1. [`decode`] (no lock): the full 32-bit code must be one of
 //!    [`qosmark_abi::ioctl::request_kind`]'s codes, else `STATUS_INVALID_DEVICE_REQUEST`; the
-//!    input must be one whole record of that kind ([`qosmark_abi::codec::decode_request_for`]),
-//!    else the Win32 code of the [`AbiError`](qosmark_abi::codec::AbiError) (87, or 8 on
-//!    allocation failure) as an NTSTATUS. An output buffer smaller than
+//!    input must be one whole record of that kind
+//!    ([`qosmark_abi::codec::decode_request_with_flags`], then the kind check), else the
+//!    Win32 code of the [`AbiError`](qosmark_abi::codec::AbiError) (87, or 8 on allocation
+//!    failure) as an NTSTATUS. Without `FLAG_QOS2_ANSWER`, an output buffer smaller than
 //!    [`MIN_OUTPUT_LEN`](qosmark_abi::codec::MIN_OUTPUT_LEN) is refused with
 //!    `STATUS_BUFFER_TOO_SMALL` *before* the engine runs, so a request that changes state is
-//!    never committed when its answer could not even say "too small".
+//!    never committed when its answer could not even say "too small". With the flag (SetFlow,
+//!    QueryFlow, NotifyFlow only, the codec refuses it elsewhere) the output buffer is the
+//!    application's own QOS2 buffer and may be as small as the QOS2 structure (0 bytes for
+//!    SetFlow): it is checked after the engine ran, against
+//!    [`qos2_answer_len`](qosmark_abi::codec::qos2_answer_len) — SetFlow needs 0 bytes, so a
+//!    committed SetFlow can never be answered "too small".
 //! 2. [`execute`] (engine lock held by the caller): [`Engine::apply`]. The decoded request is an
 //!    owned value, so with `METHOD_BUFFERED` (input and output share one system buffer) the
 //!    input has been consumed before any output byte is written.
 //! 3. [`encode`] (no lock): a successful response goes through
 //!    [`encode_response_for_buffer`] — the size protocol documented in `abi/src/codec.rs`:
 //!    fits → `STATUS_SUCCESS` with the record; does not fit → an Error record { 122, required
-//!    size } with `STATUS_BUFFER_OVERFLOW`. An engine error completes with
-//!    [`ntstatus_for`] of its Win32 code and no data.
+//!    size } with `STATUS_BUFFER_OVERFLOW`. With `FLAG_QOS2_ANSWER`: the bare QOS2 structure
+//!    ([`encode_qos2_answer`]) and `STATUS_SUCCESS`, or `STATUS_BUFFER_TOO_SMALL` and nothing
+//!    when it does not fit. An engine error completes with [`ntstatus_for`] of its Win32 code
+//!    and no data.
 //!
 //! `Information` (the byte count the I/O manager copies back) is always `bytes.len()` of the
 //! returned [`Completion`], and never more than the output capacity: every path is checked by
@@ -37,7 +45,10 @@
 
 use alloc::vec::Vec;
 
-use qosmark_abi::codec::{self, encode_response_for_buffer, MIN_OUTPUT_LEN};
+use qosmark_abi::codec::{
+    decode_request_with_flags, encode_qos2_answer, encode_response_for_buffer, qos2_answer_len,
+    AbiError, FLAG_QOS2_ANSWER, MIN_OUTPUT_LEN,
+};
 use qosmark_abi::ioctl::{request_kind, RequestKind};
 use qosmark_abi::status::{ntstatus_for, NtStatus, Win32Error};
 use qosmark_abi::{Request, Response};
@@ -50,6 +61,9 @@ pub struct Decoded {
     pub kind: RequestKind,
     /// The request itself.
     pub request: Request,
+    /// The header carried `FLAG_QOS2_ANSWER`: a success is answered with the bare QOS2
+    /// structure, not a record.
+    pub qos2_answer: bool,
 }
 
 /// How to complete the IRP.
@@ -79,7 +93,10 @@ impl Completion {
 #[must_use]
 pub const fn changes_configuration(kind: RequestKind) -> bool {
     match kind {
-        RequestKind::AddRule | RequestKind::RemoveRule | RequestKind::SetTrafficTable => true,
+        RequestKind::AddRule
+        | RequestKind::RemoveRule
+        | RequestKind::SetTrafficTable
+        | RequestKind::ReplaceRules => true,
         RequestKind::QueryStatus
         | RequestKind::AddSocketToFlow
         | RequestKind::RemoveSocketFromFlow
@@ -88,27 +105,36 @@ pub const fn changes_configuration(kind: RequestKind) -> bool {
         | RequestKind::NotifyFlow
         | RequestKind::EnumerateFlows
         | RequestKind::ListRules
-        | RequestKind::GetTrafficTable => false,
+        | RequestKind::GetTrafficTable
+        | RequestKind::ListFlows => false,
     }
 }
 
-/// Step 1: matches the code, checks the output capacity and decodes the input record.
+/// Step 1: matches the code, decodes the input record and checks the output capacity.
 ///
 /// # Errors
 /// The completion to finish the IRP with at once: `STATUS_INVALID_DEVICE_REQUEST` for a code
-/// that is not ours, `STATUS_BUFFER_TOO_SMALL` for an output buffer that cannot hold an Error
-/// record, the NTSTATUS of the decoding error's Win32 code otherwise.
+/// that is not ours, the NTSTATUS of the decoding error's Win32 code for a bad record (a
+/// record of another kind is 87), `STATUS_BUFFER_TOO_SMALL` for an output buffer that cannot
+/// hold an Error record (record answers only).
 pub fn decode(code: u32, input: &[u8], output_capacity: u32) -> Result<Decoded, Completion> {
     let Some(kind) = request_kind(code) else {
         return Err(Completion::status_only(NtStatus::INVALID_DEVICE_REQUEST));
     };
-    if output_capacity < MIN_OUTPUT_LEN {
+    let refuse = |error: AbiError| Completion::status_only(ntstatus_for(error.win32()));
+    let (request, flags) = decode_request_with_flags(input).map_err(refuse)?;
+    if RequestKind::of(&request) != kind {
+        return Err(refuse(AbiError::BadKind));
+    }
+    let qos2_answer = flags & FLAG_QOS2_ANSWER != 0;
+    if !qos2_answer && output_capacity < MIN_OUTPUT_LEN {
         return Err(Completion::status_only(NtStatus::BUFFER_TOO_SMALL));
     }
-    match codec::decode_request_for(kind, input) {
-        Ok(request) => Ok(Decoded { kind, request }),
-        Err(error) => Err(Completion::status_only(ntstatus_for(error.win32()))),
-    }
+    Ok(Decoded {
+        kind,
+        request,
+        qos2_answer,
+    })
 }
 
 /// Step 2: runs the request on the engine for `handle` (the caller holds the engine lock).
@@ -126,8 +152,13 @@ pub fn execute(
 /// Step 3: turns the engine's result into the IRP's completion for an output buffer of
 /// `output_capacity` bytes.
 #[must_use]
-pub fn encode(result: &Result<Response, EngineError>, output_capacity: u32) -> Completion {
+pub fn encode(
+    result: &Result<Response, EngineError>,
+    qos2_answer: bool,
+    output_capacity: u32,
+) -> Completion {
     match result {
+        Ok(response) if qos2_answer => encode_qos2(response, output_capacity),
         Ok(response) => {
             let mut bytes = Vec::new();
             match encode_response_for_buffer(response, output_capacity, &mut bytes) {
@@ -136,6 +167,28 @@ pub fn encode(result: &Result<Response, EngineError>, output_capacity: u32) -> C
             }
         }
         Err(error) => Completion::status_only(status_for_engine_error(*error)),
+    }
+}
+
+/// A success answered as the bare QOS2 structure.
+fn encode_qos2(response: &Response, output_capacity: u32) -> Completion {
+    let refuse = |error: AbiError| Completion::status_only(ntstatus_for(error.win32()));
+    let Some(len) = qos2_answer_len(response) else {
+        // The codec admits the flag only on requests whose answers have a QOS2 form; an
+        // answer without one would be an engine/codec mismatch, reported as a bad request
+        // rather than as a record the caller did not ask for.
+        return refuse(AbiError::BadKind);
+    };
+    if len > output_capacity {
+        return Completion::status_only(NtStatus::BUFFER_TOO_SMALL);
+    }
+    let mut bytes = Vec::new();
+    match encode_qos2_answer(response, &mut bytes) {
+        Ok(()) => Completion {
+            status: NtStatus::SUCCESS,
+            bytes,
+        },
+        Err(error) => refuse(error),
     }
 }
 
@@ -162,7 +215,10 @@ pub fn process(
     };
     let result = execute(engine, handle, &decoded);
     let changed = result.is_ok() && changes_configuration(decoded.kind);
-    (encode(&result, output_capacity), changed)
+    (
+        encode(&result, decoded.qos2_answer, output_capacity),
+        changed,
+    )
 }
 
 /// The status `IRP_MJ_CREATE` completes with when the engine refuses a new handle.
@@ -408,7 +464,9 @@ mod tests {
                 }
                 // Remove whatever got in so the next iteration starts clean.
                 if s == STATUS_SUCCESS {
-                    let Request::AddRule(spec) = codec::decode_request(&bytes).unwrap() else {
+                    let Request::AddRule(spec) =
+                        qosmark_abi::codec::decode_request(&bytes).unwrap()
+                    else {
                         panic!("not an AddRule");
                     };
                     let (r, _) = process(
@@ -562,7 +620,10 @@ mod tests {
         for kind in RequestKind::ALL {
             let expected = matches!(
                 kind,
-                RequestKind::AddRule | RequestKind::RemoveRule | RequestKind::SetTrafficTable
+                RequestKind::AddRule
+                    | RequestKind::RemoveRule
+                    | RequestKind::SetTrafficTable
+                    | RequestKind::ReplaceRules
             );
             assert_eq!(changes_configuration(kind), expected, "{kind:?}");
         }
@@ -578,6 +639,144 @@ mod tests {
         bytes[12..16].copy_from_slice(&(MAX_RECORD_LEN + 1).to_le_bytes());
         let (c, _) = process(&mut engine, handle, IOCTL_QOSMARK_LIST_RULES, &bytes, 4096);
         assert_eq!(c.status.bits(), STATUS_INVALID_PARAMETER);
+    }
+
+    /// The record of `request` with `FLAG_QOS2_ANSWER` set by hand in the header's flags
+    /// field (bytes 8..12, little-endian), independently of the codec's flag encoder.
+    fn flagged(request: &Request) -> Vec<u8> {
+        let mut bytes = record(request);
+        bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
+        bytes
+    }
+
+    #[test]
+    fn qos2_answer_query_flow_is_the_bare_structure() {
+        let (mut engine, handle) = engine_with(Privilege::User);
+        let flow = add_udp_flow(&mut engine, handle, 8000);
+        let query = flagged(&Request::QueryFlow {
+            flow_id: flow,
+            op: qosmark_abi::QueryFlow::PacketPriority,
+        });
+        let code = RequestKind::QueryFlow.code();
+        // Voice: DSCP 56 (CS7), 802.1p 7 for an adaptive flow (qWAVE's table), as
+        // QOS_PACKET_PRIORITY { 56, 0, 7, 0 }, four little-endian u32s.
+        let expected: Vec<u8> = [56u32, 0, 7, 0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        for capacity in [16, 17, 64, 4096] {
+            let (c, changed) = process(&mut engine, handle, code, &query, capacity);
+            assert_eq!(c.status.bits(), STATUS_SUCCESS, "cap {capacity}");
+            assert_eq!(c.bytes, expected);
+            assert!(!changed);
+        }
+        for capacity in 0..16 {
+            let (c, _) = process(&mut engine, handle, code, &query, capacity);
+            assert_eq!(c.status.bits(), STATUS_BUFFER_TOO_SMALL, "cap {capacity}");
+            assert!(c.bytes.is_empty());
+        }
+        // Errors stay errors without data: an unknown flow is 1168.
+        let unknown = flagged(&Request::QueryFlow {
+            flow_id: flow + 1000,
+            op: qosmark_abi::QueryFlow::PacketPriority,
+        });
+        let (c, _) = process(&mut engine, handle, code, &unknown, 16);
+        assert_eq!(c.status.bits(), STATUS_NOT_FOUND);
+        assert!(c.bytes.is_empty());
+    }
+
+    #[test]
+    fn qos2_answer_set_flow_fits_a_zero_byte_buffer() {
+        let (mut engine, handle) = engine_with(Privilege::User);
+        let flow = add_udp_flow(&mut engine, handle, 8100);
+        let set = flagged(&Request::SetFlow {
+            flow_id: flow,
+            op: qosmark_abi::SetFlow::TrafficType(TrafficType::Background),
+        });
+        let (c, changed) = process(&mut engine, handle, RequestKind::SetFlow.code(), &set, 0);
+        assert_eq!(c.status.bits(), STATUS_SUCCESS);
+        assert!(c.bytes.is_empty());
+        assert!(!changed);
+        // Background: CS1 = DSCP 8 now.
+        let query = flagged(&Request::QueryFlow {
+            flow_id: flow,
+            op: qosmark_abi::QueryFlow::PacketPriority,
+        });
+        let (c, _) = process(
+            &mut engine,
+            handle,
+            RequestKind::QueryFlow.code(),
+            &query,
+            16,
+        );
+        assert_eq!(c.bytes[..4], 8u32.to_le_bytes());
+        // The same SetFlow without the flag needs room for an Error record first.
+        let plain = record(&Request::SetFlow {
+            flow_id: flow,
+            op: qosmark_abi::SetFlow::TrafficType(TrafficType::Voice),
+        });
+        let (c, _) = process(&mut engine, handle, RequestKind::SetFlow.code(), &plain, 0);
+        assert_eq!(c.status.bits(), STATUS_BUFFER_TOO_SMALL);
+    }
+
+    #[test]
+    fn qos2_flag_is_refused_where_the_codec_refuses_it() {
+        let (mut engine, handle) = engine_with(Privilege::Admin);
+        let (c, _) = process(
+            &mut engine,
+            handle,
+            IOCTL_QOSMARK_QUERY_STATUS,
+            &flagged(&Request::QueryStatus),
+            4096,
+        );
+        assert_eq!(c.status.bits(), STATUS_INVALID_PARAMETER);
+        // Another flag bit on a QueryFlow is refused too.
+        let mut bytes = record(&Request::QueryFlow {
+            flow_id: 1,
+            op: qosmark_abi::QueryFlow::PacketPriority,
+        });
+        bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+        let (c, _) = process(
+            &mut engine,
+            handle,
+            RequestKind::QueryFlow.code(),
+            &bytes,
+            4096,
+        );
+        assert_eq!(c.status.bits(), STATUS_INVALID_PARAMETER);
+    }
+
+    #[test]
+    fn replace_rules_changes_configuration_and_list_flows_pages() {
+        let (mut engine, admin) = engine_with(Privilege::Admin);
+        let replace = record(&Request::ReplaceRules(vec![rule("a", 10), rule("b", 12)]));
+        let (c, changed) = process(
+            &mut engine,
+            admin,
+            RequestKind::ReplaceRules.code(),
+            &replace,
+            24,
+        );
+        assert_eq!(c.status.bits(), STATUS_SUCCESS);
+        assert!(changed);
+        let flow = add_udp_flow(&mut engine, admin, 9000);
+        let (c, changed) = process(
+            &mut engine,
+            admin,
+            RequestKind::ListFlows.code(),
+            &record(&Request::ListFlows { after: 0 }),
+            4096,
+        );
+        assert_eq!(c.status.bits(), STATUS_SUCCESS);
+        assert!(!changed);
+        match decode_response(RequestKind::ListFlows, &c.bytes).unwrap() {
+            Reply::Response(Response::Flows(page)) => {
+                assert_eq!(page.flows.len(), 1);
+                assert_eq!(page.flows[0].id, flow);
+                assert_eq!(page.flows[0].pid, 1234);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

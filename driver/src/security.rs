@@ -81,7 +81,10 @@ mod tests {
         let authenticated = [1u8, 1, 0, 0, 0, 0, 0, 5, 11, 0, 0, 0];
         assert!(!is_privileged_group(&authenticated, ELEVATED));
         // A prefix or an extension of the SID is another SID.
-        assert!(!is_privileged_group(&BUILTIN_ADMINISTRATORS[..15], ELEVATED));
+        assert!(!is_privileged_group(
+            &BUILTIN_ADMINISTRATORS[..15],
+            ELEVATED
+        ));
         let mut longer = BUILTIN_ADMINISTRATORS.to_vec();
         longer.push(0);
         assert!(!is_privileged_group(&longer, ELEVATED));

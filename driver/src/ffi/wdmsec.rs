@@ -5,8 +5,8 @@
 //! static library is `WdmlibIoCreateDeviceSecure`. `build.rs` links `wdmsec` for Windows
 //! targets. Callable at `PASSIVE_LEVEL` only.
 
-use wdk_sys::{DEVICE_TYPE, GUID, NTSTATUS, PCUNICODE_STRING, PDEVICE_OBJECT, PDRIVER_OBJECT};
 use wdk_sys::{BOOLEAN, PUNICODE_STRING, ULONG};
+use wdk_sys::{DEVICE_TYPE, GUID, NTSTATUS, PCUNICODE_STRING, PDEVICE_OBJECT, PDRIVER_OBJECT};
 
 // SAFETY: the declaration matches the prototype on Microsoft's reference page for
 // WdmlibIoCreateDeviceSecure (wdmsec.h): (PDRIVER_OBJECT, ULONG DeviceExtensionSize,

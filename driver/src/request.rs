@@ -43,6 +43,11 @@
 //! encoding at most one answer record (also bounded by `MAX_RECORD_LEN`: the engine clamps its
 //! list sizes to what one record can carry). Every allocation is fallible.
 
+#![allow(
+    clippy::doc_markdown,
+    reason = "request names (SetFlow, QueryFlow, ...) are wire-protocol names, not code items"
+)]
+
 use alloc::vec::Vec;
 
 use qosmark_abi::codec::{

@@ -262,6 +262,27 @@ fn abi_to_engine(error: AbiError) -> EngineError {
     }
 }
 
+/// Offset of `Data` in `KEY_VALUE_PARTIAL_INFORMATION` (wdm.h: `ULONG TitleIndex; ULONG Type;
+/// ULONG DataLength; UCHAR Data[1];`).
+pub const PARTIAL_INFORMATION_HEADER_LEN: usize = 12;
+
+/// The data of a `KEY_VALUE_PARTIAL_INFORMATION` that `ZwQueryValueKey` wrote into `bytes`,
+/// if the value has type `expected_type` and `DataLength` fits in what was written. Plain
+/// Rust so the registry module never indexes kernel-filled memory unchecked.
+#[must_use]
+pub fn partial_information_data(bytes: &[u8], expected_type: u32) -> Option<&[u8]> {
+    let field = |at: usize| -> Option<u32> {
+        let raw: [u8; 4] = bytes.get(at..at + 4)?.try_into().ok()?;
+        Some(u32::from_ne_bytes(raw))
+    };
+    let value_type = field(4)?;
+    let data_len = usize::try_from(field(8)?).ok()?;
+    if value_type != expected_type {
+        return None;
+    }
+    bytes.get(PARTIAL_INFORMATION_HEADER_LEN..PARTIAL_INFORMATION_HEADER_LEN.checked_add(data_len)?)
+}
+
 /// Records a problem; if even that allocation fails the problem is dropped (loading goes on:
 /// the report is diagnostics, not state).
 fn push(problems: &mut Vec<Problem>, problem: Problem) {
@@ -448,6 +469,34 @@ mod tests {
         back.sort_by(|a, b| a.name.as_str().cmp(b.name.as_str()));
         expected.sort_by(|a, b| a.name.as_str().cmp(b.name.as_str()));
         assert_eq!(back, expected);
+    }
+
+    #[test]
+    fn partial_information_is_bounds_checked() {
+        const REG_BINARY: u32 = 3;
+        const REG_SZ: u32 = 1;
+        let mut buf = Vec::new();
+        buf.extend_from_slice(&0u32.to_ne_bytes()); // TitleIndex
+        buf.extend_from_slice(&REG_BINARY.to_ne_bytes()); // Type
+        buf.extend_from_slice(&3u32.to_ne_bytes()); // DataLength
+        buf.extend_from_slice(&[0xAA, 0xBB, 0xCC, 0xDD]); // Data (+1 padding byte)
+        assert_eq!(
+            partial_information_data(&buf, REG_BINARY),
+            Some(&[0xAA, 0xBB, 0xCC][..])
+        );
+        assert_eq!(partial_information_data(&buf, REG_SZ), None);
+        // DataLength beyond what was written.
+        buf[8..12].copy_from_slice(&5u32.to_ne_bytes());
+        assert_eq!(partial_information_data(&buf, REG_BINARY), None);
+        buf[8..12].copy_from_slice(&u32::MAX.to_ne_bytes());
+        assert_eq!(partial_information_data(&buf, REG_BINARY), None);
+        // Empty value.
+        buf[8..12].copy_from_slice(&0u32.to_ne_bytes());
+        assert_eq!(partial_information_data(&buf, REG_BINARY), Some(&[][..]));
+        // Every truncation of the header.
+        for len in 0..12 {
+            assert_eq!(partial_information_data(&buf[..len], REG_BINARY), None);
+        }
     }
 
     #[test]

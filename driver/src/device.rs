@@ -34,16 +34,21 @@
 //! Every other major function is left at the I/O manager's default
 //! (`STATUS_INVALID_DEVICE_REQUEST`).
 
+#![allow(
+    clippy::doc_markdown,
+    reason = "Windows names (LocalSystem, DRIVER_OBJECT, PASSIVE_LEVEL) in prose"
+)]
+
 use alloc::vec::Vec;
 
 use wdk_sys::ntddk::{
-    ExFreePool, IoCreateSymbolicLink, IoDeleteDevice, IoDeleteSymbolicLink,
+    ExFreePoolWithTag, IoCreateSymbolicLink, IoDeleteDevice, IoDeleteSymbolicLink,
     IoGetRequestorProcessId, RtlLengthSid, SeQueryInformationToken,
 };
 use wdk_sys::{
     DO_DEVICE_INITIALIZING, FILE_DEVICE_NETWORK, FILE_DEVICE_SECURE_OPEN, GUID, NTSTATUS,
-    PACCESS_TOKEN, PDEVICE_OBJECT, PDRIVER_OBJECT, PIRP, PTOKEN_GROUPS, PVOID,
-    SID_AND_ATTRIBUTES, UNICODE_STRING,
+    PACCESS_TOKEN, PDEVICE_OBJECT, PDRIVER_OBJECT, PIRP, PTOKEN_GROUPS, PVOID, SID_AND_ATTRIBUTES,
+    UNICODE_STRING,
 };
 
 use qosmark_abi::ioctl::{DOS_DEVICE_NAME, NT_DEVICE_NAME};
@@ -115,6 +120,7 @@ impl ControlDevice {
         let link = wide(DOS_DEVICE_NAME)?;
         let mut name_string = counted(&name)?;
         let sddl_string = counted(&sddl)?;
+        let class_guid = CLASS_GUID;
         let mut device: PDEVICE_OBJECT = core::ptr::null_mut();
         // SAFETY: PASSIVE_LEVEL in DriverEntry (contract); every pointer refers to a local
         // that outlives the call (the routine copies the name and SDDL); no device extension;
@@ -128,7 +134,7 @@ impl ControlDevice {
                 FILE_DEVICE_SECURE_OPEN,
                 0,
                 &raw const sddl_string,
-                &raw const CLASS_GUID,
+                &raw const class_guid,
                 &raw mut device,
             )
         };
@@ -182,7 +188,10 @@ pub(crate) unsafe fn install_dispatch(driver: PDRIVER_OBJECT) {
         (wdk_sys::IRP_MJ_CREATE, Some(dispatch_create)),
         (wdk_sys::IRP_MJ_CLEANUP, Some(dispatch_cleanup)),
         (wdk_sys::IRP_MJ_CLOSE, Some(dispatch_close)),
-        (wdk_sys::IRP_MJ_DEVICE_CONTROL, Some(dispatch_device_control)),
+        (
+            wdk_sys::IRP_MJ_DEVICE_CONTROL,
+            Some(dispatch_device_control),
+        ),
     ];
     for (major, routine) in table {
         if let Some(slot) = driver.MajorFunction.get_mut(major as usize) {
@@ -256,8 +265,10 @@ unsafe extern "C" fn dispatch_create(_device: PDEVICE_OBJECT, irp: PIRP) -> NTST
 /// # Safety
 /// `stack` is the current stack location of a live `IRP_MJ_CREATE`, at `PASSIVE_LEVEL`.
 unsafe fn caller_privilege(stack: wdk_sys::PIO_STACK_LOCATION) -> Privilege {
+    // SAFETY: per the contract `stack` is the valid current stack location.
+    let stack = unsafe { &*stack };
     // SAFETY: for IRP_MJ_CREATE the Create member of the parameters union is the valid one.
-    let context = unsafe { (*stack).Parameters.Create.SecurityContext };
+    let context = unsafe { stack.Parameters.Create.SecurityContext };
     if context.is_null() {
         return Privilege::User;
     }
@@ -299,7 +310,9 @@ unsafe fn caller_privilege(stack: wdk_sys::PIO_STACK_LOCATION) -> Privilege {
     let mut admin = false;
     for i in 0..count {
         // SAFETY: `i < count`, inside the array described above.
-        let group = unsafe { &*first.add(i) };
+        let entry = unsafe { first.add(i) };
+        // SAFETY: as above: a valid, initialised SID_AND_ATTRIBUTES.
+        let group = unsafe { &*entry };
         if group.Sid.is_null() {
             continue;
         }
@@ -313,9 +326,10 @@ unsafe fn caller_privilege(stack: wdk_sys::PIO_STACK_LOCATION) -> Privilege {
             break;
         }
     }
-    // SAFETY: the buffer came from SeQueryInformationToken, which documents ExFreePool; no
+    // SAFETY: the buffer came from SeQueryInformationToken, which documents ExFreePool (=
+    // ExFreePoolWithTag with tag 0, the function form used here); no
     // pointer into it survives this point.
-    unsafe { ExFreePool(info) };
+    unsafe { ExFreePoolWithTag(info, 0) };
     if admin {
         Privilege::Admin
     } else {
@@ -357,8 +371,10 @@ unsafe extern "C" fn dispatch_close(_device: PDEVICE_OBJECT, irp: PIRP) -> NTSTA
 unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP) -> NTSTATUS {
     // SAFETY: live IRP at PASSIVE_LEVEL.
     let stack = unsafe { irp::current_stack_location(irp) };
+    // SAFETY: the current stack location of the live IRP.
+    let stack_ref = unsafe { &*stack };
     // SAFETY: for IRP_MJ_DEVICE_CONTROL the DeviceIoControl parameters are the valid member.
-    let params = unsafe { (*stack).Parameters.DeviceIoControl };
+    let params = unsafe { stack_ref.Parameters.DeviceIoControl };
     let code = params.IoControlCode;
     let in_len = params.InputBufferLength as usize;
     let out_len = params.OutputBufferLength;
@@ -378,9 +394,12 @@ unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP)
         // SAFETY: as above.
         return unsafe { finish(irp, NtStatus::INVALID_HANDLE, 0) };
     };
-    // SAFETY: METHOD_BUFFERED: SystemBuffer is a non-paged system buffer of
-    // max(InputBufferLength, OutputBufferLength) bytes, or null when both are 0.
-    let system_buffer: *mut u8 = unsafe { (*irp).AssociatedIrp.SystemBuffer }.cast();
+    // SAFETY: the live IRP, owned by this dispatch routine.
+    let irp_ref = unsafe { &*irp };
+    // SAFETY: METHOD_BUFFERED: the SystemBuffer member of the union is the valid one, a
+    // non-paged system buffer of max(InputBufferLength, OutputBufferLength) bytes, or null
+    // when both are 0.
+    let system_buffer: *mut u8 = unsafe { irp_ref.AssociatedIrp.SystemBuffer }.cast();
     let input: &[u8] = if in_len == 0 || system_buffer.is_null() {
         &[]
     } else {

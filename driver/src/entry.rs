@@ -41,7 +41,7 @@ use qosmark_abi::status::NtStatus;
 use crate::config::{self, MAX_RULES_VALUE_LEN, TABLE_RECORD_LEN};
 use crate::device::{self, ControlDevice};
 use crate::globals;
-use crate::registry::{self, ParametersKey};
+use crate::registry;
 use crate::wfp::Wfp;
 
 /// What unload must tear down, in field order (Rust drops fields in declaration order:
@@ -128,7 +128,11 @@ unsafe fn start(driver: PDRIVER_OBJECT, registry_path: PCUNICODE_STRING) -> Resu
     // 7. Keep the pieces for unload; install the unload routine last, so a failed
     // DriverEntry never has it called.
     let layout = core::alloc::Layout::new::<DriverState>();
-    // SAFETY: non-zero-sized layout; null is checked.
+    #[allow(
+        clippy::cast_ptr_alignment,
+        reason = "alloc with Layout::new::<DriverState>() returns memory aligned for it"
+    )]
+    // SAFETY: non-zero-sized layout; null is checked below.
     let state = unsafe { alloc::alloc::alloc(layout) }.cast::<DriverState>();
     if state.is_null() {
         drop(wfp);
@@ -137,7 +141,12 @@ unsafe fn start(driver: PDRIVER_OBJECT, registry_path: PCUNICODE_STRING) -> Resu
         return Err(NtStatus::INSUFFICIENT_RESOURCES.0);
     }
     // SAFETY: fresh allocation of the right layout.
-    unsafe { state.write(DriverState { wfp, device: control }) };
+    unsafe {
+        state.write(DriverState {
+            wfp,
+            device: control,
+        })
+    };
     STATE.store(state, Ordering::Release);
     // SAFETY: DriverEntry's driver object, not yet shared.
     unsafe { (*driver).DriverUnload = Some(driver_unload) };

@@ -76,6 +76,10 @@ impl Drop for GlobalsBox {
 /// `IoCsqInitialize`.
 pub(crate) fn create(parameters_path: Vec<u16>, seed: u64) -> Result<GlobalsBox, i32> {
     let layout = Layout::new::<Globals>();
+    #[allow(
+        clippy::cast_ptr_alignment,
+        reason = "alloc with Layout::new::<Globals>() returns memory aligned for Globals"
+    )]
     // SAFETY: Globals is not zero-sized; the global allocator (wdk-alloc, non-paged pool,
     // 16-byte aligned blocks — Globals needs at most 8) returns null on failure, checked below.
     let ptr = unsafe { alloc(layout) }.cast::<Globals>();

@@ -15,12 +15,15 @@ use wdk_sys::{IO_NO_INCREMENT, NTSTATUS, PIO_STACK_LOCATION, PIRP, SL_PENDING_RE
 /// `irp` points to a valid IRP that the I/O manager handed to this driver and that the driver
 /// has not completed.
 pub(crate) unsafe fn current_stack_location(irp: PIRP) -> PIO_STACK_LOCATION {
-    // SAFETY: per the contract `irp` is a live IRP owned by this driver for the call; the
-    // field is the union member wdm.h's IoGetCurrentIrpStackLocation reads.
+    // SAFETY: per the contract `irp` is a live IRP owned by this driver for the call.
+    let irp = unsafe { &*irp };
+    // SAFETY: `Tail` is a union; while the driver owns the IRP the `Overlay` member is the
+    // valid one (wdm.h's IoGetCurrentIrpStackLocation reads through it).
+    let overlay = unsafe { irp.Tail.Overlay };
+    // SAFETY: the stack-location member of the inner union is the one the I/O manager keeps
+    // current for a dispatched IRP.
     unsafe {
-        (*irp)
-            .Tail
-            .Overlay
+        overlay
             .__bindgen_anon_2
             .__bindgen_anon_1
             .CurrentStackLocation
@@ -50,16 +53,16 @@ pub(crate) unsafe fn mark_pending(irp: PIRP) {
 /// `METHOD_BUFFERED` requests `information` is at most the output buffer length. Callable at
 /// `<= DISPATCH_LEVEL`.
 pub(crate) unsafe fn complete(irp: PIRP, status: NTSTATUS, information: usize) {
-    // SAFETY: per the contract the driver owns `irp`; writing its status block is how a
-    // driver reports the result.
-    unsafe {
-        (*irp).IoStatus.__bindgen_anon_1.Status = status;
-    }
-    // SAFETY: as above; `Information` is a ULONG_PTR (pointer-sized) count.
-    unsafe {
-        (*irp).IoStatus.Information = information as _;
-    }
-    // SAFETY: the IRP is owned by this driver and carries its final status; IO_NO_INCREMENT
-    // (0) is the priority boost for requests that completed quickly (CCHAR).
+    // SAFETY: per the contract the driver owns `irp` until IofCompleteRequest below; no other
+    // reference to it exists in this driver.
+    let irp_ref = unsafe { &mut *irp };
+    // Writing the status block is how a driver reports the result (writing a union member is
+    // safe; `Status` is the member the I/O manager reads).
+    irp_ref.IoStatus.__bindgen_anon_1.Status = status;
+    // `Information` is a ULONG_PTR (pointer-sized) byte count.
+    irp_ref.IoStatus.Information = information as _;
+    // SAFETY: the IRP is owned by this driver and carries its final status; the reference
+    // above is not used again; IO_NO_INCREMENT (0) is the priority boost for requests that
+    // completed quickly (CCHAR).
     unsafe { IofCompleteRequest(irp, IO_NO_INCREMENT as _) };
 }

@@ -29,8 +29,8 @@ use wdk_sys::ntddk::{
     KeReleaseSpinLock,
 };
 use wdk_sys::{
-    IO_CSQ, KIRQL, KSPIN_LOCK, LIST_ENTRY, NTSTATUS, PFILE_OBJECT, PIO_CSQ, PIRP, PKIRQL, PLIST_ENTRY,
-    PVOID,
+    IO_CSQ, KIRQL, KSPIN_LOCK, LIST_ENTRY, NTSTATUS, PFILE_OBJECT, PIO_CSQ, PIRP, PKIRQL,
+    PLIST_ENTRY, PVOID,
 };
 
 use crate::irp;
@@ -75,10 +75,7 @@ impl PendingQueue {
         let head = self.head.get();
         // SAFETY: `head` is this queue's own LIST_ENTRY, not yet shared (contract);
         // InitializeListHead makes it point to itself.
-        unsafe {
-            (*head).Flink = head;
-            (*head).Blink = head;
-        }
+        unsafe { link(head, head) };
         // SAFETY: the IO_CSQ lives at its final non-paged address (contract); the callbacks
         // have the IO_CSQ_* signatures of wdm.h and recover the queue from the PIO_CSQ they
         // are given, which is sound because `csq` is the first field of this #[repr(C)] type.
@@ -159,39 +156,60 @@ unsafe fn irp_of(entry: PLIST_ENTRY) -> PIRP {
     unsafe { entry.cast::<u8>().sub(offset).cast() }
 }
 
+/// `a.Flink = b; b.Blink = a` — one step of every list edit below.
+///
+/// # Safety
+/// `a` and `b` are valid list entries that only the caller (holding the queue lock, or
+/// owning a not-yet-shared queue) touches.
+unsafe fn link(a: PLIST_ENTRY, b: PLIST_ENTRY) {
+    // SAFETY: `a` is valid and exclusively ours per the contract.
+    let a_ref = unsafe { &mut *a };
+    a_ref.Flink = b;
+    // SAFETY: as above for `b` (it may be `a` itself: the reference above is no longer used).
+    let b_ref = unsafe { &mut *b };
+    b_ref.Blink = a;
+}
+
+/// `entry.Flink` / `entry.Blink`.
+///
+/// # Safety
+/// `entry` is a valid list entry (queue lock held).
+unsafe fn neighbours(entry: PLIST_ENTRY) -> (PLIST_ENTRY, PLIST_ENTRY) {
+    // SAFETY: per the contract.
+    let entry = unsafe { &*entry };
+    (entry.Flink, entry.Blink)
+}
+
 /// `IO_CSQ_INSERT_IRP`: appends to the list (called with the queue lock held).
 unsafe extern "C" fn insert_irp(csq: PIO_CSQ, irp: PIRP) {
     // SAFETY: `csq` is our queue's IO_CSQ (we passed it to IoCsqInsertIrp), so the queue is
     // valid; its lock is held by the CSQ library during this callback.
-    let head = unsafe { (*queue_of(csq)).head.get() };
+    let queue = unsafe { &*queue_of(csq) };
+    let head = queue.head.get();
     // SAFETY: `irp` is the live IRP being inserted.
     let entry = unsafe { entry_of(irp) };
-    // SAFETY: InsertTailList on a well-formed list under its lock: `head` and its Blink are
-    // valid entries of the list, `entry` is not on any list.
-    unsafe {
-        let tail = (*head).Blink;
-        (*entry).Flink = head;
-        (*entry).Blink = tail;
-        (*tail).Flink = entry;
-        (*head).Blink = entry;
-    }
+    // SAFETY: the head is valid under the lock.
+    let (_, tail) = unsafe { neighbours(head) };
+    // InsertTailList: tail <-> entry <-> head.
+    // SAFETY: `tail` and `head` are entries of the well-formed list, `entry` is on no list;
+    // the lock is held.
+    unsafe { link(tail, entry) };
+    // SAFETY: as above.
+    unsafe { link(entry, head) };
 }
 
 /// `IO_CSQ_REMOVE_IRP`: unlinks (called with the queue lock held).
 unsafe extern "C" fn remove_irp(_csq: PIO_CSQ, irp: PIRP) {
     // SAFETY: `irp` is a live, queued IRP (the CSQ library only removes IRPs it inserted).
     let entry = unsafe { entry_of(irp) };
-    // SAFETY: RemoveEntryList under the queue lock: `entry` is on the list, so its neighbours
-    // are valid entries; afterwards the entry points to itself so a stray second unlink is
-    // harmless.
-    unsafe {
-        let next = (*entry).Flink;
-        let prev = (*entry).Blink;
-        (*prev).Flink = next;
-        (*next).Blink = prev;
-        (*entry).Flink = entry;
-        (*entry).Blink = entry;
-    }
+    // SAFETY: `entry` is on the list, under the lock.
+    let (next, prev) = unsafe { neighbours(entry) };
+    // RemoveEntryList.
+    // SAFETY: `prev` and `next` are valid entries of the list (lock held).
+    unsafe { link(prev, next) };
+    // The removed entry points to itself, so a stray second unlink is harmless.
+    // SAFETY: `entry` is valid and now off the list.
+    unsafe { link(entry, entry) };
 }
 
 /// `IO_CSQ_PEEK_NEXT_IRP`: the first IRP after `irp` (or from the head when `irp` is null)
@@ -199,48 +217,55 @@ unsafe extern "C" fn remove_irp(_csq: PIO_CSQ, irp: PIRP) {
 /// the queue lock held.
 unsafe extern "C" fn peek_next_irp(csq: PIO_CSQ, irp: PIRP, peek_context: PVOID) -> PIRP {
     // SAFETY: `csq` is our queue's IO_CSQ; the lock is held.
-    let head = unsafe { (*queue_of(csq)).head.get() };
-    let mut entry = if irp.is_null() {
-        // SAFETY: the head is valid under the lock.
-        unsafe { (*head).Flink }
+    let queue = unsafe { &*queue_of(csq) };
+    let head = queue.head.get();
+    let start = if irp.is_null() {
+        head
     } else {
         // SAFETY: `irp` is a queued IRP, so its entry is on the list.
-        unsafe { (*entry_of(irp)).Flink }
+        unsafe { entry_of(irp) }
     };
+    // SAFETY: `start` is the head or a queued entry, valid under the lock.
+    let mut entry = unsafe { neighbours(start) }.0;
     while entry != head {
         // SAFETY: every entry on the list other than the head is a queued IRP's ListEntry.
         let candidate = unsafe { irp_of(entry) };
         if peek_context.is_null() {
             return candidate;
         }
-        // SAFETY: the candidate is a live queued IRP; its current stack location is valid.
+        // SAFETY: the candidate is a live queued IRP.
         let stack = unsafe { irp::current_stack_location(candidate) };
-        // SAFETY: as above; FileObject is a pointer field of the stack location.
-        let file_object = unsafe { (*stack).FileObject };
+        // SAFETY: its current stack location is valid while it is queued.
+        let stack = unsafe { &*stack };
+        let file_object = stack.FileObject;
         if file_object.cast::<core::ffi::c_void>() == peek_context {
             return candidate;
         }
         // SAFETY: `entry` is on the list; its Flink is the next entry or the head.
-        entry = unsafe { (*entry).Flink };
+        entry = unsafe { neighbours(entry) }.0;
     }
     core::ptr::null_mut()
 }
 
 /// `IO_CSQ_ACQUIRE_LOCK`.
 unsafe extern "C" fn acquire_lock(csq: PIO_CSQ, irql: PKIRQL) {
-    // SAFETY: `csq` is our queue's IO_CSQ; its spin lock is initialised (0) and non-paged.
-    // KeAcquireSpinLockRaiseToDpc (what KeAcquireSpinLock expands to on x64/ARM64) may be
-    // called at <= DISPATCH_LEVEL, which is where the CSQ library calls this.
-    let old: KIRQL = unsafe { KeAcquireSpinLockRaiseToDpc((*queue_of(csq)).lock.get()) };
+    // SAFETY: `csq` is our queue's IO_CSQ (the queue outlives every callback).
+    let queue = unsafe { &*queue_of(csq) };
+    // SAFETY: the spin lock is initialised (0) and non-paged. KeAcquireSpinLockRaiseToDpc
+    // (what KeAcquireSpinLock expands to on x64/ARM64) may be called at <= DISPATCH_LEVEL,
+    // which is where the CSQ library calls this.
+    let old: KIRQL = unsafe { KeAcquireSpinLockRaiseToDpc(queue.lock.get()) };
     // SAFETY: `irql` is the library's out-parameter for the saved IRQL.
     unsafe { *irql = old };
 }
 
 /// `IO_CSQ_RELEASE_LOCK`.
 unsafe extern "C" fn release_lock(csq: PIO_CSQ, irql: KIRQL) {
+    // SAFETY: `csq` is our queue's IO_CSQ.
+    let queue = unsafe { &*queue_of(csq) };
     // SAFETY: the CSQ library releases the lock it acquired through `acquire_lock`, at
     // DISPATCH_LEVEL, with the IRQL that call saved.
-    unsafe { KeReleaseSpinLock((*queue_of(csq)).lock.get(), irql) };
+    unsafe { KeReleaseSpinLock(queue.lock.get(), irql) };
 }
 
 /// `IO_CSQ_COMPLETE_CANCELED_IRP`: the requester cancelled a queued IRP; the library already

@@ -15,7 +15,7 @@
 //! |---|---|
 //! | `wdmsec` | `WdmlibIoCreateDeviceSecure` (static library) |
 //! | `fwpkclnt` | `Fwps*` / `Fwpm*` (WFP kernel client) |
-//! | `ndis` | `Ndis*` (NET_BUFFER_LIST handling) |
+//! | `ndis` | `Ndis*` (`NET_BUFFER_LIST` handling) |
 //! | `netio` | NETIO routines the WFP headers pull in |
 //!
 //! A build script is compiled for and run on the *host*, so `cfg(windows)` here means "the

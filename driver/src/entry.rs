@@ -145,8 +145,8 @@ unsafe fn start(driver: PDRIVER_OBJECT, registry_path: PCUNICODE_STRING) -> Resu
         state.write(DriverState {
             wfp,
             device: control,
-        })
-    };
+        });
+    }
     STATE.store(state, Ordering::Release);
     // SAFETY: DriverEntry's driver object, not yet shared.
     unsafe { (*driver).DriverUnload = Some(driver_unload) };

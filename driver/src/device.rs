@@ -232,7 +232,7 @@ unsafe extern "C" fn dispatch_create(_device: PDEVICE_OBJECT, irp: PIRP) -> NTST
         // SAFETY: as above.
         return unsafe { finish(irp, STATUS_OBJECT_NAME_NOT_FOUND, 0) };
     }
-    let Some(globals) = globals::get() else {
+    let Some(globals) = globals::enter() else {
         // SAFETY: as above.
         return unsafe { finish(irp, NtStatus::DEVICE_NOT_READY, 0) };
     };
@@ -343,7 +343,7 @@ unsafe extern "C" fn dispatch_cleanup(_device: PDEVICE_OBJECT, irp: PIRP) -> NTS
     let stack = unsafe { irp::current_stack_location(irp) };
     // SAFETY: the stack location of the live IRP.
     let file_object = unsafe { (*stack).FileObject };
-    if let (Some(globals), false) = (globals::get(), file_object.is_null()) {
+    if let (Some(globals), false) = (globals::enter(), file_object.is_null()) {
         // SAFETY: our file object; FsContext holds the id stored by dispatch_create or null.
         let handle = handle_of(unsafe { (*file_object).FsContext });
         if let Some(handle) = handle {
@@ -380,7 +380,7 @@ unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP)
     let out_len = params.OutputBufferLength;
     // SAFETY: the stack location of the live IRP.
     let file_object = unsafe { (*stack).FileObject };
-    let Some(globals) = globals::get() else {
+    let Some(globals) = globals::enter() else {
         // SAFETY: we own the IRP and complete it once.
         return unsafe { finish(irp, NtStatus::DEVICE_NOT_READY, 0) };
     };
@@ -416,7 +416,7 @@ unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP)
         Err(completion) => return unsafe { finish(irp, completion.status, 0) },
     };
     let completion = if request::changes_configuration(decoded.kind) {
-        run_and_persist(globals, handle, &decoded, out_len)
+        run_and_persist(&globals, handle, &decoded, out_len)
     } else {
         let result = request::execute(&mut globals.engine.write(), handle, &decoded);
         request::encode(&result, decoded.qos2_answer, out_len)

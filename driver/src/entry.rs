@@ -28,7 +28,8 @@
 //!    injections). No classify, notify, flow-delete or injection-completion callback runs
 //!    afterwards.
 //! 2. Control device dropped: symbolic link and device deleted.
-//! 3. Globals retracted, then freed (engine, queue, mutex) — last.
+//! 3. Globals retracted (after every dispatch routine holding rundown protection has left),
+//!    then freed (engine, queue, mutex) — last.
 
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicPtr, Ordering};

@@ -4,17 +4,33 @@
 //! pool, loads the stored configuration into the engine, and publishes the pointer with
 //! [`publish`] *before* it creates the device or starts WFP (so no callback can see it
 //! missing). `DriverUnload` drops WFP (no classify or flow-delete callback runs afterwards),
-//! deletes the device (no dispatch routine runs afterwards: the I/O manager only unloads a
-//! legacy driver whose device objects have no open file objects), then [`retract`] clears
-//! the pointer and frees the memory last.
+//! deletes the device, then [`retract`] frees the memory last.
 //!
-//! The pointer is an `AtomicPtr` with Release (publish) / Acquire (get) ordering, so a callback
-//! that sees it also sees the initialised contents. Callbacks get `&'static Globals` and never
-//! `&mut`: all mutation goes through the locks inside.
+//! Two ways in:
+//! * WFP callbacks receive `&'static Globals` from `Wfp::start`; `Wfp` is dropped (all
+//!   callouts unregistered, injections completed) before `retract`, which is what makes that
+//!   reference valid for as long as they can run.
+//! * Dispatch routines call [`enter`], which takes **rundown protection** (`EX_RUNDOWN_REF`)
+//!   for the duration of the request. [`retract`] first waits for every such request to leave
+//!   (`ExWaitForRundownProtectionRelease`) and refuses new ones, and only then clears the
+//!   pointer and frees the memory. The I/O manager should not unload a legacy driver while
+//!   file objects of its devices are open, but this does not rely on it: a request that
+//!   arrives during or after unload gets `None` and completes with `STATUS_DEVICE_NOT_READY`.
+//!
+//! The pointer is an `AtomicPtr` with Release (publish) / Acquire (load) ordering, so a
+//! callback that sees it also sees the initialised contents. Callbacks get shared references
+//! and never `&mut`: all mutation goes through the locks inside.
 
 use alloc::alloc::{alloc, dealloc, Layout};
 use alloc::vec::Vec;
+use core::cell::UnsafeCell;
+use core::ops::Deref;
 use core::sync::atomic::{AtomicPtr, Ordering};
+
+use wdk_sys::ntddk::{
+    ExAcquireRundownProtection, ExReleaseRundownProtection, ExWaitForRundownProtectionRelease,
+};
+use wdk_sys::EX_RUNDOWN_REF;
 
 use qosmark_engine::{Engine, Limits};
 
@@ -35,13 +51,67 @@ pub(crate) struct Globals {
 
 static GLOBALS: AtomicPtr<Globals> = AtomicPtr::new(core::ptr::null_mut());
 
-/// The published globals, or `None` before `DriverEntry` published them / after unload.
-/// Any IRQL.
+/// Rundown protection of the dispatch routines' access to [`GLOBALS`]. In the image's data
+/// section (non-paged), fresh for every load. An all-zero `EX_RUNDOWN_REF` is the initialised
+/// state (`ExInitializeRundownProtection` sets the count to 0).
+struct Rundown(UnsafeCell<EX_RUNDOWN_REF>);
+
+// SAFETY: the cell is only passed to the Ex*RundownProtection* routines, which update it
+// atomically from any thread.
+unsafe impl Sync for Rundown {}
+
+// SAFETY: EX_RUNDOWN_REF is a plain C union of an integer count and a pointer, for which all
+// zero bytes are a valid value — and exactly the initialised, not-run-down state.
+static RUNDOWN: Rundown = Rundown(UnsafeCell::new(unsafe {
+    core::mem::zeroed::<EX_RUNDOWN_REF>()
+}));
+
+/// The globals as seen by one dispatch routine; releases rundown protection when dropped.
+#[must_use = "rundown protection is released as soon as the guard is dropped"]
+pub(crate) struct Entered(&'static Globals);
+
+impl Deref for Entered {
+    type Target = Globals;
+    fn deref(&self) -> &Globals {
+        self.0
+    }
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        // SAFETY: this guard acquired rundown protection in `enter` and releases it once;
+        // callable at <= DISPATCH_LEVEL.
+        unsafe { ExReleaseRundownProtection(RUNDOWN.0.get()) };
+    }
+}
+
+/// The globals for a dispatch routine, or `None` before `DriverEntry` published them or once
+/// unload has begun. `<= DISPATCH_LEVEL` (dispatch routines: `PASSIVE_LEVEL`).
+pub(crate) fn enter() -> Option<Entered> {
+    // SAFETY: RUNDOWN is a valid, initialised EX_RUNDOWN_REF for the image's lifetime;
+    // ExAcquireRundownProtection may be called at <= DISPATCH_LEVEL and fails (FALSE) once
+    // ExWaitForRundownProtectionRelease has begun.
+    if unsafe { ExAcquireRundownProtection(RUNDOWN.0.get()) } == 0 {
+        return None;
+    }
+    let ptr = GLOBALS.load(Ordering::Acquire);
+    // SAFETY: a non-null pointer was stored by `publish` from `create` and points to
+    // initialised Globals; `retract` frees them only after waiting for the rundown protection
+    // we now hold, so they outlive the guard.
+    if let Some(globals) = unsafe { ptr.as_ref() } {
+        return Some(Entered(globals));
+    }
+    // SAFETY: acquired just above and not handed out; released once.
+    unsafe { ExReleaseRundownProtection(RUNDOWN.0.get()) };
+    None
+}
+
+/// The published globals for code that cannot race with unload (`DriverEntry` after
+/// publication). Any IRQL.
 pub(crate) fn get() -> Option<&'static Globals> {
     let ptr = GLOBALS.load(Ordering::Acquire);
-    // SAFETY: a non-null pointer was stored by `publish` from `create`, points to initialised
-    // Globals in non-paged pool, and stays valid until `retract`, which DriverUnload calls
-    // only after every user of `get` (WFP callbacks, dispatch routines) is gone (module docs).
+    // SAFETY: as in `enter`: non-null means published and initialised; the only callers run in
+    // DriverEntry, before DriverUnload can run.
     unsafe { ptr.as_ref() }
 }
 
@@ -110,9 +180,14 @@ pub(crate) fn publish(owned: GlobalsBox) {
     GLOBALS.store(ptr, Ordering::Release);
 }
 
-/// Clears the pointer and returns ownership (dropping the box frees the memory). `None` if
-/// nothing was published. Call only once no callback can run (module docs).
+/// Waits until no dispatch routine is inside [`enter`], refuses new ones, clears the pointer
+/// and returns ownership (dropping the box frees the memory). `None` if nothing was
+/// published. `PASSIVE_LEVEL`; call only after `Wfp` was dropped (module docs).
 pub(crate) fn retract() -> Option<GlobalsBox> {
+    // SAFETY: RUNDOWN is valid; ExWaitForRundownProtectionRelease is called at PASSIVE_LEVEL
+    // (DriverUnload or a failing DriverEntry), once per load; afterwards every
+    // ExAcquireRundownProtection fails, so `enter` can no longer hand out the pointer.
+    unsafe { ExWaitForRundownProtectionRelease(RUNDOWN.0.get()) };
     let ptr = GLOBALS.swap(core::ptr::null_mut(), Ordering::AcqRel);
     (!ptr.is_null()).then_some(GlobalsBox(ptr))
 }

@@ -13,15 +13,15 @@
 //!    [`qosmark_abi::ioctl::request_kind`]'s codes, else `STATUS_INVALID_DEVICE_REQUEST`; the
 //!    input must be one whole record of that kind
 //!    ([`qosmark_abi::codec::decode_request_with_flags`], then the kind check), else the
-//!    Win32 code of the [`AbiError`](qosmark_abi::codec::AbiError) (87, or 8 on allocation
+//!    Win32 code of the [`AbiError`] (87, or 8 on allocation
 //!    failure) as an NTSTATUS. Without `FLAG_QOS2_ANSWER`, an output buffer smaller than
-//!    [`MIN_OUTPUT_LEN`](qosmark_abi::codec::MIN_OUTPUT_LEN) is refused with
+//!    [`MIN_OUTPUT_LEN`] is refused with
 //!    `STATUS_BUFFER_TOO_SMALL` *before* the engine runs, so a request that changes state is
 //!    never committed when its answer could not even say "too small". With the flag (SetFlow,
 //!    QueryFlow, NotifyFlow only, the codec refuses it elsewhere) the output buffer is the
 //!    application's own QOS2 buffer and may be as small as the QOS2 structure (0 bytes for
 //!    SetFlow): it is checked after the engine ran, against
-//!    [`qos2_answer_len`](qosmark_abi::codec::qos2_answer_len) — SetFlow needs 0 bytes, so a
+//!    [`qos2_answer_len`] — SetFlow needs 0 bytes, so a
 //!    committed SetFlow can never be answered "too small".
 //! 2. [`execute`] (engine lock held by the caller): [`Engine::apply`]. The decoded request is an
 //!    owned value, so with `METHOD_BUFFERED` (input and output share one system buffer) the

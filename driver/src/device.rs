@@ -46,9 +46,8 @@ use wdk_sys::ntddk::{
     IoGetRequestorProcessId, RtlLengthSid, SeQueryInformationToken,
 };
 use wdk_sys::{
-    DO_DEVICE_INITIALIZING, FILE_DEVICE_NETWORK, FILE_DEVICE_SECURE_OPEN, GUID, NTSTATUS,
-    PACCESS_TOKEN, PDEVICE_OBJECT, PDRIVER_OBJECT, PIRP, PTOKEN_GROUPS, PVOID, SID_AND_ATTRIBUTES,
-    UNICODE_STRING,
+    FILE_DEVICE_NETWORK, FILE_DEVICE_SECURE_OPEN, GUID, NTSTATUS, PACCESS_TOKEN, PDEVICE_OBJECT,
+    PDRIVER_OBJECT, PIRP, PTOKEN_GROUPS, PVOID, SID_AND_ATTRIBUTES, UNICODE_STRING,
 };
 
 use qosmark_abi::ioctl::{DOS_DEVICE_NAME, NT_DEVICE_NAME};
@@ -149,10 +148,9 @@ impl ControlDevice {
         let status = unsafe { IoCreateSymbolicLink(&raw mut link_string, &raw mut name_string) };
         NtStatus(status).to_result().map_err(|e| e.0)?;
         owned.linked = true;
-        // SAFETY: the device object was just created by this driver and is not yet open to
-        // anyone; clearing DO_DEVICE_INITIALIZING is what a driver does once the device is
-        // ready (the I/O manager also clears it for devices created in DriverEntry).
-        unsafe { (*device).Flags &= !DO_DEVICE_INITIALIZING };
+        // DO_DEVICE_INITIALIZING stays set: for a device created in DriverEntry the I/O manager
+        // clears it when DriverEntry returns successfully, so no open can reach the device
+        // while the rest of DriverEntry (WFP start) may still fail and delete it again.
         Ok(owned)
     }
 
@@ -170,9 +168,11 @@ impl Drop for ControlDevice {
                 let _status = unsafe { IoDeleteSymbolicLink(&raw mut link) };
             }
         }
-        // SAFETY: PASSIVE_LEVEL; the device was created by `create`, is deleted once, and no
-        // dispatch routine runs any more (DriverUnload is only called with no open handles;
-        // on a failed DriverEntry the device was never opened).
+        // SAFETY: PASSIVE_LEVEL; the device was created by `create` and is deleted once. On a
+        // failed DriverEntry it was never openable (DO_DEVICE_INITIALIZING still set); in
+        // DriverUnload any file object still open keeps the object alive until its last
+        // close, and the dispatch routines reach driver state only under rundown protection
+        // (`globals::enter`).
         unsafe { IoDeleteDevice(self.device) };
     }
 }

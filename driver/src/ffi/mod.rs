@@ -27,4 +27,6 @@ unsafe extern "system" {
     ) -> !;
 }
 
+// Windows kernel builds only: the declaration uses wdk-sys types.
+#[cfg(all(windows, not(test)))]
 pub(crate) mod wdmsec;

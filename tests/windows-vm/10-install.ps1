@@ -39,6 +39,21 @@ if ($LASTEXITCODE -ne 0) { throw "sc start QosMark failed with exit code $LASTEX
 & sc.exe query QosMark
 
 # \\.\QosMark must now open (any authenticated user may open it; the SDDL is in device.rs).
-$h = [System.IO.File]::Open('\\.\QosMark', 'Open', 'ReadWrite', 'ReadWrite')
+# .NET's FileStream refuses \\.\ device paths, so CreateFileW is called directly.
+Add-Type -TypeDefinition @'
+using System;
+using System.Runtime.InteropServices;
+using Microsoft.Win32.SafeHandles;
+public static class QosMarkOpen {
+    [DllImport("kernel32.dll", CharSet = CharSet.Unicode, SetLastError = true)]
+    public static extern SafeFileHandle CreateFileW(string name, uint access, uint share,
+        IntPtr security, uint disposition, uint flags, IntPtr template);
+}
+'@
+# GENERIC_READ | GENERIC_WRITE, FILE_SHARE_READ | FILE_SHARE_WRITE, OPEN_EXISTING.
+$h = [QosMarkOpen]::CreateFileW('\\.\QosMark', 0xC0000000, 3, [IntPtr]::Zero, 3, 0, [IntPtr]::Zero)
+if ($h.IsInvalid) {
+    throw "opening \\.\QosMark failed: $([Runtime.InteropServices.Marshal]::GetLastWin32Error())"
+}
 $h.Dispose()
 Write-Host 'qosmark is loaded and \\.\QosMark opens.'

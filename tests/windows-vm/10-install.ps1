@@ -50,8 +50,9 @@ public static class QosMarkOpen {
         IntPtr security, uint disposition, uint flags, IntPtr template);
 }
 '@
-# GENERIC_READ | GENERIC_WRITE, FILE_SHARE_READ | FILE_SHARE_WRITE, OPEN_EXISTING.
-$h = [QosMarkOpen]::CreateFileW('\\.\QosMark', 0xC0000000, 3, [IntPtr]::Zero, 3, 0, [IntPtr]::Zero)
+# GENERIC_READ | GENERIC_WRITE (0xC0000000, written in decimal: a PowerShell hex literal
+# with the top bit set is a negative Int32), FILE_SHARE_READ | FILE_SHARE_WRITE, OPEN_EXISTING.
+$h = [QosMarkOpen]::CreateFileW('\\.\QosMark', [uint32]3221225472, 3, [IntPtr]::Zero, 3, 0, [IntPtr]::Zero)
 if ($h.IsInvalid) {
     throw "opening \\.\QosMark failed: $([Runtime.InteropServices.Marshal]::GetLastWin32Error())"
 }

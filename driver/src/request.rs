@@ -785,6 +785,85 @@ mod tests {
     }
 
     #[test]
+    fn fixed_size_answer_overflows_into_an_error_record() {
+        let (mut engine, handle) = engine_with(Privilege::User);
+        let status = record(&Request::QueryStatus);
+        let (full, _) = process(
+            &mut engine,
+            handle,
+            IOCTL_QOSMARK_QUERY_STATUS,
+            &status,
+            MAX_RECORD_LEN,
+        );
+        assert_eq!(full.status.bits(), STATUS_SUCCESS);
+        // The Status record's own header states its length (offset 12, u32 LE).
+        let need = u32::from_le_bytes(full.bytes[12..16].try_into().unwrap());
+        assert_eq!(need as usize, full.bytes.len());
+        for capacity in [24, need / 2, need - 1] {
+            let (c, _) = process(
+                &mut engine,
+                handle,
+                IOCTL_QOSMARK_QUERY_STATUS,
+                &status,
+                capacity,
+            );
+            assert_eq!(c.status.bits(), STATUS_BUFFER_OVERFLOW, "cap {capacity}");
+            assert_eq!(
+                decode_response(RequestKind::QueryStatus, &c.bytes).unwrap(),
+                Reply::Error(ErrorReply {
+                    win32: Win32Error::INSUFFICIENT_BUFFER,
+                    required_size: need,
+                })
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Whatever the bytes, code and capacity: no panic, never more bytes than the
+        /// capacity, data only with a success or warning status, and a state change is
+        /// reported only for a success.
+        #[test]
+        fn any_input_is_answered_within_bounds(
+            kind_index in 0usize..RequestKind::ALL.len(),
+            raw_code in proptest::prelude::any::<u32>(),
+            use_raw_code in proptest::prelude::any::<bool>(),
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            keep_header in proptest::prelude::any::<bool>(),
+            capacity in 0u32..400,
+            admin in proptest::prelude::any::<bool>(),
+        ) {
+            let privilege = if admin { Privilege::Admin } else { Privilege::User };
+            let (mut engine, handle) = engine_with(privilege);
+            let kind = RequestKind::ALL[kind_index];
+            let code = if use_raw_code { raw_code } else { kind.code() };
+            // Half the inputs start with a valid header of the right kind and length, so the
+            // payload decoder (not only the header check) sees random bytes.
+            let mut input = Vec::new();
+            if keep_header {
+                let total = u32::try_from(16 + body.len()).unwrap();
+                input.extend_from_slice(b"QMRK");
+                input.extend_from_slice(&qosmark_abi::PROTOCOL_VERSION.to_le_bytes());
+                let record_kind = qosmark_abi::codec::RecordKind::of_request(kind).value();
+                input.extend_from_slice(&record_kind.to_le_bytes());
+                input.extend_from_slice(&0u32.to_le_bytes());
+                input.extend_from_slice(&total.to_le_bytes());
+            }
+            input.extend_from_slice(&body);
+            let (c, changed) = process(&mut engine, handle, code, &input, capacity);
+            proptest::prop_assert!(c.bytes.len() <= capacity as usize);
+            if !c.bytes.is_empty() {
+                proptest::prop_assert!(!c.status.is_error());
+            }
+            if changed {
+                proptest::prop_assert_eq!(c.status.bits(), STATUS_SUCCESS);
+            }
+            proptest::prop_assert!(engine.check_control_invariants().is_ok());
+        }
+    }
+
+    #[test]
     fn open_errors() {
         assert_eq!(
             status_for_open_error(EngineError::LimitReached).bits(),

@@ -49,12 +49,12 @@ pub mod request;
 pub mod security;
 
 // Kernel modules: Windows only, and not in unit-test builds (those link `std` and the
-// wdk-sys test stubs, and test only the plain-Rust modules above).
+// wdk-sys test stubs, and test only the plain-Rust modules).
 #[cfg(all(windows, not(test)))]
 mod device;
 #[cfg(all(windows, not(test)))]
 mod entry;
-#[cfg(all(windows, not(test)))]
+// Declarations (layouts compiled and tested everywhere; routines Windows-only).
 mod ffi;
 #[cfg(all(windows, not(test)))]
 mod globals;
@@ -68,7 +68,8 @@ mod panic;
 mod pending;
 #[cfg(all(windows, not(test)))]
 mod registry;
-// INTEGRATOR: drvpkt's branch adds `mod wfp;` (crate::wfp::Wfp, used by entry.rs) here.
+// The packet path: plain-Rust decisions everywhere, `Wfp` and the callbacks Windows-only.
+mod wfp;
 
 /// Heap for `alloc` in the kernel: `ExAllocatePool2(POOL_FLAG_NON_PAGED)`, tag `'rust'`.
 #[cfg(all(windows, not(test)))]

@@ -223,6 +223,9 @@ pub(crate) struct Flow {
     handle: HandleId,
     /// Process id of the handle's caller; every entry of the flow belongs to this process.
     pid: u32,
+    /// The handle's caller is a plain user (`Privilege::User`): its packets are subject to the
+    /// ownership check.
+    user: bool,
     traffic_type: TrafficType,
     /// Added without `QOS_NON_ADAPTIVE_FLOW`. Adaptive flows hold a single socket (§9).
     adaptive: bool,
@@ -398,6 +401,7 @@ impl ControlState {
         self.lookup_flow(tuple).map(|(_, f)| SocketHit {
             mark: f.mark,
             counters: &f.counters,
+            user_pid: f.user.then_some(f.pid),
         })
     }
 
@@ -561,6 +565,7 @@ impl ControlState {
         let flow = Flow {
             handle,
             pid: hs.caller.pid,
+            user: !privileged(hs.caller),
             traffic_type: req.traffic_type,
             adaptive,
             custom_dscp: None,

@@ -120,6 +120,10 @@ pub struct SocketHit<'a> {
     pub mark: Mark,
     /// The flow's counters.
     pub counters: &'a Counters,
+    /// The pid of the flow's owner when it was registered through a `Privilege::User` handle
+    /// (whose packets are subject to the ownership check, [`crate::Limits::check_owner`]);
+    /// `None` for administrators and the kernel.
+    pub user_pid: Option<u32>,
 }
 
 /// What [`Engine::close_handle`] removed.

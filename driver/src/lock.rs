@@ -51,10 +51,6 @@ impl<T> SpinRwLock<T> {
 
     /// Shared access. IRQL `<= DISPATCH_LEVEL` on entry; `DISPATCH_LEVEL` while the guard
     /// lives.
-    #[allow(
-        dead_code,
-        reason = "the packet path (drvpkt's wfp module) reads the engine; control requests write"
-    )]
     pub(crate) fn read(&self) -> ReadGuard<'_, T> {
         // SAFETY: `self.lock` is a valid, initialised EX_SPIN_LOCK in non-paged memory that
         // outlives the guard (the guard borrows `self`). ExAcquireSpinLockShared may be called
@@ -83,7 +79,6 @@ impl<T> SpinRwLock<T> {
 /// Shared access to the data of a [`SpinRwLock`]; releases the lock and restores the IRQL
 /// when dropped.
 #[must_use = "the lock is released as soon as the guard is dropped"]
-#[allow(dead_code, reason = "constructed by `read`, see there")]
 pub(crate) struct ReadGuard<'a, T> {
     lock: &'a SpinRwLock<T>,
     old_irql: KIRQL,

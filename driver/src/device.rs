@@ -380,6 +380,12 @@ unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP)
     let out_len = params.OutputBufferLength;
     // SAFETY: the stack location of the live IRP.
     let file_object = unsafe { (*stack).FileObject };
+    // Only METHOD_BUFFERED codes of ours get past this line, so AssociatedIrp.SystemBuffer
+    // below really is the system buffer (for METHOD_NEITHER it would not be).
+    if qosmark_abi::ioctl::request_kind(code).is_none() {
+        // SAFETY: we own the IRP and complete it once.
+        return unsafe { finish(irp, NtStatus::INVALID_DEVICE_REQUEST, 0) };
+    }
     let Some(globals) = globals::enter() else {
         // SAFETY: we own the IRP and complete it once.
         return unsafe { finish(irp, NtStatus::DEVICE_NOT_READY, 0) };
@@ -408,8 +414,7 @@ unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP)
         // request is an owned value).
         unsafe { core::slice::from_raw_parts(system_buffer, in_len) }
     };
-    // A code whose method is not METHOD_BUFFERED is refused here too: request_kind matches all
-    // 32 bits, and every qosmark code is METHOD_BUFFERED.
+    // request::decode matches the code again (all 32 bits) and decodes the record.
     let decoded = match request::decode(code, input, out_len) {
         Ok(decoded) => decoded,
         // SAFETY: as above; error completions carry no data.

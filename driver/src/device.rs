@@ -229,11 +229,11 @@ unsafe extern "C" fn dispatch_create(_device: PDEVICE_OBJECT, irp: PIRP) -> NTST
     // SAFETY: a create's file object is valid for the duration of the request.
     if unsafe { (*file_object).FileName.Length } != 0 {
         // `\\.\QosMark\something`: the device has no namespace.
-        // SAFETY: as above.
+        // SAFETY: PASSIVE_LEVEL dispatch routine that owns the IRP; it is completed once, here.
         return unsafe { finish(irp, STATUS_OBJECT_NAME_NOT_FOUND, 0) };
     }
     let Some(globals) = globals::enter() else {
-        // SAFETY: as above.
+        // SAFETY: PASSIVE_LEVEL dispatch routine that owns the IRP; it is completed once, here.
         return unsafe { finish(irp, NtStatus::DEVICE_NOT_READY, 0) };
     };
     // SAFETY: live IRP at PASSIVE_LEVEL; the routine reads the requesting thread's process.
@@ -247,10 +247,10 @@ unsafe extern "C" fn dispatch_create(_device: PDEVICE_OBJECT, irp: PIRP) -> NTST
             // SAFETY: this driver owns FsContext of its own device's file objects; a u32 id
             // stored as a pointer-sized integer, never dereferenced.
             unsafe { (*file_object).FsContext = handle.0 as usize as PVOID };
-            // SAFETY: as above.
+            // SAFETY: PASSIVE_LEVEL dispatch routine that owns the IRP; it is completed once, here.
             unsafe { finish(irp, NtStatus::SUCCESS, 0) }
         }
-        // SAFETY: as above.
+        // SAFETY: PASSIVE_LEVEL dispatch routine that owns the IRP; it is completed once, here.
         Err(error) => unsafe { finish(irp, request::status_for_open_error(error), 0) },
     }
 }
@@ -397,7 +397,7 @@ unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP)
         handle_of(unsafe { (*file_object).FsContext })
     };
     let Some(handle) = handle else {
-        // SAFETY: as above.
+        // SAFETY: PASSIVE_LEVEL dispatch routine that owns the IRP; it is completed once, here.
         return unsafe { finish(irp, NtStatus::INVALID_HANDLE, 0) };
     };
     // SAFETY: the live IRP, owned by this dispatch routine.
@@ -417,7 +417,8 @@ unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP)
     // request::decode matches the code again (all 32 bits) and decodes the record.
     let decoded = match request::decode(code, input, out_len) {
         Ok(decoded) => decoded,
-        // SAFETY: as above; error completions carry no data.
+        // SAFETY: PASSIVE_LEVEL dispatch routine that owns the IRP; it is completed once, here.
+        // Error completions carry no data.
         Err(completion) => return unsafe { finish(irp, completion.status, 0) },
     };
     let completion = if request::changes_configuration(decoded.kind) {
@@ -430,7 +431,7 @@ unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP)
     if count > out_len as usize || (count > 0 && system_buffer.is_null()) {
         // Cannot happen (request::encode never exceeds the capacity; a non-zero capacity
         // means a system buffer exists); fail the request rather than overrun.
-        // SAFETY: as above.
+        // SAFETY: PASSIVE_LEVEL dispatch routine that owns the IRP; it is completed once, here.
         return unsafe { finish(irp, NtStatus::UNSUCCESSFUL, 0) };
     }
     if count > 0 {
@@ -440,7 +441,8 @@ unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP)
             core::ptr::copy_nonoverlapping(completion.bytes.as_ptr(), system_buffer, count);
         }
     }
-    // SAFETY: as above; Information = bytes copied back (<= OutputBufferLength).
+    // SAFETY: PASSIVE_LEVEL dispatch routine that owns the IRP; it is completed once, here.
+    // Information = bytes copied back (<= OutputBufferLength).
     unsafe { finish(irp, completion.status, count) }
 }
 

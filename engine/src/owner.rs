@@ -515,4 +515,44 @@ mod tests {
             }
         });
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        /// Against a model (a map of the last report per tuple, minus retirements): the table
+        /// may forget (eviction), but whatever it answers is the current owner.
+        #[test]
+        fn answers_are_never_wrong(
+            ops in proptest::collection::vec((0u8..3, 0u16..24, 0u32..4), 1..300),
+            slots in proptest::sample::select(alloc::vec![4usize, 8, 64]),
+        ) {
+            let t = OwnerTable::with_key(slots, 9);
+            let mut model: std::collections::HashMap<u16, u32> = std::collections::HashMap::new();
+            for (i, (op, port, pid)) in ops.into_iter().enumerate() {
+                let f = udp(port + 1, 53);
+                let now = i as u64 * SEC;
+                match op {
+                    0 => {
+                        t.report(&f, pid, now);
+                        model.insert(port, pid);
+                    }
+                    1 => {
+                        let removed = t.retire(&f, pid);
+                        if model.get(&port) == Some(&pid) {
+                            model.remove(&port);
+                        } else {
+                            proptest::prop_assert!(!removed);
+                        }
+                    }
+                    _ => {
+                        if let Some(owner) = t.owner(&f, now) {
+                            proptest::prop_assert_eq!(Some(&owner), model.get(&port));
+                        }
+                    }
+                }
+            }
+            // Still bounded.
+            let live = (0u16..24).filter(|p| t.owner(&udp(p + 1, 53), 0).is_some()).count();
+            proptest::prop_assert!(live <= slots.max(WAYS));
+        }
+    }
 }

@@ -137,12 +137,7 @@ unsafe fn mark_nbl(
     // SAFETY: `nbl` is live; slot 2 is declared.
     let lso = unsafe { packet::nbl_info_value(nbl, nbl_info::TCP_LARGE_SEND) };
     if let Some(reason) = precheck(&plan, has_write_right(rights), lso, over) {
-        let n = if plan.too_many() {
-            plan.len()
-        } else {
-            plan.marks()
-        };
-        fail_open(&shared.globals.engine.read(), reason, n);
+        fail_open(&shared.globals.engine.read(), reason, plan.marks());
         return if reason == FailOpen::NoWriteRight {
             Outcome::Untouched
         } else {
@@ -183,15 +178,18 @@ unsafe fn mark_nbl(
     // SAFETY: `handle` matches the NBL's family; `clone` starts at the IP header (the
     // IP-packet layer's data offset); after success we do not touch it.
     let injected = unsafe { packet::inject(handle, compartment, clone) };
+    if injected.is_err() {
+        // The completion routine will not run: the clone is still ours.
+        // SAFETY: `clone` came from clone_nbl and was not injected.
+        unsafe { packet::free_clone(clone) };
+    }
+    // Count only now, with no WFP call left to make under the lock.
     let engine = shared.globals.engine.read();
     fail_open(&engine, FailOpen::HeaderUnreadable, unwritable);
     fail_open(&engine, FailOpen::RewriteFailed, refused);
     if injected.is_ok() {
         return Outcome::Absorb;
     }
-    // The completion routine will not run: the clone is still ours.
-    // SAFETY: `clone` came from clone_nbl and was not injected.
-    unsafe { packet::free_clone(clone) };
     fail_open(
         &engine,
         FailOpen::InjectFailed,

@@ -125,6 +125,7 @@ impl NblPlan {
     }
 
     /// Buffers recorded.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.len
     }
@@ -267,7 +268,11 @@ pub(crate) fn interrupt_time_to_ns(t: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, reason = "tests")]
+    #![allow(
+        clippy::unwrap_used,
+        clippy::indexing_slicing,
+        reason = "tests index and unwrap values they built; a panic is a failed test"
+    )]
     use super::*;
     use qosmark_abi::{Dscp, SkipReason};
 
@@ -441,5 +446,115 @@ mod tests {
         assert!(ale_tuple(1, AleAddr::V4(1), 0, AleAddr::V4(2), 0).is_none());
         assert_eq!(interrupt_time_to_ns(3), 300);
         assert_eq!(interrupt_time_to_ns(u64::MAX), u64::MAX);
+    }
+
+    /// The packet path's host half, end to end: one NBL of three IPv4 packets (two of a
+    /// registered flow, one of another host) is classified buffer by buffer into a plan,
+    /// then the planned buffers are rewritten with the engine's rewrite exactly as
+    /// `callouts::rewrite_clone` does, and an independent parser (etherparse) checks the
+    /// result: DSCP set, ECN kept, header checksum valid, the other packet byte-identical,
+    /// and no 802.1p for the mixed NBL.
+    #[test]
+    fn simulated_nbl_marks_only_its_flow() {
+        use qosmark_abi::{
+            Caller, Family, Privilege, Request, SocketInfo, TrafficType, QOS_NON_ADAPTIVE_FLOW,
+        };
+        use qosmark_engine::{Engine, Limits, PacketMeta};
+
+        fn udp(src: [u8; 4], dst: [u8; 4], ecn: u8) -> Vec<u8> {
+            let mut ip =
+                etherparse::Ipv4Header::new(8 + 4, 64, etherparse::IpNumber::UDP, src, dst)
+                    .unwrap();
+            ip.ecn = etherparse::IpEcn::try_new(ecn).unwrap();
+            let b = etherparse::PacketBuilder::ip(etherparse::IpHeaders::Ipv4(
+                ip,
+                etherparse::Ipv4Extensions::default(),
+            ))
+            .udp(5000, 53);
+            let mut out = Vec::new();
+            b.write(&mut out, &[1, 2, 3, 4]).unwrap();
+            out
+        }
+
+        let mut engine = Engine::new(Limits {
+            check_owner: true,
+            ..Limits::default()
+        });
+        let pid = 77;
+        let h = engine
+            .open_handle(Caller {
+                pid,
+                privilege: Privilege::User,
+            })
+            .unwrap();
+        let local: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        let peer: SocketAddr = "192.0.2.9:53".parse().unwrap();
+        engine
+            .apply(
+                h,
+                &Request::AddSocketToFlow {
+                    socket: SocketInfo {
+                        socket: 1,
+                        family: Family::V4,
+                        protocol: Protocol::Udp,
+                        local,
+                        peer: Some(peer),
+                    },
+                    dest: None,
+                    traffic_type: TrafficType::Voice,
+                    flags: QOS_NON_ADAPTIVE_FLOW,
+                    flow_id: 0,
+                },
+            )
+            .unwrap();
+        // The ALE callout saw the flow connect.
+        let t = ale_tuple(
+            17,
+            AleAddr::V4(0x0a00_0001),
+            5000,
+            AleAddr::V4(0xc000_0209),
+            53,
+        )
+        .unwrap();
+        engine.report_flow(&t, pid, 0);
+
+        let mut nbl = [
+            udp([10, 0, 0, 1], [192, 0, 2, 9], 1),
+            udp([10, 0, 0, 2], [192, 0, 2, 9], 0),
+            udp([10, 0, 0, 1], [192, 0, 2, 9], 2),
+        ];
+        let untouched = nbl[1].clone();
+        let mut plan = NblPlan::default();
+        for nb in &nbl {
+            let bytes = &nb[..header_read_len(nb.len() as u32) as usize];
+            assert!(plan.push(NbVerdict::Classified(engine.classify(
+                bytes,
+                &PacketMeta::default(),
+                0
+            ))));
+        }
+        assert!(plan.needs_clone());
+        assert_eq!(plan.marks(), 2);
+        assert_eq!(plan.pcp(), None, "mixed NBL: no 802.1p");
+        assert_eq!(precheck(&plan, true, 0, false), None);
+        for (i, nb) in nbl.iter_mut().enumerate() {
+            if let Some(mark) = plan.mark(i) {
+                let span = rewrite_span(nb).unwrap();
+                assert_eq!(
+                    Engine::rewrite(&mut nb[..span], mark),
+                    Ok(qosmark_engine::wire::Rewrite::Changed)
+                );
+            }
+        }
+        for (i, nb) in nbl.iter().enumerate() {
+            let h = etherparse::Ipv4HeaderSlice::from_slice(nb).unwrap();
+            assert_eq!(h.header_checksum(), h.to_header().calc_header_checksum());
+            if i == 1 {
+                assert_eq!(nb, &untouched);
+            } else {
+                assert_eq!(h.dcp().value(), 56, "voice = CS7");
+                assert_eq!(h.ecn().value(), if i == 0 { 1 } else { 2 });
+            }
+        }
     }
 }

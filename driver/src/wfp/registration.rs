@@ -13,7 +13,7 @@
 use alloc::vec::Vec;
 use core::ffi::c_void;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
 
 use wdk_sys::{NTSTATUS, PDEVICE_OBJECT};
 
@@ -60,6 +60,9 @@ pub(crate) struct Shared {
     pub(crate) flows: SpinRwLock<FlowRegistry>,
     /// The dynamic session while BFE runs (null otherwise).
     session: AtomicPtr<c_void>,
+    /// An `add_objects` is running (`start` and the BFE callback can race right after
+    /// subscribing: the first one adds, the other returns).
+    adding: AtomicBool,
 }
 
 // SAFETY: the raw handles in `Shared` are kernel handles usable from any thread; every
@@ -121,6 +124,7 @@ impl Wfp {
             callout_ids: [const { AtomicU32::new(0) }; CALLOUT_COUNT],
             flows: SpinRwLock::new(flows),
             session: AtomicPtr::new(ptr::null_mut()),
+            adding: AtomicBool::new(false),
         };
         // A fallible heap block: a one-element Vec turned into a box without reallocation.
         let mut v = Vec::new();
@@ -437,44 +441,47 @@ fn empty_value() -> FWP_VALUE0 {
 /// session is kept in `shared.session`. Does nothing if a session is already open.
 /// `PASSIVE_LEVEL` (from `start` or the BFE callback).
 fn add_objects(shared: &Shared) -> Result<(), NtStatus> {
-    if !shared.session.load(Ordering::Acquire).is_null() {
+    if shared
+        .adding
+        .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
         return Ok(());
     }
+    let result = if shared.session.load(Ordering::Acquire).is_null() {
+        open_and_add().map(|session| shared.session.store(session.into_raw(), Ordering::Release))
+    } else {
+        Ok(())
+    };
+    shared.adding.store(false, Ordering::Release);
+    result
+}
+
+/// A new dynamic session holding our sublayer, callouts and filters (one transaction).
+fn open_and_add() -> Result<Session, NtStatus> {
     let mut name = [0u16; MAX_NAME_UNITS];
     widen(PROVIDER_NAME, &mut name).ok_or(STATUS_UNSUCCESSFUL)?;
     let session = Session::open_dynamic(&mut name)?;
-    {
-        let txn = Transaction::begin(&session)?;
-        let sublayer = FWPM_SUBLAYER0 {
-            subLayerKey: SUBLAYER_KEY,
-            displayData: FWPM_DISPLAY_DATA0 {
-                name: name.as_mut_ptr(),
-                description: ptr::null_mut(),
-            },
-            flags: 0,
-            providerKey: ptr::null_mut(),
-            providerData: empty_blob(),
-            weight: SUBLAYER_WEIGHT,
-        };
-        // SAFETY: open session in a transaction; the record lives across the call; no
-        // security descriptor. PASSIVE_LEVEL.
-        check(unsafe { FwpmSubLayerAdd0(session.0, &raw const sublayer, ptr::null_mut()) })?;
-        for spec in &CALLOUTS {
-            add_callout_and_filter(&session, spec)?;
-        }
-        txn.commit()?;
+    let txn = Transaction::begin(&session)?;
+    let sublayer = FWPM_SUBLAYER0 {
+        subLayerKey: SUBLAYER_KEY,
+        displayData: FWPM_DISPLAY_DATA0 {
+            name: name.as_mut_ptr(),
+            description: ptr::null_mut(),
+        },
+        flags: 0,
+        providerKey: ptr::null_mut(),
+        providerData: empty_blob(),
+        weight: SUBLAYER_WEIGHT,
+    };
+    // SAFETY: open session in a transaction; the record lives across the call; no security
+    // descriptor. `PASSIVE_LEVEL`.
+    check(unsafe { FwpmSubLayerAdd0(session.0, &raw const sublayer, ptr::null_mut()) })?;
+    for spec in &CALLOUTS {
+        add_callout_and_filter(&session, spec)?;
     }
-    let h = session.into_raw();
-    if shared
-        .session
-        .compare_exchange(ptr::null_mut(), h, Ordering::AcqRel, Ordering::Acquire)
-        .is_err()
-    {
-        // Someone else opened one meanwhile (cannot happen: BFE notifications and `start`
-        // are serialised), so ours goes.
-        drop(Session(h));
-    }
-    Ok(())
+    txn.commit()?;
+    Ok(session)
 }
 
 /// `FwpmCalloutAdd0` + `FwpmFilterAdd0` for one table entry, inside the open transaction.

@@ -157,7 +157,15 @@ pub(crate) fn create(parameters_path: Vec<u16>, seed: u64) -> Result<GlobalsBox,
         return Err(qosmark_abi::status::NtStatus::INSUFFICIENT_RESOURCES.0);
     }
     let value = Globals {
-        engine: SpinRwLock::new(Engine::with_seed(Limits::default(), seed)),
+        // check_owner: a user's flow marks only packets whose ALE flow the packet path
+        // recorded for that user's process (docs/packet-path.md, flow ownership).
+        engine: SpinRwLock::new(Engine::with_seed(
+            Limits {
+                check_owner: true,
+                ..Limits::default()
+            },
+            seed,
+        )),
         config: PassiveMutex::new(ParametersKey::new(parameters_path)),
         pending: PendingQueue::new(),
     };

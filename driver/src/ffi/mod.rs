@@ -7,6 +7,8 @@
 //!
 //! * [`wfp`]: WFP types, constants, GUIDs (layers, conditions, ours) and routines.
 //! * [`ndis`]: `NET_BUFFER_LIST` / `NET_BUFFER` and the out-of-band slots we touch.
+//! * `wdmsec` (Windows kernel builds only): `WdmlibIoCreateDeviceSecure` from `wdmsec.lib`,
+//!   for the control device with an SDDL (wdk-sys binds ntifs.h/ntddk.h only).
 //! * `KeBugCheckEx` and `KeQueryInterruptTime` (below).
 //!
 //! # Portability of the declarations
@@ -27,6 +29,9 @@
 
 pub(crate) mod ndis;
 pub(crate) mod wfp;
+// Windows kernel builds only: the declaration uses wdk-sys types.
+#[cfg(all(windows, not(test)))]
+pub(crate) mod wdmsec;
 
 #[cfg(test)]
 mod layout_tests;

@@ -82,7 +82,11 @@ pub(crate) fn unload() {
 /// sets `IoStatus.Information` and returns the status; the dispatch routine stores the
 /// status in `IoStatus.Status` and completes the IRP. Any other code →
 /// `STATUS_INVALID_DEVICE_REQUEST`.
-pub(crate) fn query_interface(irp: PIRP, stack: PIO_STACK_LOCATION) -> NTSTATUS {
+///
+/// # Safety
+/// `irp` must be the live IRP of an `IRP_MJ_INTERNAL_DEVICE_CONTROL` dispatch call and
+/// `stack` its current stack location; the caller completes the IRP after this returns.
+pub(crate) unsafe fn query_interface(irp: PIRP, stack: PIO_STACK_LOCATION) -> NTSTATUS {
     // SAFETY: the I/O manager passes the current stack location of the live IRP, valid for
     // the duration of the dispatch call (the client's thread, <= APC_LEVEL).
     let stack_ref = unsafe { &*stack };

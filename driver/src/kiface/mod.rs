@@ -40,10 +40,6 @@ pub(crate) mod table;
 #[cfg(all(windows, not(test)))]
 mod glue;
 #[cfg(all(windows, not(test)))]
-#[allow(
-    unused_imports,
-    reason = "called by drvdev's dispatch and DriverEntry/DriverUnload"
-)]
 pub(crate) use glue::{information, query_interface, start, unload};
 
 #[cfg(test)]

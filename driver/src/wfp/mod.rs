@@ -22,12 +22,12 @@ pub(crate) mod decide;
 pub(crate) mod flows;
 pub(crate) mod table;
 
-#[cfg(windows)]
+#[cfg(all(windows, not(test)))]
 mod callouts;
-#[cfg(windows)]
+#[cfg(all(windows, not(test)))]
 mod packet;
-#[cfg(windows)]
+#[cfg(all(windows, not(test)))]
 mod registration;
 
-#[cfg(windows)]
+#[cfg(all(windows, not(test)))]
 pub(crate) use registration::Wfp;

@@ -111,11 +111,11 @@
 //!
 //! ```text
 //! 0x8001 Done (0)
-//! 0x8002 Status (176)
+//! 0x8002 Status (184)
 //!   0 u16 protocol version   2 zero [2]   4 u32 handles   8 u32 flows   12 u32 sockets
 //!  16 u32 rules   20 zero [4]   24 u64 packets   32 u64 marked   40 u64 already marked
-//!  48 u64 skipped[9], indexed by SkipReason value
-//! 120 u64 fail_open[7], indexed by FailOpen value
+//!  48 u64 skipped[10], indexed by SkipReason value
+//! 128 u64 fail_open[7], indexed by FailOpen value
 //! 0x8003 FlowId (4):          0 u32 flow id (never 0)
 //! 0x8004 PacketPriority (16): 0 u32 conformant DSCP  4 u32 non-conformant DSCP
 //!                             8 u32 conformant 802.1p  12 u32 non-conformant 802.1p

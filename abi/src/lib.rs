@@ -7,6 +7,7 @@
 //! * [`codec`]: the little-endian record format, `encode`/`decode`, golden vectors.
 //! * [`status`]: Win32 error codes, NTSTATUS values and the mapping between them.
 //! * [`ioctl`]: `CTL_CODE` values of the device interface.
+//! * [`kernel`]: the kernel-mode interface (function table for other drivers), `#[repr(C)]`.
 //!
 //! # How the three back ends use it
 //!
@@ -30,6 +31,7 @@ extern crate alloc;
 
 pub mod codec;
 pub mod ioctl;
+pub mod kernel;
 pub mod status;
 pub mod types;
 

@@ -717,11 +717,14 @@ pub enum SkipReason {
     OtherProtocol = 7,
     /// Injected by qosmark itself (back end told us).
     SelfInjected = 8,
+    /// Only a user's socket flow matched, and the flow-ownership check (on in the Windows
+    /// driver) could not confirm the packet belongs to that user's process.
+    NotOwner = 9,
 }
 
 impl SkipReason {
     /// Number of reasons (length of [`StatusInfo::skipped`]).
-    pub const COUNT: usize = 9;
+    pub const COUNT: usize = 10;
 
     /// All reasons in value order.
     pub const ALL: [SkipReason; Self::COUNT] = [
@@ -734,6 +737,7 @@ impl SkipReason {
         SkipReason::FragmentUnknown,
         SkipReason::OtherProtocol,
         SkipReason::SelfInjected,
+        SkipReason::NotOwner,
     ];
 
     /// Short stable name, for logs and JSON.
@@ -749,6 +753,7 @@ impl SkipReason {
             SkipReason::FragmentUnknown => "fragment_unknown",
             SkipReason::OtherProtocol => "other_protocol",
             SkipReason::SelfInjected => "self_injected",
+            SkipReason::NotOwner => "not_owner",
         }
     }
 }

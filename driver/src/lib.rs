@@ -1,28 +1,35 @@
 //! `qosmark.sys`: the qosmark WFP callout driver (Windows kernel, WDM, non-PnP).
 //!
-//! # Status: skeleton
-//!
-//! This crate is the driver's shell and nothing more yet. The image loads, `DriverEntry`
-//! installs an unload routine and returns `STATUS_SUCCESS`, and the driver unloads cleanly.
-//! It creates no device, registers no callouts, opens no filter engine session and touches
-//! no packet. The control device and its SDDL, IRP dispatch, WFP registration, the classify
-//! trampolines and the NBL clone–modify–inject path arrive with the driver issue; every
-//! decision they act on will be taken by `qosmark-engine`, not here.
+//! The driver moves bytes; every decision is `qosmark-engine`'s. `driver/README.md` has the
+//! walkthrough (IRQL of every callback, lock order, load/unload order, fail-open rules, what
+//! was verified where); `driver/docs/packet-path.md` covers the WFP side.
 //!
 //! # Platforms
 //!
 //! The kernel code exists only for `cfg(windows)` and is built with windows-drivers-rs and
-//! the WDK (`cargo make` in the repository root, see `README.md`). On every other target the
-//! crate is an empty `cdylib`, so `cargo build --workspace` and `cargo test --workspace` work
-//! on Linux without the WDK; `Cargo.toml` keeps the wdk crates out of that build graph.
+//! the WDK (`cargo make` in the repository root, see `README.md`). The plain-Rust modules
+//! (`config`, `request`, `security`) build everywhere and are unit-tested on the host against
+//! the real engine; on other targets the crate is otherwise empty, so `cargo build
+//! --workspace` and `cargo test --workspace` work on Linux without the WDK.
 //!
 //! # Modules and IRQL
 //!
 //! | module | what | IRQL |
 //! |---|---|---|
+//! | `request` (plain) | IOCTL: code match, decode, engine call, short-buffer protocol, NTSTATUS | any |
+//! | `config` (plain) | `Parameters` value format, fail-open loading, snapshot for write-back | any |
+//! | `security` (plain) | admin test over token group SIDs | any |
 //! | `entry` | `DriverEntry`, `DriverUnload` | `PASSIVE_LEVEL`, system thread |
+//! | `device` | control device (SDDL), `IRP_MJ_CREATE/CLEANUP/CLOSE/DEVICE_CONTROL` | `PASSIVE_LEVEL`, requester's thread |
+//! | `globals` | the shared state and its publication | any |
+//! | `lock` | `SpinRwLock<T>` (`EX_SPIN_LOCK`), `PassiveMutex<T>` (`KMUTEX`) | `<= DISPATCH_LEVEL` / `PASSIVE_LEVEL` |
+//! | `pending` | cancel-safe IRP queue (`IoCsq*`) | `<= DISPATCH_LEVEL` |
+//! | `registry` | `Zw*` reads and writes of the `Parameters` key | `PASSIVE_LEVEL` |
+//! | `irp` | `IoGetCurrentIrpStackLocation`, `IoMarkIrpPending`, `IoCompleteRequest` | `<= DISPATCH_LEVEL` |
 //! | `panic` | the panic handler: a panic is a bugcheck with code `'QMRK'` | any |
-//! | `ffi` | kernel routines declared here rather than taken from `wdk-sys` | per routine |
+//! | `ffi` | kernel routines declared here rather than taken from `wdk-sys` (`wdmsec`, ...) | per routine |
+//! | `wfp` | callouts, filters, packet path | see `docs/packet-path.md` |
+//! | `kiface` | the kernel-mode interface for other drivers (function table, lifetime) | query: `<= APC_LEVEL`; entries `<= DISPATCH_LEVEL` |
 //!
 //! The global allocator is windows-drivers-rs' `WdkAllocator`: non-paged pool, tag `'rust'`,
 //! usable at `IRQL <= DISPATCH_LEVEL`. It returns null on exhaustion (collections report that
@@ -34,12 +41,39 @@
 // `test-stubs` feature of wdk-sys stands in for the kernel symbols).
 #![cfg_attr(all(windows, not(test)), no_std)]
 
-#[cfg(windows)]
-mod entry;
+extern crate alloc;
+#[cfg(test)]
+extern crate std;
+
+pub mod config;
+pub mod request;
+pub mod security;
+
+// Kernel modules: Windows only, and not in unit-test builds (those link `std` and the
+// wdk-sys test stubs, and test only the plain-Rust modules).
 #[cfg(all(windows, not(test)))]
+mod device;
+#[cfg(all(windows, not(test)))]
+mod entry;
+// Declarations (layouts compiled and tested everywhere; routines Windows-only).
 mod ffi;
+// The kernel interface for other drivers. Its portable core is compiled (and unit-tested) on
+// every host; only its glue needs Windows.
+#[cfg(all(windows, not(test)))]
+mod globals;
+#[cfg(all(windows, not(test)))]
+mod irp;
+mod kiface;
+#[cfg(all(windows, not(test)))]
+mod lock;
 #[cfg(all(windows, not(test)))]
 mod panic;
+#[cfg(all(windows, not(test)))]
+mod pending;
+#[cfg(all(windows, not(test)))]
+mod registry;
+// The packet path: plain-Rust decisions everywhere, `Wfp` and the callbacks Windows-only.
+mod wfp;
 
 /// Heap for `alloc` in the kernel: `ExAllocatePool2(POOL_FLAG_NON_PAGED)`, tag `'rust'`.
 #[cfg(all(windows, not(test)))]

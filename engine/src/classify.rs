@@ -11,8 +11,12 @@
 //! 4. Transport: `Unreachable` → `Skip(TransportUnreachable)`, `Other` →
 //!    `Skip(OtherProtocol)`, `Truncated` → `Skip(Truncated)`; `Ports` give the 5-tuple
 //!    (local = source, remote = destination, normalized by [`FiveTuple::new`]).
-//! 5. Socket flows first ([`crate::control`]): a registered socket beats every rule. Then the
-//!    rules ([`crate::rules`]). Nothing → `Skip(NoMatch)`.
+//! 5. Socket flows first ([`crate::control`]): a registered socket beats every rule. With
+//!    [`crate::Limits::check_owner`] on, a socket flow registered through a `Privilege::User`
+//!    handle matches only if the owner table ([`crate::owner`]) says the tuple belongs to that
+//!    handle's process; otherwise it is ignored (its counters do not see the packet — it is
+//!    another process's). Then the rules ([`crate::rules`]). Nothing → `Skip(NoMatch)`, or
+//!    `Skip(NotOwner)` when only an unowned user flow matched.
 //! 6. The mark. A socket flow's mark is resolved by the control plane. A rule's mark is its
 //!    DSCP action, or for a traffic-type action the table's DSCP for that type; its 802.1p is
 //!    the rule's explicit `pcp` only — rules are policies, and Windows policies request 802.1p
@@ -121,6 +125,16 @@ fn decide(mark: Mark, summary: &IpSummary, meta: PacketMeta) -> Verdict {
     }
 }
 
+/// What [`Engine::resolve`] found for a 5-tuple.
+enum Resolved<'a> {
+    /// A socket flow or a rule: its mark and counters.
+    Hit(Mark, &'a Counters),
+    /// Nothing matched.
+    NoMatch,
+    /// Only a user's socket flow matched, and the tuple is not (known to be) its process's.
+    NotOwner,
+}
+
 fn outcome(verdict: Verdict) -> Outcome {
     match verdict {
         Verdict::Mark(_) => Outcome::Marked,
@@ -189,8 +203,10 @@ impl Engine {
             SocketAddr::new(summary.src, src),
             SocketAddr::new(summary.dst, dst),
         );
-        let Some((mark, counters)) = self.resolve(&tuple) else {
-            return Verdict::Skip(SkipReason::NoMatch);
+        let (mark, counters) = match self.resolve(&tuple, now_ns) {
+            Resolved::Hit(mark, counters) => (mark, counters),
+            Resolved::NoMatch => return Verdict::Skip(SkipReason::NoMatch),
+            Resolved::NotOwner => return Verdict::Skip(SkipReason::NotOwner),
         };
         let verdict = decide(mark, &summary, meta);
         counters.record(summary.total_len as u64, outcome(verdict));
@@ -204,19 +220,37 @@ impl Engine {
     }
 
     /// The target mark and counters of the socket flow or, failing that, the rule that
-    /// `tuple` belongs to.
-    fn resolve(&self, tuple: &FiveTuple) -> Option<(Mark, &Counters)> {
+    /// `tuple` belongs to. A user's socket flow counts only when the ownership check (if on)
+    /// confirms the tuple is its process's; otherwise the rules decide, and without a rule the
+    /// answer is [`Resolved::NotOwner`].
+    fn resolve(&self, tuple: &FiveTuple, now_ns: u64) -> Resolved<'_> {
+        let mut not_owner = false;
         if let Some(hit) = self.control.lookup(tuple) {
-            return Some((hit.mark, hit.counters));
+            let owned = match hit.user_pid {
+                Some(pid) if self.limits.check_owner => {
+                    self.owners.owner(tuple, now_ns) == Some(pid)
+                }
+                _ => true,
+            };
+            if owned {
+                return Resolved::Hit(hit.mark, hit.counters);
+            }
+            not_owner = true;
         }
-        let hit = self.rules.lookup(tuple)?;
+        let Some(hit) = self.rules.lookup(tuple) else {
+            return if not_owner {
+                Resolved::NotOwner
+            } else {
+                Resolved::NoMatch
+            };
+        };
         let dscp = match hit.action {
             RuleAction::Dscp(d) => Some(d),
             RuleAction::TrafficType(tt) => {
                 traffic::mark_for(self.control.traffic_table(), tt, false).dscp
             }
         };
-        Some((Mark { dscp, pcp: hit.pcp }, hit.counters))
+        Resolved::Hit(Mark { dscp, pcp: hit.pcp }, hit.counters)
     }
 
     /// Writes the DSCP part of `mark` into `packet` (ECN kept, IPv4 checksum fixed). The

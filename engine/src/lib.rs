@@ -12,11 +12,13 @@
 //! * [`rules`]: administrator rules (Policy-based QoS equivalent) and their indexed classifier.
 //! * [`classify`]: [`Engine::classify`], the per-packet decision, and the global counters.
 //! * [`frag`]: the bounded memory of first fragments, so later fragments get the same mark.
+//! * [`owner`]: the bounded memory of which process owns which flow (ownership check of user
+//!   socket flows, [`Limits::check_owner`]).
 //!
 //! ## Concurrency model
 //! `classify` takes `&self` and allocates nothing; `apply`, `open_handle` and `close_handle`
 //! take `&mut self`. A back end wraps the engine in a reader/writer lock: shared on the packet
-//! path, exclusive for control requests. Counters and the fragment memory use atomics so the
+//! path, exclusive for control requests. Counters, the fragment memory and the owner table use atomics so the
 //! packet path never needs the exclusive lock.
 #![no_std]
 #![forbid(unsafe_code)]
@@ -30,6 +32,7 @@ pub mod control;
 pub mod counters;
 pub mod error;
 pub mod frag;
+pub mod owner;
 pub mod rules;
 pub mod traffic;
 pub mod tuple;
@@ -59,6 +62,15 @@ pub struct Limits {
     pub max_rules: usize,
     /// Slots of the first-fragment memory (rounded up to a power of two).
     pub fragment_slots: usize,
+    /// Check flow ownership: a socket flow of a `Privilege::User` handle marks a packet only
+    /// when the owner table ([`owner`]) says the packet's 5-tuple belongs to the handle's
+    /// process. Off by default: the Linux back end proves ownership when the socket is
+    /// registered (`SCM_RIGHTS`); the Windows driver, which cannot, turns it on and reports
+    /// flows with [`Engine::report_flow`].
+    pub check_owner: bool,
+    /// Slots of the owner table (rounded up to a power of two; allocated only when
+    /// `check_owner` is on).
+    pub owner_slots: usize,
 }
 
 impl Default for Limits {
@@ -71,6 +83,8 @@ impl Default for Limits {
             max_sockets_per_handle: 32_768,
             max_rules: 4096,
             fragment_slots: 1024,
+            check_owner: false,
+            owner_slots: 65_536,
         }
     }
 }
@@ -82,6 +96,7 @@ pub struct Engine {
     pub(crate) control: control::ControlState,
     pub(crate) rules: rules::RuleSet,
     pub(crate) fragments: frag::FragmentCache,
+    pub(crate) owners: owner::OwnerTable,
     pub(crate) stats: classify::GlobalCounters,
 }
 
@@ -97,8 +112,8 @@ impl Engine {
         Self::with_seed(limits, frag::DEFAULT_KEY)
     }
 
-    /// [`Engine::new`] with the fragment memory keyed by `seed`, so that nobody outside can
-    /// predict which datagrams share a slot; a back end seeds it from its platform's random
+    /// [`Engine::new`] with the fragment memory and the owner table keyed by `seed`, so that
+    /// nobody outside can predict which datagrams or flows share a slot; a back end seeds it from its platform's random
     /// source.
     #[must_use]
     pub fn with_seed(limits: Limits, seed: u64) -> Self {
@@ -112,6 +127,14 @@ impl Engine {
             control: control::ControlState::new(&limits),
             rules: rules::RuleSet::new(limits.max_rules),
             fragments: frag::FragmentCache::with_key(limits.fragment_slots, seed),
+            owners: owner::OwnerTable::with_key(
+                if limits.check_owner {
+                    limits.owner_slots
+                } else {
+                    0
+                },
+                seed ^ owner::DEFAULT_KEY,
+            ),
             stats: classify::GlobalCounters::default(),
         }
     }

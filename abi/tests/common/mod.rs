@@ -270,7 +270,7 @@ pub fn golden_cases() -> Vec<(&'static str, Golden)> {
                     packets: 1_000_000,
                     marked: 600_000,
                     already_marked: 1_000,
-                    skipped: [300_000, 50_000, 10, 2, 1, 30, 4, 48_953, 0],
+                    skipped: [300_000, 50_000, 10, 2, 1, 30, 4, 48_953, 0, 17],
                     fail_open: [3, 0, 1, 0, 2, 0, 7],
                 })),
             ),

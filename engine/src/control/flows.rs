@@ -19,8 +19,16 @@
 //!      (qos-api.md §8: a caller only touches its own sockets). The Windows driver learns the
 //!      local port at `ALE_AUTH_CONNECT`, before the SYN leaves.
 //!
-//!   [`ControlState::lookup`] probes tiers 1 and 2 in that order (first hit wins): O(1)
-//!   expected, no allocation, `&self` only.
+//!   4. **local endpoint** (kernel clients only; lookup tier 3 in the `control` docs, since
+//!      map 3 never matches): (protocol, local address, local port), any
+//!      remote — a flow registered through the kernel interface without a remote endpoint
+//!      (`QOSMARK_FLOW_ANY_REMOTE`: a listening or unconnected datagram socket of another
+//!      driver). The local address may be unspecified (`0.0.0.0` / `::`: any local address of
+//!      that family).
+//!
+//!   [`ControlState::lookup`] probes tiers 1 and 2, then tier 4 with the packet's local
+//!   address and then with the unspecified address of its family (first hit wins): four
+//!   probes at most, O(1) expected, no allocation, `&self` only.
 //!
 //! Keys hold IP addresses and ports only, never IPv6 flow labels or scope ids, so a key built
 //! from a socket address and one built from packet bytes compare equal. IPv4-mapped addresses
@@ -49,9 +57,10 @@ use alloc::vec::Vec;
 use core::net::{IpAddr, SocketAddr};
 use foldhash::fast::RandomState;
 use hashbrown::HashMap;
+use qosmark_abi::kernel::{KernelFlow, KernelMark, MarkClass};
 use qosmark_abi::{
-    Caller, Dscp, Family, FlowId, Mark, Privilege, Protocol, SocketInfo, TrafficTable, TrafficType,
-    QOS_NON_ADAPTIVE_FLOW,
+    Caller, Dscp, Family, FlowId, Mark, Pcp, Privilege, Protocol, SocketInfo, TrafficTable,
+    TrafficType, QOS_NON_ADAPTIVE_FLOW,
 };
 
 type Map<K, V> = HashMap<K, V, RandomState>;
@@ -79,6 +88,15 @@ pub(crate) struct AnyLocalKey {
     remote: IpAddr,
 }
 
+/// Map 4 key: a kernel flow by local endpoint, any remote. `local` is the unspecified address
+/// of its family for "any local address".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct LocalKey {
+    protocol: Protocol,
+    local_port: u16,
+    local: IpAddr,
+}
+
 /// Tier 3 key: the socket has no local port yet. Owned by one socket of one handle, so two
 /// sockets waiting to connect to the same destination never collide; never used for lookup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -96,6 +114,7 @@ pub(crate) enum EntryKey {
     Exact(ExactKey),
     AnyLocal(AnyLocalKey),
     Unbound(UnboundKey),
+    Local(LocalKey),
 }
 
 impl EntryKey {
@@ -139,6 +158,7 @@ impl EntryKey {
             EntryKey::Exact(k) => k.protocol,
             EntryKey::AnyLocal(k) => k.protocol,
             EntryKey::Unbound(k) => k.protocol,
+            EntryKey::Local(k) => k.protocol,
         }
     }
 
@@ -147,6 +167,8 @@ impl EntryKey {
             EntryKey::Exact(k) => SocketAddr::new(k.remote, k.remote_port),
             EntryKey::AnyLocal(k) => SocketAddr::new(k.remote, k.remote_port),
             EntryKey::Unbound(k) => SocketAddr::new(k.remote, k.remote_port),
+            // No remote: reported as the unspecified address of the local family, port 0.
+            EntryKey::Local(k) => SocketAddr::new(unspecified_like(k.local), 0),
         }
     }
 
@@ -156,16 +178,29 @@ impl EntryKey {
             EntryKey::Exact(k) => super::Binding::Address(SocketAddr::new(k.local, k.local_port)),
             EntryKey::AnyLocal(k) => super::Binding::AnyAddress { port: k.local_port },
             EntryKey::Unbound(_) => super::Binding::NotBound,
+            EntryKey::Local(k) if k.local.is_unspecified() => {
+                super::Binding::AnyAddress { port: k.local_port }
+            }
+            EntryKey::Local(k) => super::Binding::Address(SocketAddr::new(k.local, k.local_port)),
         }
     }
 }
 
-/// The three tier maps.
+/// The unspecified address of `ip`'s family.
+fn unspecified_like(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => IpAddr::V4(core::net::Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(core::net::Ipv6Addr::UNSPECIFIED),
+    }
+}
+
+/// The four tier maps.
 #[derive(Debug)]
 struct Index {
     exact: Map<ExactKey, FlowId>,
     any_local: Map<AnyLocalKey, FlowId>,
     unbound: Map<UnboundKey, FlowId>,
+    local: Map<LocalKey, FlowId>,
 }
 
 impl Index {
@@ -174,6 +209,7 @@ impl Index {
             EntryKey::Exact(k) => self.exact.get(k).copied(),
             EntryKey::AnyLocal(k) => self.any_local.get(k).copied(),
             EntryKey::Unbound(k) => self.unbound.get(k).copied(),
+            EntryKey::Local(k) => self.local.get(k).copied(),
         }
     }
 
@@ -183,6 +219,7 @@ impl Index {
             EntryKey::Exact(_) => self.exact.try_reserve(n),
             EntryKey::AnyLocal(_) => self.any_local.try_reserve(n),
             EntryKey::Unbound(_) => self.unbound.try_reserve(n),
+            EntryKey::Local(_) => self.local.try_reserve(n),
         };
         r.map_err(|_| EngineError::NoMemory)
     }
@@ -193,6 +230,7 @@ impl Index {
             EntryKey::Exact(k) => self.exact.insert(k, flow),
             EntryKey::AnyLocal(k) => self.any_local.insert(k, flow),
             EntryKey::Unbound(k) => self.unbound.insert(k, flow),
+            EntryKey::Local(k) => self.local.insert(k, flow),
         };
     }
 
@@ -201,11 +239,12 @@ impl Index {
             EntryKey::Exact(k) => self.exact.remove(k),
             EntryKey::AnyLocal(k) => self.any_local.remove(k),
             EntryKey::Unbound(k) => self.unbound.remove(k),
+            EntryKey::Local(k) => self.local.remove(k),
         };
     }
 
     fn len(&self) -> usize {
-        self.exact.len() + self.any_local.len() + self.unbound.len()
+        self.exact.len() + self.any_local.len() + self.unbound.len() + self.local.len()
     }
 }
 
@@ -223,11 +262,18 @@ pub(crate) struct Flow {
     handle: HandleId,
     /// Process id of the handle's caller; every entry of the flow belongs to this process.
     pid: u32,
+    /// The handle's caller is a plain user (`Privilege::User`): its packets are subject to the
+    /// ownership check.
+    user: bool,
     traffic_type: TrafficType,
     /// Added without `QOS_NON_ADAPTIVE_FLOW`. Adaptive flows hold a single socket (§9).
     adaptive: bool,
-    /// `QOSSetOutgoingDSCPValue`, overriding the table's DSCP until the flow dies.
+    /// `QOSSetOutgoingDSCPValue` (or a kernel flow's DSCP), overriding the table's DSCP until
+    /// the flow dies.
     custom_dscp: Option<Dscp>,
+    /// A kernel flow's explicit 802.1p, overriding the table's (kernel flows are non-adaptive,
+    /// so without it they request none). Always `None` for socket flows.
+    custom_pcp: Option<Pcp>,
     /// Cached result of [`resolve`].
     mark: Mark,
     counters: Counters,
@@ -247,6 +293,15 @@ fn resolve(table: &TrafficTable, tt: TrafficType, adaptive: bool, custom: Option
     let mut mark = mark_for(table, tt, adaptive);
     if custom.is_some() {
         mark.dscp = custom;
+    }
+    mark
+}
+
+/// [`resolve`] for a live flow, with its explicit 802.1p on top.
+fn resolve_flow(table: &TrafficTable, flow: &Flow) -> Mark {
+    let mut mark = resolve(table, flow.traffic_type, flow.adaptive, flow.custom_dscp);
+    if flow.custom_pcp.is_some() {
+        mark.pcp = flow.custom_pcp;
     }
     mark
 }
@@ -340,6 +395,67 @@ fn entry_key_for(
     ))
 }
 
+/// The entry key of a kernel flow, validated as a socket would be (all refusals 87). With a
+/// remote endpoint the flow is checked exactly as a connected socket with that peer; without
+/// one it needs a local port and a local address of its family.
+fn kernel_key(handle: HandleId, flow: &KernelFlow) -> Result<EntryKey, EngineError> {
+    if let Some(remote) = flow.remote {
+        let socket = SocketInfo {
+            socket: 0,
+            family: flow.family,
+            protocol: flow.protocol,
+            local: flow.local,
+            peer: Some(remote),
+        };
+        return entry_key_for(handle, &socket, None);
+    }
+    let local = normalize(flow.local);
+    if local.port() == 0 || (flow.family == Family::V4 && !local.is_ipv4()) {
+        return Err(EngineError::InvalidParameter);
+    }
+    Ok(EntryKey::Local(LocalKey {
+        protocol: flow.protocol,
+        local_port: local.port(),
+        local: local.ip(),
+    }))
+}
+
+/// Traffic type, custom DSCP and 802.1p of a kernel mark. DSCP: above 63 → 87, then the same
+/// privilege rule as `QOSSetOutgoingDSCPValue` (kernel callers always pass). 802.1p above 7 →
+/// 87; an explicit 802.1p needs an administrator or kernel caller (5), as rules do.
+fn kernel_mark(
+    table: &TrafficTable,
+    caller: Caller,
+    mark: &KernelMark,
+) -> Result<(TrafficType, Option<Dscp>, Option<Pcp>), EngineError> {
+    let pcp = match mark.pcp {
+        None => None,
+        Some(v) => Some(
+            u8::try_from(v)
+                .ok()
+                .and_then(|v| Pcp::try_new(v).ok())
+                .ok_or(EngineError::InvalidParameter)?,
+        ),
+    };
+    let (tt, dscp) = match mark.class {
+        MarkClass::TrafficType(tt) => (tt, None),
+        MarkClass::Dscp(v) => {
+            let d = u8::try_from(v)
+                .ok()
+                .and_then(|v| Dscp::try_new(v).ok())
+                .ok_or(EngineError::InvalidParameter)?;
+            if !privileged(caller) && !user_may_set(table, d) {
+                return Err(EngineError::AccessDenied);
+            }
+            (TrafficType::BestEffort, Some(d))
+        }
+    };
+    if pcp.is_some() && !privileged(caller) {
+        return Err(EngineError::AccessDenied);
+    }
+    Ok((tt, dscp, pcp))
+}
+
 /// Parameters of `AddSocketToFlow`, as decoded.
 pub(crate) struct AddSocket<'a> {
     pub(crate) socket: &'a SocketInfo,
@@ -360,6 +476,7 @@ impl ControlState {
                 exact: new_map(),
                 any_local: new_map(),
                 unbound: new_map(),
+                local: new_map(),
             },
             next_handle: 1,
             next_flow: 1,
@@ -385,11 +502,26 @@ impl ControlState {
             remote_port,
             remote: remote_ip,
         };
+        let local_key = |local| LocalKey {
+            protocol,
+            local_port: exact.local_port,
+            local,
+        };
         let id = self
             .index
             .exact
             .get(&exact)
-            .or_else(|| self.index.any_local.get(&any))?;
+            .or_else(|| self.index.any_local.get(&any))
+            .or_else(|| {
+                if self.index.local.is_empty() {
+                    return None;
+                }
+                self.index.local.get(&local_key(exact.local)).or_else(|| {
+                    self.index
+                        .local
+                        .get(&local_key(unspecified_like(exact.local)))
+                })
+            })?;
         self.flows.get(id).map(|f| (*id, f))
     }
 
@@ -398,6 +530,7 @@ impl ControlState {
         self.lookup_flow(tuple).map(|(_, f)| SocketHit {
             mark: f.mark,
             counters: &f.counters,
+            user_pid: f.user.then_some(f.pid),
         })
     }
 
@@ -409,7 +542,7 @@ impl ControlState {
     pub(crate) fn set_table(&mut self, table: TrafficTable) {
         self.table = table;
         for flow in self.flows.values_mut() {
-            flow.mark = resolve(&table, flow.traffic_type, flow.adaptive, flow.custom_dscp);
+            flow.mark = resolve_flow(&table, flow);
         }
     }
 
@@ -561,9 +694,11 @@ impl ControlState {
         let flow = Flow {
             handle,
             pid: hs.caller.pid,
+            user: !privileged(hs.caller),
             traffic_type: req.traffic_type,
             adaptive,
             custom_dscp: None,
+            custom_pcp: None,
             mark: resolve(&self.table, req.traffic_type, adaptive, None),
             counters: Counters::default(),
             entries,
@@ -645,7 +780,7 @@ impl ControlState {
         let table = self.table;
         let flow = self.own_flow_mut(handle, id)?;
         flow.traffic_type = tt;
-        flow.mark = resolve(&table, tt, flow.adaptive, flow.custom_dscp);
+        flow.mark = resolve_flow(&table, flow);
         Ok(())
     }
 
@@ -668,7 +803,7 @@ impl ControlState {
             return Err(EngineError::AccessDenied);
         }
         flow.custom_dscp = Some(dscp);
-        flow.mark = resolve(&table, flow.traffic_type, flow.adaptive, flow.custom_dscp);
+        flow.mark = resolve_flow(&table, flow);
         Ok(())
     }
 
@@ -757,6 +892,93 @@ impl ControlState {
         Ok(count)
     }
 
+    /// Registers a kernel flow (see `control::kernel` for the rules). One entry, one new flow.
+    pub(crate) fn add_kernel_flow(
+        &mut self,
+        handle: HandleId,
+        flow: &KernelFlow,
+    ) -> Result<FlowId, EngineError> {
+        let hs = self.handle(handle)?;
+        if hs.caller.privilege != Privilege::Kernel {
+            return Err(EngineError::AccessDenied);
+        }
+        let key = kernel_key(handle, flow)?;
+        let (traffic_type, custom_dscp, custom_pcp) =
+            kernel_mark(&self.table, hs.caller, &flow.mark)?;
+        if self.index.holder(&key).is_some() {
+            return Err(EngineError::AlreadyExists);
+        }
+        if self.index.len() >= self.limits.max_sockets
+            || hs.entries >= self.limits.max_sockets_per_handle
+            || self.flows.len() >= self.limits.max_flows
+            || hs.flows >= self.limits.max_flows_per_handle
+        {
+            return Err(EngineError::LimitReached);
+        }
+        let id = free_id(self.next_flow, self.flows.len(), |c| {
+            self.flows.contains_key(&c)
+        })?;
+        let mut entries = Vec::new();
+        entries.try_reserve_exact(1)?;
+        entries.push(Entry { socket: 0, key });
+        self.flows
+            .try_reserve(1)
+            .map_err(|_| EngineError::NoMemory)?;
+        self.index.reserve(&key, 1)?;
+        let mut new = Flow {
+            handle,
+            pid: hs.caller.pid,
+            // Kernel handles only (checked above): never subject to the ownership check.
+            user: false,
+            traffic_type,
+            adaptive: false,
+            custom_dscp,
+            custom_pcp,
+            mark: Mark::default(),
+            counters: Counters::default(),
+            entries,
+        };
+        new.mark = resolve_flow(&self.table, &new);
+        self.flows.insert(id, new);
+        self.index.insert(key, id);
+        self.next_flow = id.wrapping_add(1);
+        self.bump_handle(handle, 1, 1);
+        Ok(id)
+    }
+
+    /// Replaces a kernel flow's mark. 1168 before 87, as for `QOSSetFlow`.
+    pub(crate) fn change_kernel_flow(
+        &mut self,
+        handle: HandleId,
+        id: FlowId,
+        mark: &KernelMark,
+    ) -> Result<(), EngineError> {
+        let caller = self.handle(handle)?.caller;
+        if caller.privilege != Privilege::Kernel {
+            return Err(EngineError::AccessDenied);
+        }
+        let table = self.table;
+        self.own_flow(handle, id)?;
+        let (traffic_type, custom_dscp, custom_pcp) = kernel_mark(&table, caller, mark)?;
+        let flow = self.own_flow_mut(handle, id)?;
+        flow.traffic_type = traffic_type;
+        flow.custom_dscp = custom_dscp;
+        flow.custom_pcp = custom_pcp;
+        flow.mark = resolve_flow(&table, flow);
+        Ok(())
+    }
+
+    /// Mark and counters of a flow of `handle`.
+    pub(crate) fn flow_state(
+        &self,
+        handle: HandleId,
+        id: FlowId,
+    ) -> Result<(Mark, qosmark_abi::CounterSnapshot), EngineError> {
+        self.handle(handle)?;
+        self.own_flow(handle, id)
+            .map(|f| (f.mark, f.counters.snapshot()))
+    }
+
     /// Owned records of every flow (or of one handle's flows), ascending by id.
     pub(crate) fn details(
         &self,
@@ -819,7 +1041,7 @@ impl ControlState {
             if !self.handles.contains_key(&f.handle) {
                 return Err("a flow outlived its handle");
             }
-            if f.mark != resolve(&self.table, f.traffic_type, f.adaptive, f.custom_dscp) {
+            if f.mark != resolve_flow(&self.table, f) {
                 return Err("a cached mark is stale");
             }
             for e in &f.entries {

@@ -76,9 +76,15 @@
 //!
 //! ## Lookup (packet path)
 //! Socket entries are keyed by IP addresses and ports only (no IPv6 scope id or flow label),
-//! v4-mapped addresses normalized to IPv4, in two tiers probed in this order, first hit wins:
+//! v4-mapped addresses normalized to IPv4, in tiers probed in this order, first hit wins:
 //! 1. exact: protocol, local address and port, remote address and port;
-//! 2. any local address: the socket is bound to `0.0.0.0` / `::` — protocol, local port, remote.
+//! 2. any local address: the socket is bound to `0.0.0.0` / `::` — protocol, local port, remote;
+//! 3. (kernel flows only, see [`Engine::add_kernel_flow`]) local endpoint, any remote: protocol, local address
+//!    and port — first the packet's local address, then the unspecified address of its family.
+//!
+//! Kernel flows with a remote endpoint share tiers 1 and 2 with socket flows (one key space: a
+//! 5-tuple held by a socket cannot be added by a kernel client, and the other way round, 183).
+//! A more specific key always wins, whoever registered it; every flow tier beats every rule.
 //!
 //! A TCP socket registered before `connect` (local port 0, "unbound") marks nothing until the
 //! back end reports its local port with [`Engine::socket_bound`], which moves its entries into
@@ -88,13 +94,16 @@
 //! server never collide.
 //!
 //! Each tier is one hash map (`hashbrown` with a randomly seeded `foldhash`), so a lookup is
-//! two probes at most, O(1) expected, without allocation. Each flow caches its resolved
+//! four probes at most (tier 3 is skipped while it is empty), O(1) expected, without allocation. Each flow caches its resolved
 //! [`Mark`]. Memory: about 100-150 bytes per socket entry plus 100-200 per flow (estimate
 //! in the `flows` module docs).
 //!
 //! Every failing request leaves the state unchanged: checks come first, capacity is reserved
 //! before anything is written (`try_reserve`), and commits cannot fail.
 mod flows;
+mod kernel;
+
+pub use kernel::KernelFlowState;
 
 pub(crate) use flows::ControlState;
 
@@ -120,6 +129,10 @@ pub struct SocketHit<'a> {
     pub mark: Mark,
     /// The flow's counters.
     pub counters: &'a Counters,
+    /// The pid of the flow's owner when it was registered through a `Privilege::User` handle
+    /// (whose packets are subject to the ownership check, [`crate::Limits::check_owner`]);
+    /// `None` for administrators and the kernel.
+    pub user_pid: Option<u32>,
 }
 
 /// What [`Engine::close_handle`] removed.
@@ -156,7 +169,10 @@ pub struct SocketDetail {
     pub protocol: Protocol,
     /// Local side.
     pub binding: Binding,
-    /// Destination (normalized: v4-mapped shown as IPv4; no scope id).
+    /// Destination (normalized: v4-mapped shown as IPv4; no scope id). A kernel flow without a
+    /// remote endpoint (any remote, lookup tier 3) shows the unspecified address of its local
+    /// family with port 0; its local side is then [`Binding::Address`] or
+    /// [`Binding::AnyAddress`] as for a socket.
     pub remote: SocketAddr,
 }
 

@@ -268,6 +268,8 @@ fn connection(mut stream: UnixStream, shared: &Shared) {
             ReadOutcome::Record { truncated_fds } => truncated_fds,
         };
         let reply = handle_record(shared, handle, &buf, &mut fds, truncated_fds);
+        // Every descriptor not kept for a pending TCP socket closes now, before answering.
+        fds.clear();
         out.clear();
         let encoded = match &reply {
             Ok(response) => codec::encode_response(response, &mut out),

@@ -749,6 +749,25 @@ fn framing_and_descriptor_errors() {
     // An unconnected, unbound-destination UDP socket without DestAddr: the engine's 87.
     assert_eq!(c.call(&req, Some(sock.as_fd())), Err(87));
     assert_eq!(c.status().flows, 0);
+    // The daemon keeps no descriptor: once the application closes its socket, the port is
+    // free again — after a registration, and after a descriptor sent with another request.
+    let (s4, dest) = (net.s4, net.receiver_addr(false, 6600));
+    for with_registration in [true, false] {
+        let udp = in_ns(&net.sender, move || {
+            let u = UdpSocket::bind(SocketAddr::new(s4.into(), 0)).unwrap();
+            u.connect(dest).unwrap();
+            u
+        });
+        let local = udp.local_addr().unwrap();
+        if with_registration {
+            c.add_socket(&udp, None, TrafficType::Voice, 0, 0).unwrap();
+        } else {
+            assert_eq!(c.call(&Request::QueryStatus, Some(udp.as_fd())), Err(87));
+        }
+        drop(udp);
+        let rebound = in_ns(&net.sender, move || UdpSocket::bind(local).map(|_| ()));
+        assert!(rebound.is_ok(), "port {local} still held: {rebound:?}");
+    }
     drop(c);
     daemon.stop();
 }

@@ -45,7 +45,9 @@ use crate::counters::Counters;
 use crate::traffic::{mark_for, user_may_set};
 use crate::tuple::{normalize, normalize_addr};
 use crate::{EngineError, FiveTuple, Limits};
+use alloc::boxed::Box;
 use alloc::vec::Vec;
+use core::hash::{Hash, Hasher};
 use core::net::{IpAddr, SocketAddr};
 use foldhash::fast::RandomState;
 use hashbrown::HashMap;
@@ -61,7 +63,7 @@ fn new_map<K, V>() -> Map<K, V> {
 }
 
 /// Tier 1 key: the full 5-tuple.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct ExactKey {
     protocol: Protocol,
     local_port: u16,
@@ -71,12 +73,43 @@ pub(crate) struct ExactKey {
 }
 
 /// Tier 2 key: the socket is bound to the unspecified address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct AnyLocalKey {
     protocol: Protocol,
     local_port: u16,
     remote_port: u16,
     remote: IpAddr,
+}
+
+/// An address as 128 bits for hashing (IPv4 as its v4-mapped form). Only the hash uses it:
+/// equality still compares the `IpAddr`s, so a v4 key and its v4-mapped twin merely collide.
+fn addr_bits(addr: IpAddr) -> u128 {
+    match addr {
+        IpAddr::V4(a) => u128::from(a.to_ipv6_mapped()),
+        IpAddr::V6(a) => u128::from(a),
+    }
+}
+
+/// Protocol and ports in one word.
+fn ports_word(protocol: Protocol, local_port: u16, remote_port: u16) -> u64 {
+    (u64::from(protocol.number()) << 32) | (u64::from(local_port) << 16) | u64::from(remote_port)
+}
+
+// The packet path hashes one key per tier probe: three wide writes instead of the derived
+// field-by-field hash (enum tags, slice lengths, single bytes) cost about half the instructions.
+impl Hash for ExactKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(ports_word(self.protocol, self.local_port, self.remote_port));
+        state.write_u128(addr_bits(self.local));
+        state.write_u128(addr_bits(self.remote));
+    }
+}
+
+impl Hash for AnyLocalKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(ports_word(self.protocol, self.local_port, self.remote_port));
+        state.write_u128(addr_bits(self.remote));
+    }
 }
 
 /// Tier 3 key: the socket has no local port yet. Owned by one socket of one handle, so two
@@ -235,6 +268,40 @@ pub(crate) struct Flow {
     entries: Vec<Entry>,
 }
 
+/// A flow record on the heap, allocated fallibly (`Box::new` aborts when memory runs out). A
+/// one-element array box is a thin pointer, so a `flows` bucket is 16 bytes.
+#[derive(Debug)]
+pub(crate) struct FlowBox(Box<[Flow; 1]>);
+
+impl FlowBox {
+    fn try_new(flow: Flow) -> Result<Self, EngineError> {
+        let mut v = Vec::new();
+        v.try_reserve_exact(1)?;
+        v.push(flow);
+        // Capacity is exactly 1, so the conversion does not reallocate.
+        let boxed: Box<[Flow; 1]> = v
+            .into_boxed_slice()
+            .try_into()
+            .map_err(|_| EngineError::NoMemory)?;
+        Ok(FlowBox(boxed))
+    }
+}
+
+impl core::ops::Deref for FlowBox {
+    type Target = Flow;
+    fn deref(&self) -> &Flow {
+        let [flow] = &*self.0;
+        flow
+    }
+}
+
+impl core::ops::DerefMut for FlowBox {
+    fn deref_mut(&mut self) -> &mut Flow {
+        let [flow] = &mut *self.0;
+        flow
+    }
+}
+
 impl Flow {
     /// The resolved mark.
     pub(crate) fn mark(&self) -> Mark {
@@ -265,7 +332,9 @@ pub(crate) struct ControlState {
     limits: Limits,
     table: TrafficTable,
     handles: Map<HandleId, HandleState>,
-    flows: Map<FlowId, Flow>,
+    /// Boxed: the map's buckets stay small (a hash table is between 7/16 and 7/8 full, so
+    /// every byte of a bucket costs up to 16/7 bytes), the record itself is allocated once.
+    flows: Map<FlowId, FlowBox>,
     index: Index,
     next_handle: u32,
     next_flow: u32,
@@ -369,33 +438,53 @@ impl ControlState {
     /// The flow of an outbound packet, by tier precedence (module docs). O(1) expected, no
     /// allocation.
     pub(crate) fn lookup_flow(&self, tuple: &FiveTuple) -> Option<(FlowId, &Flow)> {
-        let local = normalize(tuple.local);
-        let remote_ip = normalize_addr(tuple.remote.ip());
-        let (protocol, remote_port) = (tuple.protocol, tuple.remote.port());
-        let exact = ExactKey {
-            protocol,
-            local_port: local.port(),
-            remote_port,
-            local: local.ip(),
-            remote: remote_ip,
+        // `FiveTuple`'s fields are public, so a caller may hand in a tuple that
+        // `FiveTuple::new` did not normalize.
+        let tuple = FiveTuple {
+            protocol: tuple.protocol,
+            local: normalize(tuple.local),
+            remote: SocketAddr::new(normalize_addr(tuple.remote.ip()), tuple.remote.port()),
         };
-        let any = AnyLocalKey {
-            protocol,
-            local_port: local.port(),
-            remote_port,
-            remote: remote_ip,
-        };
-        let id = self
-            .index
-            .exact
-            .get(&exact)
-            .or_else(|| self.index.any_local.get(&any))?;
-        self.flows.get(id).map(|f| (*id, f))
+        self.lookup_normalized(&tuple)
     }
 
-    /// The mark and counters for an outbound packet (see [`ControlState::lookup_flow`]).
+    /// [`ControlState::lookup_flow`] for a tuple built by `FiveTuple::new` (the packet path).
+    /// A tier without entries is not probed.
+    fn lookup_normalized(&self, tuple: &FiveTuple) -> Option<(FlowId, &Flow)> {
+        let (protocol, local_port, remote_port) =
+            (tuple.protocol, tuple.local.port(), tuple.remote.port());
+        let remote = tuple.remote.ip();
+        let exact = || {
+            if self.index.exact.is_empty() {
+                return None;
+            }
+            self.index.exact.get(&ExactKey {
+                protocol,
+                local_port,
+                remote_port,
+                local: tuple.local.ip(),
+                remote,
+            })
+        };
+        let any = || {
+            if self.index.any_local.is_empty() {
+                return None;
+            }
+            self.index.any_local.get(&AnyLocalKey {
+                protocol,
+                local_port,
+                remote_port,
+                remote,
+            })
+        };
+        let id = exact().or_else(any)?;
+        self.flows.get(id).map(|f| (*id, &**f))
+    }
+
+    /// The mark and counters for an outbound packet whose tuple `FiveTuple::new` built (see
+    /// [`ControlState::lookup_flow`]).
     pub(crate) fn lookup(&self, tuple: &FiveTuple) -> Option<SocketHit<'_>> {
-        self.lookup_flow(tuple).map(|(_, f)| SocketHit {
+        self.lookup_normalized(tuple).map(|(_, f)| SocketHit {
             mark: f.mark,
             counters: &f.counters,
         })
@@ -475,6 +564,7 @@ impl ControlState {
     fn own_flow(&self, handle: HandleId, id: FlowId) -> Result<&Flow, EngineError> {
         self.flows
             .get(&id)
+            .map(|f| &**f)
             .filter(|f| f.handle == handle)
             .ok_or(EngineError::NotFound)
     }
@@ -482,6 +572,7 @@ impl ControlState {
     fn own_flow_mut(&mut self, handle: HandleId, id: FlowId) -> Result<&mut Flow, EngineError> {
         self.flows
             .get_mut(&id)
+            .map(|f| &mut **f)
             .filter(|f| f.handle == handle)
             .ok_or(EngineError::NotFound)
     }
@@ -536,7 +627,8 @@ impl ControlState {
                 .flows
                 .get_mut(&req.flow_id)
                 .ok_or(EngineError::InvalidParameter)?;
-            flow.entries.try_reserve(1)?;
+            // Exact: a flow's sockets are few, and amortized doubling would waste up to half.
+            flow.entries.try_reserve_exact(1)?;
             self.index.reserve(&key, 1)?;
             flow.entries.push(entry);
             self.index.insert(key, req.flow_id);
@@ -554,11 +646,7 @@ impl ControlState {
         let mut entries = Vec::new();
         entries.try_reserve_exact(1)?;
         entries.push(entry);
-        self.flows
-            .try_reserve(1)
-            .map_err(|_| EngineError::NoMemory)?;
-        self.index.reserve(&key, 1)?;
-        let flow = Flow {
+        let flow = FlowBox::try_new(Flow {
             handle,
             pid: hs.caller.pid,
             traffic_type: req.traffic_type,
@@ -567,7 +655,11 @@ impl ControlState {
             mark: resolve(&self.table, req.traffic_type, adaptive, None),
             counters: Counters::default(),
             entries,
-        };
+        })?;
+        self.flows
+            .try_reserve(1)
+            .map_err(|_| EngineError::NoMemory)?;
+        self.index.reserve(&key, 1)?;
         self.flows.insert(id, flow);
         self.index.insert(key, id);
         self.next_flow = id.wrapping_add(1);
@@ -605,6 +697,7 @@ impl ControlState {
         let flow = self
             .flows
             .get_mut(&id)
+            .map(|f| &mut **f)
             .filter(|f| f.handle == handle)
             .ok_or(EngineError::NotFound)?;
         let Some(socket) = socket else {

@@ -40,6 +40,7 @@
 //! loads) plus the allocator's header for the entries vector. So a one-socket flow costs about
 //! 200-350 bytes (typically ~250), and every further socket or destination 100-150. The test
 //! `memory_per_entry_is_bounded` pins the type sizes this estimate uses.
+use super::rate::{Bucket, RateLimit};
 use super::{CloseReport, HandleId, SocketHit};
 use crate::counters::Counters;
 use crate::traffic::{mark_for, user_may_set};
@@ -324,12 +325,16 @@ pub(crate) struct HandleState {
     pub(crate) caller: Caller,
     flows: usize,
     entries: usize,
+    /// Its budget of control requests (`super::rate`).
+    bucket: Bucket,
 }
 
 /// Control-plane state: handles, flows, socket entries, the traffic table.
 #[derive(Debug)]
 pub(crate) struct ControlState {
     limits: Limits,
+    /// Per-handle request rate ([`ControlState::charge`]).
+    rate: RateLimit,
     table: TrafficTable,
     handles: Map<HandleId, HandleState>,
     /// Boxed: the map's buckets stay small (a hash table is between 7/16 and 7/8 full, so
@@ -422,6 +427,7 @@ impl ControlState {
     pub(crate) fn new(limits: &Limits) -> Self {
         ControlState {
             limits: *limits,
+            rate: RateLimit::default(),
             table: crate::traffic::default_table(),
             handles: new_map(),
             flows: new_map(),
@@ -506,6 +512,25 @@ impl ControlState {
         (self.handles.len(), self.flows.len(), self.index.len())
     }
 
+    /// Charges one request to `id`'s bucket at `now_ns`: 6 for an unknown handle, 1450 when
+    /// its budget is spent (`super::rate`).
+    pub(crate) fn charge(&mut self, id: HandleId, now_ns: u64) -> Result<(), EngineError> {
+        let rate = self.rate;
+        self.handles
+            .get_mut(&id)
+            .ok_or(EngineError::InvalidHandle)?
+            .bucket
+            .take(rate, now_ns)
+    }
+
+    pub(crate) fn rate(&self) -> RateLimit {
+        self.rate
+    }
+
+    pub(crate) fn set_rate(&mut self, rate: RateLimit) {
+        self.rate = rate;
+    }
+
     /// The handle's state, or 6.
     pub(crate) fn handle(&self, id: HandleId) -> Result<HandleState, EngineError> {
         self.handles
@@ -530,6 +555,7 @@ impl ControlState {
                 caller,
                 flows: 0,
                 entries: 0,
+                bucket: Bucket::full(),
             },
         );
         self.next_handle = raw.wrapping_add(1);

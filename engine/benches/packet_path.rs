@@ -219,7 +219,7 @@ fn local_ip(kind: Kind) -> IpAddr {
     }
 }
 
-/// A remote address of `kind` from the flows' space (198.18.0.0/16, 2001:db8:1::/48).
+/// A remote address of `kind` from the flows' space (`198.18.0.0/16`, `2001:db8:1::/48`).
 fn flow_remote(rng: &mut Rng, kind: Kind) -> IpAddr {
     if kind.v6() {
         v6(rng, 1)
@@ -228,8 +228,8 @@ fn flow_remote(rng: &mut Rng, kind: Kind) -> IpAddr {
     }
 }
 
-/// A remote address nobody registered and no rule covers (203.0.113.0/24-ish space,
-/// 2001:db8:dead::/48).
+/// A remote address nobody registered and no rule covers (`203.0.0.0/16`,
+/// `2001:db8:dead::/48`).
 fn stranger(rng: &mut Rng, kind: Kind) -> IpAddr {
     if kind.v6() {
         v6(rng, 0xdead)

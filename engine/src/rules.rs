@@ -731,7 +731,7 @@ mod tests {
         }
         let at = |set: &RuleSet, p: u16| {
             winner(
-                &set,
+                set,
                 &tuple(Protocol::Udp, &alloc::format!("10.0.0.1:{p}"), "10.0.0.2:1"),
             )
         };

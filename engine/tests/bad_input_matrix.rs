@@ -250,7 +250,10 @@ impl World {
         let mut out = Vec::new();
         let reply = match codec::decode_request(bytes) {
             Err(e) => Err(e.win32()),
-            Ok(req) => self.engine.apply(handle, &req).map_err(|e| e.win32()),
+            Ok(req) => self
+                .engine
+                .apply(handle, &req)
+                .map_err(qosmark_engine::EngineError::win32),
         };
         match reply {
             Ok(resp) => codec::encode_response(&resp, &mut out).unwrap(),
@@ -355,9 +358,9 @@ fn oversized_and_header_damage() {
             );
         }
         // The header's length disagrees with the buffer, both ways.
-        for delta in [-1i64, 1, 1 << 20] {
+        let len = good.len() as u32;
+        for claimed in [len - 1, len + 1, len + (1 << 20)] {
             let mut bad = good.clone();
-            let claimed = (good.len() as i64 + delta) as u32;
             bad[12..16].copy_from_slice(&claimed.to_le_bytes());
             expect_refused(
                 &mut w,

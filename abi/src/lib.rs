@@ -18,7 +18,10 @@
 //! * **Driver**: [`ioctl::request_kind`] on the full code (unknown → `STATUS_INVALID_DEVICE_REQUEST`),
 //!   [`codec::decode_request_for`] on the input (error → [`status::ntstatus_for`] of
 //!   [`codec::AbiError::win32`]), engine, then [`codec::encode_response_for_buffer`] (success) or
-//!   [`status::ntstatus_for`] of the engine's Win32 code (failure, no data).
+//!   [`status::ntstatus_for`] of the engine's Win32 code (failure, no data). To serve
+//!   overlapped QOS2 calls, decode with [`codec::decode_request_with_flags`] instead: when the
+//!   flags carry [`codec::FLAG_QOS2_ANSWER`], a success is written with
+//!   [`codec::encode_qos2_answer`] (the bare QOS2 structure), not as a record.
 //! * **Linux daemon**: as the driver, but failures are sent as [`codec::encode_error`] records.
 #![no_std]
 #![forbid(unsafe_code)]

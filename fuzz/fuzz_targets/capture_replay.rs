@@ -7,7 +7,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use qosmark_shim::replay;
+use qosmark::replay;
 
 const RULES: &str = r#"
 [[rule]]

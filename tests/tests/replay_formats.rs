@@ -12,7 +12,7 @@
 
 mod replay_common;
 
-use qosmark_shim::replay::replay;
+use qosmark::replay::replay;
 use replay_common::{capture, dissect, raw_frames, replay_json, scratch};
 use std::path::Path;
 use std::process::Command;

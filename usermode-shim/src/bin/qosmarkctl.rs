@@ -7,7 +7,7 @@
 //! Exit codes: 0 success, 1 the output could not be written, 2 bad usage or bad input
 //! (unreadable file, not a capture, corrupt capture, unsupported link type, bad rules).
 
-use qosmark_shim::replay::{self, ReplayError, Summary};
+use qosmark::replay::{self, ReplayError, Summary};
 use std::process::ExitCode;
 
 const USAGE: &str = "\

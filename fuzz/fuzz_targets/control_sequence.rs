@@ -18,8 +18,7 @@ use libfuzzer_sys::fuzz_target;
 use qosmark_engine::abi::{
     heapless_name::RuleName, Caller, Dscp, Family, FlowId, FlowRate, Mark, NotifyFlow, Pcp,
     PortRange, Privilege, Protocol, QueryFlow, Request, Response, RuleAction, RuleProtocol,
-    RuleSpec, SetFlow, Shaping, SkipReason, SocketInfo, TrafficTable, TrafficType,
-    TrafficTypeMark,
+    RuleSpec, SetFlow, Shaping, SkipReason, SocketInfo, TrafficTable, TrafficType, TrafficTypeMark,
 };
 use qosmark_engine::{Engine, EngineError, HandleId, Limits, PacketMeta, Verdict};
 use std::collections::BTreeMap;
@@ -76,7 +75,10 @@ fn unmap(a: SocketAddr) -> SocketAddr {
     if let IpAddr::V6(v6) = a.ip() {
         let o = v6.octets();
         if o[..10].iter().all(|b| *b == 0) && o[10] == 0xff && o[11] == 0xff {
-            return SocketAddr::new(IpAddr::V4(Ipv4Addr::new(o[12], o[13], o[14], o[15])), a.port());
+            return SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::new(o[12], o[13], o[14], o[15])),
+                a.port(),
+            );
         }
     }
     SocketAddr::new(a.ip(), a.port())
@@ -158,12 +160,9 @@ impl Model {
     }
 
     fn holder(&self, key: MKey) -> Option<(FlowId, u64)> {
-        self.flows.iter().find_map(|(id, f)| {
-            f.entries
-                .iter()
-                .find(|e| e.1 == key)
-                .map(|e| (*id, e.0))
-        })
+        self.flows
+            .iter()
+            .find_map(|(id, f)| f.entries.iter().find(|e| e.1 == key).map(|e| (*id, e.0)))
     }
 
     fn entries_of(&self, h: u32) -> usize {
@@ -188,7 +187,14 @@ impl Model {
 
     /// `QOSAddSocketToFlow` up to the point where a new flow id is needed: the error, or
     /// `Ok(Some(existing id))` for a join / repeated registration, `Ok(None)` for a new flow.
-    fn add(&self, h: u32, s: &SocketInfo, dest: Option<SocketAddr>, flags: u32, flow_id: FlowId) -> Result<(Option<FlowId>, MKey), u32> {
+    fn add(
+        &self,
+        h: u32,
+        s: &SocketInfo,
+        dest: Option<SocketAddr>,
+        flags: u32,
+        flow_id: FlowId,
+    ) -> Result<(Option<FlowId>, MKey), u32> {
         let caller = *self.handles.get(&h).ok_or(E_HANDLE)?;
         let _ = caller;
         if flags & !2 != 0 {
@@ -237,7 +243,9 @@ impl Model {
                 Err(E_EXISTS)
             };
         }
-        if self.all_entries() >= LIMITS.max_sockets || self.entries_of(h) >= LIMITS.max_sockets_per_handle {
+        if self.all_entries() >= LIMITS.max_sockets
+            || self.entries_of(h) >= LIMITS.max_sockets_per_handle
+        {
             return Err(E_RESOURCES);
         }
         if flow_id != 0 {
@@ -311,9 +319,17 @@ fn random_table(input: &mut Input<'_>) -> TrafficTable {
     let mut t = doc_table();
     for m in &mut t.marks {
         let b = input.byte();
-        m.dscp = if b & 0x80 != 0 { None } else { Dscp::try_new(b % 64).ok() };
+        m.dscp = if b & 0x80 != 0 {
+            None
+        } else {
+            Dscp::try_new(b % 64).ok()
+        };
         let p = input.byte();
-        m.pcp = if p & 0x80 != 0 { None } else { Pcp::try_new(p % 8).ok() };
+        m.pcp = if p & 0x80 != 0 {
+            None
+        } else {
+            Pcp::try_new(p % 8).ok()
+        };
     }
     t.user_dscp_allow = u64::from(input.u32()) | (u64::from(input.u32()) << 32);
     t.tag_adaptive_flows = input.byte() & 1 == 1;
@@ -336,7 +352,10 @@ fn packet(proto: Protocol, local: SocketAddr, remote: SocketAddr) -> Vec<u8> {
             p.extend_from_slice(&d.octets());
             let total = (20 + l4.len()) as u16;
             p[2..4].copy_from_slice(&total.to_be_bytes());
-            let mut sum: u32 = p.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
+            let mut sum: u32 = p
+                .chunks(2)
+                .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+                .sum();
             while sum > 0xffff {
                 sum = (sum & 0xffff) + (sum >> 16);
             }
@@ -395,12 +414,23 @@ fuzz_target!(|data: &[u8]| {
             0 => {
                 let caller = Caller {
                     pid: input.pick(&[100, 200]),
-                    privilege: input.pick(&[Privilege::User, Privilege::User, Privilege::Admin, Privilege::Kernel]),
+                    privilege: input.pick(&[
+                        Privilege::User,
+                        Privilege::User,
+                        Privilege::Admin,
+                        Privilege::Kernel,
+                    ]),
                 };
                 match e.open_handle(caller) {
                     Ok(id) => {
-                        assert!(m.handles.len() < LIMITS.max_handles, "step {step}: open beyond the limit");
-                        assert!(id.0 != 0 && !m.handles.contains_key(&id.0), "step {step}: handle id reused");
+                        assert!(
+                            m.handles.len() < LIMITS.max_handles,
+                            "step {step}: open beyond the limit"
+                        );
+                        assert!(
+                            id.0 != 0 && !m.handles.contains_key(&id.0),
+                            "step {step}: handle id reused"
+                        );
                         m.handles.insert(id.0, caller);
                         known.push(id.0);
                     }
@@ -424,9 +454,9 @@ fuzz_target!(|data: &[u8]| {
                 let family = input.pick(&[Family::V4, Family::V6]);
                 let protocol = input.pick(&[Protocol::Udp, Protocol::Tcp]);
                 let local = local_pool(&mut input, family);
-                let connected = input.byte() % 3 == 0;
+                let connected = input.byte().is_multiple_of(3);
                 let peer = connected.then(|| remote_pool(&mut input));
-                let dest = (input.byte() % 4 != 0).then(|| remote_pool(&mut input));
+                let dest = (!input.byte().is_multiple_of(4)).then(|| remote_pool(&mut input));
                 let tt = traffic_type(&mut input);
                 let flags = input.pick(&[0u32, 2, 2, 1, 0x12]);
                 let existing: Vec<FlowId> = m.flows.keys().copied().collect();
@@ -442,7 +472,13 @@ fuzz_target!(|data: &[u8]| {
                     local,
                     peer,
                 };
-                let req = Request::AddSocketToFlow { socket, dest, traffic_type: tt, flags, flow_id };
+                let req = Request::AddSocketToFlow {
+                    socket,
+                    dest,
+                    traffic_type: tt,
+                    flags,
+                    flow_id,
+                };
                 let want = m.add(h, &socket, dest, flags, flow_id);
                 let got = e.apply(hid, &req);
                 match (want, &got) {
@@ -455,22 +491,43 @@ fuzz_target!(|data: &[u8]| {
                         }
                     }
                     (Ok((None, key)), Ok(Response::FlowId(g))) => {
-                        assert!(*g != 0 && !m.flows.contains_key(g), "step {step}: flow id {g} not fresh");
+                        assert!(
+                            *g != 0 && !m.flows.contains_key(g),
+                            "step {step}: flow id {g} not fresh"
+                        );
                         let pid = m.handles[&h].pid;
-                        m.flows.insert(*g, MFlow { handle: h, pid, tt, adaptive: flags & 2 == 0, custom: None, entries: vec![(socket.socket, key)] });
+                        m.flows.insert(
+                            *g,
+                            MFlow {
+                                handle: h,
+                                pid,
+                                tt,
+                                adaptive: flags & 2 == 0,
+                                custom: None,
+                                entries: vec![(socket.socket, key)],
+                            },
+                        );
                     }
                     (want, got) => panic!("step {step}: {req:?}: model {want:?}, engine {got:?}"),
                 }
             }
             6 => {
                 let existing: Vec<FlowId> = m.flows.keys().copied().collect();
-                let flow_id = if existing.is_empty() || input.byte() % 4 == 0 { input.u32() % 16 } else { input.pick(&existing) };
-                let socket = (input.byte() % 2 == 0).then(|| u64::from(input.byte() % 4));
+                let flow_id = if existing.is_empty() || input.byte().is_multiple_of(4) {
+                    input.u32() % 16
+                } else {
+                    input.pick(&existing)
+                };
+                let socket = (input.byte().is_multiple_of(2)).then(|| u64::from(input.byte() % 4));
                 let got = e.apply(hid, &Request::RemoveSocketFromFlow { socket, flow_id });
                 let want = if !m.handles.contains_key(&h) {
                     Err(E_HANDLE)
                 } else {
-                    match (m.own(h, flow_id).map(|f| f.entries.iter().any(|x| Some(x.0) == socket)), socket) {
+                    match (
+                        m.own(h, flow_id)
+                            .map(|f| f.entries.iter().any(|x| Some(x.0) == socket)),
+                        socket,
+                    ) {
                         (Err(c), _) => Err(c),
                         (Ok(_), None) => {
                             m.flows.remove(&flow_id);
@@ -487,24 +544,46 @@ fuzz_target!(|data: &[u8]| {
                         }
                     }
                 };
-                assert_eq!(code(&got), want, "step {step}: remove {socket:?} from {flow_id}");
+                assert_eq!(
+                    code(&got),
+                    want,
+                    "step {step}: remove {socket:?} from {flow_id}"
+                );
             }
             7..=9 => {
                 let existing: Vec<FlowId> = m.flows.keys().copied().collect();
-                let flow_id = if existing.is_empty() || input.byte() % 5 == 0 { input.u32() % 16 } else { input.pick(&existing) };
+                let flow_id = if existing.is_empty() || input.byte().is_multiple_of(5) {
+                    input.u32() % 16
+                } else {
+                    input.pick(&existing)
+                };
                 let which = input.byte() % 9;
                 let (req, want): (Request, Result<Option<Mark>, u32>) = {
-                    let base = if !m.handles.contains_key(&h) { Err(E_HANDLE) } else { m.own(h, flow_id).map(|f| m.mark(f)) };
+                    let base = if !m.handles.contains_key(&h) {
+                        Err(E_HANDLE)
+                    } else {
+                        m.own(h, flow_id).map(|f| m.mark(f))
+                    };
                     match which {
                         0 | 1 => {
                             let tt = traffic_type(&mut input);
                             if base.is_ok() {
                                 m.flows.get_mut(&flow_id).expect("own").tt = tt;
                             }
-                            (Request::SetFlow { flow_id, op: SetFlow::TrafficType(tt) }, base.map(|_| None))
+                            (
+                                Request::SetFlow {
+                                    flow_id,
+                                    op: SetFlow::TrafficType(tt),
+                                },
+                                base.map(|_| None),
+                            )
                         }
                         2 | 3 => {
-                            let v = if input.byte() % 4 == 0 { input.u32() } else { u32::from(input.byte() % 70) };
+                            let v = if input.byte().is_multiple_of(4) {
+                                input.u32()
+                            } else {
+                                u32::from(input.byte() % 70)
+                            };
                             let want = base.and_then(|_| {
                                 if v > 63 {
                                     return Err(E_PARAM);
@@ -516,27 +595,71 @@ fuzz_target!(|data: &[u8]| {
                                 m.flows.get_mut(&flow_id).expect("own").custom = Some(v as u8);
                                 Ok(None)
                             });
-                            (Request::SetFlow { flow_id, op: SetFlow::OutgoingDscp(v) }, want)
+                            (
+                                Request::SetFlow {
+                                    flow_id,
+                                    op: SetFlow::OutgoingDscp(v),
+                                },
+                                want,
+                            )
                         }
                         4 => (
-                            Request::SetFlow { flow_id, op: SetFlow::OutgoingRate(FlowRate { bandwidth: u64::from(input.u32()), shaping: Shaping::ShapeOnly, reason: 0 }) },
+                            Request::SetFlow {
+                                flow_id,
+                                op: SetFlow::OutgoingRate(FlowRate {
+                                    bandwidth: u64::from(input.u32()),
+                                    shaping: Shaping::ShapeOnly,
+                                    reason: 0,
+                                }),
+                            },
                             base.and(Err(E_NOT_SUPPORTED)),
                         ),
-                        5 | 6 => (Request::QueryFlow { flow_id, op: QueryFlow::PacketPriority }, base.map(Some)),
-                        7 => (Request::QueryFlow { flow_id, op: input.pick(&[QueryFlow::Fundamentals, QueryFlow::OutgoingRate]) }, base.and(Err(E_NOT_SUPPORTED))),
+                        5 | 6 => (
+                            Request::QueryFlow {
+                                flow_id,
+                                op: QueryFlow::PacketPriority,
+                            },
+                            base.map(Some),
+                        ),
+                        7 => (
+                            Request::QueryFlow {
+                                flow_id,
+                                op: input.pick(&[QueryFlow::Fundamentals, QueryFlow::OutgoingRate]),
+                            },
+                            base.and(Err(E_NOT_SUPPORTED)),
+                        ),
                         _ => {
-                            let op = input.pick(&[NotifyFlow::Congested, NotifyFlow::Uncongested, NotifyFlow::Available]);
-                            let threshold = (input.byte() % 2 == 0).then_some(1_000_000);
+                            let op = input.pick(&[
+                                NotifyFlow::Congested,
+                                NotifyFlow::Uncongested,
+                                NotifyFlow::Available,
+                            ]);
+                            let threshold = (input.byte().is_multiple_of(2)).then_some(1_000_000);
                             let buffer_ok = (op == NotifyFlow::Available) == threshold.is_some();
-                            (Request::NotifyFlow { flow_id, op, threshold }, base.and(Err(if buffer_ok { E_NOT_SUPPORTED } else { E_PARAM })))
+                            (
+                                Request::NotifyFlow {
+                                    flow_id,
+                                    op,
+                                    threshold,
+                                },
+                                base.and(Err(if buffer_ok { E_NOT_SUPPORTED } else { E_PARAM })),
+                            )
                         }
                     }
                 };
                 let got = e.apply(hid, &req);
                 match (&want, &got) {
                     (Ok(Some(mark)), Ok(Response::PacketPriority(p))) => {
-                        assert_eq!(p.conformant_dscp, mark.dscp.map_or(0, |d| u32::from(d.value())), "step {step}");
-                        assert_eq!(p.conformant_l2, mark.pcp.map_or(0, |d| u32::from(d.value())), "step {step}");
+                        assert_eq!(
+                            p.conformant_dscp,
+                            mark.dscp.map_or(0, |d| u32::from(d.value())),
+                            "step {step}"
+                        );
+                        assert_eq!(
+                            p.conformant_l2,
+                            mark.pcp.map_or(0, |d| u32::from(d.value())),
+                            "step {step}"
+                        );
                     }
                     _ => assert_eq!(code(&got), want.map(|_| ()), "step {step}: {req:?}"),
                 }
@@ -554,14 +677,18 @@ fuzz_target!(|data: &[u8]| {
                 match (m.handles.get(&h), got) {
                     (None, got) => assert_eq!(code(&got), Err(E_HANDLE)),
                     (Some(c), Ok(Response::Flows(page))) => {
-                        let want: Vec<FlowId> = m.visible(*c).into_iter().filter(|id| *id > after).collect();
+                        let want: Vec<FlowId> =
+                            m.visible(*c).into_iter().filter(|id| *id > after).collect();
                         let ids: Vec<FlowId> = page.flows.iter().map(|f| f.id).collect();
                         assert_eq!(ids, want, "step {step}: list after {after}");
                         for f in &page.flows {
                             let mf = &m.flows[&f.id];
                             assert_eq!(f.mark, m.mark(mf), "step {step}: flow {}", f.id);
                             assert_eq!(f.sockets_total as usize, mf.entries.len(), "step {step}");
-                            assert_eq!((f.traffic_type, f.adaptive, f.pid), (mf.tt, mf.adaptive, mf.pid));
+                            assert_eq!(
+                                (f.traffic_type, f.adaptive, f.pid),
+                                (mf.tt, mf.adaptive, mf.pid)
+                            );
                         }
                     }
                     (Some(_), got) => panic!("step {step}: ListFlows {got:?}"),
@@ -640,13 +767,19 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             15 => {
-                let set = input.byte() % 2 == 0;
+                let set = input.byte().is_multiple_of(2);
                 let table = random_table(&mut input);
-                let req = if set { Request::SetTrafficTable(table) } else { Request::GetTrafficTable };
+                let req = if set {
+                    Request::SetTrafficTable(table)
+                } else {
+                    Request::GetTrafficTable
+                };
                 let got = e.apply(hid, &req);
                 match (m.handles.get(&h).map(|c| privileged(*c)), set) {
                     (None, _) => assert_eq!(code(&got), Err(E_HANDLE)),
-                    (Some(_), false) => assert_eq!(got, Ok(Response::TrafficTable(m.table)), "step {step}"),
+                    (Some(_), false) => {
+                        assert_eq!(got, Ok(Response::TrafficTable(m.table)), "step {step}")
+                    }
                     (Some(false), true) => assert_eq!(code(&got), Err(E_ACCESS)),
                     (Some(true), true) => {
                         assert_eq!(got, Ok(Response::Done));
@@ -659,8 +792,22 @@ fuzz_target!(|data: &[u8]| {
                 match (m.handles.contains_key(&h), got) {
                     (false, got) => assert_eq!(code(&got), Err(E_HANDLE)),
                     (true, Ok(Response::Status(s))) => {
-                        let want = (m.handles.len(), m.flows.len(), m.all_entries(), m.rules.len());
-                        assert_eq!((s.handles as usize, s.flows as usize, s.sockets as usize, s.rules as usize), want, "step {step}");
+                        let want = (
+                            m.handles.len(),
+                            m.flows.len(),
+                            m.all_entries(),
+                            m.rules.len(),
+                        );
+                        assert_eq!(
+                            (
+                                s.handles as usize,
+                                s.flows as usize,
+                                s.sockets as usize,
+                                s.rules as usize
+                            ),
+                            want,
+                            "step {step}"
+                        );
                     }
                     (true, got) => panic!("step {step}: QueryStatus {got:?}"),
                 }
@@ -683,10 +830,23 @@ fuzz_target!(|data: &[u8]| {
                         .iter()
                         .filter(|(_, f)| f.handle == h)
                         .flat_map(|(id, f)| {
-                            f.entries.iter().enumerate().filter_map(move |(i, (s, k))| match *k {
-                                MKey::Unbound(_, ks, p, r) if ks == socket && *s == socket => Some((*id, i, if local.ip().is_unspecified() { MKey::Any(p, local.port(), r) } else { MKey::Exact(p, local, r) })),
-                                _ => None,
-                            })
+                            f.entries
+                                .iter()
+                                .enumerate()
+                                .filter_map(move |(i, (s, k))| match *k {
+                                    MKey::Unbound(_, ks, p, r) if ks == socket && *s == socket => {
+                                        Some((
+                                            *id,
+                                            i,
+                                            if local.ip().is_unspecified() {
+                                                MKey::Any(p, local.port(), r)
+                                            } else {
+                                                MKey::Exact(p, local, r)
+                                            },
+                                        ))
+                                    }
+                                    _ => None,
+                                })
                         })
                         .collect();
                     let family_ok = |k: &MKey| match k {
@@ -704,7 +864,11 @@ fuzz_target!(|data: &[u8]| {
                         Ok(pinned.len())
                     }
                 };
-                assert_eq!(got.map_err(|e| e.win32().0), want, "step {step}: socket_bound {socket} {local}");
+                assert_eq!(
+                    got.map_err(|e| e.win32().0),
+                    want,
+                    "step {step}: socket_bound {socket} {local}"
+                );
             }
             _ => {
                 // Classify the packet of a registered entry; it gets its flow's mark, which
@@ -724,20 +888,31 @@ fuzz_target!(|data: &[u8]| {
                 // Exact entries win over any-address ones (the engine's tier order).
                 let owner = live
                     .iter()
-                    .find(|(_, k)| matches!(k, MKey::Exact(..)) && packet_of(*k) == Some((proto, local, remote)))
+                    .find(|(_, k)| {
+                        matches!(k, MKey::Exact(..))
+                            && packet_of(*k) == Some((proto, local, remote))
+                    })
                     .map_or(id, |(fid, _)| *fid);
                 let mark = m.mark(&m.flows[&owner]);
                 let meta = PacketMeta::default();
                 let v = e.classify(&p, &meta, step);
                 if mark.dscp.is_none() && mark.pcp.is_none() {
-                    assert_eq!(v, Verdict::Skip(SkipReason::NoMarkConfigured), "step {step}");
+                    assert_eq!(
+                        v,
+                        Verdict::Skip(SkipReason::NoMarkConfigured),
+                        "step {step}"
+                    );
                 } else if mark.dscp.is_none_or(|d| d.value() == 0) && mark.pcp.is_none() {
                     assert_eq!(v, Verdict::AlreadyMarked, "step {step}");
                 } else {
                     assert_eq!(v, Verdict::Mark(mark), "step {step}: {key:?}");
                     let _ = Engine::rewrite(&mut p, mark).expect("rewritable");
                     if mark.pcp.is_none() {
-                        assert_eq!(e.classify(&p, &meta, step), Verdict::AlreadyMarked, "step {step}");
+                        assert_eq!(
+                            e.classify(&p, &meta, step),
+                            Verdict::AlreadyMarked,
+                            "step {step}"
+                        );
                     }
                 }
             }

@@ -537,10 +537,19 @@ fn bytes_per_entry(n: usize, per_flow: usize, v6: bool) -> f64 {
 /// flows an engine holds (65 536, the `EnumerateFlows` cap); and per socket entry at 100 000
 /// entries (two per flow, since flows are capped). The figures go to BENCHMARKS.md
 /// (`cargo test -p qosmark-engine --release --test packet_path_alloc -- --nocapture`).
+///
+/// Hash tables grow by doubling once 7/8 full, so right after a growth (N = 897 for 1 024
+/// buckets, 57 345 for 65 536) they are only 7/16 full and every bucket byte costs 16/7: that
+/// worst case is measured too and held to 272 bytes (it is about 263, see BENCHMARKS.md).
 #[test]
 fn memory_per_socket_flow_within_256_bytes() {
-    let mut worst: f64 = 0.0;
-    for (n, per_flow) in [(1_000, 1), (65_536, 1), (100_000, 2)] {
+    for (n, per_flow, bound) in [
+        (1_000, 1, 256.0),
+        (65_536, 1, 256.0),
+        (100_000, 2, 256.0),
+        (897, 1, 272.0),
+        (57_345, 1, 272.0),
+    ] {
         for v6 in [false, true] {
             let per = bytes_per_entry(n, per_flow, v6);
             let per_flow_bytes = per * per_flow as f64;
@@ -550,12 +559,10 @@ fn memory_per_socket_flow_within_256_bytes() {
                 n,
                 if v6 { "IPv6" } else { "IPv4" }
             );
-            worst = worst.max(per);
             assert!(
-                per <= 256.0,
-                "{n} entries ({per_flow}/flow, v6 {v6}): {per:.1} bytes per entry"
+                per <= bound,
+                "{n} entries ({per_flow}/flow, v6 {v6}): {per:.1} bytes per entry > {bound}"
             );
         }
     }
-    println!("worst: {worst:.1} bytes per socket entry");
 }

@@ -540,15 +540,15 @@ fn bytes_per_entry(n: usize, per_flow: usize, v6: bool) -> f64 {
 ///
 /// Hash tables grow by doubling once 7/8 full, so right after a growth (N = 897 for 1 024
 /// buckets, 57 345 for 65 536) they are only 7/16 full and every bucket byte costs 16/7: that
-/// worst case is measured too and held to 272 bytes (it is about 263, see BENCHMARKS.md).
+/// worst case is held to the same bound.
 #[test]
 fn memory_per_socket_flow_within_256_bytes() {
     for (n, per_flow, bound) in [
         (1_000, 1, 256.0),
         (65_536, 1, 256.0),
         (100_000, 2, 256.0),
-        (897, 1, 272.0),
-        (57_345, 1, 272.0),
+        (897, 1, 256.0),
+        (57_345, 1, 256.0),
     ] {
         for v6 in [false, true] {
             let per = bytes_per_entry(n, per_flow, v6);

@@ -33,12 +33,12 @@
 //! * The handle counts and the global entry count equal what the flows hold.
 //!
 //! ## Memory per registered socket (64-bit; measured in `tests/packet_path_alloc.rs`)
-//! An [`Entry`] in its flow's vector is 48 bytes; its tier-map bucket is 44 bytes plus one
-//! control byte, and a `hashbrown` table is between 7/16 and 7/8 full, so the bucket costs
-//! 51-103 bytes. A flow adds its record (72 bytes, counters included), boxed ([`FlowBox`]) so
-//! that its `flows` bucket is only 16 + 1 bytes (19-39 at those loads). A one-socket flow
-//! measures 255 bytes at 1 000 flows and 252 at 65 536 (tables about half full), 270 right
-//! after a table doubled; every further socket or destination of a flow 100-150. The test
+//! A flow's record (104 bytes: counters, mark, owner, and its first [`Entry`] inline, see
+//! [`Entries`]) is boxed ([`FlowBox`]), so its `flows` bucket is only 16 + 1 bytes; its tier-map
+//! bucket is 44 + 1 bytes. A `hashbrown` table is between 7/16 and 7/8 full, so every bucket
+//! byte costs 8/7 to 16/7 bytes. A one-socket flow measures 231 bytes at 1 000 flows, 228 at
+//! 65 536, 246 right after a table doubled (the worst case); a flow's further sockets or
+//! destinations move to a vector of 48-byte entries, 100-150 bytes each. The test
 //! `memory_per_entry_is_bounded` pins the type sizes this estimate uses.
 use super::rate::{Bucket, RateLimit};
 use super::{CloseReport, HandleId, SocketHit};
@@ -266,7 +266,74 @@ pub(crate) struct Flow {
     mark: Mark,
     counters: Counters,
     /// Insertion order is kept (listing order).
-    entries: Vec<Entry>,
+    entries: Entries,
+}
+
+/// A flow's socket entries: the first inline (most QOS2 flows hold one socket), more on the
+/// heap. Saves the separate 48-byte allocation a one-entry `Vec` costs.
+#[derive(Debug)]
+pub(crate) enum Entries {
+    One(Entry),
+    Many(Vec<Entry>),
+}
+
+impl Entries {
+    fn as_slice(&self) -> &[Entry] {
+        match self {
+            Entries::One(e) => core::slice::from_ref(e),
+            Entries::Many(v) => v,
+        }
+    }
+
+    fn iter(&self) -> core::slice::Iter<'_, Entry> {
+        self.as_slice().iter()
+    }
+
+    fn iter_mut(&mut self) -> core::slice::IterMut<'_, Entry> {
+        match self {
+            Entries::One(e) => core::slice::from_mut(e).iter_mut(),
+            Entries::Many(v) => v.iter_mut(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.as_slice().is_empty()
+    }
+
+    /// Appends `entry`; on `NoMemory` nothing changed. Grows by exactly one: a flow's sockets
+    /// are few, and amortized doubling would waste up to half.
+    fn try_push(&mut self, entry: Entry) -> Result<(), EngineError> {
+        match self {
+            Entries::One(first) => {
+                let mut v = Vec::new();
+                v.try_reserve_exact(2)?;
+                v.push(*first);
+                v.push(entry);
+                *self = Entries::Many(v);
+            }
+            Entries::Many(v) => {
+                v.try_reserve_exact(1)?;
+                v.push(entry);
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps the entries `keep` accepts, in order. Allocates nothing.
+    fn retain(&mut self, mut keep: impl FnMut(&Entry) -> bool) {
+        match self {
+            Entries::One(e) => {
+                if !keep(e) {
+                    *self = Entries::Many(Vec::new());
+                }
+            }
+            Entries::Many(v) => v.retain(|e| keep(e)),
+        }
+    }
 }
 
 /// A flow record on the heap, allocated fallibly (`Box::new` aborts when memory runs out). A
@@ -576,7 +643,7 @@ impl ControlState {
             if flow.handle != id {
                 return true;
             }
-            for e in &flow.entries {
+            for e in flow.entries.iter() {
                 index.remove(&e.key);
             }
             report.flows_removed += 1;
@@ -653,10 +720,9 @@ impl ControlState {
                 .flows
                 .get_mut(&req.flow_id)
                 .ok_or(EngineError::InvalidParameter)?;
-            // Exact: a flow's sockets are few, and amortized doubling would waste up to half.
-            flow.entries.try_reserve_exact(1)?;
+            // Index room first: once the entry is in, nothing may fail.
             self.index.reserve(&key, 1)?;
-            flow.entries.push(entry);
+            flow.entries.try_push(entry)?;
             self.index.insert(key, req.flow_id);
             self.bump_handle(handle, 0, 1);
             return Ok(req.flow_id);
@@ -669,9 +735,7 @@ impl ControlState {
             self.flows.contains_key(&c)
         })?;
         let adaptive = req.flags & QOS_NON_ADAPTIVE_FLOW == 0;
-        let mut entries = Vec::new();
-        entries.try_reserve_exact(1)?;
-        entries.push(entry);
+        let entries = Entries::One(entry);
         let flow = FlowBox::try_new(Flow {
             handle,
             pid: hs.caller.pid,
@@ -703,7 +767,7 @@ impl ControlState {
     /// Destroys a flow, unindexing its entries.
     fn destroy_flow(&mut self, id: FlowId) {
         if let Some(flow) = self.flows.remove(&id) {
-            for e in &flow.entries {
+            for e in flow.entries.iter() {
                 self.index.remove(&e.key);
             }
             let n = isize::try_from(flow.entries.len()).unwrap_or(isize::MAX);
@@ -864,7 +928,7 @@ impl ControlState {
         let index = &mut self.index;
         let mut count = 0;
         for (id, flow) in self.flows.iter_mut().filter(|(_, f)| f.handle == handle) {
-            for e in &mut flow.entries {
+            for e in flow.entries.iter_mut() {
                 if let Some(new_key) = pinned(&*e) {
                     index.remove(&e.key);
                     index.insert(new_key, *id);
@@ -941,7 +1005,7 @@ impl ControlState {
             if f.mark != resolve(&self.table, f.traffic_type, f.adaptive, f.custom_dscp) {
                 return Err("a cached mark is stale");
             }
-            for e in &f.entries {
+            for e in f.entries.iter() {
                 if self.index.holder(&e.key) != Some(*id) {
                     return Err("an entry is not indexed to its flow");
                 }
@@ -1033,7 +1097,8 @@ mod tests {
                 "{}",
                 size_of::<(ExactKey, FlowId)>()
             );
-            assert!(size_of::<Flow>() <= 80, "{}", size_of::<Flow>());
+            assert!(size_of::<Entries>() <= 56, "{}", size_of::<Entries>());
+            assert!(size_of::<Flow>() <= 104, "{}", size_of::<Flow>());
             // Worst case: map half full right after growing (7/16) → bucket + ctrl byte × 16/7.
             let worst = size_of::<Entry>() + (size_of::<(ExactKey, FlowId)>() + 1) * 16 / 7;
             assert!(worst <= 150, "{worst}");

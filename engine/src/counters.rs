@@ -4,10 +4,11 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use qosmark_abi::CounterSnapshot;
 
 /// Counters of one flow or rule. Relaxed atomics: each value is exact, the four are not a
-/// consistent snapshot of one instant (nothing depends on that).
+/// consistent snapshot of one instant (nothing depends on that). A matched packet costs two
+/// atomic adds (its bytes and its outcome); the packet count is the sum of the outcomes.
 #[derive(Debug, Default)]
 pub struct Counters {
-    packets: AtomicU64,
+    not_marked: AtomicU64,
     bytes: AtomicU64,
     marked: AtomicU64,
     already_marked: AtomicU64,
@@ -27,27 +28,26 @@ pub enum Outcome {
 impl Counters {
     /// Counts one matched packet of `bytes` bytes.
     pub fn record(&self, bytes: u64, outcome: Outcome) {
-        self.packets.fetch_add(1, Ordering::Relaxed);
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
-        match outcome {
-            Outcome::Marked => {
-                self.marked.fetch_add(1, Ordering::Relaxed);
-            }
-            Outcome::AlreadyMarked => {
-                self.already_marked.fetch_add(1, Ordering::Relaxed);
-            }
-            Outcome::NotMarked => {}
-        }
+        let counter = match outcome {
+            Outcome::Marked => &self.marked,
+            Outcome::AlreadyMarked => &self.already_marked,
+            Outcome::NotMarked => &self.not_marked,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Current values.
     #[must_use]
     pub fn snapshot(&self) -> CounterSnapshot {
+        let marked = self.marked.load(Ordering::Relaxed);
+        let already_marked = self.already_marked.load(Ordering::Relaxed);
+        let not_marked = self.not_marked.load(Ordering::Relaxed);
         CounterSnapshot {
-            packets: self.packets.load(Ordering::Relaxed),
+            packets: marked.wrapping_add(already_marked).wrapping_add(not_marked),
             bytes: self.bytes.load(Ordering::Relaxed),
-            marked: self.marked.load(Ordering::Relaxed),
-            already_marked: self.already_marked.load(Ordering::Relaxed),
+            marked,
+            already_marked,
         }
     }
 }

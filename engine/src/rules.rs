@@ -38,15 +38,22 @@
 //! kept sorted by the best rank they contain, so a lookup stops as soon as no remaining class
 //! can beat the best match found so far.
 //!
-//! Cost of `RuleSet::lookup`: at most one hash probe per class, `O(S)` with `S` the number of
-//! distinct shapes — independent of the number of rules when rules share shapes (the usual
-//! case: e.g. a thousand "remote host + remote port" rules form one class) — plus, inside the
-//! probed buckets, the rules that differ only by port *ranges* or precedence. `S` is bounded by
+//! Inside a bucket the rules differ only by port *ranges* (and rank). When across the bucket at
+//! most one side (local or remote) carries real ranges, the bucket keeps a *range index*: the
+//! port line cut into elementary intervals at every range's first port and after its last,
+//! each interval holding its best rule, so the bucket costs one binary search. A bucket whose
+//! rules set ranges on both sides falls back to scanning its rules best-first.
+//!
+//! Cost of `RuleSet::lookup`: at most one hash probe (plus one binary search) per class,
+//! `O(S log b)` with `S` the number of distinct shapes — independent of the number of rules
+//! when rules share shapes (the usual case: e.g. a thousand "remote host + remote port" rules
+//! form one class, a thousand local port ranges one bucket) — plus, only in buckets with ranges
+//! on both sides, a scan of the rules that differ by those ranges. `S` is bounded by
 //! the shape space, not by the rules: (1 + 33·33 + 129·129 + 33 + 33 + 129 + 129) prefix
 //! shapes × 4 port shapes. No allocation: the index is precomputed by `RuleSet::insert` and
 //! `RuleSet::remove`, where allocation is allowed (and fallible).
 //!
-//! Insert is `O(S log S + b)` (b = size of the buckets touched); remove rebuilds the index in
+//! Insert is `O(S log S + b)` (b = size of the buckets touched, intervals included); remove rebuilds the index in
 //! `O(n · b)`; both leave the set unchanged when they fail.
 
 use crate::counters::Counters;
@@ -252,8 +259,139 @@ struct Class {
     shape: Shape,
     /// Best rank of any rule in the class (`Rank(0)` while empty).
     best: Rank,
-    /// Rule indices per key, best rank first.
-    buckets: HashMap<Key, Vec<u32>, FixedState>,
+    /// Rule indices per key, best rank first, with their port-range index.
+    buckets: HashMap<Key, Bucket, FixedState>,
+}
+
+/// No rule (in [`RangeIndex::best`]).
+const NO_RULE: u32 = u32::MAX;
+
+/// Which port a bucket's range index is keyed on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    Local,
+    Remote,
+}
+
+/// The rules of one bucket differ only in their port *ranges* and rank (the key fixes
+/// protocol, prefixes and exact ports). When at most one side (local or remote) carries real
+/// ranges across the bucket, the port line is cut into elementary intervals, each holding its
+/// best rule: a lookup is one binary search instead of a scan.
+#[derive(Debug)]
+enum RangeIndex {
+    /// Indexed on `side` (`None` while no rule of the bucket has a range: one interval).
+    On {
+        side: Option<Side>,
+        /// Start port of each interval, ascending; `starts[0] == 0`.
+        starts: Vec<u16>,
+        /// Best rule covering each interval, or [`NO_RULE`].
+        best: Vec<u32>,
+    },
+    /// Rules with ranges on both sides: the bucket is scanned in rank order.
+    Off,
+}
+
+/// The rules of one key.
+#[derive(Debug)]
+struct Bucket {
+    /// Rule indices, best rank first.
+    rules: Vec<u32>,
+    ranges: RangeIndex,
+}
+
+impl Default for Bucket {
+    fn default() -> Self {
+        Bucket {
+            rules: Vec::new(),
+            ranges: RangeIndex::On {
+                side: None,
+                starts: Vec::new(),
+                best: Vec::new(),
+            },
+        }
+    }
+}
+
+/// The port ranges of `spec` that a packet reaching a bucket of `shape` still has to pass (an
+/// exact port is part of the key, so it constrains nothing more).
+fn open_ranges(shape: Shape, spec: &RuleSpec) -> (Option<PortRange>, Option<PortRange>) {
+    let local = if shape.local_exact {
+        None
+    } else {
+        spec.local_ports
+    };
+    let remote = if shape.remote_exact {
+        None
+    } else {
+        spec.remote_ports
+    };
+    (local, remote)
+}
+
+impl RangeIndex {
+    /// Makes room for one more rule (two more interval starts), so [`RangeIndex::insert`]
+    /// cannot allocate.
+    fn reserve(&mut self) -> Result<(), EngineError> {
+        if let RangeIndex::On { starts, best, .. } = self {
+            starts.try_reserve(3)?;
+            best.try_reserve(3)?;
+        }
+        Ok(())
+    }
+
+    /// Enters rule `idx` (of rank `rank`, with the open ranges `ranges`) after
+    /// [`RangeIndex::reserve`]. `rank_of` gives the rank of a rule already entered.
+    fn insert(
+        &mut self,
+        idx: u32,
+        rank: Rank,
+        ranges: (Option<PortRange>, Option<PortRange>),
+        rank_of: impl Fn(u32) -> Option<Rank>,
+    ) {
+        let RangeIndex::On { side, starts, best } = self else {
+            return;
+        };
+        let (wanted, range) = match ranges {
+            (None, None) => (None, None),
+            (Some(r), None) => (Some(Side::Local), Some(r)),
+            (None, Some(r)) => (Some(Side::Remote), Some(r)),
+            (Some(_), Some(_)) => {
+                *self = RangeIndex::Off;
+                return;
+            }
+        };
+        match (*side, wanted) {
+            (Some(have), Some(want)) if have != want => {
+                *self = RangeIndex::Off;
+                return;
+            }
+            (None, Some(want)) => *side = Some(want),
+            _ => {}
+        }
+        if starts.is_empty() {
+            starts.push(0);
+            best.push(NO_RULE);
+        }
+        let (first, last) = range.map_or((0, u16::MAX), |r| (r.first, r.last));
+        // Cut the line at `first` and after `last` (each cut copies its interval's best).
+        let mut cut = |at: u16| {
+            let pos = starts.partition_point(|&s| s <= at);
+            if starts.get(pos.wrapping_sub(1)) != Some(&at) {
+                let inherited = best.get(pos.wrapping_sub(1)).copied().unwrap_or(NO_RULE);
+                starts.insert(pos, at);
+                best.insert(pos, inherited);
+            }
+        };
+        cut(first);
+        if let Some(after) = last.checked_add(1) {
+            cut(after);
+        }
+        for (start, b) in starts.iter().zip(best.iter_mut()) {
+            if (first..=last).contains(start) && (*b == NO_RULE || rank_of(*b) < Some(rank)) {
+                *b = idx;
+            }
+        }
+    }
 }
 
 /// The precomputed decision structure.
@@ -293,21 +431,24 @@ impl Index {
             .try_reserve(protos.len())
             .map_err(|_| EngineError::NoMemory)?;
         for &proto in protos {
-            class
+            let bucket = class
                 .buckets
                 .entry(Shape::rule_key(&rule.spec, proto))
-                .or_default()
-                .try_reserve(1)?;
+                .or_default();
+            bucket.rules.try_reserve(1)?;
+            bucket.ranges.reserve()?;
         }
         // Phase 2, infallible: insert in rank order (capacity reserved above).
+        let rank_of = |j: u32| rules.get(j as usize).map(|r| r.rank);
         for &proto in protos {
             if let Some(bucket) = class.buckets.get_mut(&Shape::rule_key(&rule.spec, proto)) {
-                let pos = bucket.partition_point(|&j| {
-                    rules
-                        .get(j as usize)
-                        .is_some_and(|other| other.rank > rule.rank)
-                });
-                bucket.insert(pos, idx);
+                let pos = bucket
+                    .rules
+                    .partition_point(|&j| rank_of(j).is_some_and(|other| other > rule.rank));
+                bucket.rules.insert(pos, idx);
+                bucket
+                    .ranges
+                    .insert(idx, rule.rank, open_ranges(shape, &rule.spec), rank_of);
             }
         }
         class.best = class.best.max(rule.rank);
@@ -475,7 +616,29 @@ impl RuleSet {
             let Some(bucket) = class.buckets.get(&key) else {
                 continue;
             };
-            for &i in bucket {
+            if let RangeIndex::On {
+                side,
+                starts,
+                best: best_of,
+            } = &bucket.ranges
+            {
+                let port = match side {
+                    Some(Side::Remote) => tuple.remote.port(),
+                    Some(Side::Local) | None => tuple.local.port(),
+                };
+                let at = starts.partition_point(|&s| s <= port).wrapping_sub(1);
+                let found = best_of
+                    .get(at)
+                    .and_then(|&i| self.rules.get(i as usize))
+                    .filter(|r| spec_matches(&r.spec, tuple));
+                if let Some(rule) = found {
+                    if best.is_none_or(|b| rule.rank > b.rank) {
+                        best = Some(rule);
+                    }
+                }
+                continue;
+            }
+            for &i in &bucket.rules {
                 let Some(rule) = self.rules.get(i as usize) else {
                     continue;
                 };
@@ -549,6 +712,43 @@ mod tests {
 
     fn winner(set: &RuleSet, t: &FiveTuple) -> Option<String> {
         set.lookup(t).map(|h| String::from(h.name.as_str()))
+    }
+
+    /// The range index at the ends of the port line, and a rule with ranges on both sides
+    /// turning a bucket back to a scan.
+    #[test]
+    fn range_index_edges() {
+        let mut set = RuleSet::new(8);
+        let mut high = base("high");
+        high.local_ports = ports(65_000, 65_535);
+        let mut low = base("low");
+        low.local_ports = ports(0, 10);
+        low.precedence = 200;
+        let mut all = base("all");
+        all.precedence = 1;
+        for s in [high, low, all] {
+            set.insert(s).unwrap();
+        }
+        let at = |set: &RuleSet, p: u16| {
+            winner(
+                set,
+                &tuple(Protocol::Udp, &alloc::format!("10.0.0.1:{p}"), "10.0.0.2:1"),
+            )
+        };
+        assert_eq!(at(&set, 65_535).as_deref(), Some("high"));
+        assert_eq!(at(&set, 65_000).as_deref(), Some("high"));
+        assert_eq!(at(&set, 64_999).as_deref(), Some("all"));
+        assert_eq!(at(&set, 0).as_deref(), Some("low"));
+        assert_eq!(at(&set, 10).as_deref(), Some("low"));
+        assert_eq!(at(&set, 11).as_deref(), Some("all"));
+        let mut both = base("both");
+        both.local_ports = ports(20, 30);
+        both.remote_ports = ports(1, 2);
+        both.precedence = 255;
+        set.insert(both).unwrap();
+        assert_eq!(at(&set, 25).as_deref(), Some("both"));
+        assert_eq!(at(&set, 31).as_deref(), Some("all"));
+        assert_eq!(at(&set, 65_535).as_deref(), Some("high"));
     }
 
     #[test]
@@ -742,7 +942,10 @@ mod tests {
             set.insert(r).unwrap();
         }
         assert_eq!(set.index.classes.len(), 1);
-        assert!(set.index.classes[0].buckets.values().all(|b| b.len() == 1));
+        assert!(set.index.classes[0]
+            .buckets
+            .values()
+            .all(|b| b.rules.len() == 1));
         let t = tuple(Protocol::Udp, "192.0.2.1:1", "10.0.3.231:5999");
         assert_eq!(winner(&set, &t).as_deref(), Some("r999"));
     }

@@ -5,15 +5,23 @@
 //! * `set_dscp` changes only the DSCP bits (the ECN bits are kept) and, on IPv4, the header
 //!   checksum bytes; after `Changed` the IPv4 header checksum is valid (checked by a full
 //!   recomputation written here); `Unchanged` and errors leave every byte as it was;
-//! * `set_pcp` changes only the PCP bits of the chosen tag.
+//! * `set_pcp` changes only the PCP bits of the chosen tag;
+//! * the engine's own path — `Engine::classify` (with a catch-all admin rule) then
+//!   `Engine::rewrite` of the mark it returns — never panics, obeys the same `set_dscp`
+//!   post-conditions (only the DSCP bits and the IPv4 checksum change, ECN kept, checksum
+//!   valid), and the rewritten packet then classifies as `AlreadyMarked`.
 //!
 //! The DSCP and PCP to write are derived from the input (the wrapping sum of its bytes), so
 //! the corpus files stay plain packets.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use qosmark_engine::abi::{Dscp, Pcp};
+use qosmark_engine::abi::{
+    heapless_name::RuleName, Caller, Dscp, Pcp, Privilege, Request, RuleAction, RuleProtocol,
+    RuleSpec,
+};
 use qosmark_engine::wire::{parse_ethernet, parse_ip, set_dscp, set_pcp, Rewrite};
+use qosmark_engine::{Engine, Limits, PacketMeta, Verdict};
 
 /// The Internet checksum of `header` (checksum field included) is valid.
 fn checksum_ok(header: &[u8]) -> bool {
@@ -32,6 +40,17 @@ fn checksum_ok(header: &[u8]) -> bool {
 fn check_dscp_rewrite(data: &[u8], dscp: Dscp) {
     let mut packet = data.to_vec();
     let result = set_dscp(&mut packet, dscp);
+    check_rewritten(data, &packet, result, dscp);
+}
+
+/// The post-conditions of a DSCP rewrite of `data` into `packet` that returned `result`.
+fn check_rewritten(
+    data: &[u8],
+    packet: &[u8],
+    result: Result<Rewrite, qosmark_engine::wire::WireError>,
+    dscp: Dscp,
+) {
+    let mut packet = packet.to_vec();
     match result {
         Err(_) | Ok(Rewrite::Unchanged) => {
             assert_eq!(packet, data, "bytes changed without Changed")
@@ -96,6 +115,44 @@ fn check_pcp_rewrite(data: &[u8], pcp: Pcp) {
     }
 }
 
+/// classify → rewrite, as a back end runs them, with a rule that marks every TCP/UDP packet.
+fn check_engine_path(data: &[u8], dscp: Dscp) {
+    let mut engine = Engine::new(Limits::default());
+    let admin = engine
+        .open_handle(Caller {
+            pid: 1,
+            privilege: Privilege::Admin,
+        })
+        .expect("a handle");
+    let rule = RuleSpec {
+        name: RuleName::try_new("all").expect("valid name"),
+        precedence: 1,
+        protocol: RuleProtocol::Any,
+        local_prefix: None,
+        remote_prefix: None,
+        local_ports: None,
+        remote_ports: None,
+        action: RuleAction::Dscp(dscp),
+        pcp: None,
+    };
+    engine
+        .apply(admin, &Request::AddRule(rule))
+        .expect("rule accepted");
+    let meta = PacketMeta::default();
+    if let Verdict::Mark(mark) = engine.classify(data, &meta, 0) {
+        assert_eq!(mark.dscp, Some(dscp), "the rule's mark");
+        let mut packet = data.to_vec();
+        let result = Engine::rewrite(&mut packet, mark);
+        assert!(result.is_ok(), "a classified packet must be rewritable");
+        check_rewritten(data, &packet, result, dscp);
+        assert_eq!(
+            engine.classify(&packet, &meta, 0),
+            Verdict::AlreadyMarked,
+            "a rewritten packet is already marked"
+        );
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let sum = data.iter().fold(0u8, |acc, &b| acc.wrapping_add(b));
     let dscp = Dscp::try_new(sum % 64).expect("value below 64");
@@ -106,4 +163,5 @@ fuzz_target!(|data: &[u8]| {
     }
     check_dscp_rewrite(data, dscp);
     check_pcp_rewrite(data, pcp);
+    check_engine_path(data, dscp);
 });

@@ -40,20 +40,23 @@
 //! * A live flow has at least one entry and belongs to a live handle.
 //! * The handle counts and the global entry count equal what the flows hold.
 //!
-//! ## Memory per registered socket (estimate, 64-bit)
-//! An [`Entry`] in its flow's vector is 48 bytes; its tier-map bucket is 44 bytes plus one
-//! control byte, and a `hashbrown` table is between 7/16 and 7/8 full, so the bucket costs
-//! 51-103 bytes: about 100-150 bytes per socket/destination entry. A flow adds its record
-//! (80 bytes, counters included) in a `flows` bucket of 84 bytes + 1 (97-194 bytes at those
-//! loads) plus the allocator's header for the entries vector. So a one-socket flow costs about
-//! 200-350 bytes (typically ~250), and every further socket or destination 100-150. The test
+//! ## Memory per registered socket (64-bit; measured in `tests/packet_path_alloc.rs`)
+//! A flow's record (104 bytes: counters, mark, owner, and its first [`Entry`] inline, see
+//! [`Entries`]) is boxed ([`FlowBox`]), so its `flows` bucket is only 16 + 1 bytes; its tier-map
+//! bucket is 44 + 1 bytes. A `hashbrown` table is between 7/16 and 7/8 full, so every bucket
+//! byte costs 8/7 to 16/7 bytes. A one-socket flow measures 231 bytes at 1 000 flows, 228 at
+//! 65 536, 246 right after a table doubled (the worst case); a flow's further sockets or
+//! destinations move to a vector of 48-byte entries, 100-150 bytes each. The test
 //! `memory_per_entry_is_bounded` pins the type sizes this estimate uses.
+use super::rate::{Bucket, RateLimit};
 use super::{CloseReport, HandleId, SocketHit};
 use crate::counters::Counters;
 use crate::traffic::{mark_for, user_may_set};
 use crate::tuple::{normalize, normalize_addr};
 use crate::{EngineError, FiveTuple, Limits};
+use alloc::boxed::Box;
 use alloc::vec::Vec;
+use core::hash::{Hash, Hasher};
 use core::net::{IpAddr, SocketAddr};
 use foldhash::fast::RandomState;
 use hashbrown::HashMap;
@@ -70,7 +73,7 @@ fn new_map<K, V>() -> Map<K, V> {
 }
 
 /// Tier 1 key: the full 5-tuple.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct ExactKey {
     protocol: Protocol,
     local_port: u16,
@@ -80,7 +83,7 @@ pub(crate) struct ExactKey {
 }
 
 /// Tier 2 key: the socket is bound to the unspecified address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct AnyLocalKey {
     protocol: Protocol,
     local_port: u16,
@@ -95,6 +98,37 @@ pub(crate) struct LocalKey {
     protocol: Protocol,
     local_port: u16,
     local: IpAddr,
+}
+
+/// An address as 128 bits for hashing (IPv4 as its v4-mapped form). Only the hash uses it:
+/// equality still compares the `IpAddr`s, so a v4 key and its v4-mapped twin merely collide.
+fn addr_bits(addr: IpAddr) -> u128 {
+    match addr {
+        IpAddr::V4(a) => u128::from(a.to_ipv6_mapped()),
+        IpAddr::V6(a) => u128::from(a),
+    }
+}
+
+/// Protocol and ports in one word.
+fn ports_word(protocol: Protocol, local_port: u16, remote_port: u16) -> u64 {
+    (u64::from(protocol.number()) << 32) | (u64::from(local_port) << 16) | u64::from(remote_port)
+}
+
+// The packet path hashes one key per tier probe: three wide writes instead of the derived
+// field-by-field hash (enum tags, slice lengths, single bytes) cost about half the instructions.
+impl Hash for ExactKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(ports_word(self.protocol, self.local_port, self.remote_port));
+        state.write_u128(addr_bits(self.local));
+        state.write_u128(addr_bits(self.remote));
+    }
+}
+
+impl Hash for AnyLocalKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(ports_word(self.protocol, self.local_port, self.remote_port));
+        state.write_u128(addr_bits(self.remote));
+    }
 }
 
 /// Tier 3 key: the socket has no local port yet. Owned by one socket of one handle, so two
@@ -278,7 +312,108 @@ pub(crate) struct Flow {
     mark: Mark,
     counters: Counters,
     /// Insertion order is kept (listing order).
-    entries: Vec<Entry>,
+    entries: Entries,
+}
+
+/// A flow's socket entries: the first inline (most QOS2 flows hold one socket), more on the
+/// heap. Saves the separate 48-byte allocation a one-entry `Vec` costs.
+#[derive(Debug)]
+pub(crate) enum Entries {
+    One(Entry),
+    Many(Vec<Entry>),
+}
+
+impl Entries {
+    fn as_slice(&self) -> &[Entry] {
+        match self {
+            Entries::One(e) => core::slice::from_ref(e),
+            Entries::Many(v) => v,
+        }
+    }
+
+    fn iter(&self) -> core::slice::Iter<'_, Entry> {
+        self.as_slice().iter()
+    }
+
+    fn iter_mut(&mut self) -> core::slice::IterMut<'_, Entry> {
+        match self {
+            Entries::One(e) => core::slice::from_mut(e).iter_mut(),
+            Entries::Many(v) => v.iter_mut(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.as_slice().is_empty()
+    }
+
+    /// Appends `entry`; on `NoMemory` nothing changed. Grows by exactly one: a flow's sockets
+    /// are few, and amortized doubling would waste up to half.
+    fn try_push(&mut self, entry: Entry) -> Result<(), EngineError> {
+        match self {
+            Entries::One(first) => {
+                let mut v = Vec::new();
+                v.try_reserve_exact(2)?;
+                v.push(*first);
+                v.push(entry);
+                *self = Entries::Many(v);
+            }
+            Entries::Many(v) => {
+                v.try_reserve_exact(1)?;
+                v.push(entry);
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps the entries `keep` accepts, in order. Allocates nothing.
+    fn retain(&mut self, mut keep: impl FnMut(&Entry) -> bool) {
+        match self {
+            Entries::One(e) => {
+                if !keep(e) {
+                    *self = Entries::Many(Vec::new());
+                }
+            }
+            Entries::Many(v) => v.retain(|e| keep(e)),
+        }
+    }
+}
+
+/// A flow record on the heap, allocated fallibly (`Box::new` aborts when memory runs out). A
+/// one-element array box is a thin pointer, so a `flows` bucket is 16 bytes.
+#[derive(Debug)]
+pub(crate) struct FlowBox(Box<[Flow; 1]>);
+
+impl FlowBox {
+    fn try_new(flow: Flow) -> Result<Self, EngineError> {
+        let mut v = Vec::new();
+        v.try_reserve_exact(1)?;
+        v.push(flow);
+        // Capacity is exactly 1, so the conversion does not reallocate.
+        let boxed: Box<[Flow; 1]> = v
+            .into_boxed_slice()
+            .try_into()
+            .map_err(|_| EngineError::NoMemory)?;
+        Ok(FlowBox(boxed))
+    }
+}
+
+impl core::ops::Deref for FlowBox {
+    type Target = Flow;
+    fn deref(&self) -> &Flow {
+        let [flow] = &*self.0;
+        flow
+    }
+}
+
+impl core::ops::DerefMut for FlowBox {
+    fn deref_mut(&mut self) -> &mut Flow {
+        let [flow] = &mut *self.0;
+        flow
+    }
 }
 
 impl Flow {
@@ -312,15 +447,21 @@ pub(crate) struct HandleState {
     pub(crate) caller: Caller,
     flows: usize,
     entries: usize,
+    /// Its budget of control requests (`super::rate`).
+    bucket: Bucket,
 }
 
 /// Control-plane state: handles, flows, socket entries, the traffic table.
 #[derive(Debug)]
 pub(crate) struct ControlState {
     limits: Limits,
+    /// Per-handle request rate ([`ControlState::charge`]).
+    rate: RateLimit,
     table: TrafficTable,
     handles: Map<HandleId, HandleState>,
-    flows: Map<FlowId, Flow>,
+    /// Boxed: the map's buckets stay small (a hash table is between 7/16 and 7/8 full, so
+    /// every byte of a bucket costs up to 16/7 bytes), the record itself is allocated once.
+    flows: Map<FlowId, FlowBox>,
     index: Index,
     next_handle: u32,
     next_flow: u32,
@@ -469,6 +610,7 @@ impl ControlState {
     pub(crate) fn new(limits: &Limits) -> Self {
         ControlState {
             limits: *limits,
+            rate: RateLimit::default(),
             table: crate::traffic::default_table(),
             handles: new_map(),
             flows: new_map(),
@@ -486,48 +628,70 @@ impl ControlState {
     /// The flow of an outbound packet, by tier precedence (module docs). O(1) expected, no
     /// allocation.
     pub(crate) fn lookup_flow(&self, tuple: &FiveTuple) -> Option<(FlowId, &Flow)> {
-        let local = normalize(tuple.local);
-        let remote_ip = normalize_addr(tuple.remote.ip());
-        let (protocol, remote_port) = (tuple.protocol, tuple.remote.port());
-        let exact = ExactKey {
-            protocol,
-            local_port: local.port(),
-            remote_port,
-            local: local.ip(),
-            remote: remote_ip,
+        // `FiveTuple`'s fields are public, so a caller may hand in a tuple that
+        // `FiveTuple::new` did not normalize.
+        let tuple = FiveTuple {
+            protocol: tuple.protocol,
+            local: normalize(tuple.local),
+            remote: SocketAddr::new(normalize_addr(tuple.remote.ip()), tuple.remote.port()),
         };
-        let any = AnyLocalKey {
-            protocol,
-            local_port: local.port(),
-            remote_port,
-            remote: remote_ip,
-        };
-        let local_key = |local| LocalKey {
-            protocol,
-            local_port: exact.local_port,
-            local,
-        };
-        let id = self
-            .index
-            .exact
-            .get(&exact)
-            .or_else(|| self.index.any_local.get(&any))
-            .or_else(|| {
-                if self.index.local.is_empty() {
-                    return None;
-                }
-                self.index.local.get(&local_key(exact.local)).or_else(|| {
-                    self.index
-                        .local
-                        .get(&local_key(unspecified_like(exact.local)))
-                })
-            })?;
-        self.flows.get(id).map(|f| (*id, f))
+        self.lookup_normalized(&tuple)
     }
 
-    /// The mark and counters for an outbound packet (see [`ControlState::lookup_flow`]).
+    /// [`ControlState::lookup_flow`] for a tuple built by `FiveTuple::new` (the packet path).
+    /// A tier without entries is not probed.
+    fn lookup_normalized(&self, tuple: &FiveTuple) -> Option<(FlowId, &Flow)> {
+        let (protocol, local_port, remote_port) =
+            (tuple.protocol, tuple.local.port(), tuple.remote.port());
+        let remote = tuple.remote.ip();
+        let exact = || {
+            if self.index.exact.is_empty() {
+                return None;
+            }
+            self.index.exact.get(&ExactKey {
+                protocol,
+                local_port,
+                remote_port,
+                local: tuple.local.ip(),
+                remote,
+            })
+        };
+        let any = || {
+            if self.index.any_local.is_empty() {
+                return None;
+            }
+            self.index.any_local.get(&AnyLocalKey {
+                protocol,
+                local_port,
+                remote_port,
+                remote,
+            })
+        };
+        // Tier 4 (kernel flows by local endpoint, any remote): the packet's local address,
+        // then the unspecified address of its family.
+        let local = || {
+            if self.index.local.is_empty() {
+                return None;
+            }
+            let key = |local| LocalKey {
+                protocol,
+                local_port,
+                local,
+            };
+            let local_ip = tuple.local.ip();
+            self.index
+                .local
+                .get(&key(local_ip))
+                .or_else(|| self.index.local.get(&key(unspecified_like(local_ip))))
+        };
+        let id = exact().or_else(any).or_else(local)?;
+        self.flows.get(id).map(|f| (*id, &**f))
+    }
+
+    /// The mark and counters for an outbound packet whose tuple `FiveTuple::new` built (see
+    /// [`ControlState::lookup_flow`]).
     pub(crate) fn lookup(&self, tuple: &FiveTuple) -> Option<SocketHit<'_>> {
-        self.lookup_flow(tuple).map(|(_, f)| SocketHit {
+        self.lookup_normalized(tuple).map(|(_, f)| SocketHit {
             mark: f.mark,
             counters: &f.counters,
             user_pid: f.user.then_some(f.pid),
@@ -548,6 +712,25 @@ impl ControlState {
 
     pub(crate) fn counts(&self) -> (usize, usize, usize) {
         (self.handles.len(), self.flows.len(), self.index.len())
+    }
+
+    /// Charges one request to `id`'s bucket at `now_ns`: 6 for an unknown handle, 1450 when
+    /// its budget is spent (`super::rate`).
+    pub(crate) fn charge(&mut self, id: HandleId, now_ns: u64) -> Result<(), EngineError> {
+        let rate = self.rate;
+        self.handles
+            .get_mut(&id)
+            .ok_or(EngineError::InvalidHandle)?
+            .bucket
+            .take(rate, now_ns)
+    }
+
+    pub(crate) fn rate(&self) -> RateLimit {
+        self.rate
+    }
+
+    pub(crate) fn set_rate(&mut self, rate: RateLimit) {
+        self.rate = rate;
     }
 
     /// The handle's state, or 6.
@@ -574,6 +757,7 @@ impl ControlState {
                 caller,
                 flows: 0,
                 entries: 0,
+                bucket: Bucket::full(),
             },
         );
         self.next_handle = raw.wrapping_add(1);
@@ -594,7 +778,7 @@ impl ControlState {
             if flow.handle != id {
                 return true;
             }
-            for e in &flow.entries {
+            for e in flow.entries.iter() {
                 index.remove(&e.key);
             }
             report.flows_removed += 1;
@@ -608,6 +792,7 @@ impl ControlState {
     fn own_flow(&self, handle: HandleId, id: FlowId) -> Result<&Flow, EngineError> {
         self.flows
             .get(&id)
+            .map(|f| &**f)
             .filter(|f| f.handle == handle)
             .ok_or(EngineError::NotFound)
     }
@@ -615,6 +800,7 @@ impl ControlState {
     fn own_flow_mut(&mut self, handle: HandleId, id: FlowId) -> Result<&mut Flow, EngineError> {
         self.flows
             .get_mut(&id)
+            .map(|f| &mut **f)
             .filter(|f| f.handle == handle)
             .ok_or(EngineError::NotFound)
     }
@@ -669,9 +855,9 @@ impl ControlState {
                 .flows
                 .get_mut(&req.flow_id)
                 .ok_or(EngineError::InvalidParameter)?;
-            flow.entries.try_reserve(1)?;
+            // Index room first: once the entry is in, nothing may fail.
             self.index.reserve(&key, 1)?;
-            flow.entries.push(entry);
+            flow.entries.try_push(entry)?;
             self.index.insert(key, req.flow_id);
             self.bump_handle(handle, 0, 1);
             return Ok(req.flow_id);
@@ -684,14 +870,8 @@ impl ControlState {
             self.flows.contains_key(&c)
         })?;
         let adaptive = req.flags & QOS_NON_ADAPTIVE_FLOW == 0;
-        let mut entries = Vec::new();
-        entries.try_reserve_exact(1)?;
-        entries.push(entry);
-        self.flows
-            .try_reserve(1)
-            .map_err(|_| EngineError::NoMemory)?;
-        self.index.reserve(&key, 1)?;
-        let flow = Flow {
+        let entries = Entries::One(entry);
+        let flow = FlowBox::try_new(Flow {
             handle,
             pid: hs.caller.pid,
             user: !privileged(hs.caller),
@@ -702,7 +882,11 @@ impl ControlState {
             mark: resolve(&self.table, req.traffic_type, adaptive, None),
             counters: Counters::default(),
             entries,
-        };
+        })?;
+        self.flows
+            .try_reserve(1)
+            .map_err(|_| EngineError::NoMemory)?;
+        self.index.reserve(&key, 1)?;
         self.flows.insert(id, flow);
         self.index.insert(key, id);
         self.next_flow = id.wrapping_add(1);
@@ -720,7 +904,7 @@ impl ControlState {
     /// Destroys a flow, unindexing its entries.
     fn destroy_flow(&mut self, id: FlowId) {
         if let Some(flow) = self.flows.remove(&id) {
-            for e in &flow.entries {
+            for e in flow.entries.iter() {
                 self.index.remove(&e.key);
             }
             let n = isize::try_from(flow.entries.len()).unwrap_or(isize::MAX);
@@ -740,6 +924,7 @@ impl ControlState {
         let flow = self
             .flows
             .get_mut(&id)
+            .map(|f| &mut **f)
             .filter(|f| f.handle == handle)
             .ok_or(EngineError::NotFound)?;
         let Some(socket) = socket else {
@@ -880,7 +1065,7 @@ impl ControlState {
         let index = &mut self.index;
         let mut count = 0;
         for (id, flow) in self.flows.iter_mut().filter(|(_, f)| f.handle == handle) {
-            for e in &mut flow.entries {
+            for e in flow.entries.iter_mut() {
                 if let Some(new_key) = pinned(&*e) {
                     index.remove(&e.key);
                     index.insert(new_key, *id);
@@ -918,9 +1103,6 @@ impl ControlState {
         let id = free_id(self.next_flow, self.flows.len(), |c| {
             self.flows.contains_key(&c)
         })?;
-        let mut entries = Vec::new();
-        entries.try_reserve_exact(1)?;
-        entries.push(Entry { socket: 0, key });
         self.flows
             .try_reserve(1)
             .map_err(|_| EngineError::NoMemory)?;
@@ -936,9 +1118,10 @@ impl ControlState {
             custom_pcp,
             mark: Mark::default(),
             counters: Counters::default(),
-            entries,
+            entries: Entries::One(Entry { socket: 0, key }),
         };
         new.mark = resolve_flow(&self.table, &new);
+        let new = FlowBox::try_new(new)?;
         self.flows.insert(id, new);
         self.index.insert(key, id);
         self.next_flow = id.wrapping_add(1);
@@ -1044,7 +1227,7 @@ impl ControlState {
             if f.mark != resolve_flow(&self.table, f) {
                 return Err("a cached mark is stale");
             }
-            for e in &f.entries {
+            for e in f.entries.iter() {
                 if self.index.holder(&e.key) != Some(*id) {
                     return Err("an entry is not indexed to its flow");
                 }
@@ -1136,7 +1319,8 @@ mod tests {
                 "{}",
                 size_of::<(ExactKey, FlowId)>()
             );
-            assert!(size_of::<Flow>() <= 80, "{}", size_of::<Flow>());
+            assert!(size_of::<Entries>() <= 56, "{}", size_of::<Entries>());
+            assert!(size_of::<Flow>() <= 104, "{}", size_of::<Flow>());
             // Worst case: map half full right after growing (7/16) → bucket + ctrl byte × 16/7.
             let worst = size_of::<Entry>() + (size_of::<(ExactKey, FlowId)>() + 1) * 16 / 7;
             assert!(worst <= 150, "{worst}");

@@ -98,14 +98,21 @@
 //! [`Mark`]. Memory: about 100-150 bytes per socket entry plus 100-200 per flow (estimate
 //! in the `flows` module docs).
 //!
+//! ## Limits and request rate
+//! Handles, flows and socket entries (globally and per handle) and rules are capped by
+//! [`crate::Limits`]; reaching a cap answers 1450 and stores nothing. The rate of requests is
+//! capped per handle by a token bucket ([`rate`], [`Engine::apply_at`]): 1450 as well.
+//!
 //! Every failing request leaves the state unchanged: checks come first, capacity is reserved
 //! before anything is written (`try_reserve`), and commits cannot fail.
 mod flows;
 mod kernel;
+pub mod rate;
 
 pub use kernel::KernelFlowState;
 
 pub(crate) use flows::ControlState;
+pub use rate::RateLimit;
 
 use crate::counters::Counters;
 use crate::{Engine, EngineError, FiveTuple};
@@ -251,6 +258,37 @@ impl Engine {
     /// [`EngineError::InvalidHandle`] if the handle is not open.
     pub fn close_handle(&mut self, handle: HandleId) -> Result<CloseReport, EngineError> {
         self.control.close_handle(handle)
+    }
+
+    /// [`Engine::apply`] under the per-handle request rate ([`rate`]): charges one request to
+    /// `handle` at `now_ns` (the back end's monotonic clock, nanoseconds), then applies it.
+    /// Back ends call this for every request a caller sends; [`Engine::apply`] alone is for
+    /// trusted callers and tests.
+    ///
+    /// # Errors
+    /// 6 for a closed handle; [`EngineError::LimitReached`] (1450) when the handle's budget is
+    /// spent — nothing changes; otherwise as [`Engine::apply`].
+    pub fn apply_at(
+        &mut self,
+        handle: HandleId,
+        req: &Request,
+        now_ns: u64,
+    ) -> Result<Response, EngineError> {
+        self.control.charge(handle, now_ns)?;
+        self.apply(handle, req)
+    }
+
+    /// The per-handle request rate [`Engine::apply_at`] enforces ([`RateLimit::default`] until
+    /// changed).
+    #[must_use]
+    pub fn rate_limit(&self) -> RateLimit {
+        self.control.rate()
+    }
+
+    /// Sets the per-handle request rate for every handle, open or future (a smaller burst
+    /// takes effect at each handle's next request).
+    pub fn set_rate_limit(&mut self, rate: RateLimit) {
+        self.control.set_rate(rate);
     }
 
     /// Applies one control request on behalf of `handle` (module docs for every rule).

@@ -5,9 +5,12 @@
 //! * Every function returns `BOOL` (`int`): `TRUE` (1) or `FALSE` (0) with the Win32 code in
 //!   the calling thread's last error — `SetLastError` on Windows, the exported
 //!   `QOSGetLastError()` on other systems. Success leaves the last error untouched.
-//! * Handles are small opaque values from a process-wide table, never pointers: a closed,
-//!   foreign or made-up handle (`NULL`, `0xdeadbeef`) answers 6 `ERROR_INVALID_HANDLE` (Wine's
-//!   Windows-validated tests, qos-api.md §5), without touching memory.
+//! * Handles are keys of a process-wide table, never pointers: a closed, foreign or made-up
+//!   handle (`NULL`, `0xdeadbeef`) answers 6 `ERROR_INVALID_HANDLE` (Wine's Windows-validated
+//!   tests, qos-api.md §5), without touching memory. On Windows the key is the `\\.\QosMark`
+//!   file handle itself, so, as with qWAVE, the application may associate the QOS2 handle with
+//!   its I/O completion port and pass it to `GetOverlappedResult` / `CancelIoEx`; elsewhere
+//!   (and for in-process handles) it is a counter value.
 //! * Checks, in order: handle (6); then the parameters this layer reads (87); then the back
 //!   end's answer; then the output size.
 //! * Size protocol (`QOSQueryFlow`, `QOSNotifyFlow`, `QOSEnumerateFlows`): `*Size` in = bytes
@@ -126,9 +129,59 @@ pub extern "system" fn QOSGetLastError() -> DWORD {
 // ------------------------------------------------------------------------------------------
 // Handle table
 
-static HANDLES: Mutex<BTreeMap<usize, Arc<QosHandle>>> = Mutex::new(BTreeMap::new());
-/// Handle values: `0x51_0000`, then every 4 (never reused in a process).
+type HandleTable = BTreeMap<usize, Arc<QosHandle>>;
+
+static HANDLES: Mutex<HandleTable> = Mutex::new(BTreeMap::new());
+/// Handle values of handles without a device (Unix, in-process): `0x51_0000`, then every 4.
 static NEXT_HANDLE: AtomicUsize = AtomicUsize::new(0x51_0000);
+/// How many counter values [`insert_handle`] tries before giving up (only a wrapped counter
+/// in a process with that many live handles could exhaust it).
+const KEY_ATTEMPTS: usize = 16;
+
+/// The device file handle under `h` (Windows); `None` elsewhere and for in-process handles.
+fn device_of(h: &QosHandle) -> Option<usize> {
+    #[cfg(windows)]
+    {
+        h.client().device()
+    }
+    #[cfg(not(windows))]
+    {
+        let _ = h;
+        None
+    }
+}
+
+/// Puts `h` in `table` and returns its QOS2 `HANDLE` value.
+///
+/// * With a device (Windows), the value **is** the `\\.\QosMark` file handle, as qWAVE's
+///   handle is a file handle: the application may associate it with its I/O completion port
+///   (`CreateIoCompletionPort`) and pass it to `GetOverlappedResult` / `CancelIoEx` for its
+///   overlapped `QOSSetFlow` / `QOSQueryFlow` / `QOSNotifyFlow` (qos-api.md §1, §6).
+/// * Otherwise a value from `next`, never 0 and never one in use (a value already in the table
+///   is skipped, so a live handle is never replaced).
+///
+/// `Err(h)` (→ 1450) when no free value was found: the caller drops `h` outside the lock.
+fn insert_handle(
+    table: &mut HandleTable,
+    next: &AtomicUsize,
+    device: Option<usize>,
+    h: Arc<QosHandle>,
+) -> Result<usize, Arc<QosHandle>> {
+    let free = |table: &HandleTable, v: usize| v != 0 && !table.contains_key(&v);
+    let value = match device {
+        Some(d) => Some(d).filter(|&d| free(table, d)),
+        None => (0..KEY_ATTEMPTS)
+            .map(|_| next.fetch_add(4, Ordering::Relaxed))
+            .find(|&v| free(table, v)),
+    };
+    match value {
+        Some(v) => {
+            table.insert(v, h);
+            Ok(v)
+        }
+        None => Err(h),
+    }
+}
 
 fn lookup(h: HANDLE) -> Option<Arc<QosHandle>> {
     lock(&HANDLES).get(&(h as usize)).cloned()
@@ -301,8 +354,16 @@ pub unsafe extern "system" fn QOSCreateHandle(
         Ok(c) => QosHandle::with_client(c),
         Err(e) => return fail(e),
     };
-    let value = NEXT_HANDLE.fetch_add(4, Ordering::Relaxed);
-    lock(&HANDLES).insert(value, Arc::new(handle));
+    let device = device_of(&handle);
+    let inserted = insert_handle(&mut lock(&HANDLES), &NEXT_HANDLE, device, Arc::new(handle));
+    let value = match inserted {
+        Ok(v) => v,
+        Err(unused) => {
+            // Closed here, outside the table lock.
+            drop(unused);
+            return fail_code(Win32Error::NO_SYSTEM_RESOURCES);
+        }
+    };
     // SAFETY: non-null `PHANDLE` per the QOS2 contract.
     unsafe { QOSHandle.write_unaligned(value as HANDLE) };
     TRUE
@@ -773,5 +834,62 @@ unsafe fn answer_fixed_size(size: *mut ULONG, buffer: *mut c_void, need: u32) ->
         None
     } else {
         Some(need)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code: a failure is a test failure")]
+    use super::*;
+    use qosmark_abi::{Caller, Privilege};
+    use qosmark_engine::{Engine, Limits};
+
+    fn a_handle() -> Arc<QosHandle> {
+        let engine = Arc::new(Mutex::new(Engine::new(Limits::default())));
+        let caller = Caller {
+            pid: 1,
+            privilege: Privilege::User,
+        };
+        Arc::new(QosHandle::with_client(
+            crate::client::Client::in_process(engine, caller).unwrap(),
+        ))
+    }
+
+    #[test]
+    fn a_device_handle_is_its_own_qos2_handle() {
+        let mut table = HandleTable::new();
+        let next = AtomicUsize::new(0x100);
+        assert_eq!(
+            insert_handle(&mut table, &next, Some(0x2c4), a_handle()).ok(),
+            Some(0x2c4)
+        );
+        // The counter is not used for device handles.
+        assert_eq!(next.load(Ordering::Relaxed), 0x100);
+        // A value already in the table is never replaced.
+        assert!(insert_handle(&mut table, &next, Some(0x2c4), a_handle()).is_err());
+        assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn counter_values_skip_zero_and_values_in_use() {
+        let mut table = HandleTable::new();
+        let next = AtomicUsize::new(0x2c4);
+        assert!(insert_handle(&mut table, &next, Some(0x2c8), a_handle()).is_ok());
+        assert_eq!(
+            insert_handle(&mut table, &next, None, a_handle()).ok(),
+            Some(0x2c4)
+        );
+        // 0x2c8 is taken by the device handle: skipped.
+        assert_eq!(
+            insert_handle(&mut table, &next, None, a_handle()).ok(),
+            Some(0x2cc)
+        );
+        // A wrapped counter never hands out 0 (NULL).
+        let wrapped = AtomicUsize::new(usize::MAX - 3);
+        let v = insert_handle(&mut table, &wrapped, None, a_handle()).unwrap();
+        assert_eq!(v, usize::MAX - 3);
+        let v = insert_handle(&mut table, &wrapped, None, a_handle()).unwrap();
+        assert_eq!(v, 4, "0 skipped after the wrap");
+        assert_eq!(table.len(), 5);
     }
 }

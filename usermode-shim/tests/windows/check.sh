@@ -13,7 +13,10 @@
 #     libqosmark.dll.a;
 #  5. under Wine (64-bit, no qosmark driver): `qosmarkctl.exe status` exits 3 with the
 #     "driver not installed or not started" message (also as --json), and the C program's
-#     QOSCreateHandle / QOSCloseHandle error-path checks pass.
+#     QOSCreateHandle / QOSCloseHandle error-path checks pass;
+#  6. under Wine, inprocess.c against a test-hooks qosmark.dll (in-process engine): the QOS2
+#     calls with real Winsock sockets (socket facts, DestAddr rules, dual stack, last error
+#     kept on success). The shipped qosmark.dll must not export the test hook.
 #
 # Needs: rustup targets x86_64-pc-windows-msvc and x86_64-pc-windows-gnu; apt packages
 # mingw-w64 (gcc-mingw-w64-x86-64), wine, wine64, python3. The Wine prefix lives in
@@ -52,16 +55,26 @@ step "cargo check --target x86_64-pc-windows-msvc"
 cargo check "${pkgs[@]}" --target x86_64-pc-windows-msvc --lib --bins
 
 step "cross build --target x86_64-pc-windows-gnu (mingw-w64)"
+# First the test variant of qosmark.dll (cargo feature test-hooks: in-process engine) for the
+# Winsock checks under Wine, kept apart; then the shipped one, which stays in $gnu.
+cargo build -p qosmark-capi --features test-hooks --target x86_64-pc-windows-gnu --lib
+rm -rf "$out"
+mkdir -p "$out/hooks"
+cp "$gnu/qosmark.dll" "$gnu/libqosmark.dll.a" "$out/hooks/"
 cargo build "${pkgs[@]}" --target x86_64-pc-windows-gnu --lib --bins
 for f in qosmark.dll libqosmark.dll.a qosmarkctl.exe; do
   [ -f "$gnu/$f" ] || fail "$gnu/$f was not built"
 done
-rm -rf "$out"
-mkdir -p "$out"
 cp "$gnu/qosmark.dll" "$gnu/qosmarkctl.exe" "$out/"
+# The shipped library has no test hook.
+x86_64-w64-mingw32-objdump -p "$out/qosmark.dll" >"$out/qosmark.objdump"
+if grep -q QmTestUseInProcessEngine "$out/qosmark.objdump"; then
+  fail "the shipped qosmark.dll exports the test hook"
+fi
 cc=(x86_64-w64-mingw32-gcc -std=c11 -O1 -Wall -Wextra -Werror)
 # Wine 8 lacks bcryptprimitives.dll, which Rust's std imports: see bcryptprimitives.c.
 "${cc[@]}" -shared -o "$out/bcryptprimitives.dll" "$here/bcryptprimitives.c" -ladvapi32
+cp "$out/bcryptprimitives.dll" "$out/hooks/"
 
 step "qosmark.h against mingw-w64 qos2.h"
 facts() { # facts <extra flags...>: "expression = value" lines of qos2_facts.h
@@ -147,6 +160,11 @@ echo "ok: exit 3, driver-absent message, JSON; bad flag exit 2"
 
 step "C program under Wine (no driver)"
 wine "$out/create_handle.exe" || fail "create_handle.exe failed under Wine"
+
+step "QOS2 with Winsock sockets under Wine (test-hooks qosmark.dll, in-process engine)"
+"${cc[@]}" -o "$out/hooks/inprocess.exe" -I"$include" "$here/inprocess.c" \
+  "$out/hooks/libqosmark.dll.a" -lws2_32
+wine "$out/hooks/inprocess.exe" || fail "inprocess.exe failed under Wine"
 
 step "done"
 echo "windows-shim: all checks passed in $((SECONDS - start))s"

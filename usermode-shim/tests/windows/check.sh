@@ -8,7 +8,8 @@
 #     library libqosmark.dll.a, qosmarkctl.exe;
 #  3. include/qosmark.h against mingw-w64's qos2.h (the independent oracle): every enumerator,
 #     enum size, structure size and field offset, compared at compile time (qos2_values.c,
-#     qos2_assert.c); and qosmark.dll exports every function qos2.h declares;
+#     qos2_assert.c); the eleven prototypes (gcc -aux-info, qos2_signatures.c); and
+#     qosmark.dll exports every function qos2.h declares;
 #  4. a C program (create_handle.c) built with x86_64-w64-mingw32-gcc against qosmark.h and
 #     libqosmark.dll.a;
 #  5. under Wine (64-bit, no qosmark driver): `qosmarkctl.exe status` exits 3 with the
@@ -97,6 +98,26 @@ if "${cc[@]}" -c -o /dev/null -I"$out/broken" -I"$include" "$here/qos2_assert.c"
 fi
 diff -u "$out/oracle.txt" "$out/ours.txt" || fail "qosmark.h differs from qos2.h (above)"
 echo "$n_facts facts equal"
+# The prototypes: name, parameter order and parameter types as written in each header.
+prototypes() { # prototypes <output> <extra flags...>
+  local o="$1"
+  shift
+  "${cc[@]}" -fsyntax-only -aux-info "$o.aux" -I"$include" "$@" "$here/qos2_signatures.c"
+  grep -o 'extern [A-Z]*BOOL QOS[A-Za-z]* (.*)' "$o.aux" | sed 's/^extern WINBOOL /extern BOOL /' |
+    sort >"$o"
+}
+prototypes "$out/oracle-prototypes.txt" -DQM_ORACLE
+prototypes "$out/our-prototypes.txt"
+[ "$(wc -l <"$out/oracle-prototypes.txt")" -eq 11 ] || fail "expected 11 prototypes in qos2.h"
+diff -u "$out/oracle-prototypes.txt" "$out/our-prototypes.txt" ||
+  fail "qosmark.h prototypes differ from qos2.h (above)"
+# The comparison must be able to fail: two parameters swapped are a difference.
+sed 's/(HANDLE, QOS_FLOWID, QOS_SET_FLOW, ULONG,/(HANDLE, QOS_SET_FLOW, QOS_FLOWID, ULONG,/' \
+  "$out/our-prototypes.txt" >"$out/broken/prototypes.txt"
+if diff -q "$out/oracle-prototypes.txt" "$out/broken/prototypes.txt" >/dev/null; then
+  fail "swapped parameters compared equal: the prototype comparison cannot fail"
+fi
+echo "11 prototypes equal"
 # Every function mingw's qos2.h declares is exported by qosmark.dll.
 qos2_h="$(echo '#include <qos2.h>' | x86_64-w64-mingw32-gcc -E -M -x c - | tr ' \\' '\n\n' | grep '/qos2\.h$' | sed -n 1p)"
 [ -n "$qos2_h" ] || fail "mingw-w64 qos2.h not found"

@@ -17,7 +17,8 @@
 #     QOSCreateHandle / QOSCloseHandle error-path checks pass;
 #  6. under Wine, inprocess.c against a test-hooks qosmark.dll (in-process engine): the QOS2
 #     calls with real Winsock sockets (socket facts, DestAddr rules, dual stack, last error
-#     kept on success). The shipped qosmark.dll must not export the test hook.
+#     kept on success). The shipped qosmark.dll must not export the test hook;
+#  7. qosmark-shim's unit tests built for x86_64-pc-windows-gnu, run under Wine.
 #
 # Needs: rustup targets x86_64-pc-windows-msvc and x86_64-pc-windows-gnu; apt packages
 # mingw-w64 (gcc-mingw-w64-x86-64), wine, wine64, python3. The Wine prefix lives in
@@ -186,6 +187,20 @@ step "QOS2 with Winsock sockets under Wine (test-hooks qosmark.dll, in-process e
 "${cc[@]}" -o "$out/hooks/inprocess.exe" -I"$include" "$here/inprocess.c" \
   "$out/hooks/libqosmark.dll.a" -lws2_32
 wine "$out/hooks/inprocess.exe" || fail "inprocess.exe failed under Wine"
+
+step "qosmark-shim unit tests for x86_64-pc-windows-gnu under Wine"
+# The library's own tests with the Windows code compiled in (transport helpers, socket facts).
+tests_exe="$(cargo test -p qosmark-shim --target x86_64-pc-windows-gnu --lib --no-run \
+  --message-format=json 2>/dev/null | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        print(m["executable"])
+')"
+[ -n "$tests_exe" ] || fail "no Windows unit-test executable"
+cp "$out/bcryptprimitives.dll" "$(dirname "$tests_exe")/"
+wine "$tests_exe" || fail "qosmark-shim unit tests failed under Wine"
 
 step "done"
 echo "windows-shim: all checks passed in $((SECONDS - start))s"

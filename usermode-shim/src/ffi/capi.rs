@@ -935,4 +935,59 @@ mod tests {
         assert_eq!(v, 4, "0 skipped after the wrap");
         assert_eq!(table.len(), 5);
     }
+
+    /// The calling thread's last error, as a C program reads it.
+    fn last_error() -> u32 {
+        #[cfg(windows)]
+        {
+            // SAFETY: reads the calling thread's last-error value.
+            unsafe { windows_sys::Win32::Foundation::GetLastError() }
+        }
+        #[cfg(not(windows))]
+        {
+            QOSGetLastError()
+        }
+    }
+
+    #[test]
+    fn last_error_is_per_thread_and_handles_are_shared_safely() {
+        let threads: Vec<_> = (0..8u32)
+            .map(|i| {
+                std::thread::spawn(move || {
+                    // Even threads fail with 6, odd ones with 87, interleaved.
+                    let mine = if i % 2 == 0 { 6 } else { 87 };
+                    for _ in 0..100 {
+                        let key =
+                            insert_handle(&mut lock(&HANDLES), &NEXT_HANDLE, None, a_handle())
+                                .unwrap();
+                        let h = key as HANDLE;
+                        if mine == 6 {
+                            assert_eq!(QOSCloseHandle(core::ptr::null_mut()), FALSE);
+                        } else {
+                            // SAFETY: null pointers are refused before use.
+                            let r = unsafe {
+                                QOSCreateHandle(core::ptr::null(), core::ptr::null_mut())
+                            };
+                            assert_eq!(r, FALSE);
+                        }
+                        std::thread::yield_now();
+                        assert_eq!(last_error(), mine);
+                        // A success leaves this thread's code alone.
+                        let mut size: ULONG = 0;
+                        // SAFETY: `size` is a live ULONG; a NULL buffer with no flows is fine.
+                        let r =
+                            unsafe { QOSEnumerateFlows(h, &raw mut size, core::ptr::null_mut()) };
+                        assert_eq!((r, size), (TRUE, 0));
+                        assert_eq!(last_error(), mine);
+                        assert_eq!(QOSCloseHandle(h), TRUE);
+                        assert_eq!(QOSCloseHandle(h), FALSE);
+                        assert_eq!(last_error(), 6);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
 }

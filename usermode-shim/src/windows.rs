@@ -21,7 +21,7 @@ use crate::client::Transport;
 use crate::error::{QosError, Result};
 use crate::ffi::os;
 use crate::socket::RawSock;
-use qosmark_abi::codec::{self, Reply, MAX_RECORD_LEN, MIN_OUTPUT_LEN};
+use qosmark_abi::codec::{self, AbiError, Reply, MAX_RECORD_LEN, MIN_OUTPUT_LEN};
 use qosmark_abi::ioctl::{RequestKind, USER_DEVICE_PATH};
 use qosmark_abi::status::Win32Error;
 use qosmark_abi::{Request, Response, PROTOCOL_VERSION};
@@ -74,6 +74,17 @@ fn first_capacity(kind: RequestKind) -> u32 {
     .max(MIN_OUTPUT_LEN)
 }
 
+/// The code for an answer that does not decode: a record of another protocol version is
+/// 1306 (as on the unix transport, so `qosmarkctl` says "different versions"), anything else
+/// a driver fault (31).
+fn answer_error(e: AbiError) -> QosError {
+    if matches!(e, AbiError::BadVersion) {
+        QosError::new(Win32Error::REVISION_MISMATCH)
+    } else {
+        QosError::GEN_FAILURE
+    }
+}
+
 /// The output capacity for the retry after `ERROR_MORE_DATA` asked for `required` bytes: more
 /// than `current`, and never above `MAX_RECORD_LEN` (no answer is longer, so a larger request
 /// is a driver fault: 31, rather than an allocation the driver chose).
@@ -101,7 +112,7 @@ impl Transport for DeviceTransport {
             let r = os::ioctl_sync(self.handle, kind.code(), &input, &mut output)
                 .map_err(|e| QosError::new(Win32Error(e)))?;
             let got = output.get(..r.bytes as usize).unwrap_or_default();
-            let reply = codec::decode_response(kind, got).map_err(|_| QosError::GEN_FAILURE)?;
+            let reply = codec::decode_response(kind, got).map_err(answer_error)?;
             match reply {
                 Reply::Response(resp) if !r.more_data => return Ok(resp),
                 Reply::Error(e) if e.win32 == Win32Error::INSUFFICIENT_BUFFER && r.more_data => {
@@ -121,7 +132,21 @@ impl Transport for DeviceTransport {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code: a failure is a test failure")]
     use super::*;
+
+    #[test]
+    fn an_answer_of_another_protocol_version_is_1306() {
+        let mut bytes = Vec::new();
+        codec::encode_response(&qosmark_abi::Response::Done, &mut bytes).unwrap_or_default();
+        // The header's version field follows the 4-byte magic (abi codec docs).
+        if let Some(v) = bytes.get_mut(4) {
+            *v = v.wrapping_add(1);
+        }
+        let e = codec::decode_response(RequestKind::SetFlow, &bytes).unwrap_err();
+        assert_eq!(answer_error(e).raw(), 1306);
+        assert_eq!(answer_error(AbiError::Truncated).raw(), 31);
+    }
 
     #[test]
     fn more_data_capacity_grows_and_is_bounded() {

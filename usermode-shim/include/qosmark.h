@@ -9,6 +9,15 @@
  * Every function returns BOOL: TRUE, or FALSE with a Win32 error code in the calling
  * thread's last error - GetLastError() on Windows, QOSGetLastError() elsewhere.
  *
+ * On Windows the QOS2 handle is a file handle (the qosmark device \\.\QosMark), as qWAVE's
+ * is: it may be associated with an I/O completion port. QOSSetFlow / QOSQueryFlow /
+ * QOSNotifyFlow with an OVERLAPPED return FALSE + ERROR_IO_PENDING (997) and complete
+ * through its event or the port with the QOS2 error code; like DeviceIoControl, they may also
+ * succeed at once (TRUE: the event is set and, unless the application asked for
+ * FILE_SKIP_COMPLETION_PORT_ON_SUCCESS, a completion packet is queued all the same) or fail
+ * at once (FALSE with another code). The Buffer of a pending QOSQueryFlow must stay valid until
+ * completion.
+ *
  * On systems other than Windows:
  *   HANDLE = void *, SOCKET = the socket's file descriptor as uintptr_t, BOOL = int,
  *   ULONG / DWORD = 32-bit unsigned (as on Windows), OVERLAPPED is an opaque structure:

@@ -5,9 +5,12 @@
 //! * Every function returns `BOOL` (`int`): `TRUE` (1) or `FALSE` (0) with the Win32 code in
 //!   the calling thread's last error — `SetLastError` on Windows, the exported
 //!   `QOSGetLastError()` on other systems. Success leaves the last error untouched.
-//! * Handles are small opaque values from a process-wide table, never pointers: a closed,
-//!   foreign or made-up handle (`NULL`, `0xdeadbeef`) answers 6 `ERROR_INVALID_HANDLE` (Wine's
-//!   Windows-validated tests, qos-api.md §5), without touching memory.
+//! * Handles are keys of a process-wide table, never pointers: a closed, foreign or made-up
+//!   handle (`NULL`, `0xdeadbeef`) answers 6 `ERROR_INVALID_HANDLE` (Wine's Windows-validated
+//!   tests, qos-api.md §5), without touching memory. On Windows the key is the `\\.\QosMark`
+//!   file handle itself, so, as with qWAVE, the application may associate the QOS2 handle with
+//!   its I/O completion port and pass it to `GetOverlappedResult` / `CancelIoEx`; elsewhere
+//!   (and for in-process handles) it is a counter value.
 //! * Checks, in order: handle (6); then the parameters this layer reads (87); then the back
 //!   end's answer; then the output size.
 //! * Size protocol (`QOSQueryFlow`, `QOSNotifyFlow`, `QOSEnumerateFlows`): `*Size` in = bytes
@@ -109,6 +112,28 @@ fn fail_code(code: Win32Error) -> BOOL {
     fail(QosError::new(code))
 }
 
+/// Runs an exported function's body; when it succeeds, the calling thread's last error is
+/// what it was before the call (qos-api.md §5: success leaves it untouched), although the
+/// system calls made on the way (a pending `DeviceIoControl`, `getpeername` on an unconnected
+/// socket, ...) may have changed it. Only Windows has such a shared last error.
+fn keep_last_error_on_success(body: impl FnOnce() -> BOOL) -> BOOL {
+    #[cfg(windows)]
+    {
+        use windows_sys::Win32::Foundation::GetLastError;
+        // SAFETY: reads the calling thread's last-error value.
+        let before = unsafe { GetLastError() };
+        let r = body();
+        if r != FALSE {
+            set_last_error(before);
+        }
+        r
+    }
+    #[cfg(not(windows))]
+    {
+        body()
+    }
+}
+
 fn done(r: crate::error::Result<()>) -> BOOL {
     match r {
         Ok(()) => TRUE,
@@ -126,9 +151,59 @@ pub extern "system" fn QOSGetLastError() -> DWORD {
 // ------------------------------------------------------------------------------------------
 // Handle table
 
-static HANDLES: Mutex<BTreeMap<usize, Arc<QosHandle>>> = Mutex::new(BTreeMap::new());
-/// Handle values: `0x51_0000`, then every 4 (never reused in a process).
+type HandleTable = BTreeMap<usize, Arc<QosHandle>>;
+
+static HANDLES: Mutex<HandleTable> = Mutex::new(BTreeMap::new());
+/// Handle values of handles without a device (Unix, in-process): `0x51_0000`, then every 4.
 static NEXT_HANDLE: AtomicUsize = AtomicUsize::new(0x51_0000);
+/// How many counter values [`insert_handle`] tries before giving up (only a wrapped counter
+/// in a process with that many live handles could exhaust it).
+const KEY_ATTEMPTS: usize = 16;
+
+/// The device file handle under `h` (Windows); `None` elsewhere and for in-process handles.
+fn device_of(h: &QosHandle) -> Option<usize> {
+    #[cfg(windows)]
+    {
+        h.client().device()
+    }
+    #[cfg(not(windows))]
+    {
+        let _ = h;
+        None
+    }
+}
+
+/// Puts `h` in `table` and returns its QOS2 `HANDLE` value.
+///
+/// * With a device (Windows), the value **is** the `\\.\QosMark` file handle, as qWAVE's
+///   handle is a file handle: the application may associate it with its I/O completion port
+///   (`CreateIoCompletionPort`) and pass it to `GetOverlappedResult` / `CancelIoEx` for its
+///   overlapped `QOSSetFlow` / `QOSQueryFlow` / `QOSNotifyFlow` (qos-api.md §1, §6).
+/// * Otherwise a value from `next`, never 0 and never one in use (a value already in the table
+///   is skipped, so a live handle is never replaced).
+///
+/// `Err(h)` (→ 1450) when no free value was found: the caller drops `h` outside the lock.
+fn insert_handle(
+    table: &mut HandleTable,
+    next: &AtomicUsize,
+    device: Option<usize>,
+    h: Arc<QosHandle>,
+) -> Result<usize, Arc<QosHandle>> {
+    let free = |table: &HandleTable, v: usize| v != 0 && !table.contains_key(&v);
+    let value = match device {
+        Some(d) => Some(d).filter(|&d| free(table, d)),
+        None => (0..KEY_ATTEMPTS)
+            .map(|_| next.fetch_add(4, Ordering::Relaxed))
+            .find(|&v| free(table, v)),
+    };
+    match value {
+        Some(v) => {
+            table.insert(v, h);
+            Ok(v)
+        }
+        None => Err(h),
+    }
+}
 
 fn lookup(h: HANDLE) -> Option<Arc<QosHandle>> {
     lock(&HANDLES).get(&(h as usize)).cloned()
@@ -289,37 +364,49 @@ pub unsafe extern "system" fn QOSCreateHandle(
     Version: *const QOS_VERSION,
     QOSHandle: *mut HANDLE,
 ) -> BOOL {
-    if Version.is_null() || QOSHandle.is_null() {
-        return fail(QosError::INVALID_PARAMETER);
-    }
-    // SAFETY: non-null `PQOS_VERSION` (4 bytes) per the QOS2 contract.
-    let v = unsafe { Version.read_unaligned() };
-    if v.MajorVersion != 1 || v.MinorVersion != 0 {
-        return fail(QosError::INVALID_PARAMETER);
-    }
-    let handle = match open_client() {
-        Ok(c) => QosHandle::with_client(c),
-        Err(e) => return fail(e),
-    };
-    let value = NEXT_HANDLE.fetch_add(4, Ordering::Relaxed);
-    lock(&HANDLES).insert(value, Arc::new(handle));
-    // SAFETY: non-null `PHANDLE` per the QOS2 contract.
-    unsafe { QOSHandle.write_unaligned(value as HANDLE) };
-    TRUE
+    keep_last_error_on_success(|| {
+        if Version.is_null() || QOSHandle.is_null() {
+            return fail(QosError::INVALID_PARAMETER);
+        }
+        // SAFETY: non-null `PQOS_VERSION` (4 bytes) per the QOS2 contract.
+        let v = unsafe { Version.read_unaligned() };
+        if v.MajorVersion != 1 || v.MinorVersion != 0 {
+            return fail(QosError::INVALID_PARAMETER);
+        }
+        let handle = match open_client() {
+            Ok(c) => QosHandle::with_client(c),
+            Err(e) => return fail(e),
+        };
+        let device = device_of(&handle);
+        let inserted = insert_handle(&mut lock(&HANDLES), &NEXT_HANDLE, device, Arc::new(handle));
+        let value = match inserted {
+            Ok(v) => v,
+            Err(unused) => {
+                // Closed here, outside the table lock.
+                drop(unused);
+                return fail_code(Win32Error::NO_SYSTEM_RESOURCES);
+            }
+        };
+        // SAFETY: non-null `PHANDLE` per the QOS2 contract.
+        unsafe { QOSHandle.write_unaligned(value as HANDLE) };
+        TRUE
+    })
 }
 
 /// `QOSCloseHandle`.
 #[no_mangle]
 pub extern "system" fn QOSCloseHandle(QOSHandle: HANDLE) -> BOOL {
-    let removed = lock(&HANDLES).remove(&(QOSHandle as usize));
-    // Dropped outside the table lock: the last reference closes the connection.
-    match removed {
-        Some(h) => {
-            drop(h);
-            TRUE
+    keep_last_error_on_success(|| {
+        let removed = lock(&HANDLES).remove(&(QOSHandle as usize));
+        // Dropped outside the table lock: the last reference closes the connection.
+        match removed {
+            Some(h) => {
+                drop(h);
+                TRUE
+            }
+            None => fail(QosError::INVALID_HANDLE),
         }
-        None => fail(QosError::INVALID_HANDLE),
-    }
+    })
 }
 
 /// `QOSAddSocketToFlow`.
@@ -332,30 +419,32 @@ pub unsafe extern "system" fn QOSAddSocketToFlow(
     Flags: DWORD,
     FlowId: *mut QOS_FLOWID,
 ) -> BOOL {
-    let h = handle_or_fail!(QOSHandle);
-    // SAFETY: `PQOS_FLOWID` in/out per the QOS2 contract (null is refused).
-    let Some(flow_in) = (unsafe { read_u32(FlowId) }) else {
-        return fail(QosError::INVALID_PARAMETER);
-    };
-    let Ok(tt) = TrafficType::try_from_u32(TrafficType) else {
-        return fail(QosError::INVALID_PARAMETER);
-    };
-    // SAFETY: `PSOCKADDR` per the QOS2 contract.
-    let dest = match unsafe { read_sockaddr(DestAddr) } {
-        Ok(d) => d,
-        Err(e) => return fail(e),
-    };
-    let Some(socket) = raw_socket(Socket) else {
-        return fail(QosError::INVALID_PARAMETER);
-    };
-    match h.add_raw_socket_to_flow(socket, dest, tt, Flags, flow_in) {
-        Ok(id) => {
-            // SAFETY: as above.
-            unsafe { write_u32(FlowId, id) };
-            TRUE
+    keep_last_error_on_success(|| {
+        let h = handle_or_fail!(QOSHandle);
+        // SAFETY: `PQOS_FLOWID` in/out per the QOS2 contract (null is refused).
+        let Some(flow_in) = (unsafe { read_u32(FlowId) }) else {
+            return fail(QosError::INVALID_PARAMETER);
+        };
+        let Ok(tt) = TrafficType::try_from_u32(TrafficType) else {
+            return fail(QosError::INVALID_PARAMETER);
+        };
+        // SAFETY: `PSOCKADDR` per the QOS2 contract.
+        let dest = match unsafe { read_sockaddr(DestAddr) } {
+            Ok(d) => d,
+            Err(e) => return fail(e),
+        };
+        let Some(socket) = raw_socket(Socket) else {
+            return fail(QosError::INVALID_PARAMETER);
+        };
+        match h.add_raw_socket_to_flow(socket, dest, tt, Flags, flow_in) {
+            Ok(id) => {
+                // SAFETY: as above.
+                unsafe { write_u32(FlowId, id) };
+                TRUE
+            }
+            Err(e) => fail(e),
         }
-        Err(e) => fail(e),
-    }
+    })
 }
 
 /// `QOSRemoveSocketFromFlow`.
@@ -366,19 +455,21 @@ pub extern "system" fn QOSRemoveSocketFromFlow(
     FlowId: QOS_FLOWID,
     Flags: DWORD,
 ) -> BOOL {
-    let h = handle_or_fail!(QOSHandle);
-    if Flags != 0 {
-        return fail(QosError::INVALID_PARAMETER);
-    }
-    let socket = if Socket == 0 {
-        None
-    } else {
-        match raw_socket(Socket) {
-            Some(s) => Some(s),
-            None => return fail_code(Win32Error::NOT_FOUND),
+    keep_last_error_on_success(|| {
+        let h = handle_or_fail!(QOSHandle);
+        if Flags != 0 {
+            return fail(QosError::INVALID_PARAMETER);
         }
-    };
-    done(h.remove_raw_socket_from_flow(socket, FlowId))
+        let socket = if Socket == 0 {
+            None
+        } else {
+            match raw_socket(Socket) {
+                Some(s) => Some(s),
+                None => return fail_code(Win32Error::NOT_FOUND),
+            }
+        };
+        done(h.remove_raw_socket_from_flow(socket, FlowId))
+    })
 }
 
 /// The `QOSSetFlow` operation from its buffer; 87 for a short buffer or a bad value.
@@ -428,22 +519,24 @@ pub unsafe extern "system" fn QOSSetFlow(
     Flags: DWORD,
     Overlapped: *mut c_void,
 ) -> BOOL {
-    let h = handle_or_fail!(QOSHandle);
-    if Flags != 0 {
-        return fail(QosError::INVALID_PARAMETER);
-    }
-    // SAFETY: `_In_reads_bytes_(Size) PVOID Buffer` per the QOS2 contract.
-    let Some(buf) = (unsafe { bytes_in(Buffer, Size as usize) }) else {
-        return fail(QosError::INVALID_PARAMETER);
-    };
-    let op = match set_flow_op(Operation, buf) {
-        Ok(op) => op,
-        Err(e) => return fail(e),
-    };
-    if !Overlapped.is_null() {
-        return overlapped::set_flow(&h, FlowId, op, Overlapped);
-    }
-    done(h.set_flow(FlowId, op))
+    keep_last_error_on_success(|| {
+        let h = handle_or_fail!(QOSHandle);
+        if Flags != 0 {
+            return fail(QosError::INVALID_PARAMETER);
+        }
+        // SAFETY: `_In_reads_bytes_(Size) PVOID Buffer` per the QOS2 contract.
+        let Some(buf) = (unsafe { bytes_in(Buffer, Size as usize) }) else {
+            return fail(QosError::INVALID_PARAMETER);
+        };
+        let op = match set_flow_op(Operation, buf) {
+            Ok(op) => op,
+            Err(e) => return fail(e),
+        };
+        if !Overlapped.is_null() {
+            return overlapped::set_flow(&h, FlowId, op, Overlapped);
+        }
+        done(h.set_flow(FlowId, op))
+    })
 }
 
 /// `QOSQueryFlow`.
@@ -457,36 +550,39 @@ pub unsafe extern "system" fn QOSQueryFlow(
     Flags: DWORD,
     Overlapped: *mut c_void,
 ) -> BOOL {
-    let h = handle_or_fail!(QOSHandle);
-    let op = match Operation {
-        0 => QueryFlow::Fundamentals,
-        1 => QueryFlow::PacketPriority,
-        2 => QueryFlow::OutgoingRate,
-        _ => return fail(QosError::INVALID_PARAMETER),
-    };
-    let fresh_ok = Flags == 0 || (Flags == QOS_QUERYFLOW_FRESH && op == QueryFlow::Fundamentals);
-    if Size.is_null() || !fresh_ok {
-        return fail(QosError::INVALID_PARAMETER);
-    }
-    if !Overlapped.is_null() {
-        // SAFETY: `Size` / `Buffer` per the QOS2 contract, handed on unchanged.
-        return unsafe { overlapped::query_flow(&h, FlowId, op, Size, Buffer, Overlapped) };
-    }
-    let data: Vec<u8> = match h.query_flow(FlowId, op) {
-        Ok(FlowQuery::PacketPriority(p)) => [
-            p.conformant_dscp,
-            p.non_conformant_dscp,
-            p.conformant_l2,
-            p.non_conformant_l2,
-        ]
-        .iter()
-        .flat_map(|v| v.to_ne_bytes())
-        .collect(),
-        Ok(FlowQuery::OutgoingRate(r)) => r.to_ne_bytes().to_vec(),
-        Err(e) => return fail(e),
-    };
-    // SAFETY: `_Inout_ PULONG Size`, `_Out_writes_bytes_(*Size) PVOID Buffer`.
-    unsafe { answer_sized(Size, Buffer, &data) }
+    keep_last_error_on_success(|| {
+        let h = handle_or_fail!(QOSHandle);
+        let op = match Operation {
+            0 => QueryFlow::Fundamentals,
+            1 => QueryFlow::PacketPriority,
+            2 => QueryFlow::OutgoingRate,
+            _ => return fail(QosError::INVALID_PARAMETER),
+        };
+        let fresh_ok =
+            Flags == 0 || (Flags == QOS_QUERYFLOW_FRESH && op == QueryFlow::Fundamentals);
+        if Size.is_null() || !fresh_ok {
+            return fail(QosError::INVALID_PARAMETER);
+        }
+        if !Overlapped.is_null() {
+            // SAFETY: `Size` / `Buffer` per the QOS2 contract, handed on unchanged.
+            return unsafe { overlapped::query_flow(&h, FlowId, op, Size, Buffer, Overlapped) };
+        }
+        let data: Vec<u8> = match h.query_flow(FlowId, op) {
+            Ok(FlowQuery::PacketPriority(p)) => [
+                p.conformant_dscp,
+                p.non_conformant_dscp,
+                p.conformant_l2,
+                p.non_conformant_l2,
+            ]
+            .iter()
+            .flat_map(|v| v.to_ne_bytes())
+            .collect(),
+            Ok(FlowQuery::OutgoingRate(r)) => r.to_ne_bytes().to_vec(),
+            Err(e) => return fail(e),
+        };
+        // SAFETY: `_Inout_ PULONG Size`, `_Out_writes_bytes_(*Size) PVOID Buffer`.
+        unsafe { answer_sized(Size, Buffer, &data) }
+    })
 }
 
 /// `QOSNotifyFlow`.
@@ -500,58 +596,62 @@ pub unsafe extern "system" fn QOSNotifyFlow(
     Flags: DWORD,
     Overlapped: *mut c_void,
 ) -> BOOL {
-    let h = handle_or_fail!(QOSHandle);
-    let op = match Operation {
-        0 => NotifyFlow::Congested,
-        1 => NotifyFlow::Uncongested,
-        2 => NotifyFlow::Available,
-        _ => return fail(QosError::INVALID_PARAMETER),
-    };
-    if Flags != 0 {
-        return fail(QosError::INVALID_PARAMETER);
-    }
-    let threshold = match op {
-        NotifyFlow::Available => {
-            // SAFETY: `_Inout_opt_ PULONG Size` per the QOS2 contract.
-            let Some(have) = (unsafe { read_u32(Size) }) else {
-                return fail(QosError::INVALID_PARAMETER);
-            };
-            if have < 8 || Buffer.is_null() {
-                // SAFETY: as above; `Size` is non-null here.
-                unsafe { write_u32(Size, 8) };
-                return fail_code(Win32Error::INSUFFICIENT_BUFFER);
-            }
-            // SAFETY: `Buffer` holds `*Size` ≥ 8 bytes (`_Inout_updates_bytes_opt_(*Size)`).
-            let b = unsafe { bytes_in(Buffer, 8) };
-            let Some(v) = b
-                .and_then(|b| b.first_chunk::<8>())
-                .map(|b| u64::from_ne_bytes(*b))
-            else {
-                return fail(QosError::INVALID_PARAMETER);
-            };
-            Some(v)
+    keep_last_error_on_success(|| {
+        let h = handle_or_fail!(QOSHandle);
+        let op = match Operation {
+            0 => NotifyFlow::Congested,
+            1 => NotifyFlow::Uncongested,
+            2 => NotifyFlow::Available,
+            _ => return fail(QosError::INVALID_PARAMETER),
+        };
+        if Flags != 0 {
+            return fail(QosError::INVALID_PARAMETER);
         }
-        NotifyFlow::Congested | NotifyFlow::Uncongested => {
-            if !Buffer.is_null() {
-                return fail(QosError::INVALID_PARAMETER);
+        let threshold = match op {
+            NotifyFlow::Available => {
+                // SAFETY: `_Inout_opt_ PULONG Size` per the QOS2 contract.
+                let Some(have) = (unsafe { read_u32(Size) }) else {
+                    return fail(QosError::INVALID_PARAMETER);
+                };
+                if have < 8 || Buffer.is_null() {
+                    // SAFETY: as above; `Size` is non-null here.
+                    unsafe { write_u32(Size, 8) };
+                    return fail_code(Win32Error::INSUFFICIENT_BUFFER);
+                }
+                // SAFETY: `Buffer` holds `*Size` ≥ 8 bytes (`_Inout_updates_bytes_opt_(*Size)`).
+                let b = unsafe { bytes_in(Buffer, 8) };
+                let Some(v) = b
+                    .and_then(|b| b.first_chunk::<8>())
+                    .map(|b| u64::from_ne_bytes(*b))
+                else {
+                    return fail(QosError::INVALID_PARAMETER);
+                };
+                Some(v)
             }
-            None
+            NotifyFlow::Congested | NotifyFlow::Uncongested => {
+                if !Buffer.is_null() {
+                    return fail(QosError::INVALID_PARAMETER);
+                }
+                None
+            }
+        };
+        if !Overlapped.is_null() {
+            return overlapped::notify_flow(&h, FlowId, op, threshold, Overlapped);
         }
-    };
-    if !Overlapped.is_null() {
-        return overlapped::notify_flow(&h, FlowId, op, threshold, Overlapped);
-    }
-    done(h.notify_flow(FlowId, op, threshold))
+        done(h.notify_flow(FlowId, op, threshold))
+    })
 }
 
 /// `QOSCancel`.
 #[no_mangle]
 pub extern "system" fn QOSCancel(QOSHandle: HANDLE, Overlapped: *mut c_void) -> BOOL {
-    let h = handle_or_fail!(QOSHandle);
-    if Overlapped.is_null() {
-        return fail(QosError::INVALID_PARAMETER);
-    }
-    overlapped::cancel(&h, Overlapped)
+    keep_last_error_on_success(|| {
+        let h = handle_or_fail!(QOSHandle);
+        if Overlapped.is_null() {
+            return fail(QosError::INVALID_PARAMETER);
+        }
+        overlapped::cancel(&h, Overlapped)
+    })
 }
 
 /// `QOSEnumerateFlows`.
@@ -561,17 +661,19 @@ pub unsafe extern "system" fn QOSEnumerateFlows(
     Size: *mut ULONG,
     Buffer: *mut c_void,
 ) -> BOOL {
-    let h = handle_or_fail!(QOSHandle);
-    if Size.is_null() {
-        return fail(QosError::INVALID_PARAMETER);
-    }
-    let ids = match h.enumerate_flows() {
-        Ok(ids) => ids,
-        Err(e) => return fail(e),
-    };
-    let data: Vec<u8> = ids.iter().flat_map(|id| id.to_ne_bytes()).collect();
-    // SAFETY: `_Inout_ PULONG Size`, `_Out_writes_bytes_(*Size) PVOID Buffer`.
-    unsafe { answer_sized(Size, Buffer, &data) }
+    keep_last_error_on_success(|| {
+        let h = handle_or_fail!(QOSHandle);
+        if Size.is_null() {
+            return fail(QosError::INVALID_PARAMETER);
+        }
+        let ids = match h.enumerate_flows() {
+            Ok(ids) => ids,
+            Err(e) => return fail(e),
+        };
+        let data: Vec<u8> = ids.iter().flat_map(|id| id.to_ne_bytes()).collect();
+        // SAFETY: `_Inout_ PULONG Size`, `_Out_writes_bytes_(*Size) PVOID Buffer`.
+        unsafe { answer_sized(Size, Buffer, &data) }
+    })
 }
 
 /// `QOSStartTrackingClient`: accepted, nothing to do (see `qos2` module docs).
@@ -598,17 +700,19 @@ pub unsafe extern "system" fn QOSStopTrackingClient(
 
 /// SAFETY (caller): `dest` is null or a valid `PSOCKADDR`.
 unsafe fn tracking(handle: HANDLE, dest: *const c_void, flags: DWORD, start: bool) -> BOOL {
-    let h = handle_or_fail!(handle);
-    // SAFETY: per this function's contract.
-    let dest = match unsafe { read_sockaddr(dest) } {
-        Ok(Some(d)) => d,
-        Ok(None) => return fail(QosError::INVALID_PARAMETER),
-        Err(e) => return fail(e),
-    };
-    done(if start {
-        h.start_tracking_client(dest, flags)
-    } else {
-        h.stop_tracking_client(dest, flags)
+    keep_last_error_on_success(|| {
+        let h = handle_or_fail!(handle);
+        // SAFETY: per this function's contract.
+        let dest = match unsafe { read_sockaddr(dest) } {
+            Ok(Some(d)) => d,
+            Ok(None) => return fail(QosError::INVALID_PARAMETER),
+            Err(e) => return fail(e),
+        };
+        done(if start {
+            h.start_tracking_client(dest, flags)
+        } else {
+            h.stop_tracking_client(dest, flags)
+        })
     })
 }
 
@@ -773,5 +877,117 @@ unsafe fn answer_fixed_size(size: *mut ULONG, buffer: *mut c_void, need: u32) ->
         None
     } else {
         Some(need)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code: a failure is a test failure")]
+    use super::*;
+    use qosmark_abi::{Caller, Privilege};
+    use qosmark_engine::{Engine, Limits};
+
+    fn a_handle() -> Arc<QosHandle> {
+        let engine = Arc::new(Mutex::new(Engine::new(Limits::default())));
+        let caller = Caller {
+            pid: 1,
+            privilege: Privilege::User,
+        };
+        Arc::new(QosHandle::with_client(
+            crate::client::Client::in_process(engine, caller).unwrap(),
+        ))
+    }
+
+    #[test]
+    fn a_device_handle_is_its_own_qos2_handle() {
+        let mut table = HandleTable::new();
+        let next = AtomicUsize::new(0x100);
+        assert_eq!(
+            insert_handle(&mut table, &next, Some(0x2c4), a_handle()).ok(),
+            Some(0x2c4)
+        );
+        // The counter is not used for device handles.
+        assert_eq!(next.load(Ordering::Relaxed), 0x100);
+        // A value already in the table is never replaced.
+        assert!(insert_handle(&mut table, &next, Some(0x2c4), a_handle()).is_err());
+        assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn counter_values_skip_zero_and_values_in_use() {
+        let mut table = HandleTable::new();
+        let next = AtomicUsize::new(0x2c4);
+        assert!(insert_handle(&mut table, &next, Some(0x2c8), a_handle()).is_ok());
+        assert_eq!(
+            insert_handle(&mut table, &next, None, a_handle()).ok(),
+            Some(0x2c4)
+        );
+        // 0x2c8 is taken by the device handle: skipped.
+        assert_eq!(
+            insert_handle(&mut table, &next, None, a_handle()).ok(),
+            Some(0x2cc)
+        );
+        // A wrapped counter never hands out 0 (NULL).
+        let wrapped = AtomicUsize::new(usize::MAX - 3);
+        let v = insert_handle(&mut table, &wrapped, None, a_handle()).unwrap();
+        assert_eq!(v, usize::MAX - 3);
+        let v = insert_handle(&mut table, &wrapped, None, a_handle()).unwrap();
+        assert_eq!(v, 4, "0 skipped after the wrap");
+        assert_eq!(table.len(), 5);
+    }
+
+    /// The calling thread's last error, as a C program reads it.
+    fn last_error() -> u32 {
+        #[cfg(windows)]
+        {
+            // SAFETY: reads the calling thread's last-error value.
+            unsafe { windows_sys::Win32::Foundation::GetLastError() }
+        }
+        #[cfg(not(windows))]
+        {
+            QOSGetLastError()
+        }
+    }
+
+    #[test]
+    fn last_error_is_per_thread_and_handles_are_shared_safely() {
+        let threads: Vec<_> = (0..8u32)
+            .map(|i| {
+                std::thread::spawn(move || {
+                    // Even threads fail with 6, odd ones with 87, interleaved.
+                    let mine = if i % 2 == 0 { 6 } else { 87 };
+                    for _ in 0..100 {
+                        let key =
+                            insert_handle(&mut lock(&HANDLES), &NEXT_HANDLE, None, a_handle())
+                                .unwrap();
+                        let h = key as HANDLE;
+                        if mine == 6 {
+                            assert_eq!(QOSCloseHandle(core::ptr::null_mut()), FALSE);
+                        } else {
+                            // SAFETY: null pointers are refused before use.
+                            let r = unsafe {
+                                QOSCreateHandle(core::ptr::null(), core::ptr::null_mut())
+                            };
+                            assert_eq!(r, FALSE);
+                        }
+                        std::thread::yield_now();
+                        assert_eq!(last_error(), mine);
+                        // A success leaves this thread's code alone.
+                        let mut size: ULONG = 0;
+                        // SAFETY: `size` is a live ULONG; a NULL buffer with no flows is fine.
+                        let r =
+                            unsafe { QOSEnumerateFlows(h, &raw mut size, core::ptr::null_mut()) };
+                        assert_eq!((r, size), (TRUE, 0));
+                        assert_eq!(last_error(), mine);
+                        assert_eq!(QOSCloseHandle(h), TRUE);
+                        assert_eq!(QOSCloseHandle(h), FALSE);
+                        assert_eq!(last_error(), 6);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
     }
 }

@@ -16,7 +16,7 @@ use qosmark_abi::{Family, Protocol};
 use std::os::windows::io::RawSocket;
 use windows_sys::Win32::Foundation::{
     CloseHandle, GetLastError, ERROR_IO_PENDING, GENERIC_READ, GENERIC_WRITE, HANDLE,
-    INVALID_HANDLE_VALUE,
+    INVALID_HANDLE_VALUE, STATUS_PENDING, WAIT_OBJECT_0,
 };
 use windows_sys::Win32::Networking::WinSock::{
     getpeername, getsockname, getsockopt, WSAGetLastError, AF_INET, AF_INET6, SOCKADDR,
@@ -26,7 +26,7 @@ use windows_sys::Win32::Networking::WinSock::{
 use windows_sys::Win32::Storage::FileSystem::{
     CreateFileW, FILE_FLAG_OVERLAPPED, FILE_SHARE_READ, FILE_SHARE_WRITE, OPEN_EXISTING,
 };
-use windows_sys::Win32::System::Threading::{CreateEventW, WaitForSingleObject, INFINITE};
+use windows_sys::Win32::System::Threading::{CreateEventW, Sleep, WaitForSingleObject, INFINITE};
 use windows_sys::Win32::System::IO::{
     CancelIoEx, DeviceIoControl, GetOverlappedResult, OVERLAPPED,
 };
@@ -190,6 +190,9 @@ pub(crate) fn close(handle: usize) {
     }
 }
 
+/// `STATUS_PENDING` (0x103) as `OVERLAPPED::Internal` holds it.
+const PENDING: usize = STATUS_PENDING.unsigned_abs() as usize;
+
 /// The outcome of a synchronous IOCTL.
 pub(crate) struct IoctlResult {
     /// Bytes written to the output buffer.
@@ -235,7 +238,18 @@ pub(crate) fn ioctl_sync(
     let mut result = if ok != 0 { Ok(()) } else { Err(last_error()) };
     if result == Err(ERROR_IO_PENDING) {
         // SAFETY: `event` is our event handle.
-        unsafe { WaitForSingleObject(event, INFINITE) };
+        let waited = unsafe { WaitForSingleObject(event, INFINITE) };
+        if waited != WAIT_OBJECT_0 {
+            // Cannot happen with our own event; but `input`, `output` and `ov` must not be
+            // freed under a pending operation, so fall back to polling `Internal` until it is
+            // no longer STATUS_PENDING (the documented `HasOverlappedIoCompleted` test).
+            // SAFETY: `ov` is live; the kernel writes `Internal` at completion, hence the
+            // volatile read.
+            while unsafe { core::ptr::read_volatile(&raw const ov.Internal) } == PENDING {
+                // SAFETY: plain sleep.
+                unsafe { Sleep(1) };
+            }
+        }
         result = Ok(());
     }
     if result.is_ok() || result == Err(234) {

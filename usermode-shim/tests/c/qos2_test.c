@@ -233,6 +233,18 @@ int main(void) {
     CHECK(again == shared);
     EXPECT_OK(QOSAddSocketToFlow(h, (SOCKET)b, (PSOCKADDR)&d1, QOSTrafficTypeAudioVideo, 0, &again));
     CHECK(again == shared);
+    /* Joining a flow id that does not exist: 87, and *FlowId is left as it was. */
+    QOS_FLOWID unknown = shared + 1000;
+    EXPECT_FAIL(QOSAddSocketToFlow(h, (SOCKET)b, (PSOCKADDR)&d2, QOSTrafficTypeAudioVideo, 0,
+                                   &unknown),
+                87);
+    CHECK(unknown == shared + 1000);
+    /* Flags other than 0 / QOS_NON_ADAPTIVE_FLOW: 87. */
+    QOS_FLOWID flagged = 0;
+    EXPECT_FAIL(QOSAddSocketToFlow(h, (SOCKET)b, (PSOCKADDR)&d2, QOSTrafficTypeAudioVideo, 4,
+                                   &flagged),
+                87);
+    CHECK(flagged == 0);
     /* Joining an adaptive flow by id: 87. */
     int c = udp_socket(AF_INET, "127.0.0.1");
     QOS_FLOWID join = flow;
@@ -282,6 +294,12 @@ int main(void) {
     }
     CHECK(seen == 5);
     EXPECT_FAIL(QOSEnumerateFlows(h, NULL, ids), 87);
+    /* A buffer with room for one id: 122, *Size = the bytes needed, nothing written. */
+    ids[0] = 0xA5A5A5A5u;
+    size = sizeof(QOS_FLOWID);
+    EXPECT_FAIL(QOSEnumerateFlows(h, &size, ids), 122);
+    CHECK(privileged ? size >= 5 * sizeof(QOS_FLOWID) : size == 5 * sizeof(QOS_FLOWID));
+    CHECK(ids[0] == 0xA5A5A5A5u);
 
     /* QOSRemoveSocketFromFlow: one socket, then the whole flow; unknown ids. */
     EXPECT_OK(QOSRemoveSocketFromFlow(h, (SOCKET)a, shared, 0));
@@ -295,6 +313,7 @@ int main(void) {
     EXPECT_OK(QOSStartTrackingClient(h, (PSOCKADDR)&dest, 0));
     EXPECT_OK(QOSStopTrackingClient(h, (PSOCKADDR)&dest, 0));
     EXPECT_FAIL(QOSStartTrackingClient(h, NULL, 0), 87);
+    EXPECT_FAIL(QOSStopTrackingClient(h, (PSOCKADDR)&dest, 1), 87);
 
     /* Success leaves the last error as it was. */
     EXPECT_FAIL(QOSCloseHandle(NULL), 6);

@@ -8,12 +8,17 @@
 #     library libqosmark.dll.a, qosmarkctl.exe;
 #  3. include/qosmark.h against mingw-w64's qos2.h (the independent oracle): every enumerator,
 #     enum size, structure size and field offset, compared at compile time (qos2_values.c,
-#     qos2_assert.c); and qosmark.dll exports every function qos2.h declares;
+#     qos2_assert.c); the eleven prototypes (gcc -aux-info, qos2_signatures.c); and
+#     qosmark.dll exports every function qos2.h declares;
 #  4. a C program (create_handle.c) built with x86_64-w64-mingw32-gcc against qosmark.h and
 #     libqosmark.dll.a;
 #  5. under Wine (64-bit, no qosmark driver): `qosmarkctl.exe status` exits 3 with the
 #     "driver not installed or not started" message (also as --json), and the C program's
-#     QOSCreateHandle / QOSCloseHandle error-path checks pass.
+#     QOSCreateHandle / QOSCloseHandle error-path checks pass;
+#  6. under Wine, inprocess.c against a test-hooks qosmark.dll (in-process engine): the QOS2
+#     calls with real Winsock sockets (socket facts, DestAddr rules, dual stack, last error
+#     kept on success). The shipped qosmark.dll must not export the test hook;
+#  7. qosmark-shim's unit tests built for x86_64-pc-windows-gnu, run under Wine.
 #
 # Needs: rustup targets x86_64-pc-windows-msvc and x86_64-pc-windows-gnu; apt packages
 # mingw-w64 (gcc-mingw-w64-x86-64), wine, wine64, python3. The Wine prefix lives in
@@ -52,16 +57,26 @@ step "cargo check --target x86_64-pc-windows-msvc"
 cargo check "${pkgs[@]}" --target x86_64-pc-windows-msvc --lib --bins
 
 step "cross build --target x86_64-pc-windows-gnu (mingw-w64)"
+# First the test variant of qosmark.dll (cargo feature test-hooks: in-process engine) for the
+# Winsock checks under Wine, kept apart; then the shipped one, which stays in $gnu.
+cargo build -p qosmark-capi --features test-hooks --target x86_64-pc-windows-gnu --lib
+rm -rf "$out"
+mkdir -p "$out/hooks"
+cp "$gnu/qosmark.dll" "$gnu/libqosmark.dll.a" "$out/hooks/"
 cargo build "${pkgs[@]}" --target x86_64-pc-windows-gnu --lib --bins
 for f in qosmark.dll libqosmark.dll.a qosmarkctl.exe; do
   [ -f "$gnu/$f" ] || fail "$gnu/$f was not built"
 done
-rm -rf "$out"
-mkdir -p "$out"
 cp "$gnu/qosmark.dll" "$gnu/qosmarkctl.exe" "$out/"
+# The shipped library has no test hook.
+x86_64-w64-mingw32-objdump -p "$out/qosmark.dll" >"$out/qosmark.objdump"
+if grep -q QmTestUseInProcessEngine "$out/qosmark.objdump"; then
+  fail "the shipped qosmark.dll exports the test hook"
+fi
 cc=(x86_64-w64-mingw32-gcc -std=c11 -O1 -Wall -Wextra -Werror)
 # Wine 8 lacks bcryptprimitives.dll, which Rust's std imports: see bcryptprimitives.c.
 "${cc[@]}" -shared -o "$out/bcryptprimitives.dll" "$here/bcryptprimitives.c" -ladvapi32
+cp "$out/bcryptprimitives.dll" "$out/hooks/"
 
 step "qosmark.h against mingw-w64 qos2.h"
 facts() { # facts <extra flags...>: "expression = value" lines of qos2_facts.h
@@ -84,6 +99,26 @@ if "${cc[@]}" -c -o /dev/null -I"$out/broken" -I"$include" "$here/qos2_assert.c"
 fi
 diff -u "$out/oracle.txt" "$out/ours.txt" || fail "qosmark.h differs from qos2.h (above)"
 echo "$n_facts facts equal"
+# The prototypes: name, parameter order and parameter types as written in each header.
+prototypes() { # prototypes <output> <extra flags...>
+  local o="$1"
+  shift
+  "${cc[@]}" -fsyntax-only -aux-info "$o.aux" -I"$include" "$@" "$here/qos2_signatures.c"
+  grep -o 'extern [A-Z]*BOOL QOS[A-Za-z]* (.*)' "$o.aux" | sed 's/^extern WINBOOL /extern BOOL /' |
+    sort >"$o"
+}
+prototypes "$out/oracle-prototypes.txt" -DQM_ORACLE
+prototypes "$out/our-prototypes.txt"
+[ "$(wc -l <"$out/oracle-prototypes.txt")" -eq 11 ] || fail "expected 11 prototypes in qos2.h"
+diff -u "$out/oracle-prototypes.txt" "$out/our-prototypes.txt" ||
+  fail "qosmark.h prototypes differ from qos2.h (above)"
+# The comparison must be able to fail: two parameters swapped are a difference.
+sed 's/(HANDLE, QOS_FLOWID, QOS_SET_FLOW, ULONG,/(HANDLE, QOS_SET_FLOW, QOS_FLOWID, ULONG,/' \
+  "$out/our-prototypes.txt" >"$out/broken/prototypes.txt"
+if diff -q "$out/oracle-prototypes.txt" "$out/broken/prototypes.txt" >/dev/null; then
+  fail "swapped parameters compared equal: the prototype comparison cannot fail"
+fi
+echo "11 prototypes equal"
 # Every function mingw's qos2.h declares is exported by qosmark.dll.
 qos2_h="$(echo '#include <qos2.h>' | x86_64-w64-mingw32-gcc -E -M -x c - | tr ' \\' '\n\n' | grep '/qos2\.h$' | sed -n 1p)"
 [ -n "$qos2_h" ] || fail "mingw-w64 qos2.h not found"
@@ -147,6 +182,25 @@ echo "ok: exit 3, driver-absent message, JSON; bad flag exit 2"
 
 step "C program under Wine (no driver)"
 wine "$out/create_handle.exe" || fail "create_handle.exe failed under Wine"
+
+step "QOS2 with Winsock sockets under Wine (test-hooks qosmark.dll, in-process engine)"
+"${cc[@]}" -o "$out/hooks/inprocess.exe" -I"$include" "$here/inprocess.c" \
+  "$out/hooks/libqosmark.dll.a" -lws2_32
+wine "$out/hooks/inprocess.exe" || fail "inprocess.exe failed under Wine"
+
+step "qosmark-shim unit tests for x86_64-pc-windows-gnu under Wine"
+# The library's own tests with the Windows code compiled in (transport helpers, socket facts).
+tests_exe="$(cargo test -p qosmark-shim --target x86_64-pc-windows-gnu --lib --no-run \
+  --message-format=json 2>/dev/null | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        print(m["executable"])
+')"
+[ -n "$tests_exe" ] || fail "no Windows unit-test executable"
+cp "$out/bcryptprimitives.dll" "$(dirname "$tests_exe")/"
+wine "$tests_exe" || fail "qosmark-shim unit tests failed under Wine"
 
 step "done"
 echo "windows-shim: all checks passed in $((SECONDS - start))s"

@@ -32,8 +32,9 @@
  *   - QOSStartTrackingClient / QOSStopTrackingClient succeed and do nothing;
  *   - QOSEnumerateFlows lists every flow for administrators and the caller's own flows for
  *     other users;
- *   - QOSCreateHandle fails with ERROR_FILE_NOT_FOUND (2) when the back end is absent (the
- *     qosmark driver on Windows, qosmarkd on Linux).
+ *   - QOSCreateHandle fails with ERROR_SERVICE_DEPENDENCY_FAIL (1068), qWAVE's code for "the
+ *     QoS service could not start", when the back end is absent (the qosmark driver on
+ *     Windows, qosmarkd on Linux).
  */
 #ifndef QOSMARK_H
 #define QOSMARK_H

@@ -17,9 +17,11 @@ pub struct QosError {
 pub type Result<T, E = QosError> = core::result::Result<T, E>;
 
 impl QosError {
-    /// `ERROR_FILE_NOT_FOUND` (2): the back end is absent (driver not installed or not
-    /// started; `qosmarkd` not running).
-    pub const BACKEND_ABSENT: QosError = QosError::new(Win32Error::FILE_NOT_FOUND);
+    /// `ERROR_SERVICE_DEPENDENCY_FAIL` (1068): the back end is absent (driver not installed or
+    /// not started; `qosmarkd` not running). It is the code qWAVE's `QOSCreateHandle` gives
+    /// when the qWAVE service cannot start (qos-api.md §5), so applications that already
+    /// handle that case keep working.
+    pub const BACKEND_ABSENT: QosError = QosError::new(Win32Error::SERVICE_DEPENDENCY_FAIL);
     /// `ERROR_INVALID_PARAMETER` (87).
     pub const INVALID_PARAMETER: QosError = QosError::new(Win32Error::INVALID_PARAMETER);
     /// `ERROR_INVALID_HANDLE` (6).
@@ -112,7 +114,7 @@ mod tests {
     fn zero_is_never_success() {
         assert_eq!(QosError::new(Win32Error(0)).raw(), 31);
         assert_eq!(QosError::new(Win32Error(1168)).raw(), 1168);
-        assert_eq!(QosError::BACKEND_ABSENT.raw(), 2);
+        assert_eq!(QosError::BACKEND_ABSENT.raw(), 1068);
         assert!(QosError::new(Win32Error(1306)).to_string().contains("1306"));
     }
 }

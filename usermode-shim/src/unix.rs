@@ -13,7 +13,7 @@
 //!
 //! | `connect` result | code |
 //! |---|---|
-//! | `ENOENT`, `ECONNREFUSED` | 2 `ERROR_FILE_NOT_FOUND` (qosmarkd is not running) |
+//! | `ENOENT`, `ECONNREFUSED` | 1068 `ERROR_SERVICE_DEPENDENCY_FAIL` (qosmarkd is not running) |
 //! | `EACCES`, `EPERM` | 5 `ERROR_ACCESS_DENIED` |
 //! | protocol version differs (status, or a header the client cannot frame) | 1306 `ERROR_REVISION_MISMATCH` |
 //! | anything else | 31 `ERROR_GEN_FAILURE` |
@@ -54,7 +54,7 @@ pub fn socket_path() -> PathBuf {
 #[must_use]
 pub fn connect_error_code(e: &io::Error) -> Win32Error {
     match e.raw_os_error() {
-        Some(libc::ENOENT | libc::ECONNREFUSED) => Win32Error::FILE_NOT_FOUND,
+        Some(libc::ENOENT | libc::ECONNREFUSED) => Win32Error::SERVICE_DEPENDENCY_FAIL,
         Some(libc::EACCES | libc::EPERM) => Win32Error::ACCESS_DENIED,
         _ => Win32Error::GEN_FAILURE,
     }
@@ -171,8 +171,8 @@ mod tests {
     #[test]
     fn connect_errors_map_as_documented() {
         let code = |errno| connect_error_code(&io::Error::from_raw_os_error(errno)).0;
-        assert_eq!(code(libc::ENOENT), 2);
-        assert_eq!(code(libc::ECONNREFUSED), 2);
+        assert_eq!(code(libc::ENOENT), 1068);
+        assert_eq!(code(libc::ECONNREFUSED), 1068);
         assert_eq!(code(libc::EACCES), 5);
         assert_eq!(code(libc::EPERM), 5);
         assert_eq!(code(libc::ENOTDIR), 31);
@@ -189,10 +189,10 @@ mod tests {
     #[test]
     fn absent_daemon_is_file_not_found() {
         let path = temp_socket("absent");
-        assert_eq!(UnixTransport::connect(&path).unwrap_err().raw(), 2);
+        assert_eq!(UnixTransport::connect(&path).unwrap_err().raw(), 1068);
         // A socket file nobody listens on: ECONNREFUSED, also 2.
         drop(UnixListener::bind(&path).unwrap());
-        assert_eq!(UnixTransport::connect(&path).unwrap_err().raw(), 2);
+        assert_eq!(UnixTransport::connect(&path).unwrap_err().raw(), 1068);
     }
 
     #[test]

@@ -3,9 +3,9 @@
 //! * `QOSCreateHandle` = `CreateFileW(\\.\QosMark, GENERIC_READ | GENERIC_WRITE,
 //!   FILE_FLAG_OVERLAPPED)`, then `QueryStatus` to check the protocol version (1306 when it
 //!   differs). The driver absent (`ERROR_FILE_NOT_FOUND` / `ERROR_PATH_NOT_FOUND` from
-//!   `CreateFileW`) → 2 `ERROR_FILE_NOT_FOUND` (qos-api.md §5 suggested 1068; qosmark reports
-//!   the plain "not found", which `qosmarkctl` turns into "driver not installed or not
-//!   started"). Other `CreateFileW` errors (5 for instance) are passed on.
+//!   `CreateFileW`) → 1068 `ERROR_SERVICE_DEPENDENCY_FAIL`, the code qWAVE gives when its
+//!   service cannot start (qos-api.md §5), which `qosmarkctl` turns into "driver not
+//!   installed or not started". Other `CreateFileW` errors (5 for instance) are passed on.
 //! * Each request is one `DeviceIoControl` with the request's IOCTL code, the `abi` record as
 //!   input, and an output buffer of at least `MIN_OUTPUT_LEN` bytes. Synchronous calls use a
 //!   private `OVERLAPPED` whose event handle has its low bit set (no completion packet to an

@@ -179,7 +179,7 @@ fn unreachable_daemon_exit_3_with_what_to_do() {
     let j = stdout_json(&o);
     assert_eq!(j["reachable"], false);
     assert_eq!(j["error"]["exit"], 3);
-    assert_eq!(j["error"]["win32"], 2);
+    assert_eq!(j["error"]["win32"], 1068);
     let e = stderr(&o);
     assert!(e.contains("qosmarkd is not running"), "{e}");
     assert!(e.contains(&missing.display().to_string()), "{e}");

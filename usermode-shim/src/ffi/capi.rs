@@ -26,7 +26,8 @@
 //!   immediate error; `QOSCancel` is `CancelIoEx`. Elsewhere an `OVERLAPPED` → `FALSE` + 50
 //!   `ERROR_NOT_SUPPORTED`, and `QOSCancel` → 1168 (nothing can be pending).
 //! * `QOSCreateHandle`: `Version` must be 1.0 and `QOSHandle` non-null (87). A missing back
-//!   end → 2 `ERROR_FILE_NOT_FOUND` (no `\\.\QosMark` device / no `qosmarkd` socket).
+//!   end → 1068 `ERROR_SERVICE_DEPENDENCY_FAIL`, qWAVE's code for "the QoS service could not
+//!   start" (no `\\.\QosMark` device / no `qosmarkd` socket).
 //!
 //! With the cargo feature `test-hooks` (test builds only), `QmTestUseInProcessEngine(int
 //! admin)` makes later `QOSCreateHandle` calls open handles on one in-process engine per

@@ -168,7 +168,7 @@ import json, sys
 doc = json.load(open(sys.argv[1]))
 assert doc["reachable"] is False, doc
 assert doc["error"]["exit"] == 3, doc
-assert doc["error"]["win32"] == 2, doc
+assert doc["error"]["win32"] == 1068, doc
 assert "driver not installed or not started" in doc["error"]["message"], doc
 PY
 # A bad command line is refused before anything is opened: exit 2, on Windows too.

@@ -20,7 +20,7 @@
 #include "qosmark.h"
 
 #ifndef QM_ABSENT_ERROR
-#define QM_ABSENT_ERROR ERROR_FILE_NOT_FOUND
+#define QM_ABSENT_ERROR ERROR_SERVICE_DEPENDENCY_FAIL
 #endif
 
 static int failures;

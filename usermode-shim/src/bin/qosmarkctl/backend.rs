@@ -55,12 +55,12 @@ impl Backend for ClientBackend {
 #[must_use]
 pub fn open_error(endpoint: &str, code: Win32Error) -> OpenError {
     let message = match code.0 {
-        2 if cfg!(windows) => format!(
+        1068 if cfg!(windows) => format!(
             "driver not installed or not started ({endpoint} not found): install it with \
              `pnputil /add-driver qosmark.inf /install`, then `sc start QosMark` (as \
              administrator)"
         ),
-        2 => format!(
+        1068 => format!(
             "qosmarkd is not running (socket {endpoint}): start it with `sudo qosmarkd`, or set \
              QOSMARK_SOCKET to the socket it listens on"
         ),
@@ -153,11 +153,11 @@ mod tests {
     fn connect_failures_say_what_to_do() {
         let m = |code| open_error("/run/q.sock", Win32Error(code)).message;
         if cfg!(windows) {
-            assert!(m(2).starts_with("driver not installed or not started"));
+            assert!(m(1068).starts_with("driver not installed or not started"));
             assert!(m(5).contains("run as administrator"));
         } else {
             assert_eq!(
-                m(2),
+                m(1068),
                 "qosmarkd is not running (socket /run/q.sock): start it with `sudo qosmarkd`, \
                  or set QOSMARK_SOCKET to the socket it listens on"
             );

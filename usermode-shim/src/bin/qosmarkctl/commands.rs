@@ -512,11 +512,11 @@ mod tests {
         let f = refused("x", Win32Error(1450));
         assert_eq!(f.exit, EXIT_REFUSED);
         let f: Failure = OpenError {
-            win32: Win32Error(2),
+            win32: Win32Error(1068),
             message: "m".into(),
         }
         .into();
-        assert_eq!((f.exit, f.win32), (EXIT_UNREACHABLE, Some(2)));
+        assert_eq!((f.exit, f.win32), (EXIT_UNREACHABLE, Some(1068)));
         let f: Failure = OpenError {
             win32: Win32Error::ACCESS_DENIED,
             message: "m".into(),

@@ -521,3 +521,74 @@ fn mingw_oracle_rejects_a_wrong_layout() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("sizeof FWPM_FILTER0"));
 }
+
+/// The kernel routines of one `unsafe extern "system"` block in `source`: every
+/// `pub(crate) fn Name(` after the block's opening line.
+#[cfg(not(windows))]
+fn declared_imports(source: &str) -> Vec<&str> {
+    let start = source
+        .find("unsafe extern \"system\" {")
+        .expect("an extern block");
+    source[start..]
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("pub(crate) fn "))
+        .filter_map(|rest| rest.split('(').next())
+        .collect()
+}
+
+/// The exported (`T`) symbols of a mingw-w64 import library, e.g. `libntoskrnl.a`.
+#[cfg(not(windows))]
+fn mingw_exports(lib: &str) -> Vec<String> {
+    let path = std::process::Command::new("x86_64-w64-mingw32-gcc")
+        .arg(format!("-print-file-name={lib}"))
+        .output()
+        .unwrap_or_else(|e| panic!("x86_64-w64-mingw32-gcc not runnable ({e})"));
+    let path = String::from_utf8(path.stdout).unwrap();
+    let out = std::process::Command::new("x86_64-w64-mingw32-nm")
+        .arg(path.trim())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "nm {lib}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(" T ").nth(1))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Every ntoskrnl / ndis routine we declare by hand is a real x64 export (an import
+/// library generated from the kernel's export table is the oracle). Guards against
+/// declaring a wdm.h *macro* as a function: `KeQueryInterruptTime` is one on x64 and would
+/// not link.
+#[cfg(not(windows))]
+#[test]
+fn declared_kernel_routines_are_x64_exports() {
+    let ntoskrnl = mingw_exports("libntoskrnl.a");
+    let ndis = mingw_exports("libndis.a");
+    assert!(
+        ntoskrnl.len() > 1000 && ndis.len() > 100,
+        "import libraries found"
+    );
+    let kernel = declared_imports(include_str!("mod.rs"));
+    assert!(
+        kernel.contains(&"KeBugCheckEx") && kernel.len() >= 3,
+        "{kernel:?}"
+    );
+    for name in kernel {
+        assert!(
+            ntoskrnl.iter().any(|e| e == name),
+            "{name} is not an ntoskrnl export"
+        );
+    }
+    let ndis_fns = declared_imports(include_str!("ndis.rs"));
+    assert_eq!(ndis_fns, ["NdisGetDataBuffer"]);
+    for name in ndis_fns {
+        assert!(
+            ndis.iter().any(|e| e == name),
+            "{name} is not an ndis export"
+        );
+    }
+    // The oracle tells exports from macros: this one is a macro on x64.
+    assert!(!ntoskrnl.iter().any(|e| e == "KeQueryInterruptTime"));
+    assert!(ntoskrnl.iter().any(|e| e == "KeQueryUnbiasedInterruptTime"));
+}

@@ -9,7 +9,7 @@
 //! * [`ndis`]: `NET_BUFFER_LIST` / `NET_BUFFER` and the out-of-band slots we touch.
 //! * `wdmsec` (Windows kernel builds only): `WdmlibIoCreateDeviceSecure` from `wdmsec.lib`,
 //!   for the control device with an SDDL (wdk-sys binds ntifs.h/ntddk.h only).
-//! * `KeBugCheckEx` and `KeQueryInterruptTime` (below).
+//! * `KeBugCheckEx`, `KeQueryUnbiasedInterruptTime` and `KeDelayExecutionThread` (below).
 //!
 //! # Portability of the declarations
 //! The structs, constants and GUIDs use fixed-width integers and raw pointers only (never
@@ -87,10 +87,15 @@ pub(crate) type Handle = *mut core::ffi::c_void;
 
 // SAFETY: the signatures match wdm.h: `KeBugCheckEx` is NTAPI (the "system" ABI; `ULONG` is
 // u32 and `ULONG_PTR` is usize on Windows) and DECLSPEC_NORETURN, so `-> !` is accurate.
-// `KeQueryInterruptTime` returns ULONGLONG, takes nothing, is exported by ntoskrnl
-// (NtosKrnl.lib per its reference page) and is callable at any IRQL; `KeDelayExecutionThread`
-// is `NTSTATUS (KPROCESSOR_MODE, BOOLEAN, PLARGE_INTEGER)`. All symbols come from
+// `KeQueryUnbiasedInterruptTime` returns ULONGLONG, takes nothing, is callable at any IRQL
+// and exists since Windows 7 (its reference page). `KeDelayExecutionThread` is
+// `NTSTATUS (KPROCESSOR_MODE, BOOLEAN, PLARGE_INTEGER)`. All three are real ntoskrnl exports
+// (they are in the x64 import library, e.g. mingw-w64's `libntoskrnl.a`), linked through
 // `ntoskrnl.lib`, which wdk-sys already puts on the driver's link line.
+//
+// Not `KeQueryInterruptTime`: on x64 wdm.h defines it as a *macro* that reads
+// `KUSER_SHARED_DATA.InterruptTime`; the function is declared only `#if !defined(_M_AMD64)`
+// and is not exported by the x64 kernel, so an `extern` declaration of it does not link.
 #[cfg(windows)]
 unsafe extern "system" {
     /// Brings the system down with `code` and four parameters shown in the crash dump.
@@ -104,8 +109,9 @@ unsafe extern "system" {
         parameter4: usize,
     ) -> !;
 
-    /// Interrupt time since boot, in 100 ns units. Any IRQL.
-    pub(crate) fn KeQueryInterruptTime() -> u64;
+    /// Interrupt time since boot in 100 ns units, not counting time spent in sleep states
+    /// (the count is suspended then). Monotonic. Any IRQL.
+    pub(crate) fn KeQueryUnbiasedInterruptTime() -> u64;
 
     /// Puts the current thread to sleep (`WaitMode` is a `KPROCESSOR_MODE` = `CCHAR`,
     /// `Alertable` a `BOOLEAN`, `Interval` a `PLARGE_INTEGER`: negative = relative, 100 ns).

@@ -526,9 +526,7 @@ fn mingw_oracle_rejects_a_wrong_layout() {
 /// `pub(crate) fn Name(` after the block's opening line.
 #[cfg(not(windows))]
 fn declared_imports(source: &str) -> Vec<&str> {
-    let start = source
-        .find("unsafe extern \"system\" {")
-        .expect("an extern block");
+    let start = source.find("unsafe extern \"system\" {").unwrap();
     source[start..]
         .lines()
         .filter_map(|l| l.trim().strip_prefix("pub(crate) fn "))

@@ -175,6 +175,10 @@ fn constants_match_windows_sys() {
             super::STATUS_UNSUCCESSFUL,
             windows_sys::Win32::Foundation::STATUS_UNSUCCESSFUL,
         ),
+        (
+            super::STATUS_FWP_IN_USE,
+            windows_sys::Win32::Foundation::STATUS_FWP_IN_USE,
+        ),
     ];
     for (a, b) in status {
         assert_eq!(a, b);

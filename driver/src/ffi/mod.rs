@@ -72,6 +72,9 @@ pub(crate) const STATUS_SUCCESS: NtStatus = 0;
 pub(crate) const STATUS_PENDING: NtStatus = 0x103;
 /// `STATUS_DEVICE_BUSY` (0x80000011).
 pub(crate) const STATUS_DEVICE_BUSY: NtStatus = 0x8000_0011_u32.cast_signed();
+/// `STATUS_FWP_IN_USE` (0xC022000A): `FwpsCalloutUnregisterById0` — the callout is being
+/// registered or unregistered in another thread (transient).
+pub(crate) const STATUS_FWP_IN_USE: NtStatus = 0xC022_000A_u32.cast_signed();
 /// `STATUS_INSUFFICIENT_RESOURCES` (0xC000009A).
 pub(crate) const STATUS_INSUFFICIENT_RESOURCES: NtStatus = 0xC000_009A_u32.cast_signed();
 /// `STATUS_UNSUCCESSFUL` (0xC0000001).

@@ -31,7 +31,7 @@ use crate::ffi::wfp::{
     FWP_VALUE_UNION, RPC_C_AUTHN_WINNT,
 };
 use crate::ffi::{
-    nt_success, Handle, KeDelayExecutionThread, NtStatus, STATUS_DEVICE_BUSY,
+    nt_success, Handle, KeDelayExecutionThread, NtStatus, STATUS_DEVICE_BUSY, STATUS_FWP_IN_USE,
     STATUS_INSUFFICIENT_RESOURCES, STATUS_UNSUCCESSFUL,
 };
 use crate::globals::Globals;
@@ -227,7 +227,10 @@ impl Drop for Wfp {
                 }
                 // SAFETY: our registered callout id; PASSIVE_LEVEL.
                 let status = unsafe { FwpsCalloutUnregisterById0(id) };
-                if status == STATUS_DEVICE_BUSY {
+                // DEVICE_BUSY: flow contexts left; FWP_IN_USE: a (un)registration in progress
+                // in another thread. Both are retried; any other status (success, CALLOUT_NOT_FOUND,
+                // an error) ends the retries for this callout.
+                if status == STATUS_DEVICE_BUSY || status == STATUS_FWP_IN_USE {
                     busy = true;
                 } else {
                     slot.store(0, Ordering::Release);

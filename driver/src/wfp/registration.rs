@@ -228,8 +228,8 @@ impl Drop for Wfp {
                 // SAFETY: our registered callout id; PASSIVE_LEVEL.
                 let status = unsafe { FwpsCalloutUnregisterById0(id) };
                 // DEVICE_BUSY: flow contexts left; FWP_IN_USE: a (un)registration in progress
-                // in another thread. Both are retried; any other status (success, CALLOUT_NOT_FOUND,
-                // an error) ends the retries for this callout.
+                // in another thread. Both are retried; any other status (success,
+                // CALLOUT_NOT_FOUND, an error) ends the retries for this callout.
                 if status == STATUS_DEVICE_BUSY || status == STATUS_FWP_IN_USE {
                     busy = true;
                 } else {

@@ -163,6 +163,12 @@ mod tests {
         }
     }
 
+    /// The memory figure `registration::FLOW_CONTEXTS` documents (x86-64).
+    #[test]
+    fn slot_size_is_as_documented() {
+        assert_eq!(core::mem::size_of::<Slot>(), 96);
+    }
+
     #[test]
     fn a_closed_registry_refuses_inserts_but_still_removes() {
         let mut r = FlowRegistry::with_capacity(4).unwrap();

@@ -97,8 +97,11 @@ pub(crate) fn shared() -> Option<&'static Shared> {
     let p = SHARED.load(Ordering::Acquire);
     // SAFETY: a non-null value was stored (Release) after `Shared` was fully initialised and
     // stays valid until `Wfp::drop` clears it — which happens only after every callout is
-    // unregistered and both injection handles are destroyed, i.e. when no callback that could
-    // call this function is running or can start. Any IRQL.
+    // unregistered (so no classify, notify or flowDeleteFn can start) and both injection
+    // handles are destroyed (which returns after every completion ran). That no classify is
+    // still *running* once FwpsCalloutUnregisterById0 has succeeded is assumed, as every
+    // Microsoft sample assumes it; the reference page does not say (packet-path.md VM item
+    // 12). The BFE callback does not use this function. Any IRQL.
     unsafe { p.as_ref() }
 }
 

@@ -526,13 +526,14 @@ fn mingw_oracle_rejects_a_wrong_layout() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("sizeof FWPM_FILTER0"));
 }
 
-/// The kernel routines of one `unsafe extern "system"` block in `source`: every
-/// `pub(crate) fn Name(` after the block's opening line.
+/// The kernel routines of the first `unsafe extern "system"` block in `source`: every
+/// `pub(crate) fn Name(` between its opening line and its closing `}` (column 0).
 #[cfg(not(windows))]
 fn declared_imports(source: &str) -> Vec<&str> {
     let start = source.find("unsafe extern \"system\" {").unwrap();
     source[start..]
         .lines()
+        .take_while(|l| *l != "}")
         .filter_map(|l| l.trim().strip_prefix("pub(crate) fn "))
         .filter_map(|rest| rest.split('(').next())
         .collect()

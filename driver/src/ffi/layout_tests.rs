@@ -175,6 +175,10 @@ fn constants_match_windows_sys() {
             super::STATUS_UNSUCCESSFUL,
             windows_sys::Win32::Foundation::STATUS_UNSUCCESSFUL,
         ),
+        (
+            super::STATUS_FWP_IN_USE,
+            windows_sys::Win32::Foundation::STATUS_FWP_IN_USE,
+        ),
     ];
     for (a, b) in status {
         assert_eq!(a, b);
@@ -520,4 +524,333 @@ fn mingw_oracle_rejects_a_wrong_layout() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("sizeof FWPM_FILTER0"));
+}
+
+/// The kernel routines of the first `unsafe extern "system"` block in `source`: every
+/// `pub(crate) fn Name(` between its opening line and its closing `}` (column 0).
+#[cfg(not(windows))]
+fn declared_imports(source: &str) -> Vec<&str> {
+    let start = source.find("unsafe extern \"system\" {").unwrap();
+    source[start..]
+        .lines()
+        .take_while(|l| *l != "}")
+        .filter_map(|l| l.trim().strip_prefix("pub(crate) fn "))
+        .filter_map(|rest| rest.split('(').next())
+        .collect()
+}
+
+/// The exported (`T`) symbols of a mingw-w64 import library, e.g. `libntoskrnl.a`.
+#[cfg(not(windows))]
+fn mingw_exports(lib: &str) -> Vec<String> {
+    let path = std::process::Command::new("x86_64-w64-mingw32-gcc")
+        .arg(format!("-print-file-name={lib}"))
+        .output()
+        .unwrap_or_else(|e| panic!("x86_64-w64-mingw32-gcc not runnable ({e})"));
+    let path = String::from_utf8(path.stdout).unwrap();
+    let out = std::process::Command::new("x86_64-w64-mingw32-nm")
+        .arg(path.trim())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "nm {lib}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(" T ").nth(1))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Every ntoskrnl / ndis routine we declare by hand is a real x64 export (an import
+/// library generated from the kernel's export table is the oracle). Guards against
+/// declaring a wdm.h *macro* as a function: `KeQueryInterruptTime` is one on x64 and would
+/// not link.
+#[cfg(not(windows))]
+#[test]
+fn declared_kernel_routines_are_x64_exports() {
+    let ntoskrnl = mingw_exports("libntoskrnl.a");
+    let ndis = mingw_exports("libndis.a");
+    assert!(
+        ntoskrnl.len() > 1000 && ndis.len() > 100,
+        "import libraries found"
+    );
+    let kernel = declared_imports(include_str!("mod.rs"));
+    assert!(
+        kernel.contains(&"KeBugCheckEx") && kernel.len() >= 3,
+        "{kernel:?}"
+    );
+    for name in kernel {
+        assert!(
+            ntoskrnl.iter().any(|e| e == name),
+            "{name} is not an ntoskrnl export"
+        );
+    }
+    let ndis_fns = declared_imports(include_str!("ndis.rs"));
+    assert_eq!(ndis_fns, ["NdisGetDataBuffer"]);
+    for name in ndis_fns {
+        assert!(
+            ndis.iter().any(|e| e == name),
+            "{name} is not an ndis export"
+        );
+    }
+    // The oracle tells exports from macros: this one is a macro on x64.
+    assert!(!ntoskrnl.iter().any(|e| e == "KeQueryInterruptTime"));
+    assert!(ntoskrnl.iter().any(|e| e == "KeQueryUnbiasedInterruptTime"));
+}
+
+/// The hand-derived `FWPS_*` and NDIS offsets, recomputed by a C compiler for the Windows x64
+/// ABI. Neither mingw-w64 nor windows-sys declares these structures, so the C side is our
+/// own transcription of the *member lists* on Microsoft's reference pages
+/// (`FWPS_INCOMING_METADATA_VALUES0`, `FWPS_DISCARD_METADATA0`,
+/// `FWPS_INBOUND_FRAGMENT_METADATA0`, `FWPS_INCOMING_VALUE(S)0`, `FWPS_CLASSIFY_OUT0`,
+/// `FWPS_CALLOUT3`, `NET_BUFFER_DATA`, `NET_BUFFER`, `NET_BUFFER_LIST`); what this checks
+/// is the padding and alignment arithmetic (16-byte `SLIST_HEADER` unions,
+/// `DECLSPEC_ALIGN(MEMORY_ALLOCATION_ALIGNMENT)` members) that the Rust asserts were derived
+/// from by hand, using mingw's real `SLIST_HEADER`, `FWP_VALUE0` and `DECLSPEC_ALIGN`.
+#[cfg(not(windows))]
+#[test]
+fn fwps_and_ndis_offsets_match_a_c_compiler() {
+    use super::ndis::{NET_BUFFER, NET_BUFFER_LIST};
+    use core::fmt::Write;
+    type Meta = ours::FWPS_INCOMING_METADATA_VALUES0_PREFIX;
+    let mut c = String::from(
+        "#define _WIN32_WINNT 0x0A00\n#include <windows.h>\n#include <stddef.h>\n\
+         #include <fwpmtypes.h>\n\
+         typedef struct { INT32 discardModule; UINT32 discardReason; UINT64 filterId; } \
+           FWPS_DISCARD_METADATA0;\n\
+         typedef struct { UINT32 fragmentIdentification; UINT16 fragmentOffset; \
+           ULONG fragmentLength; } FWPS_INBOUND_FRAGMENT_METADATA0;\n\
+         typedef struct { UINT32 currentMetadataValues; UINT32 flags; UINT64 reserved; \
+           FWPS_DISCARD_METADATA0 discardMetadata; UINT64 flowHandle; UINT32 ipHeaderSize; \
+           UINT32 transportHeaderSize; FWP_BYTE_BLOB *processPath; UINT64 token; \
+           UINT64 processId; UINT32 sourceInterfaceIndex; UINT32 destinationInterfaceIndex; \
+           ULONG compartmentId; FWPS_INBOUND_FRAGMENT_METADATA0 fragmentMetadata; \
+           ULONG pathMtu; HANDLE completionHandle; } FWPS_INCOMING_METADATA_VALUES0;\n\
+         typedef struct { FWP_VALUE0 value; } FWPS_INCOMING_VALUE0;\n\
+         typedef struct { UINT16 layerId; UINT32 valueCount; \
+           FWPS_INCOMING_VALUE0 *incomingValue; } FWPS_INCOMING_VALUES0;\n\
+         typedef struct { UINT32 actionType; UINT64 outContext; UINT64 filterId; \
+           UINT32 rights; UINT32 flags; UINT32 reserved; } FWPS_CLASSIFY_OUT0;\n\
+         typedef struct { GUID calloutKey; UINT32 flags; void *classifyFn; void *notifyFn; \
+           void *flowDeleteFn; } FWPS_CALLOUT3;\n\
+         typedef struct _NET_BUFFER NET_BUFFER;\n\
+         typedef struct { NET_BUFFER *Next; void *CurrentMdl; ULONG CurrentMdlOffset; \
+           union { ULONG DataLength; SIZE_T stDataLength; }; void *MdlChain; \
+           ULONG DataOffset; } NET_BUFFER_DATA;\n\
+         struct _NET_BUFFER { union { NET_BUFFER_DATA; SLIST_HEADER Link; }; \
+           USHORT ChecksumBias; USHORT Reserved; void *NdisPoolHandle; \
+           DECLSPEC_ALIGN(MEMORY_ALLOCATION_ALIGNMENT) void *NdisReserved[2]; \
+           DECLSPEC_ALIGN(MEMORY_ALLOCATION_ALIGNMENT) void *ProtocolReserved[6]; \
+           DECLSPEC_ALIGN(MEMORY_ALLOCATION_ALIGNMENT) void *MiniportReserved[4]; };\n\
+         typedef struct _NBL NET_BUFFER_LIST;\n\
+         struct _NBL { union { struct { NET_BUFFER_LIST *Next; NET_BUFFER *FirstNetBuffer; }; \
+           SLIST_HEADER Link; }; void *Context; NET_BUFFER_LIST *ParentNetBufferList; \
+           void *NdisPoolHandle; \
+           DECLSPEC_ALIGN(MEMORY_ALLOCATION_ALIGNMENT) void *NdisReserved[2]; \
+           DECLSPEC_ALIGN(MEMORY_ALLOCATION_ALIGNMENT) void *ProtocolReserved[4]; \
+           DECLSPEC_ALIGN(MEMORY_ALLOCATION_ALIGNMENT) void *MiniportReserved[2]; \
+           void *Scratch; void *SourceHandle; ULONG NblFlags; LONG ChildRefCount; \
+           ULONG Flags; union { LONG Status; ULONG NdisReserved2; }; \
+           void *NetBufferListInfo[5]; };\n",
+    );
+    let checks: [(&str, &str, usize); 30] = [
+        (
+            "FWPS_DISCARD_METADATA0",
+            "filterId",
+            offset_of!(ours::FWPS_DISCARD_METADATA0, filterId),
+        ),
+        (
+            "FWPS_INBOUND_FRAGMENT_METADATA0",
+            "fragmentLength",
+            offset_of!(ours::FWPS_INBOUND_FRAGMENT_METADATA0, fragmentLength),
+        ),
+        (
+            "FWPS_INCOMING_METADATA_VALUES0",
+            "discardMetadata",
+            offset_of!(Meta, discardMetadata),
+        ),
+        (
+            "FWPS_INCOMING_METADATA_VALUES0",
+            "flowHandle",
+            offset_of!(Meta, flowHandle),
+        ),
+        (
+            "FWPS_INCOMING_METADATA_VALUES0",
+            "ipHeaderSize",
+            offset_of!(Meta, ipHeaderSize),
+        ),
+        (
+            "FWPS_INCOMING_METADATA_VALUES0",
+            "processPath",
+            offset_of!(Meta, processPath),
+        ),
+        (
+            "FWPS_INCOMING_METADATA_VALUES0",
+            "processId",
+            offset_of!(Meta, processId),
+        ),
+        (
+            "FWPS_INCOMING_METADATA_VALUES0",
+            "compartmentId",
+            offset_of!(Meta, compartmentId),
+        ),
+        (
+            "FWPS_INCOMING_METADATA_VALUES0",
+            "fragmentMetadata",
+            offset_of!(Meta, fragmentMetadata),
+        ),
+        (
+            "FWPS_INCOMING_METADATA_VALUES0",
+            "pathMtu",
+            offset_of!(Meta, pathMtu),
+        ),
+        (
+            "FWPS_INCOMING_VALUES0",
+            "valueCount",
+            offset_of!(ours::FWPS_INCOMING_VALUES0, valueCount),
+        ),
+        (
+            "FWPS_INCOMING_VALUES0",
+            "incomingValue",
+            offset_of!(ours::FWPS_INCOMING_VALUES0, incomingValue),
+        ),
+        (
+            "FWPS_CLASSIFY_OUT0",
+            "outContext",
+            offset_of!(ours::FWPS_CLASSIFY_OUT0, outContext),
+        ),
+        (
+            "FWPS_CLASSIFY_OUT0",
+            "rights",
+            offset_of!(ours::FWPS_CLASSIFY_OUT0, rights),
+        ),
+        (
+            "FWPS_CLASSIFY_OUT0",
+            "flags",
+            offset_of!(ours::FWPS_CLASSIFY_OUT0, flags),
+        ),
+        (
+            "FWPS_CALLOUT3",
+            "flags",
+            offset_of!(ours::FWPS_CALLOUT3, flags),
+        ),
+        (
+            "FWPS_CALLOUT3",
+            "classifyFn",
+            offset_of!(ours::FWPS_CALLOUT3, classifyFn),
+        ),
+        (
+            "FWPS_CALLOUT3",
+            "flowDeleteFn",
+            offset_of!(ours::FWPS_CALLOUT3, flowDeleteFn),
+        ),
+        (
+            "NET_BUFFER",
+            "DataLength",
+            offset_of!(NET_BUFFER, DataLength),
+        ),
+        (
+            "NET_BUFFER",
+            "DataOffset",
+            offset_of!(NET_BUFFER, DataOffset),
+        ),
+        (
+            "NET_BUFFER",
+            "ChecksumBias",
+            offset_of!(NET_BUFFER, ChecksumBias),
+        ),
+        (
+            "NET_BUFFER",
+            "NdisReserved",
+            offset_of!(NET_BUFFER, NdisReserved),
+        ),
+        (
+            "NET_BUFFER",
+            "MiniportReserved",
+            offset_of!(NET_BUFFER, MiniportReserved),
+        ),
+        (
+            "NET_BUFFER_LIST",
+            "FirstNetBuffer",
+            offset_of!(NET_BUFFER_LIST, FirstNetBuffer),
+        ),
+        (
+            "NET_BUFFER_LIST",
+            "ParentNetBufferList",
+            offset_of!(NET_BUFFER_LIST, ParentNetBufferList),
+        ),
+        (
+            "NET_BUFFER_LIST",
+            "NdisReserved",
+            offset_of!(NET_BUFFER_LIST, NdisReserved),
+        ),
+        (
+            "NET_BUFFER_LIST",
+            "MiniportReserved",
+            offset_of!(NET_BUFFER_LIST, MiniportReserved),
+        ),
+        (
+            "NET_BUFFER_LIST",
+            "ChildRefCount",
+            offset_of!(NET_BUFFER_LIST, ChildRefCount),
+        ),
+        (
+            "NET_BUFFER_LIST",
+            "Status",
+            offset_of!(NET_BUFFER_LIST, Status),
+        ),
+        (
+            "NET_BUFFER_LIST",
+            "NetBufferListInfo",
+            offset_of!(NET_BUFFER_LIST, NetBufferListInfo),
+        ),
+    ];
+    for (ty, member, offset) in checks {
+        writeln!(
+            c,
+            "_Static_assert(offsetof({ty}, {member}) == {offset}, \"{ty}.{member}\");"
+        )
+        .unwrap();
+    }
+    for (ty, size) in [
+        (
+            "FWPS_INCOMING_VALUES0",
+            size_of::<ours::FWPS_INCOMING_VALUES0>(),
+        ),
+        ("FWPS_CLASSIFY_OUT0", size_of::<ours::FWPS_CLASSIFY_OUT0>()),
+        ("FWPS_CALLOUT3", size_of::<ours::FWPS_CALLOUT3>()),
+        (
+            "FWPS_INCOMING_VALUE0",
+            size_of::<ours::FWPS_INCOMING_VALUE0>(),
+        ),
+    ] {
+        writeln!(
+            c,
+            "_Static_assert(sizeof({ty}) == {size}, \"sizeof {ty}\");"
+        )
+        .unwrap();
+    }
+    for (ty, align) in [
+        ("NET_BUFFER", core::mem::align_of::<NET_BUFFER>()),
+        ("NET_BUFFER_LIST", core::mem::align_of::<NET_BUFFER_LIST>()),
+    ] {
+        writeln!(
+            c,
+            "_Static_assert(_Alignof({ty}) == {align}, \"align {ty}\");"
+        )
+        .unwrap();
+    }
+    let dir = std::env::temp_dir().join(format!("qosmark-ffi-fwps-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = dir.join("fwps.c");
+    std::fs::write(&src, &c).unwrap();
+    let out = std::process::Command::new("x86_64-w64-mingw32-gcc")
+        .args(["-fsyntax-only", "-std=c11", "-fms-extensions"])
+        .arg(&src)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "the C compiler disagrees with the hand-derived layout:\n{}\n--- generated C ---\n{c}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

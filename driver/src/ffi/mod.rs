@@ -9,7 +9,7 @@
 //! * [`ndis`]: `NET_BUFFER_LIST` / `NET_BUFFER` and the out-of-band slots we touch.
 //! * `wdmsec` (Windows kernel builds only): `WdmlibIoCreateDeviceSecure` from `wdmsec.lib`,
 //!   for the control device with an SDDL (wdk-sys binds ntifs.h/ntddk.h only).
-//! * `KeBugCheckEx` and `KeQueryInterruptTime` (below).
+//! * `KeBugCheckEx`, `KeQueryUnbiasedInterruptTime` and `KeDelayExecutionThread` (below).
 //!
 //! # Portability of the declarations
 //! The structs, constants and GUIDs use fixed-width integers and raw pointers only (never
@@ -72,6 +72,9 @@ pub(crate) const STATUS_SUCCESS: NtStatus = 0;
 pub(crate) const STATUS_PENDING: NtStatus = 0x103;
 /// `STATUS_DEVICE_BUSY` (0x80000011).
 pub(crate) const STATUS_DEVICE_BUSY: NtStatus = 0x8000_0011_u32.cast_signed();
+/// `STATUS_FWP_IN_USE` (0xC022000A): `FwpsCalloutUnregisterById0` — the callout is being
+/// registered or unregistered in another thread (transient).
+pub(crate) const STATUS_FWP_IN_USE: NtStatus = 0xC022_000A_u32.cast_signed();
 /// `STATUS_INSUFFICIENT_RESOURCES` (0xC000009A).
 pub(crate) const STATUS_INSUFFICIENT_RESOURCES: NtStatus = 0xC000_009A_u32.cast_signed();
 /// `STATUS_UNSUCCESSFUL` (0xC0000001).
@@ -87,10 +90,15 @@ pub(crate) type Handle = *mut core::ffi::c_void;
 
 // SAFETY: the signatures match wdm.h: `KeBugCheckEx` is NTAPI (the "system" ABI; `ULONG` is
 // u32 and `ULONG_PTR` is usize on Windows) and DECLSPEC_NORETURN, so `-> !` is accurate.
-// `KeQueryInterruptTime` returns ULONGLONG, takes nothing, is exported by ntoskrnl
-// (NtosKrnl.lib per its reference page) and is callable at any IRQL; `KeDelayExecutionThread`
-// is `NTSTATUS (KPROCESSOR_MODE, BOOLEAN, PLARGE_INTEGER)`. All symbols come from
+// `KeQueryUnbiasedInterruptTime` returns ULONGLONG, takes nothing, is callable at any IRQL
+// and exists since Windows 7 (its reference page). `KeDelayExecutionThread` is
+// `NTSTATUS (KPROCESSOR_MODE, BOOLEAN, PLARGE_INTEGER)`. All three are real ntoskrnl exports
+// (they are in the x64 import library, e.g. mingw-w64's `libntoskrnl.a`), linked through
 // `ntoskrnl.lib`, which wdk-sys already puts on the driver's link line.
+//
+// Not `KeQueryInterruptTime`: on x64 wdm.h defines it as a *macro* that reads
+// `KUSER_SHARED_DATA.InterruptTime`; the function is declared only `#if !defined(_M_AMD64)`
+// and is not exported by the x64 kernel, so an `extern` declaration of it does not link.
 #[cfg(windows)]
 unsafe extern "system" {
     /// Brings the system down with `code` and four parameters shown in the crash dump.
@@ -104,8 +112,9 @@ unsafe extern "system" {
         parameter4: usize,
     ) -> !;
 
-    /// Interrupt time since boot, in 100 ns units. Any IRQL.
-    pub(crate) fn KeQueryInterruptTime() -> u64;
+    /// Interrupt time since boot in 100 ns units, not counting time spent in sleep states
+    /// (the count is suspended then). Monotonic. Any IRQL.
+    pub(crate) fn KeQueryUnbiasedInterruptTime() -> u64;
 
     /// Puts the current thread to sleep (`WaitMode` is a `KPROCESSOR_MODE` = `CCHAR`,
     /// `Alertable` a `BOOLEAN`, `Interval` a `PLARGE_INTEGER`: negative = relative, 100 ns).

@@ -25,7 +25,7 @@ use crate::ffi::wfp::{
     FWPS_PACKET_PREVIOUSLY_INJECTED_BY_SELF, FWP_BYTE_ARRAY16_TYPE, FWP_UINT16, FWP_UINT32,
     FWP_UINT8, UNSPECIFIED_COMPARTMENT_ID,
 };
-use crate::ffi::{nt_success, Guid, KeQueryInterruptTime, NtStatus, STATUS_SUCCESS};
+use crate::ffi::{nt_success, Guid, KeQueryUnbiasedInterruptTime, NtStatus, STATUS_SUCCESS};
 
 use super::decide::{
     ale_tuple, has_write_right, interrupt_time_to_ns, over_mtu, precheck, rewrite_span,
@@ -36,11 +36,12 @@ use super::packet;
 use super::registration::{shared, Shared};
 use super::table::{callout, Family, Role};
 
-/// Monotonic time for the engine, in nanoseconds. Any IRQL.
+/// Monotonic time for the engine, in nanoseconds (the owner table's LRU clock; time asleep
+/// does not count, which only makes entries look younger after a resume). Any IRQL.
 fn now_ns() -> u64 {
-    // SAFETY: KeQueryInterruptTime takes nothing, reads the interrupt-time counter and is
-    // callable at any IRQL.
-    interrupt_time_to_ns(unsafe { KeQueryInterruptTime() })
+    // SAFETY: KeQueryUnbiasedInterruptTime takes nothing, only reads the interrupt-time count
+    // and is callable at any IRQL (its reference page); exported by ntoskrnl (see ffi).
+    interrupt_time_to_ns(unsafe { KeQueryUnbiasedInterruptTime() })
 }
 
 /// `FWPS_IS_METADATA_FIELD_PRESENT`.

@@ -9,6 +9,12 @@
 //! and a stale value (slot reused since) is recognised and ignored. A full registry means
 //! the flow simply gets no context (its owner entry then leaves the table by eviction or by
 //! a newer flow of the same tuple; the engine's table is bounded either way).
+//!
+//! Unload first [`FlowRegistry::close`]s the registry: from then on `insert` refuses, so no
+//! classify can attach a new context while unload removes the existing ones (ddproxy sets its
+//! `gDriverUnloading` under the flow-list lock and checks it there before
+//! `FwpsFlowAssociateContext`, for the same reason). A classify that inserted just before the
+//! close still associates; unload's removal loop catches it on its next pass.
 
 use alloc::vec::Vec;
 
@@ -41,6 +47,8 @@ pub(crate) struct FlowRegistry {
     slots: Vec<Slot>,
     /// Indexes of free slots (a stack).
     free: Vec<u32>,
+    /// Unload has begun: no more inserts.
+    closed: bool,
 }
 
 impl FlowRegistry {
@@ -61,11 +69,18 @@ impl FlowRegistry {
         free.try_reserve_exact(capacity).ok()?;
         // Pop order: slot 0 first.
         free.extend((0..capacity as u32).rev());
-        Some(FlowRegistry { slots, free })
+        Some(FlowRegistry {
+            slots,
+            free,
+            closed: false,
+        })
     }
 
-    /// Stores `entry`; the context value to associate, or `None` when full.
+    /// Stores `entry`; the context value to associate, or `None` when full or closed.
     pub(crate) fn insert(&mut self, entry: FlowEntry) -> Option<u64> {
+        if self.closed {
+            return None;
+        }
         let index = self.free.pop()?;
         let slot = self.slots.get_mut(index as usize)?;
         slot.generation = slot.generation.wrapping_add(1);
@@ -85,6 +100,11 @@ impl FlowRegistry {
         // Capacity for every index was reserved at construction: this push cannot allocate.
         self.free.push(index);
         Some(entry)
+    }
+
+    /// Refuses every later `insert` (unload). Removing still works.
+    pub(crate) fn close(&mut self) {
+        self.closed = true;
     }
 
     /// Live entries.
@@ -141,6 +161,25 @@ mod tests {
         for bad in [0u64, 3, u64::MAX, 1 << 32] {
             assert_eq!(r.remove(bad), None, "{bad:#x}");
         }
+    }
+
+    /// The memory figure `registration::FLOW_CONTEXTS` documents (x86-64).
+    #[test]
+    fn slot_size_is_as_documented() {
+        assert_eq!(core::mem::size_of::<Slot>(), 96);
+    }
+
+    #[test]
+    fn a_closed_registry_refuses_inserts_but_still_removes() {
+        let mut r = FlowRegistry::with_capacity(4).unwrap();
+        let a = r.insert(entry(1)).unwrap();
+        r.close();
+        assert!(r.insert(entry(2)).is_none(), "closed");
+        assert_eq!(r.len(), 1);
+        assert_eq!(r.live().count(), 1);
+        assert_eq!(r.remove(a), Some(entry(1)));
+        assert_eq!(r.len(), 0);
+        assert!(r.insert(entry(3)).is_none(), "still closed with free slots");
     }
 
     #[test]

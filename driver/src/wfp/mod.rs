@@ -6,6 +6,7 @@
 //! * [`table`]: sublayer, callouts, layers and filters, as data.
 //! * [`decide`]: every packet-path decision that needs no Windows API.
 //! * [`flows`]: the registry of flow contexts we attached.
+//! * [`gate`]: keeps the BFE state callback out of state that unload is tearing down.
 //!
 //! Windows only (kernel calls): `registration` ([`Wfp`]: start and teardown, BFE
 //! subscription, dynamic session and transaction), `callouts` (classify, notify and
@@ -20,6 +21,7 @@
 
 pub(crate) mod decide;
 pub(crate) mod flows;
+pub(crate) mod gate;
 pub(crate) mod table;
 
 #[cfg(all(windows, not(test)))]

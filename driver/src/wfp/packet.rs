@@ -135,8 +135,11 @@ pub(super) unsafe fn header_mut<'a>(nb: *mut NET_BUFFER, span: usize) -> Option<
     if p.is_null() {
         return None;
     }
-    // SAFETY: `p` points to `len` contiguous bytes of the buffer's system-mapped memory,
-    // which is writable; exclusivity per the contract.
+    // SAFETY: `p` points to `len` contiguous bytes of the buffer's system-mapped memory
+    // (NdisGetDataBuffer returns NULL rather than a copy when Storage is NULL). Its page does
+    // not promise the mapping is writable; Microsoft's samples write clone headers through
+    // exactly this pointer (ddproxy's UDP port rewrite, WFPSampler's IP header rewrite), and
+    // so do we (VM item 6). Exclusivity per the contract.
     Some(unsafe { core::slice::from_raw_parts_mut(p.cast::<u8>(), span) })
 }
 

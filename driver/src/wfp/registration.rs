@@ -31,7 +31,7 @@ use crate::ffi::wfp::{
     FWP_VALUE_UNION, RPC_C_AUTHN_WINNT,
 };
 use crate::ffi::{
-    nt_success, Handle, KeDelayExecutionThread, NtStatus, STATUS_DEVICE_BUSY,
+    nt_success, Handle, KeDelayExecutionThread, NtStatus, STATUS_DEVICE_BUSY, STATUS_FWP_IN_USE,
     STATUS_INSUFFICIENT_RESOURCES, STATUS_UNSUCCESSFUL,
 };
 use crate::globals::Globals;
@@ -39,12 +39,15 @@ use crate::lock::SpinRwLock;
 
 use super::callouts;
 use super::flows::FlowRegistry;
+use super::gate::Gate;
 use super::table::{
     widen, CalloutSpec, Family, Role, CALLOUTS, CALLOUT_COUNT, MAX_NAME_UNITS, PROVIDER_NAME,
     SUBLAYER_KEY, SUBLAYER_WEIGHT,
 };
 
-/// Flow contexts we can hold at once (registry slots, ~64 bytes each).
+/// Flow contexts we can hold at once. Each registry slot is 96 bytes on x64 plus 4 in the
+/// free list (`flows` tests pin the slot size): about 6.3 MiB of non-paged pool, allocated
+/// once at start. A full registry only costs the flows beyond it their flow-delete context.
 const FLOW_CONTEXTS: usize = 65_536;
 
 /// State the callbacks reach through [`SHARED`].
@@ -81,6 +84,10 @@ impl Shared {
     }
 }
 
+/// Admits the BFE state callback to `Shared` (see [`Gate`]). A `static`, so it outlives the
+/// `Shared` it guards: unload closes it before unsubscribing and waits for it to drain.
+static BFE_GATE: Gate = Gate::new();
+
 /// The published [`Shared`]: set by `start` once it is complete, cleared by `Drop` only after
 /// no callback can run any more (callouts unregistered, injections completed).
 static SHARED: AtomicPtr<Shared> = AtomicPtr::new(ptr::null_mut());
@@ -90,8 +97,11 @@ pub(crate) fn shared() -> Option<&'static Shared> {
     let p = SHARED.load(Ordering::Acquire);
     // SAFETY: a non-null value was stored (Release) after `Shared` was fully initialised and
     // stays valid until `Wfp::drop` clears it — which happens only after every callout is
-    // unregistered and both injection handles are destroyed, i.e. when no callback that could
-    // call this function is running or can start. Any IRQL.
+    // unregistered (so no classify, notify or flowDeleteFn can start) and both injection
+    // handles are destroyed (which returns after every completion ran). That no classify is
+    // still *running* once FwpsCalloutUnregisterById0 has succeeded is assumed, as every
+    // Microsoft sample assumes it; the reference page does not say (packet-path.md VM item
+    // 12). The BFE callback does not use this function. Any IRQL.
     unsafe { p.as_ref() }
 }
 
@@ -156,9 +166,11 @@ impl Wfp {
             }
         }
         // 3. Subscribe to BFE state, then read it (in this order, so no transition is missed).
+        BFE_GATE.open();
         let mut subscription: Handle = ptr::null_mut();
-        // SAFETY: PASSIVE_LEVEL; `device` is our device object; the callback and its context
-        // (the published `Shared`) stay valid until we unsubscribe in `Drop`.
+        // SAFETY: PASSIVE_LEVEL; `device` is our device object; the callback is our code and
+        // reaches its context (the published `Shared`) only through `BFE_GATE`, which `Drop`
+        // closes and drains before it frees `Shared`.
         let status = unsafe {
             FwpmBfeStateSubscribeChanges0(
                 device.cast::<c_void>(),
@@ -188,18 +200,28 @@ impl Wfp {
 impl Drop for Wfp {
     /// Unload order (wfp-driver.md §11), `PASSIVE_LEVEL`.
     fn drop(&mut self) {
-        // 1. No more BFE callbacks (unsubscribing waits for one in progress).
+        // 1. No more BFE callbacks: close the gate (a callback arriving now leaves at once),
+        //    unsubscribe, then wait for a callback still inside (its add_objects may be about
+        //    to store a session). The reference page does not say that unsubscribing waits
+        //    for a running callback, so the gate does.
+        BFE_GATE.close();
         if !self.bfe_subscription.is_null() {
             // SAFETY: our subscription handle, PASSIVE_LEVEL, not called from the callback.
             let _ = unsafe { FwpmBfeStateUnsubscribeChanges0(self.bfe_subscription) };
             self.bfe_subscription = ptr::null_mut();
         }
+        while !BFE_GATE.is_drained() {
+            sleep_10ms();
+        }
         let shared = self.shared();
         // 2. Close the dynamic session: WFP deletes our filters, callouts and sublayer.
         close_session(shared);
-        // 3 + 4. Remove every flow context, then unregister; a callout that still has
-        //    contexts answers STATUS_DEVICE_BUSY: remove again (a flowDeleteFn may be pending
-        //    asynchronously), wait 10 ms, retry. Unload must not return before all are gone.
+        // 3 + 4. Stop new flow contexts (ddproxy's unloading flag, checked under the registry
+        //    lock by `insert`), remove every context, then unregister; a callout that still
+        //    has contexts answers STATUS_DEVICE_BUSY: remove again (a flowDeleteFn may be
+        //    pending asynchronously), wait 10 ms, retry. Unload must not return before all
+        //    are gone.
+        shared.flows.write().close();
         loop {
             remove_flow_contexts(shared);
             let mut busy = false;
@@ -210,7 +232,10 @@ impl Drop for Wfp {
                 }
                 // SAFETY: our registered callout id; PASSIVE_LEVEL.
                 let status = unsafe { FwpsCalloutUnregisterById0(id) };
-                if status == STATUS_DEVICE_BUSY {
+                // DEVICE_BUSY: flow contexts left; FWP_IN_USE: a (un)registration in progress
+                // in another thread. Both are retried; any other status (success,
+                // CALLOUT_NOT_FOUND, an error) ends the retries for this callout.
+                if status == STATUS_DEVICE_BUSY || status == STATUS_FWP_IN_USE {
                     busy = true;
                 } else {
                     slot.store(0, Ordering::Release);
@@ -219,10 +244,7 @@ impl Drop for Wfp {
             if !busy {
                 break;
             }
-            let interval: i64 = -100_000; // relative, 100 ns units: 10 ms
-                                          // SAFETY: PASSIVE_LEVEL system thread; KernelMode (0), not alertable; `interval`
-                                          // lives across the call.
-            let _ = unsafe { KeDelayExecutionThread(0, 0, &raw const interval) };
+            sleep_10ms();
         }
         // 5. Destroy the injection handles: returns after every pending injection completed,
         //    i.e. after our completion routines freed every clone.
@@ -240,6 +262,15 @@ impl Drop for Wfp {
         // this point), and it is freed exactly once.
         drop(unsafe { alloc::boxed::Box::from_raw(raw) });
     }
+}
+
+/// Sleeps 10 ms. `PASSIVE_LEVEL` (unload's system thread).
+fn sleep_10ms() {
+    // Relative time (negative), in 100 ns units.
+    let interval: i64 = -100_000;
+    // SAFETY: called only from `Wfp::drop` at PASSIVE_LEVEL, where the thread may wait;
+    // KernelMode (0), not alertable (0); `interval` is a live local for the whole call.
+    let _ = unsafe { KeDelayExecutionThread(0, 0, &raw const interval) };
 }
 
 /// `FwpsInjectionHandleCreate0(family, FWPS_INJECTION_TYPE_NETWORK)`. `PASSIVE_LEVEL`.
@@ -293,11 +324,19 @@ fn register_callout(device: *mut c_void, spec: &CalloutSpec) -> Result<u32, NtSt
     }
 }
 
-/// `FWPM_SERVICE_STATE_CHANGE_CALLBACK0`, `PASSIVE_LEVEL`: BFE started → add our objects on
-/// a new dynamic session; BFE stopping → close the session (its objects are gone anyway).
+/// `FWPM_SERVICE_STATE_CHANGE_CALLBACK0`: BFE started → add our objects on a new dynamic
+/// session; BFE stopping → close the session (its objects are gone anyway).
+///
+/// IRQL: the reference page does not state it; the `WFPSampler` sample annotates its callback
+/// `_IRQL_requires_(PASSIVE_LEVEL)` and opens the engine from it, as we do (`Fwpm*` need
+/// `PASSIVE_LEVEL`). VM item.
 unsafe extern "system" fn bfe_state_changed(context: *mut c_void, new_state: i32) {
-    // SAFETY: `context` is the published `Shared`, valid until `Wfp::drop` unsubscribes —
-    // which waits for this callback — and frees it afterwards.
+    let Some(_inside) = BFE_GATE.enter() else {
+        return; // unload has begun: `context` may be freed soon, do not touch it
+    };
+    // SAFETY: `context` is the `Shared` that `start` subscribed with. We are inside
+    // `BFE_GATE`, and `Wfp::drop` closes the gate and waits for it to drain before it closes
+    // the session or frees `Shared`, so `Shared` is alive until `_inside` drops.
     let Some(shared) = (unsafe { context.cast::<Shared>().as_ref() }) else {
         return;
     };

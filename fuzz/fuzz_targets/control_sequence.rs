@@ -32,6 +32,9 @@ const LIMITS: Limits = Limits {
     max_sockets_per_handle: 6,
     max_rules: 3,
     fragment_slots: 8,
+    // The model has no owner table: ownership is proven by the back end (the Linux setting).
+    check_owner: false,
+    owner_slots: 64,
 };
 
 // Win32 codes (qos-api.md §7).

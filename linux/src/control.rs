@@ -23,9 +23,12 @@
 //! `AddSocketToFlow` must carry exactly one descriptor: family, protocol, local address and
 //! peer are read from it and replace the record's claims (only the `socket` value is kept).
 //! Anything else → 87. A TCP socket registered with local port 0 (before `connect`) is kept
-//! in a pending list and polled every 5 ms until it has a port (→ `Engine::socket_bound`) or for
-//! 60 s; every other descriptor is closed when the request is answered.
+//! in the [`PendingTcp`] list until it has a port (→ `Engine::socket_bound`, pinned by the
+//! packet thread when its SYN is queued, or by the watcher) or for 60 s; beyond that list's
+//! bounds the registration fails with 1450. Every other descriptor is closed when the request
+//! is answered.
 
+use crate::pending::{Pending, PendingTcp, PENDING_TCP_LIMIT};
 use crate::state::{self, State};
 use crate::sys;
 use qosmark_engine::abi::codec::{self, ErrorReply};
@@ -33,30 +36,17 @@ use qosmark_engine::abi::status::Win32Error;
 use qosmark_engine::abi::{Caller, Family, Privilege, Protocol, Request, Response, SocketInfo};
 use qosmark_engine::{Engine, EngineError, HandleId};
 use std::io::{self, Write as _};
-use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-/// How long an unbound TCP socket's descriptor is kept waiting for its local port.
-pub const PENDING_TCP_LIMIT: Duration = Duration::from_secs(60);
-/// How often pending TCP sockets are polled.
-const PENDING_POLL: Duration = Duration::from_millis(5);
 /// `CAP_NET_ADMIN`'s bit in the capability sets.
 const CAP_NET_ADMIN: u32 = 12;
 /// Stack of a connection thread.
 const CONNECTION_STACK: usize = 128 * 1024;
-
-/// A TCP socket registered before `connect`, waiting for its local port.
-struct Pending {
-    handle: HandleId,
-    socket: u64,
-    fd: OwnedFd,
-    deadline: Instant,
-}
 
 /// Everything the control threads share.
 pub struct Shared {
@@ -70,8 +60,8 @@ pub struct Shared {
     /// Serialises "apply a persistent change, then write the file", so the file always ends
     /// with the latest state.
     save_lock: Mutex<()>,
-    pending: Mutex<Vec<Pending>>,
-    pending_cv: Condvar,
+    /// TCP sockets registered before `connect` (shared with the packet thread).
+    pub pending: Arc<PendingTcp>,
 }
 
 impl Shared {
@@ -81,6 +71,7 @@ impl Shared {
         engine: Arc<RwLock<Engine>>,
         state_path: Option<PathBuf>,
         max_clients: usize,
+        pending: Arc<PendingTcp>,
     ) -> Self {
         Shared {
             engine,
@@ -88,8 +79,7 @@ impl Shared {
             max_clients,
             clients: AtomicUsize::new(0),
             save_lock: Mutex::new(()),
-            pending: Mutex::new(Vec::new()),
-            pending_cv: Condvar::new(),
+            pending,
         }
     }
 
@@ -296,11 +286,7 @@ fn connection(mut stream: UnixStream, shared: &Shared) {
         }
     }
     drop(fds);
-    shared
-        .pending
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .retain(|p| p.handle != handle);
+    shared.pending.forget_handle(handle);
     let closed = shared.engine_mut().close_handle(handle);
     match closed {
         Ok(report) => crate::log(&format!(
@@ -352,6 +338,10 @@ fn handle_record(
         let fd = fds.pop().ok_or(Win32Error::INVALID_PARAMETER)?;
         let info =
             inspect_socket(fd.as_fd(), socket.socket).ok_or(Win32Error::INVALID_PARAMETER)?;
+        let unbound = info.protocol == Protocol::Tcp && info.local.port() == 0;
+        if unbound && shared.pending.room_for(handle).is_err() {
+            return Err(Win32Error::NO_SYSTEM_RESOURCES);
+        }
         let req = Request::AddSocketToFlow {
             socket: info,
             dest,
@@ -360,19 +350,14 @@ fn handle_record(
             flow_id,
         };
         let answer = shared.engine_mut().apply(handle, &req);
-        if answer.is_ok() && info.protocol == Protocol::Tcp && info.local.port() == 0 {
-            let mut pending = shared
-                .pending
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            pending.retain(|p| !(p.handle == handle && p.socket == info.socket));
-            pending.push(Pending {
+        if answer.is_ok() && unbound {
+            shared.pending.add(Pending {
                 handle,
                 socket: info.socket,
+                dest: dest.map(crate::pending::unmapped),
                 fd,
                 deadline: Instant::now() + PENDING_TCP_LIMIT,
             });
-            shared.pending_cv.notify_one();
         }
         return answer.map_err(EngineError::win32);
     }
@@ -490,52 +475,6 @@ fn inspect_socket(fd: BorrowedFd<'_>, socket: u64) -> Option<SocketInfo> {
         local,
         peer,
     })
-}
-
-/// Polls pending TCP sockets until each has a local port (then pins it in the engine) or its
-/// 60 s are up. Runs forever on its own thread.
-pub fn bind_watcher(shared: &Shared) {
-    let mut bound: Vec<(HandleId, u64, SocketAddr)> = Vec::new();
-    loop {
-        {
-            let mut pending = shared
-                .pending
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            while pending.is_empty() {
-                pending = shared
-                    .pending_cv
-                    .wait(pending)
-                    .unwrap_or_else(PoisonError::into_inner);
-            }
-            let now = Instant::now();
-            pending.retain(|p| match sys::local_address(p.fd.as_fd()) {
-                Ok(Some(local)) if local.port() != 0 => {
-                    bound.push((p.handle, p.socket, local));
-                    false
-                }
-                Ok(_) if now < p.deadline => true,
-                Ok(_) => {
-                    crate::log(&format!(
-                        "handle {}: TCP socket {} never got a local port in 60 s; it marks nothing",
-                        p.handle.0, p.socket
-                    ));
-                    false
-                }
-                Err(_) => false,
-            });
-        }
-        for (handle, socket, local) in bound.drain(..) {
-            let result = shared.engine_mut().socket_bound(handle, socket, local);
-            if let Err(e) = result {
-                crate::log(&format!(
-                    "handle {}: TCP socket {socket} bound to {local} could not be pinned: {e:?}",
-                    handle.0
-                ));
-            }
-        }
-        std::thread::sleep(PENDING_POLL);
-    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,8 @@
 //!   then a short drain, then the socket file.
 //! * **packets**: the [`nfq::PacketLoop`] (shared engine lock).
 //! * **accept** + one thread per client connection ([`control::serve`], bounded).
-//! * **bind watcher**: TCP sockets registered before `connect` ([`control::bind_watcher`]).
+//! * **bind watcher**: TCP sockets registered before `connect` ([`pending::PendingTcp::watch`];
+//!   the packet thread pins them itself when their SYN is queued).
 //!
 //! The engine sits in an `Arc<RwLock<Engine>>`: the packet thread reads (classify is `&self`),
 //! control requests write.
@@ -21,6 +22,7 @@
 pub mod control;
 pub mod iptables;
 pub mod nfq;
+pub mod pending;
 pub mod state;
 pub mod sys;
 
@@ -271,10 +273,12 @@ fn start_workers(
     listener: UnixListener,
     fatal: &Arc<AtomicBool>,
 ) -> Result<(), String> {
+    let pending = Arc::new(pending::PendingTcp::new());
     let shared = Arc::new(control::Shared::new(
         Arc::clone(engine),
         Some(config.state.clone()),
         config.max_clients,
+        Arc::clone(&pending),
     ));
     let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
         std::thread::Builder::new()
@@ -283,7 +287,7 @@ fn start_workers(
             .map(|_| ())
             .map_err(|e| format!("cannot start the {name} thread: {e}"))
     };
-    let mut packet_loop = nfq::PacketLoop::new(queue, Arc::clone(engine));
+    let mut packet_loop = nfq::PacketLoop::new(queue, Arc::clone(engine), Arc::clone(&pending));
     let packet_fatal = Arc::clone(fatal);
     spawn(
         "qosmarkd-packets",
@@ -296,8 +300,8 @@ fn start_workers(
         }),
     )
     .and_then(|()| {
-        let s = Arc::clone(&shared);
-        spawn("qosmarkd-bind", Box::new(move || control::bind_watcher(&s)))
+        let e = Arc::clone(engine);
+        spawn("qosmarkd-bind", Box::new(move || pending.watch(&e)))
     })
     .and_then(|()| {
         let s = Arc::clone(&shared);

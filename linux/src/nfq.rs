@@ -36,6 +36,7 @@
 //! accepted with a plain verdict). The iptables rules use `--queue-bypass`, so with no daemon
 //! bound packets pass unmarked, and `F_FAIL_OPEN` covers a full queue.
 
+use crate::pending::{self, PendingTcp};
 use crate::sys;
 use qosmark_engine::abi::FailOpen;
 use qosmark_engine::{Engine, PacketMeta, Verdict};
@@ -433,6 +434,7 @@ pub struct LoopStats {
 pub struct PacketLoop {
     queue: Queue,
     engine: Arc<RwLock<Engine>>,
+    pending: Arc<PendingTcp>,
     start: Instant,
     buffers: Vec<Vec<u8>>,
     lens: Vec<usize>,
@@ -448,10 +450,11 @@ pub struct PacketLoop {
 impl PacketLoop {
     /// Allocates every buffer the loop will use.
     #[must_use]
-    pub fn new(queue: Queue, engine: Arc<RwLock<Engine>>) -> Self {
+    pub fn new(queue: Queue, engine: Arc<RwLock<Engine>>, pending: Arc<PendingTcp>) -> Self {
         PacketLoop {
             queue,
             engine,
+            pending,
             start: Instant::now(),
             buffers: (0..BATCH).map(|_| vec![0u8; RECV_BUF_LEN]).collect(),
             lens: vec![0; BATCH],
@@ -493,6 +496,9 @@ impl PacketLoop {
     fn process(&mut self, n: usize) {
         self.items.clear();
         self.refused.clear();
+        if self.pending.any() {
+            self.pin_connecting(n);
+        }
         let now_ns = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
         {
             // A poisoned lock means a control thread panicked mid-request (a bug); packets
@@ -527,6 +533,33 @@ impl PacketLoop {
             }
         }
         self.answer();
+    }
+
+    /// Some TCP sockets were registered before `connect`: for every SYN in the batch, pin the
+    /// pending sockets it may come from *before* the batch is classified, so the SYN itself is
+    /// marked (see [`crate::pending`]). Runs only while something is pending.
+    fn pin_connecting(&self, n: usize) {
+        for slot in 0..n {
+            if self.truncated.get(slot).copied().unwrap_or(true) {
+                continue;
+            }
+            let len = self.lens.get(slot).copied().unwrap_or(0);
+            let Some(datagram) = self.buffers.get(slot).and_then(|b| b.get(..len)) else {
+                continue;
+            };
+            for msg in messages(datagram).filter(|m| m.msg_type == MSG_PACKET) {
+                let dest = parse_packet(datagram, msg)
+                    .and_then(|p| p.payload)
+                    .and_then(|(from, to)| datagram.get(from..to))
+                    .and_then(pending::syn_destination);
+                if let Some(dest) = dest {
+                    self.pending.resolve_syn(&self.engine, dest);
+                    if !self.pending.any() {
+                        return;
+                    }
+                }
+            }
+        }
     }
 
     /// Writes and sends the verdicts of `items` in order (module docs).

@@ -17,8 +17,8 @@
 mod common;
 
 use common::{
-    check_tcp, check_udp, in_ns, live, send_tagged, Capture, Client, Daemon, DaemonOptions, Expect,
-    Net, UdpSink,
+    check_tcp, check_tcp_every_segment, check_udp, in_ns, live, send_tagged, Capture, Client,
+    Daemon, DaemonOptions, Expect, Net, UdpSink,
 };
 use qosmark_engine::abi::codec;
 use qosmark_engine::abi::heapless_name::RuleName;
@@ -124,8 +124,10 @@ fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     }
 }
 
-/// TCP over IPv4 and IPv6: a socket registered after `connect` and one registered before
-/// (the daemon keeps its descriptor until it has a port) both get their data segments marked.
+/// TCP over IPv4 and IPv6: a socket registered after `connect` gets its data segments marked;
+/// one registered before `connect` (the daemon keeps its descriptor until it has a port) gets
+/// *every* segment marked, its SYN included (the packet thread pins the socket when the SYN is
+/// queued, before classifying it); a dual-stack IPv6 socket connecting to an IPv4 peer too.
 #[test]
 fn tcp_registered_after_and_before_connect() {
     if !live() {
@@ -136,6 +138,7 @@ fn tcp_registered_after_and_before_connect() {
     let mut client = Client::connect(&daemon.socket);
     let capture = Capture::start(&net);
     let mut checks = Vec::new();
+    let mut every = Vec::new();
     let mut sinks = Vec::new();
     for v6 in [false, true] {
         let dest = net.receiver_addr(v6, 7000);
@@ -153,15 +156,32 @@ fn tcp_registered_after_and_before_connect() {
             .add_socket(&fd, Some(dest), TrafficType::Background, 0, 0)
             .unwrap();
         let s = connect_fd(fd, dest);
-        // The daemon polls pending sockets every 5 ms; the handshake itself may go unmarked.
-        std::thread::sleep(Duration::from_millis(100));
-        checks.push((s.local_addr().unwrap(), dest, Expect::Dscp(8)));
+        let local = s.local_addr().unwrap();
+        every.push((local, dest, 8));
+        checks.push((local, dest, Expect::Dscp(8)));
         write_chunks(s);
         // Unregistered.
         let s = in_ns(&net.sender, move || TcpStream::connect(dest).unwrap());
         checks.push((s.local_addr().unwrap(), dest, Expect::Untouched));
         write_chunks(s);
     }
+    // A dual-stack IPv6 socket registered before connecting to an IPv4 peer (v4-mapped).
+    let dest4 = net.receiver_addr(false, 7000);
+    let mapped = SocketAddr::new(
+        std::net::IpAddr::V6(match dest4.ip() {
+            std::net::IpAddr::V4(a) => a.to_ipv6_mapped(),
+            std::net::IpAddr::V6(a) => a,
+        }),
+        7000,
+    );
+    let fd = unconnected_tcp(&net, true);
+    client
+        .add_socket(&fd, Some(mapped), TrafficType::Control, 0, 0)
+        .unwrap();
+    let s = connect_fd(fd, mapped);
+    let local = common::unmapped(s.local_addr().unwrap());
+    every.push((local, dest4, 56));
+    write_chunks(s);
     let mut totals = Vec::new();
     for (dest, sink) in sinks {
         stop_tcp_sink(&net, dest);
@@ -169,10 +189,16 @@ fn tcp_registered_after_and_before_connect() {
     }
     assert_eq!(
         totals,
-        vec![2000; 6],
+        vec![2000; 7],
         "every byte arrives on every connection"
     );
     let seen = capture.finish();
+    for (src, dst, dscp) in every {
+        let (segments, syns) = check_tcp_every_segment(&seen, src, dst, dscp);
+        assert!(syns >= 1, "{src}: its SYN was not captured");
+        // SYN, ACK, 20 data segments, FIN at least.
+        assert!(segments >= 23, "{src}: only {segments} segments captured");
+    }
     for (src, dst, expect) in checks {
         assert!(
             check_tcp(&seen, src, dst, expect) > 0,

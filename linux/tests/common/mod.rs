@@ -554,6 +554,8 @@ pub struct Seen {
     pub dst: SocketAddr,
     /// TOS / Traffic Class byte.
     pub tos: u8,
+    /// TCP flag bits (CWR ECE URG ACK PSH RST SYN FIN); 0 for UDP.
+    pub tcp_flags: u8,
     /// Transport payload.
     pub payload: Vec<u8>,
     /// IPv4 header checksum valid by full recomputation (always true for IPv6).
@@ -598,17 +600,20 @@ pub fn parse(bytes: &[u8]) -> Option<Seen> {
         }
         NetSlice::Arp(_) => return None,
     };
-    let (protocol, sp, dp, payload) = match sliced.transport? {
+    let (protocol, sp, dp, tcp_flags, payload) = match sliced.transport? {
         TransportSlice::Udp(u) => (
             Protocol::Udp,
             u.source_port(),
             u.destination_port(),
+            0,
             u.payload().to_vec(),
         ),
         TransportSlice::Tcp(t) => (
             Protocol::Tcp,
             t.source_port(),
             t.destination_port(),
+            // The flags byte, from the header bytes themselves.
+            t.slice()[13],
             t.payload().to_vec(),
         ),
         _ => return None,
@@ -618,6 +623,7 @@ pub fn parse(bytes: &[u8]) -> Option<Seen> {
         src: SocketAddr::new(src_ip, sp),
         dst: SocketAddr::new(dst_ip, dp),
         tos,
+        tcp_flags,
         payload,
         checksum_ok,
         bytes: bytes.to_vec(),
@@ -897,6 +903,37 @@ pub fn check_tcp(seen: &[Seen], src: SocketAddr, dst: SocketAddr, expect: Expect
         }
     }
     n
+}
+
+/// Checks every captured TCP segment from `src` to `dst` — handshake, pure ACKs and FIN
+/// included — for DSCP `dscp`; returns (segments, SYNs) seen.
+pub fn check_tcp_every_segment(
+    seen: &[Seen],
+    src: SocketAddr,
+    dst: SocketAddr,
+    dscp: u8,
+) -> (usize, usize) {
+    let (mut n, mut syns) = (0, 0);
+    for p in seen
+        .iter()
+        .filter(|p| p.protocol == Protocol::Tcp && p.src == src && p.dst == dst)
+    {
+        n += 1;
+        let syn = p.tcp_flags & 0x12 == 0x02;
+        if syn {
+            syns += 1;
+        }
+        assert!(p.checksum_ok, "TCP {src}: IPv4 header checksum wrong");
+        assert_eq!(
+            p.tos >> 2,
+            dscp,
+            "TCP {src}->{dst}: {} segment (flags {:#04x}) left with TOS {:#04x}",
+            if syn { "SYN" } else { "a" },
+            p.tcp_flags,
+            p.tos
+        );
+    }
+    (n, syns)
 }
 
 /// Normalizes a v4-mapped IPv6 socket address to IPv4 (how packets carry it on the wire).

@@ -314,8 +314,9 @@ mod tests {
         assert_eq!(load(&path, default_table()).unwrap(), Some(sample()));
         assert!(!dir.join("sub").join("state.toml.tmp").exists());
         assert_eq!(load(&dir.join("none.toml"), default_table()).unwrap(), None);
-        use std::os::unix::fs::PermissionsExt as _;
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&path).unwrap().permissions(),
+        );
         assert_eq!(mode & 0o777, 0o600, "state file mode {mode:o}");
         // A symlink planted at the temporary path is replaced, not followed.
         let victim = dir.join("victim");

@@ -29,6 +29,7 @@
 //! is answered.
 
 use crate::pending::{Pending, PendingTcp, PENDING_TCP_LIMIT};
+use crate::reaper::{Identity, Registry};
 use crate::state::{self, State};
 use crate::sys;
 use qosmark_engine::abi::codec::{self, ErrorReply};
@@ -62,6 +63,8 @@ pub struct Shared {
     save_lock: Mutex<()>,
     /// TCP sockets registered before `connect` (shared with the packet thread).
     pub pending: Arc<PendingTcp>,
+    /// Registered sockets, for retiring the ones closed without removal.
+    pub registry: Arc<Registry>,
 }
 
 impl Shared {
@@ -72,6 +75,7 @@ impl Shared {
         state_path: Option<PathBuf>,
         max_clients: usize,
         pending: Arc<PendingTcp>,
+        registry: Arc<Registry>,
     ) -> Self {
         Shared {
             engine,
@@ -80,6 +84,7 @@ impl Shared {
             clients: AtomicUsize::new(0),
             save_lock: Mutex::new(()),
             pending,
+            registry,
         }
     }
 
@@ -287,6 +292,7 @@ fn connection(mut stream: UnixStream, shared: &Shared) {
     }
     drop(fds);
     shared.pending.forget_handle(handle);
+    shared.registry.forget_handle(handle);
     let closed = shared.engine_mut().close_handle(handle);
     match closed {
         Ok(report) => crate::log(&format!(
@@ -349,7 +355,20 @@ fn handle_record(
             flags,
             flow_id,
         };
-        let answer = shared.engine_mut().apply(handle, &req);
+        let answer = match sys::socket_cookie(fd.as_fd()) {
+            Ok(cookie) => shared.registry.add_socket(
+                &shared.engine,
+                handle,
+                &req,
+                Identity {
+                    cookie,
+                    family: info.family,
+                    protocol: info.protocol,
+                    listed: info.protocol == Protocol::Udp || info.peer.is_some(),
+                },
+            ),
+            Err(_) => shared.engine_mut().apply(handle, &req),
+        };
         if answer.is_ok() && unbound {
             shared.pending.add(Pending {
                 handle,
@@ -366,10 +385,11 @@ fn handle_record(
         return Err(Win32Error::INVALID_PARAMETER);
     }
     if !changes_state(&request) {
-        return shared
-            .engine_mut()
-            .apply(handle, &request)
-            .map_err(EngineError::win32);
+        let answer = shared.engine_mut().apply(handle, &request);
+        if let (Ok(_), Request::RemoveSocketFromFlow { socket, flow_id }) = (&answer, &request) {
+            shared.registry.removed(handle, *socket, *flow_id);
+        }
+        return answer.map_err(EngineError::win32);
     }
     let _saving = shared
         .save_lock

@@ -12,6 +12,8 @@
 //! * **accept** + one thread per client connection ([`control::serve`], bounded).
 //! * **bind watcher**: TCP sockets registered before `connect` ([`pending::PendingTcp::watch`];
 //!   the packet thread pins them itself when their SYN is queued).
+//! * **reaper**: every second, retires registered sockets the application closed without
+//!   removing them ([`reaper::Registry::run`]).
 //!
 //! The engine sits in an `Arc<RwLock<Engine>>`: the packet thread reads (classify is `&self`),
 //! control requests write.
@@ -23,6 +25,7 @@ pub mod control;
 pub mod iptables;
 pub mod nfq;
 pub mod pending;
+pub mod reaper;
 pub mod state;
 pub mod sys;
 
@@ -274,11 +277,13 @@ fn start_workers(
     fatal: &Arc<AtomicBool>,
 ) -> Result<(), String> {
     let pending = Arc::new(pending::PendingTcp::new());
+    let registry = Arc::new(reaper::Registry::new());
     let shared = Arc::new(control::Shared::new(
         Arc::clone(engine),
         Some(config.state.clone()),
         config.max_clients,
         Arc::clone(&pending),
+        Arc::clone(&registry),
     ));
     let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
         std::thread::Builder::new()
@@ -302,6 +307,10 @@ fn start_workers(
     .and_then(|()| {
         let e = Arc::clone(engine);
         spawn("qosmarkd-bind", Box::new(move || pending.watch(&e)))
+    })
+    .and_then(|()| {
+        let e = Arc::clone(engine);
+        spawn("qosmarkd-reaper", Box::new(move || registry.run(&e)))
     })
     .and_then(|()| {
         let s = Arc::clone(&shared);

@@ -45,10 +45,10 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-const NLMSG_HDR_LEN: usize = 16;
+pub(crate) const NLMSG_HDR_LEN: usize = 16;
 const NFGEN_LEN: usize = 4;
 const NLA_HDR_LEN: usize = 4;
-const NLMSG_ERROR: u16 = 2;
+pub(crate) const NLMSG_ERROR: u16 = 2;
 const NLM_F_REQUEST: u16 = 1;
 const NLM_F_ACK: u16 = 4;
 const NFNL_SUBSYS_QUEUE: u16 = 3;
@@ -161,17 +161,17 @@ fn push_batch_accept(out: &mut Vec<u8>, queue: u16, id: u32) {
 
 /// One netlink message inside a datagram.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct NlMsg {
-    msg_type: u16,
-    seq: u32,
+pub(crate) struct NlMsg {
+    pub(crate) msg_type: u16,
+    pub(crate) seq: u32,
     /// Offset of the payload (after the netlink header) in the datagram.
-    body: usize,
+    pub(crate) body: usize,
     /// End of the message (exclusive) in the datagram.
-    end: usize,
+    pub(crate) end: usize,
 }
 
 /// Iterates the netlink messages of a datagram; stops at the first malformed header.
-fn messages(datagram: &[u8]) -> impl Iterator<Item = NlMsg> + '_ {
+pub(crate) fn messages(datagram: &[u8]) -> impl Iterator<Item = NlMsg> + '_ {
     let mut at = 0usize;
     std::iter::from_fn(move || {
         let hdr = datagram.get(at..at.checked_add(NLMSG_HDR_LEN)?)?;

@@ -702,6 +702,107 @@ fn remove_socket_remove_flow_and_close_handle_stop_marking() {
     daemon.stop();
 }
 
+/// A registered socket the application closes without removing it: its flow entry is
+/// retired (the daemon's `sock_diag` sweep), so a new, unregistered socket on the same 5-tuple
+/// leaves unmarked and may be registered again (no 183); and when the descriptor number is
+/// reused at once for a new socket, registering it replaces the closed one immediately.
+#[test]
+fn closed_sockets_are_retired() {
+    if !live() {
+        return;
+    }
+    let net = Net::new();
+    let daemon = Daemon::start(&net, &DaemonOptions::default());
+    let dests = [
+        net.receiver_addr(false, 6600),
+        net.receiver_addr(true, 6601),
+    ];
+    let sink = UdpSink::start(&net, &dests);
+    let capture = Capture::start(&net);
+    let mut client = Client::connect(&daemon.socket);
+    let open = |local: SocketAddr, dest: SocketAddr| {
+        in_ns(&net.sender, move || {
+            let s = UdpSocket::bind(local).unwrap();
+            s.connect(dest).unwrap();
+            s
+        })
+    };
+    // 1. Close without removal, wait for the sweep.
+    let first = open(net.sender_addr(false, 0), dests[0]);
+    let local = first.local_addr().unwrap();
+    client
+        .add_socket(&first, None, TrafficType::Voice, 0, 0)
+        .unwrap();
+    send_tagged(&first, None, "open", PACKETS);
+    assert_eq!(client.status().sockets, 1);
+    drop(first);
+    let mut waited = 0;
+    while client.status().sockets != 0 {
+        assert!(
+            waited < 100,
+            "the closed socket's entry is still there after 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        waited += 1;
+    }
+    assert_eq!(
+        client.status().flows,
+        0,
+        "its single-socket flow went with it"
+    );
+    let reused = open(local, dests[0]);
+    send_tagged(&reused, None, "reused", PACKETS);
+    client
+        .add_socket(&reused, None, TrafficType::AudioVideo, 0, 0)
+        .expect("the 5-tuple can be registered again");
+    send_tagged(&reused, None, "reregistered", PACKETS);
+    drop(reused);
+    // 2. The descriptor number reused at once: the new registration replaces the old socket.
+    let a = open(net.sender_addr(true, 0), dests[1]);
+    let (fd_a, local_a) = (a.as_raw_fd(), a.local_addr().unwrap());
+    client
+        .add_socket(&a, None, TrafficType::Voice, 0, 0)
+        .unwrap();
+    drop(a);
+    let b = open(local_a, dests[1]);
+    assert_eq!(
+        b.as_raw_fd(),
+        fd_a,
+        "the test needs the descriptor number reused"
+    );
+    client
+        .add_socket(&b, None, TrafficType::Background, 0, 0)
+        .expect("the closed socket under the same number is replaced, not 183");
+    send_tagged(&b, None, "replaced", PACKETS);
+    // `reused` (closed, its number taken by `a`) and `a` (taken by `b`) are gone: only `b`.
+    let status = client.status();
+    assert_eq!((status.sockets, status.flows), (1, 1));
+    for tag in ["open", "reused", "reregistered", "replaced"] {
+        assert_eq!(
+            sink.wait_for(tag, u64::from(PACKETS)),
+            u64::from(PACKETS),
+            "{tag}"
+        );
+    }
+    let seen = capture.finish();
+    for (tag, e) in [
+        ("open", Expect::Dscp(56)),
+        ("reused", Expect::Untouched),
+        ("reregistered", Expect::Dscp(40)),
+        ("replaced", Expect::Dscp(8)),
+    ] {
+        assert_eq!(check_udp(&seen, tag, 0, e), u64::from(PACKETS), "{tag}");
+    }
+    assert!(
+        daemon
+            .log_text()
+            .contains("was closed without QOSRemoveSocketFromFlow"),
+        "the retirement is logged"
+    );
+    drop(client);
+    daemon.stop();
+}
+
 /// Framing and descriptor errors answer exactly as the transport contract says.
 #[test]
 fn framing_and_descriptor_errors() {

@@ -9,8 +9,9 @@
 //!
 //! ## One connection = one handle
 //! At accept: `SO_PEERCRED` gives pid and uid; uid 0, or `CAP_NET_ADMIN` in the peer's
-//! `CapEff` (`/proc/<pid>/status`, read once), is `Privilege::Admin`, anyone else
-//! `Privilege::User`. The engine handle opens then and closes when the connection ends
+//! `CapEff` (`/proc/<pid>/status`, read once; only for a peer in the daemon's user namespace
+//! whose status shows the same effective uid, see [`has_net_admin`]), is `Privilege::Admin`,
+//! anyone else `Privilege::User`. The engine handle opens then and closes when the connection ends
 //! (every flow of the connection goes away).
 //!
 //! ## Framing
@@ -93,13 +94,39 @@ impl Shared {
     }
 }
 
-/// Whether the process `pid` has `CAP_NET_ADMIN` in its effective set.
+/// Whether the process `pid`, whose `SO_PEERCRED` effective uid is `uid`, has `CAP_NET_ADMIN`
+/// in its effective set **in the daemon's user namespace**.
+///
+/// `CapEff` is relative to the process's own user namespace, and any user may create one in
+/// which it holds every capability (`unshare -Ur`): such a process is a `User` here. The
+/// effective uid in `/proc/<pid>/status` must also be the one `SO_PEERCRED` gave, so a pid
+/// reused by another user's process after the peer exited is not trusted either.
 #[must_use]
-pub fn has_net_admin(pid: u32) -> bool {
+pub fn has_net_admin(pid: u32, uid: u32) -> bool {
+    let same_userns = match (
+        std::fs::read_link(format!("/proc/{pid}/ns/user")),
+        std::fs::read_link("/proc/self/ns/user"),
+    ) {
+        (Ok(theirs), Ok(ours)) => theirs == ours,
+        _ => false,
+    };
+    if !same_userns {
+        return false;
+    }
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
         return false;
     };
-    cap_eff_has(&status, CAP_NET_ADMIN)
+    status_euid(&status) == Some(uid) && cap_eff_has(&status, CAP_NET_ADMIN)
+}
+
+/// The effective uid (second field of the `Uid:` line) of a `/proc/<pid>/status` text.
+#[must_use]
+pub fn status_euid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        .and_then(|euid| euid.parse().ok())
 }
 
 /// Whether the `CapEff:` line of a `/proc/<pid>/status` text has capability `bit`.
@@ -228,7 +255,7 @@ fn connection(mut stream: UnixStream, shared: &Shared) {
             return;
         }
     };
-    let privilege = if uid == 0 || has_net_admin(pid) {
+    let privilege = if uid == 0 || has_net_admin(pid, uid) {
         Privilege::Admin
     } else {
         Privilege::User
@@ -510,6 +537,53 @@ mod tests {
         assert!(cap_eff_has("CapEff:\t000001ffffffffff\n", CAP_NET_ADMIN));
         assert!(!cap_eff_has("CapEff:\tzz\n", CAP_NET_ADMIN));
         assert!(!cap_eff_has("", CAP_NET_ADMIN));
+        assert_eq!(
+            status_euid("Name:\tx\nUid:\t1000\t1001\t1002\t1003\n"),
+            Some(1001)
+        );
+        assert_eq!(status_euid("Uid:\t1000\n"), None);
+        assert_eq!(status_euid("Gid:\t1 2 3 4\n"), None);
+    }
+
+    /// Oracle: this test process itself (same user namespace, its own status file), and a
+    /// child in a user namespace of its own, where it holds every capability.
+    #[test]
+    fn net_admin_counts_only_in_our_user_namespace() {
+        let me = std::process::id();
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let uid = status_euid(&status).unwrap();
+        assert_eq!(has_net_admin(me, uid), cap_eff_has(&status, CAP_NET_ADMIN));
+        assert!(!has_net_admin(me, uid.wrapping_add(1)), "uid mismatch");
+        // `unshare -Ur sleep`: full CapEff, but in another user namespace.
+        let Ok(mut child) = std::process::Command::new("unshare")
+            .args(["-Ur", "sleep", "5"])
+            .spawn()
+        else {
+            return; // util-linux missing: nothing to check against
+        };
+        let pid = child.id();
+        let mut inside = String::new();
+        for _ in 0..100 {
+            inside = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let ns = std::fs::read_link(format!("/proc/{pid}/ns/user")).ok();
+            if ns.is_some() && ns != std::fs::read_link("/proc/self/ns/user").ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let child_uid = status_euid(&inside).unwrap();
+        let has_it = cap_eff_has(&inside, CAP_NET_ADMIN);
+        let judged = has_net_admin(pid, child_uid);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            has_it,
+            "the user-namespace child holds CAP_NET_ADMIN there: {inside}"
+        );
+        assert!(
+            !judged,
+            "a capability in another user namespace made an administrator"
+        );
     }
 
     #[test]

@@ -210,6 +210,7 @@ fn tcp_registered_after_and_before_connect() {
 }
 
 /// Where the helper process (this binary, re-run) is told what to do, via the environment.
+#[derive(Clone)]
 struct Helper {
     socket: std::path::PathBuf,
     dest: SocketAddr,
@@ -217,6 +218,8 @@ struct Helper {
     register: Option<TrafficType>,
     dscp: Option<u32>,
     as_nobody: bool,
+    /// In a user namespace of its own (`unshare -Ur`), where it holds every capability.
+    own_userns: bool,
 }
 
 /// Runs the helper in the sender namespace; it prints `HELPER LOCAL addr` once its socket is
@@ -236,6 +239,9 @@ fn run_helper(net: &Net, h: &Helper, between: impl FnOnce(SocketAddr)) -> Vec<St
             "--regid=65534",
             "--clear-groups",
         ]);
+    }
+    if h.own_userns {
+        cmd.args(["unshare", "-Ur"]);
     }
     cmd.arg(&exe)
         .args([
@@ -390,8 +396,17 @@ fn custom_dscp_root_and_unprivileged_user() {
         register: Some(TrafficType::Background),
         dscp: Some(34),
         as_nobody: true,
+        own_userns: false,
     };
     let lines = run_helper(&net, &h, |_| {});
+    assert!(lines.contains(&"SETFLOW 5".to_owned()), "{lines:?}");
+    // nobody in a user namespace of its own holds CAP_NET_ADMIN *there*: still a user.
+    let userns = Helper {
+        tag: "user-userns".into(),
+        own_userns: true,
+        ..h.clone()
+    };
+    let lines = run_helper(&net, &userns, |_| {});
     assert!(lines.contains(&"SETFLOW 5".to_owned()), "{lines:?}");
     // The administrator allows 34 for users; now the same request succeeds.
     let Ok(Response::TrafficTable(mut table)) = admin.call(&Request::GetTrafficTable, None) else {
@@ -405,7 +420,13 @@ fn custom_dscp_root_and_unprivileged_user() {
     };
     let lines = run_helper(&net, &h, |_| {});
     assert!(lines.contains(&"SETFLOW 0".to_owned()), "{lines:?}");
-    for tag in ["root0", "root1", "user-refused", "user-allowed"] {
+    for tag in [
+        "root0",
+        "root1",
+        "user-refused",
+        "user-userns",
+        "user-allowed",
+    ] {
         assert_eq!(
             sink.wait_for(tag, u64::from(PACKETS)),
             u64::from(PACKETS),
@@ -423,6 +444,10 @@ fn custom_dscp_root_and_unprivileged_user() {
     );
     assert_eq!(
         check_udp(&seen, "user-refused", 0, Expect::Dscp(8)),
+        u64::from(PACKETS)
+    );
+    assert_eq!(
+        check_udp(&seen, "user-userns", 0, Expect::Dscp(8)),
         u64::from(PACKETS)
     );
     assert_eq!(
@@ -466,6 +491,7 @@ fn one_process_cannot_register_anothers_socket() {
         register: None,
         dscp: None,
         as_nobody: false,
+        own_userns: false,
     };
     let victim_dest = dests[0];
     run_helper(&net, &h, |victim_local| {

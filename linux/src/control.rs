@@ -526,6 +526,7 @@ fn inspect_socket(fd: BorrowedFd<'_>, socket: u64) -> Option<SocketInfo> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
     use super::*;
 
     #[test]

@@ -47,6 +47,9 @@ use std::time::{Duration, Instant};
 
 /// `CAP_NET_ADMIN`'s bit in the capability sets.
 const CAP_NET_ADMIN: u32 = 12;
+/// How long the rest of a record may take once its first byte arrived (a client that sends
+/// half a record and stalls loses its connection, not only its thread's time).
+const RECORD_TIMEOUT_MS: u32 = 10_000;
 /// Stack of a connection thread.
 const CONNECTION_STACK: usize = 128 * 1024;
 
@@ -194,13 +197,16 @@ enum ReadOutcome {
     Unframeable(Win32Error),
 }
 
-/// Reads exactly `want` more bytes into `buf` (appending), collecting descriptors.
+/// Reads exactly `want` more bytes into `buf` (appending), collecting descriptors. Once part
+/// of a record has arrived (`*started`), the rest must come within [`RECORD_TIMEOUT`]: the
+/// socket gets a receive timeout, which [`read_record`] clears when the record is complete.
 fn read_exact_fds(
     fd: BorrowedFd<'_>,
     buf: &mut Vec<u8>,
     want: usize,
     fds: &mut Vec<OwnedFd>,
     truncated: &mut bool,
+    started: &mut bool,
 ) -> io::Result<bool> {
     let start = buf.len();
     buf.resize(start + want, 0);
@@ -216,6 +222,10 @@ fn read_exact_fds(
             return Ok(false);
         }
         filled += got.len;
+        if !*started {
+            *started = true;
+            sys::set_recv_timeout(fd, RECORD_TIMEOUT_MS)?;
+        }
     }
     Ok(true)
 }
@@ -227,7 +237,23 @@ fn read_record(
 ) -> io::Result<ReadOutcome> {
     buf.clear();
     let mut truncated = false;
-    if !read_exact_fds(fd, buf, codec::HEADER_LEN as usize, fds, &mut truncated)? {
+    let mut started = false;
+    let outcome = read_record_parts(fd, buf, fds, &mut truncated, &mut started);
+    if started {
+        // Between records a handle may stay idle as long as it likes.
+        sys::set_recv_timeout(fd, 0)?;
+    }
+    outcome
+}
+
+fn read_record_parts(
+    fd: BorrowedFd<'_>,
+    buf: &mut Vec<u8>,
+    fds: &mut Vec<OwnedFd>,
+    truncated: &mut bool,
+    started: &mut bool,
+) -> io::Result<ReadOutcome> {
+    if !read_exact_fds(fd, buf, codec::HEADER_LEN as usize, fds, truncated, started)? {
         return Ok(ReadOutcome::Closed);
     }
     let len = match codec::record_len(buf) {
@@ -238,11 +264,11 @@ fn read_record(
         Err(e) => return Ok(ReadOutcome::Unframeable(e.win32())),
     };
     let rest = len.saturating_sub(codec::HEADER_LEN as usize);
-    if rest > 0 && !read_exact_fds(fd, buf, rest, fds, &mut truncated)? {
+    if rest > 0 && !read_exact_fds(fd, buf, rest, fds, truncated, started)? {
         return Ok(ReadOutcome::Closed);
     }
     Ok(ReadOutcome::Record {
-        truncated_fds: truncated,
+        truncated_fds: *truncated,
     })
 }
 
@@ -278,8 +304,21 @@ fn connection(mut stream: UnixStream, shared: &Shared) {
     let mut fds = Vec::new();
     loop {
         fds.clear();
-        let Ok(outcome) = read_record(stream.as_fd(), &mut buf, &mut fds) else {
-            break;
+        let outcome = match read_record(stream.as_fd(), &mut buf, &mut fds) {
+            Ok(o) => o,
+            Err(e) => {
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) {
+                    crate::log(&format!(
+                        "handle {}: a record started but did not complete within {} s: connection closed",
+                        handle.0,
+                        RECORD_TIMEOUT_MS / 1000
+                    ));
+                }
+                break;
+            }
         };
         let truncated_fds = match outcome {
             ReadOutcome::Closed => break,

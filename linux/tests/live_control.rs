@@ -829,6 +829,61 @@ fn closed_sockets_are_retired() {
     daemon.stop();
 }
 
+/// A client that sends half a record and stalls blocks no one else, and loses its connection
+/// (and its flows) once the record has not completed for 10 s.
+#[test]
+fn a_stalled_half_record_blocks_no_one() {
+    if !live() {
+        return;
+    }
+    let net = Net::new();
+    let daemon = Daemon::start(&net, &DaemonOptions::default());
+    let mut stalled = Client::connect(&daemon.socket);
+    let dest = net.receiver_addr(false, 6700);
+    let bind = net.sender_addr(false, 0);
+    let sock = in_ns(&net.sender, move || {
+        let s = UdpSocket::bind(bind).unwrap();
+        s.connect(dest).unwrap();
+        s
+    });
+    stalled
+        .add_socket(&sock, None, TrafficType::Voice, 0, 0)
+        .unwrap();
+    let mut record = Vec::new();
+    codec::encode_request(&Request::QueryStatus, &mut record).unwrap();
+    stalled.send_raw(&record[..10]);
+    let began = std::time::Instant::now();
+    // Others are served at once, meanwhile.
+    let mut other = Client::connect(&daemon.socket);
+    let status = other.status();
+    assert_eq!((status.handles, status.flows), (2, 1));
+    assert!(began.elapsed() < Duration::from_secs(2));
+    // The stalled connection is closed by the daemon after 10 s.
+    stalled
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let n = stalled.stream.read(&mut byte).unwrap();
+    let waited = began.elapsed();
+    assert_eq!(n, 0, "the daemon closes the connection");
+    assert!(
+        waited >= Duration::from_secs(9) && waited < Duration::from_secs(15),
+        "closed after {waited:?}"
+    );
+    let status = other.status();
+    assert_eq!(
+        (status.handles, status.flows),
+        (1, 0),
+        "its flow went with it"
+    );
+    assert!(daemon
+        .log_text()
+        .contains("a record started but did not complete within 10 s"));
+    drop(other);
+    daemon.stop();
+}
+
 /// Framing and descriptor errors answer exactly as the transport contract says.
 #[test]
 fn framing_and_descriptor_errors() {

@@ -884,6 +884,84 @@ fn a_stalled_half_record_blocks_no_one() {
     daemon.stop();
 }
 
+/// A crash (SIGKILL) leaves the rules behind, and with them `--queue-bypass` lets traffic
+/// through unmarked; the next start removes them before installing its own (no duplicates);
+/// SIGINT removes them again.
+#[test]
+fn rules_after_a_crash_and_sigint() {
+    if !live() {
+        return;
+    }
+    let net = Net::new();
+    let dest = net.receiver_addr(false, 6800);
+    let sink = UdpSink::start(&net, &[dest]);
+    let capture = Capture::start(&net);
+    let bind = net.sender_addr(false, 0);
+    let sock = in_ns(&net.sender, move || {
+        let s = UdpSocket::bind(bind).unwrap();
+        s.connect(dest).unwrap();
+        s
+    });
+    let daemon = Daemon::start(&net, &DaemonOptions::default());
+    let installed: Vec<Vec<String>> = ["iptables", "ip6tables"]
+        .iter()
+        .map(|t| common::our_rules(&net.sender, t))
+        .collect();
+    assert!(installed.iter().all(|r| r.len() == 2), "{installed:?}");
+    let mut client = Client::connect(&daemon.socket);
+    client
+        .add_socket(&sock, None, TrafficType::Voice, 0, 0)
+        .unwrap();
+    send_tagged(&sock, None, "live", PACKETS);
+    assert_eq!(
+        sink.wait_for("live", u64::from(PACKETS)),
+        u64::from(PACKETS)
+    );
+    drop(client);
+    daemon.kill();
+    let left: Vec<Vec<String>> = ["iptables", "ip6tables"]
+        .iter()
+        .map(|t| common::our_rules(&net.sender, t))
+        .collect();
+    assert_eq!(left, installed, "a crash cleans nothing up");
+    send_tagged(&sock, None, "crashed", PACKETS);
+    assert_eq!(
+        sink.wait_for("crashed", u64::from(PACKETS)),
+        u64::from(PACKETS),
+        "--queue-bypass: traffic flows with no daemon bound"
+    );
+    let daemon = Daemon::start(&net, &DaemonOptions::default());
+    let log = daemon.log_text();
+    assert!(
+        log.contains("left by a previous run: removed 2 IPv4 rule(s)")
+            && log.contains("left by a previous run: removed 2 IPv6 rule(s)"),
+        "{log}"
+    );
+    for tool in ["iptables", "ip6tables"] {
+        assert_eq!(common::our_rules(&net.sender, tool).len(), 2, "{tool}");
+    }
+    let mut client = Client::connect(&daemon.socket);
+    client
+        .add_socket(&sock, None, TrafficType::AudioVideo, 0, 0)
+        .unwrap();
+    send_tagged(&sock, None, "restarted", PACKETS);
+    assert_eq!(
+        sink.wait_for("restarted", u64::from(PACKETS)),
+        u64::from(PACKETS)
+    );
+    drop(client);
+    let log = daemon.stop_with(libc::SIGINT);
+    assert!(log.contains("signal 2: shutting down"), "{log}");
+    let seen = capture.finish();
+    for (tag, e) in [
+        ("live", Expect::Dscp(56)),
+        ("crashed", Expect::Untouched),
+        ("restarted", Expect::Dscp(40)),
+    ] {
+        assert_eq!(check_udp(&seen, tag, 0, e), u64::from(PACKETS), "{tag}");
+    }
+}
+
 /// Framing and descriptor errors answer exactly as the transport contract says.
 #[test]
 fn framing_and_descriptor_errors() {

@@ -287,34 +287,61 @@ impl Daemon {
     }
 
     /// SIGTERM, wait, and check it exited cleanly and removed its rules.
-    pub fn stop(mut self) -> String {
+    pub fn stop(self) -> String {
+        self.stop_with(libc::SIGTERM)
+    }
+
+    /// `signal` (SIGTERM or SIGINT), wait, and check it exited cleanly and removed its rules.
+    pub fn stop_with(mut self, signal: i32) -> String {
         let mut child = self.child.take().unwrap();
-        terminate(&mut child);
+        terminate(&mut child, signal);
         let status = child.wait().unwrap();
         let log = self.log_text();
         assert!(status.success(), "qosmarkd exit {status}:\n{log}");
         for tool in ["iptables", "ip6tables"] {
-            let out = Command::new("ip")
-                .args([
-                    "netns", "exec", &self.ns, tool, "-t", "mangle", "-S", "OUTPUT",
-                ])
-                .output()
-                .unwrap();
-            let listing = String::from_utf8_lossy(&out.stdout);
+            let listing = our_rules(&self.ns, tool);
             assert!(
-                !listing.contains("qosmarkd"),
-                "{tool} rules left after exit:\n{listing}"
+                listing.is_empty(),
+                "{tool} rules left after exit:\n{listing:?}"
             );
         }
         assert!(!self.socket.exists(), "socket file left after exit");
         log
     }
+
+    /// SIGKILL (a crash: nothing is cleaned up) and wait; returns the log.
+    pub fn kill(mut self) -> String {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL)
+        );
+        self.log_text()
+    }
 }
 
-fn terminate(child: &mut Child) {
+/// The `mangle OUTPUT` rules of `tool` in namespace `ns` that carry qosmarkd's tag.
+pub fn our_rules(ns: &str, tool: &str) -> Vec<String> {
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", ns, tool, "-w", "-t", "mangle", "-S", "OUTPUT",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{tool} -S failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("qosmarkd"))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn terminate(child: &mut Child, signal: i32) {
     let pid = i32::try_from(child.id()).unwrap();
     // SAFETY: signalling our own child process by pid.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
+    unsafe { libc::kill(pid, signal) };
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         if child.try_wait().unwrap().is_some() {
@@ -328,7 +355,7 @@ fn terminate(child: &mut Child) {
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            terminate(&mut child);
+            terminate(&mut child, libc::SIGTERM);
             let _ = child.wait();
             if std::thread::panicking() {
                 eprintln!("--- qosmarkd log ---\n{}", self.log_text());

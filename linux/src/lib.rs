@@ -335,6 +335,14 @@ pub fn run(config: &Config) -> Result<(), String> {
     for (tool, _) in iptables::TOOLS {
         iptables::check(tool).map_err(|e| e.to_string())?;
     }
+    match sys::raise_fd_limit() {
+        Ok((old, new)) if new > old => log(&format!("open-file limit raised from {old} to {new}")),
+        Ok((_, new)) if (new as usize) < config.max_clients + pending::MAX_PENDING + 64 => log(&format!(
+            "warning: open-file limit {new} is below --max-clients + pending sockets; raise it (LimitNOFILE=)"
+        )),
+        Ok(_) => {}
+        Err(e) => log(&format!("cannot raise the open-file limit: {e}")),
+    }
     let engine = Arc::new(RwLock::new(build_engine(config)?));
     let listener = bind_socket(&config.socket)?;
     let cleanup_socket = |path: &Path| {

@@ -28,6 +28,19 @@
 //! Nothing on this path allocates: buffers, headers and the item list are sized at start.
 //! The thread runs at nice -10: while it waits for a CPU, packets wait in the kernel queue.
 //!
+//! ## Sizes and GSO
+//! `NFQA_CFG_F_GSO` is **not** set, on purpose: the kernel then segments a GSO packet (a TCP
+//! or UDP_SEGMENT super-packet of up to 64 KiB, or larger with BIG TCP) in software before
+//! queueing it, so every packet we see is one wire-sized packet whose headers are complete and
+//! whose rewrite needs no knowledge of GSO metadata or partial checksums (the DSCP is not
+//! covered by the TCP/UDP checksum; the IPv4 header checksum is recomputed). The price is the
+//! segmentation work for bulk flows, which the marking workloads (voice, video, control) do
+//! not have. A datagram larger than the MTU is queued whole (fragmentation comes after
+//! `OUTPUT`), up to 65,535 bytes: the kernel caps the copy at 65,531 bytes
+//! (`NFQNL_MAX_COPY_RANGE`), so the only packets that arrive cut (`CAP_LEN`) are IP packets
+//! of 65,532-65,535 bytes, accepted unmarked and counted `Oversize` if they were to be
+//! marked. Each receive buffer holds the largest copy plus 1 KiB of headers and attributes.
+//!
 //! ## Fail open
 //! Every failure accepts the packet unchanged and, when the engine wanted a mark, counts it
 //! with [`Engine::record_fail_open`]: a packet message without a payload
@@ -80,7 +93,7 @@ const PACKET_THREAD_NICE: i32 = -10;
 pub const BATCH: usize = 64;
 /// Packet messages read from one datagram (the kernel sends one per datagram).
 const PACKETS_PER_DATAGRAM: usize = 8;
-/// Largest IP packet (the kernel copies at most this much of each packet).
+/// Copy range asked for: the largest IP packet (the kernel caps it at 65,531, module docs).
 const COPY_RANGE: u32 = 65_535;
 /// One receive buffer: the largest packet plus room for the netlink headers and attributes.
 const RECV_BUF_LEN: usize = COPY_RANGE as usize + 1024;

@@ -551,3 +551,24 @@ pub fn set_thread_nice(nice: i32) -> io::Result<()> {
     let ret = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) };
     check(ret).map(|_| ())
 }
+
+/// Raises the soft limit on open descriptors to the hard limit (every client connection and
+/// every pending TCP socket is one descriptor); returns the (old, new) soft limit.
+///
+/// # Errors
+/// The `getrlimit` / `setrlimit` error.
+pub fn raise_fd_limit() -> io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a writable rlimit.
+    check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) })?;
+    let old = lim.rlim_cur;
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: `lim` is an initialised rlimit read by the call.
+        check(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim) })?;
+    }
+    Ok((old, lim.rlim_cur))
+}

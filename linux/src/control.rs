@@ -299,6 +299,13 @@ fn connection(mut stream: UnixStream, shared: &Shared) {
         "handle {} opened: pid {pid} uid {uid} ({privilege:?})",
         handle.0
     ));
+    // A client that stops reading its answers (socket buffer full) loses its connection
+    // after 10 s instead of holding its thread and slot forever.
+    if let Err(e) =
+        stream.set_write_timeout(Some(Duration::from_millis(u64::from(RECORD_TIMEOUT_MS))))
+    {
+        crate::log(&format!("handle {}: no send timeout: {e}", handle.0));
+    }
     let mut buf = Vec::with_capacity(1024);
     let mut out = Vec::with_capacity(1024);
     let mut fds = Vec::new();

@@ -30,7 +30,7 @@
 //!
 //! ## Sizes and GSO
 //! `NFQA_CFG_F_GSO` is **not** set, on purpose: the kernel then segments a GSO packet (a TCP
-//! or UDP_SEGMENT super-packet of up to 64 KiB, or larger with BIG TCP) in software before
+//! or `UDP_SEGMENT` super-packet of up to 64 KiB, or larger with BIG TCP) in software before
 //! queueing it, so every packet we see is one wire-sized packet whose headers are complete and
 //! whose rewrite needs no knowledge of GSO metadata or partial checksums (the DSCP is not
 //! covered by the TCP/UDP checksum; the IPv4 header checksum is recomputed). The price is the

@@ -50,6 +50,8 @@ const CAP_NET_ADMIN: u32 = 12;
 /// How long the rest of a record may take once its first byte arrived (a client that sends
 /// half a record and stalls loses its connection, not only its thread's time).
 const RECORD_TIMEOUT_MS: u32 = 10_000;
+/// Most bytes a record buffer grows by before they arrive.
+const READ_CHUNK: usize = 64 * 1024;
 /// Stack of a connection thread.
 const CONNECTION_STACK: usize = 128 * 1024;
 
@@ -208,10 +210,14 @@ fn read_exact_fds(
     truncated: &mut bool,
     started: &mut bool,
 ) -> io::Result<bool> {
-    let start = buf.len();
-    buf.resize(start + want, 0);
-    let mut filled = start;
-    while filled < buf.len() {
+    let target = buf.len() + want;
+    let mut filled = buf.len();
+    while filled < target {
+        // Grow with the data, not with the length the header claims: a client that announces
+        // a 640 KiB record and sends 16 bytes costs 64 KiB, not 640.
+        if filled == buf.len() {
+            buf.resize(target.min(filled + READ_CHUNK), 0);
+        }
         let Some(dst) = buf.get_mut(filled..) else {
             break;
         };
@@ -336,31 +342,18 @@ fn connection(mut stream: UnixStream, shared: &Shared) {
             ReadOutcome::Record { truncated_fds } => truncated_fds,
         };
         let reply = handle_record(shared, handle, &buf, &mut fds, truncated_fds);
+        if buf.capacity() > READ_CHUNK {
+            // One large record (a rule list) does not pin its buffer for the connection's life.
+            buf = Vec::with_capacity(1024);
+        }
         // Every descriptor not kept for a pending TCP socket closes now, before answering.
         fds.clear();
-        out.clear();
-        let encoded = match &reply {
-            Ok(response) => codec::encode_response(response, &mut out),
-            Err(code) => codec::encode_error(
-                ErrorReply {
-                    win32: *code,
-                    required_size: 0,
-                },
-                &mut out,
-            ),
-        };
-        if encoded.is_err() {
-            out.clear();
-            let _ = codec::encode_error(
-                ErrorReply {
-                    win32: Win32Error::NOT_ENOUGH_MEMORY,
-                    required_size: 0,
-                },
-                &mut out,
-            );
-        }
+        encode_reply(&reply, &mut out);
         if stream.write_all(&out).is_err() {
             break;
+        }
+        if out.capacity() > READ_CHUNK {
+            out = Vec::with_capacity(1024);
         }
     }
     drop(fds);
@@ -373,6 +366,31 @@ fn connection(mut stream: UnixStream, shared: &Shared) {
             handle.0, report.flows_removed, report.sockets_removed
         )),
         Err(e) => crate::log(&format!("handle {} close failed: {e:?}", handle.0)),
+    }
+}
+
+/// The answer record for `reply` in `out` (an `Error` 8 record if it cannot be encoded).
+fn encode_reply(reply: &Result<Response, Win32Error>, out: &mut Vec<u8>) {
+    out.clear();
+    let encoded = match reply {
+        Ok(response) => codec::encode_response(response, out),
+        Err(code) => codec::encode_error(
+            ErrorReply {
+                win32: *code,
+                required_size: 0,
+            },
+            out,
+        ),
+    };
+    if encoded.is_err() {
+        out.clear();
+        let _ = codec::encode_error(
+            ErrorReply {
+                win32: Win32Error::NOT_ENOUGH_MEMORY,
+                required_size: 0,
+            },
+            out,
+        );
     }
 }
 
@@ -631,6 +649,61 @@ mod tests {
             !judged,
             "a capability in another user namespace made an administrator"
         );
+    }
+
+    /// A header announcing the longest record, then 100 bytes and a close: the buffer grew
+    /// with the bytes that came, not to the announced length; and the receive timeout set
+    /// while the record was incomplete is cleared again.
+    #[test]
+    fn a_large_announced_record_grows_with_its_data() {
+        use std::io::Write as _;
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut rec = Vec::new();
+        codec::encode_request(&Request::QueryStatus, &mut rec).unwrap();
+        let max = codec::MAX_RECORD_LEN;
+        rec.get_mut(12..16)
+            .unwrap()
+            .copy_from_slice(&max.to_le_bytes());
+        assert_eq!(
+            codec::record_len(&rec).unwrap(),
+            max,
+            "length field patched"
+        );
+        (&a).write_all(rec.get(..16).unwrap()).unwrap();
+        (&a).write_all(&[0u8; 100]).unwrap();
+        drop(a);
+        let (mut buf, mut fds) = (Vec::new(), Vec::new());
+        let outcome = read_record(b.as_fd(), &mut buf, &mut fds).unwrap();
+        assert!(matches!(outcome, ReadOutcome::Closed));
+        assert_eq!(buf.len(), 116);
+        assert!(
+            buf.capacity() < 2 * READ_CHUNK && (max as usize) > 4 * READ_CHUNK,
+            "capacity {}",
+            buf.capacity()
+        );
+        assert_eq!(b.read_timeout().unwrap(), None, "timeout cleared");
+        // A whole record longer than several chunks arrives intact.
+        let (a, b) = UnixStream::pair().unwrap();
+        let len = 200_003u32;
+        rec.get_mut(12..16)
+            .unwrap()
+            .copy_from_slice(&len.to_le_bytes());
+        let body: Vec<u8> = (0..len - 16).map(|i| (i % 251) as u8).collect();
+        let writer = std::thread::spawn(move || {
+            (&a).write_all(rec.get(..16).unwrap()).unwrap();
+            (&a).write_all(&body).unwrap();
+            body
+        });
+        let outcome = read_record(b.as_fd(), &mut buf, &mut fds).unwrap();
+        let body = writer.join().unwrap();
+        assert!(matches!(
+            outcome,
+            ReadOutcome::Record {
+                truncated_fds: false
+            }
+        ));
+        assert_eq!(buf.len(), len as usize);
+        assert_eq!(buf.get(16..).unwrap(), &body[..]);
     }
 
     #[test]

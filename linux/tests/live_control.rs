@@ -209,6 +209,47 @@ fn tcp_registered_after_and_before_connect() {
     daemon.stop();
 }
 
+/// 64 TCP sockets registered before `connect`, all pending at once, then connected one after
+/// the other: every segment of every connection, its SYN included, carries the DSCP.
+#[test]
+fn many_sockets_registered_before_connect() {
+    const N: usize = 64;
+    if !live() {
+        return;
+    }
+    let net = Net::new();
+    let daemon = Daemon::start(&net, &DaemonOptions::default());
+    let mut client = Client::connect(&daemon.socket);
+    let dest = net.receiver_addr(false, 7100);
+    let sink = tcp_sink(&net, dest);
+    let capture = Capture::start(&net);
+    let fds: Vec<_> = (0..N).map(|_| unconnected_tcp(&net, false)).collect();
+    for fd in &fds {
+        client
+            .add_socket(fd, Some(dest), TrafficType::Voice, 0, 0)
+            .unwrap();
+    }
+    let mut locals = Vec::new();
+    for fd in fds {
+        let mut s = connect_fd(fd, dest);
+        locals.push(s.local_addr().unwrap());
+        s.write_all(&[0x33; 100]).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+    }
+    stop_tcp_sink(&net, dest);
+    assert_eq!(sink.join().unwrap(), vec![100; N]);
+    let seen = capture.finish();
+    for src in locals {
+        let (segments, syns) = check_tcp_every_segment(&seen, src, dest, 56);
+        assert!(
+            syns >= 1 && segments >= 4,
+            "{src}: {segments} segments, {syns} SYN"
+        );
+    }
+    drop(client);
+    daemon.stop();
+}
+
 /// Where the helper process (this binary, re-run) is told what to do, via the environment.
 #[derive(Clone)]
 struct Helper {

@@ -12,7 +12,7 @@
 //!   ones are pinned under the engine's write lock. The SYN itself is then classified against
 //!   the pinned entry and leaves marked. With nothing pending the cost is one atomic load per
 //!   batch; nothing allocates.
-//! * **by the watcher thread** ([`PendingTcp::watch`]), every 5 ms: sockets bound without a SYN
+//! * **by the watcher thread** ([`PendingTcp::watch`]), every 50 ms: sockets bound without a SYN
 //!   passing through our queue (another namespace's route, `TCP_REPAIR`), and the 60 s expiry.
 //!
 //! Both remove an entry and pin it while holding the list's lock, so a socket that has left the
@@ -35,7 +35,9 @@ use std::time::{Duration, Instant};
 /// How long an unbound TCP socket's descriptor is kept waiting for its local port.
 pub const PENDING_TCP_LIMIT: Duration = Duration::from_secs(60);
 /// How often the watcher polls pending sockets.
-const PENDING_POLL: Duration = Duration::from_millis(5);
+/// (The SYN path pins connecting sockets exactly; polling every 5 ms cost up to 4,096
+/// `getsockname` calls per 5 ms with a full list.)
+const PENDING_POLL: Duration = Duration::from_millis(50);
 /// Pending sockets in all.
 pub const MAX_PENDING: usize = 4096;
 /// Pending sockets per client connection.
@@ -224,7 +226,7 @@ impl PendingTcp {
         pinned
     }
 
-    /// The watcher: polls every pending socket every 5 ms (pinning, expiring). Runs forever.
+    /// The watcher: polls every pending socket every 50 ms (pinning, expiring). Runs forever.
     pub fn watch(&self, engine: &RwLock<Engine>) {
         loop {
             {

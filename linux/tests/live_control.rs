@@ -991,8 +991,37 @@ fn rules_after_a_crash_and_sigint() {
         u64::from(PACKETS)
     );
     drop(client);
+    // Another program's rule, above ours: it must survive our cleanup.
+    let foreign = |op: &str| {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &net.sender,
+                "iptables",
+                "-w",
+                "-t",
+                "mangle",
+                op,
+            ])
+            .args([
+                "OUTPUT",
+                "-p",
+                "icmp",
+                "-m",
+                "comment",
+                "--comment",
+                "not ours",
+            ])
+            .args(["-j", "ACCEPT"])
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(foreign("-I"));
     let log = daemon.stop_with(libc::SIGINT);
     assert!(log.contains("signal 2: shutting down"), "{log}");
+    assert!(foreign("-C"), "another program's rule was removed");
     let seen = capture.finish();
     for (tag, e) in [
         ("live", Expect::Dscp(56)),

@@ -71,6 +71,9 @@ pub struct Shared {
     pub pending: Arc<PendingTcp>,
     /// Registered sockets, for retiring the ones closed without removal.
     pub registry: Arc<Registry>,
+    /// The packet thread's progress: removals wait until packets sent before them are
+    /// classified (`None`: no packet path, e.g. in unit tests).
+    pub drain: Option<Arc<crate::nfq::Drain>>,
 }
 
 impl Shared {
@@ -91,6 +94,14 @@ impl Shared {
             save_lock: Mutex::new(()),
             pending,
             registry,
+            drain: None,
+        }
+    }
+
+    /// Waits (bounded) until every packet queued before now has been classified.
+    fn wait_for_queue(&self) {
+        if let Some(drain) = &self.drain {
+            drain.wait_past(drain.mark());
         }
     }
 
@@ -357,6 +368,8 @@ fn connection(mut stream: UnixStream, shared: &Shared) {
         }
     }
     drop(fds);
+    // Packets the application sent before closing still get their marks.
+    shared.wait_for_queue();
     shared.pending.forget_handle(handle);
     shared.registry.forget_handle(handle);
     let closed = shared.engine_mut().close_handle(handle);
@@ -476,6 +489,10 @@ fn handle_record(
         return Err(Win32Error::INVALID_PARAMETER);
     }
     if !changes_state(&request) {
+        if matches!(request, Request::RemoveSocketFromFlow { .. }) {
+            // Packets sent before the removal keep their mark.
+            shared.wait_for_queue();
+        }
         let answer = shared.engine_mut().apply(handle, &request);
         if let (Ok(_), Request::RemoveSocketFromFlow { socket, flow_id }) = (&answer, &request) {
             shared.registry.removed(handle, *socket, *flow_id);

@@ -278,13 +278,16 @@ fn start_workers(
 ) -> Result<(), String> {
     let pending = Arc::new(pending::PendingTcp::new());
     let registry = Arc::new(reaper::Registry::new());
-    let shared = Arc::new(control::Shared::new(
+    let drain = Arc::new(nfq::Drain::new());
+    let mut shared = control::Shared::new(
         Arc::clone(engine),
         Some(config.state.clone()),
         config.max_clients,
         Arc::clone(&pending),
         Arc::clone(&registry),
-    ));
+    );
+    shared.drain = Some(Arc::clone(&drain));
+    let shared = Arc::new(shared);
     let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
         std::thread::Builder::new()
             .name(name.to_owned())
@@ -292,7 +295,8 @@ fn start_workers(
             .map(|_| ())
             .map_err(|e| format!("cannot start the {name} thread: {e}"))
     };
-    let mut packet_loop = nfq::PacketLoop::new(queue, Arc::clone(engine), Arc::clone(&pending));
+    let mut packet_loop =
+        nfq::PacketLoop::new(queue, Arc::clone(engine), Arc::clone(&pending), drain);
     let packet_fatal = Arc::clone(fatal);
     spawn(
         "qosmarkd-packets",

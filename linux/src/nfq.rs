@@ -87,6 +87,76 @@ const NLA_TYPE_MASK: u16 = 0x3fff;
 const SOL_NETLINK: i32 = 270;
 const NETLINK_NO_ENOBUFS: i32 = 5;
 
+/// Longest the packet thread blocks without reporting that it is caught up.
+const DRAIN_TICK_MS: u32 = 10;
+
+/// "Every packet queued before time T has been classified", published by the packet thread
+/// for the control threads.
+///
+/// The kernel hands each queued packet to our netlink socket at once, in order. When a
+/// `recvmmsg` returns fewer datagrams than it had room for (or times out, every
+/// `DRAIN_TICK_MS` when idle), the socket was empty at that moment, so once that batch is
+/// processed every packet queued before the return has its verdict: the loop then stores the
+/// return time. A control thread about to remove marking (handle close, `RemoveSocketFromFlow`)
+/// first waits, at most [`Drain::MAX_WAIT`], until that time passes the moment the request
+/// arrived, so packets the application sent before removing are still marked (as on Windows,
+/// where classification happens at send time), not left to a race with the queue.
+#[derive(Debug)]
+pub struct Drain {
+    start: Instant,
+    through_ns: std::sync::atomic::AtomicU64,
+}
+
+impl Default for Drain {
+    fn default() -> Self {
+        Drain {
+            start: Instant::now(),
+            through_ns: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl Drain {
+    /// Longest a control thread waits.
+    pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+    /// A fresh drain clock.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// A point in time to wait for (now).
+    #[must_use]
+    pub fn mark(&self) -> u64 {
+        self.now_ns()
+    }
+
+    fn caught_up(&self, at_ns: u64) {
+        self.through_ns
+            .fetch_max(at_ns, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Waits until every packet queued before `mark` has been classified, or
+    /// [`Drain::MAX_WAIT`]; returns whether it was reached.
+    pub fn wait_past(&self, mark: u64) -> bool {
+        let deadline = Instant::now() + Self::MAX_WAIT;
+        loop {
+            if self.through_ns.load(std::sync::atomic::Ordering::Acquire) >= mark {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(500));
+        }
+    }
+}
+
 /// Nice value of the packet thread.
 const PACKET_THREAD_NICE: i32 = -10;
 /// Datagrams taken per `recvmmsg`.
@@ -362,9 +432,10 @@ impl Queue {
         queue
             .request(&buf, 3)
             .map_err(|e| OpenError::Other("setting fail-open", e))?;
-        // The packet loop blocks without a timeout.
-        sys::set_recv_timeout(fd_of(&queue), 0)
-            .map_err(|e| OpenError::Other("clearing the receive timeout", e))?;
+        // The packet loop wakes at least every DRAIN_TICK_MS to report that it is caught up
+        // (see [`Drain`]).
+        sys::set_recv_timeout(fd_of(&queue), DRAIN_TICK_MS)
+            .map_err(|e| OpenError::Other("setting the receive timeout", e))?;
         Ok(queue)
     }
 
@@ -448,6 +519,7 @@ pub struct PacketLoop {
     queue: Queue,
     engine: Arc<RwLock<Engine>>,
     pending: Arc<PendingTcp>,
+    drain: Arc<Drain>,
     start: Instant,
     buffers: Vec<Vec<u8>>,
     lens: Vec<usize>,
@@ -463,11 +535,17 @@ pub struct PacketLoop {
 impl PacketLoop {
     /// Allocates every buffer the loop will use.
     #[must_use]
-    pub fn new(queue: Queue, engine: Arc<RwLock<Engine>>, pending: Arc<PendingTcp>) -> Self {
+    pub fn new(
+        queue: Queue,
+        engine: Arc<RwLock<Engine>>,
+        pending: Arc<PendingTcp>,
+        drain: Arc<Drain>,
+    ) -> Self {
         PacketLoop {
             queue,
             engine,
             pending,
+            drain,
             start: Instant::now(),
             buffers: (0..BATCH).map(|_| vec![0u8; RECV_BUF_LEN]).collect(),
             lens: vec![0; BATCH],
@@ -498,10 +576,18 @@ impl PacketLoop {
                 &mut self.truncated,
             ) {
                 Ok(n) => n,
+                // Idle for DRAIN_TICK_MS: nothing is queued.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => continue,
                 Err(e) => return Err(e),
             };
-            self.process(n);
+            let returned = self.drain.mark();
+            if n > 0 {
+                self.process(n);
+            }
+            if n < BATCH {
+                self.drain.caught_up(returned);
+            }
         }
     }
 
@@ -796,6 +882,30 @@ mod tests {
         }
         w.finish();
         out
+    }
+
+    #[test]
+    fn drain_waits_for_the_packet_thread_to_pass_the_mark() {
+        let drain = Arc::new(Drain::new());
+        let mark = drain.mark();
+        // Caught up only to before the mark: not enough (bounded wait, then false).
+        drain.caught_up(mark.saturating_sub(1));
+        let began = Instant::now();
+        assert!(!drain.wait_past(mark));
+        assert!(began.elapsed() >= Drain::MAX_WAIT);
+        // Another thread passes the mark a little later: the wait ends then.
+        let d = Arc::clone(&drain);
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            d.caught_up(d.mark());
+        });
+        let began = Instant::now();
+        assert!(drain.wait_past(mark));
+        assert!(began.elapsed() < Drain::MAX_WAIT);
+        t.join().unwrap();
+        // Progress never goes backwards.
+        drain.caught_up(0);
+        assert!(drain.wait_past(mark));
     }
 
     #[test]

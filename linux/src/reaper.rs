@@ -20,14 +20,17 @@
 //!   cookie) while it lingers in `FIN_WAIT` / `TIME_WAIT` — its 5-tuple cannot be reused then.
 //! * **descriptor reuse**: a registration of the same socket value (descriptor number) on the
 //!   same handle with another cookie means the application closed the old socket and the
-//!   number now names a new one: the old socket leaves its flows first.
+//!   number now names a new one. If the old entries stand in the way (the same 5-tuple, or
+//!   the flow the new socket joins), they are removed and the new one added under one engine
+//!   write lock; otherwise they are retired by the next sweep, so packets the old socket sent
+//!   just before closing, still waiting in the queue, keep their mark.
 //!
 //! Lock order: this registry, then the engine.
 
 use crate::nfq::{messages, NLMSG_ERROR, NLMSG_HDR_LEN};
 use crate::sys;
 use qosmark_engine::abi::{Family, FlowId, Protocol, Request, Response};
-use qosmark_engine::{Engine, EngineError, HandleId};
+use qosmark_engine::{Engine, EngineError, FiveTuple, HandleId};
 use std::collections::HashSet;
 use std::io;
 use std::os::fd::AsFd;
@@ -113,33 +116,68 @@ impl Registry {
         let Request::AddSocketToFlow { socket, .. } = req else {
             return write_engine(engine).apply(handle, req);
         };
-        let socket = socket.socket;
+        let info = *socket;
+        let socket = info.socket;
+        let (joins, dest) = match req {
+            Request::AddSocketToFlow { flow_id, dest, .. } => (*flow_id, *dest),
+            _ => (0, None),
+        };
         let mut list = self.lock();
         let mut engine = write_engine(engine);
-        list.retain(|r| {
-            if r.handle != handle || r.socket != socket || r.cookie == cookie {
-                return true;
+        let is_stale = |r: &Record| r.handle == handle && r.socket == socket && r.cookie != cookie;
+        // The number now names another socket, so the old one was closed. Its entries stay
+        // until the next sweep (packets it sent just before closing may still wait in the
+        // queue and keep their mark), unless they stand in the new registration's way: the
+        // same 5-tuple (183) or the same flow (removal is per socket number and flow).
+        let mut answer = if list.iter().any(|r| is_stale(r) && r.flow == joins) {
+            Err(EngineError::AlreadyExists)
+        } else {
+            engine.apply(handle, req)
+        };
+        if matches!(answer, Err(EngineError::AlreadyExists)) && list.iter().any(is_stale) {
+            // The flow holding the new 5-tuple, if a flow does: only a stale record of that
+            // flow (or of the flow joined) is in the way. Unknown holder (an unbound TCP
+            // entry): every stale record of this number.
+            let holder = info.peer.or(dest).and_then(|remote| {
+                engine
+                    .socket_lookup(&FiveTuple::new(info.protocol, info.local, remote))
+                    .map(|(flow, _)| flow)
+            });
+            let in_way =
+                |r: &Record| is_stale(r) && holder.is_none_or(|h| h == r.flow || r.flow == joins);
+            list.retain(|r| {
+                if !in_way(r) {
+                    return true;
+                }
+                let gone = engine.apply(
+                    handle,
+                    &Request::RemoveSocketFromFlow {
+                        socket: Some(socket),
+                        flow_id: r.flow,
+                    },
+                );
+                if gone.is_ok() {
+                    crate::log(&format!(
+                        "handle {}: socket {socket} now names another socket: the closed one left flow {}",
+                        handle.0, r.flow
+                    ));
+                }
+                false
+            });
+            // Same write lock: no packet is classified between the removal and the new entry.
+            answer = engine.apply(handle, req);
+        }
+        {
+            for r in list.iter_mut().filter(|r| is_stale(r)) {
+                // Retired by the next sweep unless the socket is still alive (a duplicate).
+                r.seen = true;
+                r.misses = MISSES_TO_RETIRE.saturating_sub(1);
             }
-            let gone = engine.apply(
-                handle,
-                &Request::RemoveSocketFromFlow {
-                    socket: Some(socket),
-                    flow_id: r.flow,
-                },
-            );
-            if gone.is_ok() {
-                crate::log(&format!(
-                    "handle {}: socket {socket} now names another socket: the closed one left flow {}",
-                    handle.0, r.flow
-                ));
-            }
-            false
-        });
-        let answer = engine.apply(handle, req);
+        }
         if let Ok(Response::FlowId(flow)) = answer {
-            let known = list
-                .iter()
-                .any(|r| r.handle == handle && r.socket == socket && r.flow == flow);
+            let known = list.iter().any(|r| {
+                r.handle == handle && r.socket == socket && r.flow == flow && r.cookie == cookie
+            });
             if !known && list.try_reserve(1).is_ok() {
                 list.push(Record {
                     handle,
@@ -469,7 +507,28 @@ mod tests {
         reg.add_socket(&engine, handle, &udp_add(7, "10.0.0.1:4002"), id(71, true))
             .unwrap_err();
         assert_eq!(reg.len(), 1);
-        engine.read().unwrap().check_control_invariants().unwrap();
+        // Socket number 8 closed and reused for another 5-tuple: both entries stay (packets
+        // of the old one may still be queued) until the next sweep, which retires the old one
+        // without waiting for a second miss.
+        reg.add_socket(&engine, handle, &udp_add(8, "10.0.0.1:4003"), id(80, true))
+            .unwrap();
+        reg.add_socket(&engine, handle, &udp_add(8, "10.0.0.1:4004"), id(81, true))
+            .unwrap();
+        assert_eq!(flows(&engine), 3);
+        let alive: HashSet<u64> = [71, 81].into_iter().collect();
+        assert_eq!(reg.retire(&engine, Instant::now(), &udp, &alive), 1);
+        assert_eq!(flows(&engine), 2);
+        let tuple = |local: &str| {
+            qosmark_engine::FiveTuple::new(
+                Protocol::Udp,
+                local.parse().unwrap(),
+                "10.0.0.2:5004".parse().unwrap(),
+            )
+        };
+        let e = engine.read().unwrap();
+        assert!(e.socket_lookup(&tuple("10.0.0.1:4003")).is_none());
+        assert!(e.socket_lookup(&tuple("10.0.0.1:4004")).is_some());
+        e.check_control_invariants().unwrap();
     }
 
     #[test]

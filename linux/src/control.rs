@@ -325,6 +325,8 @@ fn connection(mut stream: UnixStream, shared: &Shared) {
     }
     let mut buf = Vec::with_capacity(1024);
     let mut out = Vec::with_capacity(1024);
+    // Whether this handle ever had a socket flow (only then does its close wait for the queue).
+    let mut registered = false;
     let mut fds = Vec::new();
     loop {
         fds.clear();
@@ -353,6 +355,7 @@ fn connection(mut stream: UnixStream, shared: &Shared) {
             ReadOutcome::Record { truncated_fds } => truncated_fds,
         };
         let reply = handle_record(shared, handle, &buf, &mut fds, truncated_fds);
+        registered |= matches!(reply, Ok(Response::FlowId(_)));
         if buf.capacity() > READ_CHUNK {
             // One large record (a rule list) does not pin its buffer for the connection's life.
             buf = Vec::with_capacity(1024);
@@ -369,7 +372,9 @@ fn connection(mut stream: UnixStream, shared: &Shared) {
     }
     drop(fds);
     // Packets the application sent before closing still get their marks.
-    shared.wait_for_queue();
+    if registered {
+        shared.wait_for_queue();
+    }
     shared.pending.forget_handle(handle);
     shared.registry.forget_handle(handle);
     let closed = shared.engine_mut().close_handle(handle);

@@ -9,8 +9,9 @@
 //!
 //! ## One connection = one handle
 //! At accept: `SO_PEERCRED` gives pid and uid; uid 0, or `CAP_NET_ADMIN` in the peer's
-//! `CapEff` (`/proc/<pid>/status`, read once), is `Privilege::Admin`, anyone else
-//! `Privilege::User`. The engine handle opens then and closes when the connection ends
+//! `CapEff` (`/proc/<pid>/status`, read once; only for a peer in the daemon's user namespace
+//! whose status shows the same effective uid, see [`has_net_admin`]), is `Privilege::Admin`,
+//! anyone else `Privilege::User`. The engine handle opens then and closes when the connection ends
 //! (every flow of the connection goes away).
 //!
 //! ## Framing
@@ -23,9 +24,13 @@
 //! `AddSocketToFlow` must carry exactly one descriptor: family, protocol, local address and
 //! peer are read from it and replace the record's claims (only the `socket` value is kept).
 //! Anything else → 87. A TCP socket registered with local port 0 (before `connect`) is kept
-//! in a pending list and polled every 5 ms until it has a port (→ `Engine::socket_bound`) or for
-//! 60 s; every other descriptor is closed when the request is answered.
+//! in the [`PendingTcp`] list until it has a port (→ `Engine::socket_bound`, pinned by the
+//! packet thread when its SYN is queued, or by the watcher) or for 60 s; beyond that list's
+//! bounds the registration fails with 1450. Every other descriptor is closed when the request
+//! is answered.
 
+use crate::pending::{Pending, PendingTcp, PENDING_TCP_LIMIT};
+use crate::reaper::{Identity, Registry};
 use crate::state::{self, State};
 use crate::sys;
 use qosmark_engine::abi::codec::{self, ErrorReply};
@@ -33,30 +38,22 @@ use qosmark_engine::abi::status::Win32Error;
 use qosmark_engine::abi::{Caller, Family, Privilege, Protocol, Request, Response, SocketInfo};
 use qosmark_engine::{Engine, EngineError, HandleId};
 use std::io::{self, Write as _};
-use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-/// How long an unbound TCP socket's descriptor is kept waiting for its local port.
-pub const PENDING_TCP_LIMIT: Duration = Duration::from_secs(60);
-/// How often pending TCP sockets are polled.
-const PENDING_POLL: Duration = Duration::from_millis(5);
 /// `CAP_NET_ADMIN`'s bit in the capability sets.
 const CAP_NET_ADMIN: u32 = 12;
+/// How long the rest of a record may take once its first byte arrived (a client that sends
+/// half a record and stalls loses its connection, not only its thread's time).
+const RECORD_TIMEOUT_MS: u32 = 10_000;
+/// Most bytes a record buffer grows by before they arrive.
+const READ_CHUNK: usize = 64 * 1024;
 /// Stack of a connection thread.
 const CONNECTION_STACK: usize = 128 * 1024;
-
-/// A TCP socket registered before `connect`, waiting for its local port.
-struct Pending {
-    handle: HandleId,
-    socket: u64,
-    fd: OwnedFd,
-    deadline: Instant,
-}
 
 /// Everything the control threads share.
 pub struct Shared {
@@ -70,8 +67,13 @@ pub struct Shared {
     /// Serialises "apply a persistent change, then write the file", so the file always ends
     /// with the latest state.
     save_lock: Mutex<()>,
-    pending: Mutex<Vec<Pending>>,
-    pending_cv: Condvar,
+    /// TCP sockets registered before `connect` (shared with the packet thread).
+    pub pending: Arc<PendingTcp>,
+    /// Registered sockets, for retiring the ones closed without removal.
+    pub registry: Arc<Registry>,
+    /// The packet thread's progress: removals wait until packets sent before them are
+    /// classified (`None`: no packet path, e.g. in unit tests).
+    pub drain: Option<Arc<crate::nfq::Drain>>,
 }
 
 impl Shared {
@@ -81,6 +83,8 @@ impl Shared {
         engine: Arc<RwLock<Engine>>,
         state_path: Option<PathBuf>,
         max_clients: usize,
+        pending: Arc<PendingTcp>,
+        registry: Arc<Registry>,
     ) -> Self {
         Shared {
             engine,
@@ -88,8 +92,16 @@ impl Shared {
             max_clients,
             clients: AtomicUsize::new(0),
             save_lock: Mutex::new(()),
-            pending: Mutex::new(Vec::new()),
-            pending_cv: Condvar::new(),
+            pending,
+            registry,
+            drain: None,
+        }
+    }
+
+    /// Waits (bounded) until every packet queued before now has been classified.
+    fn wait_for_queue(&self) {
+        if let Some(drain) = &self.drain {
+            drain.wait_past(drain.mark());
         }
     }
 
@@ -98,13 +110,39 @@ impl Shared {
     }
 }
 
-/// Whether the process `pid` has `CAP_NET_ADMIN` in its effective set.
+/// Whether the process `pid`, whose `SO_PEERCRED` effective uid is `uid`, has `CAP_NET_ADMIN`
+/// in its effective set **in the daemon's user namespace**.
+///
+/// `CapEff` is relative to the process's own user namespace, and any user may create one in
+/// which it holds every capability (`unshare -Ur`): such a process is a `User` here. The
+/// effective uid in `/proc/<pid>/status` must also be the one `SO_PEERCRED` gave, so a pid
+/// reused by another user's process after the peer exited is not trusted either.
 #[must_use]
-pub fn has_net_admin(pid: u32) -> bool {
+pub fn has_net_admin(pid: u32, uid: u32) -> bool {
+    let same_userns = match (
+        std::fs::read_link(format!("/proc/{pid}/ns/user")),
+        std::fs::read_link("/proc/self/ns/user"),
+    ) {
+        (Ok(theirs), Ok(ours)) => theirs == ours,
+        _ => false,
+    };
+    if !same_userns {
+        return false;
+    }
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
         return false;
     };
-    cap_eff_has(&status, CAP_NET_ADMIN)
+    status_euid(&status) == Some(uid) && cap_eff_has(&status, CAP_NET_ADMIN)
+}
+
+/// The effective uid (second field of the `Uid:` line) of a `/proc/<pid>/status` text.
+#[must_use]
+pub fn status_euid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        .and_then(|euid| euid.parse().ok())
 }
 
 /// Whether the `CapEff:` line of a `/proc/<pid>/status` text has capability `bit`.
@@ -172,18 +210,25 @@ enum ReadOutcome {
     Unframeable(Win32Error),
 }
 
-/// Reads exactly `want` more bytes into `buf` (appending), collecting descriptors.
+/// Reads exactly `want` more bytes into `buf` (appending), collecting descriptors. Once part
+/// of a record has arrived (`*started`), the rest must come within [`RECORD_TIMEOUT`]: the
+/// socket gets a receive timeout, which [`read_record`] clears when the record is complete.
 fn read_exact_fds(
     fd: BorrowedFd<'_>,
     buf: &mut Vec<u8>,
     want: usize,
     fds: &mut Vec<OwnedFd>,
     truncated: &mut bool,
+    started: &mut bool,
 ) -> io::Result<bool> {
-    let start = buf.len();
-    buf.resize(start + want, 0);
-    let mut filled = start;
-    while filled < buf.len() {
+    let target = buf.len() + want;
+    let mut filled = buf.len();
+    while filled < target {
+        // Grow with the data, not with the length the header claims: a client that announces
+        // a 640 KiB record and sends 16 bytes costs 64 KiB, not 640.
+        if filled == buf.len() {
+            buf.resize(target.min(filled + READ_CHUNK), 0);
+        }
         let Some(dst) = buf.get_mut(filled..) else {
             break;
         };
@@ -194,6 +239,10 @@ fn read_exact_fds(
             return Ok(false);
         }
         filled += got.len;
+        if !*started {
+            *started = true;
+            sys::set_recv_timeout(fd, RECORD_TIMEOUT_MS)?;
+        }
     }
     Ok(true)
 }
@@ -205,7 +254,23 @@ fn read_record(
 ) -> io::Result<ReadOutcome> {
     buf.clear();
     let mut truncated = false;
-    if !read_exact_fds(fd, buf, codec::HEADER_LEN as usize, fds, &mut truncated)? {
+    let mut started = false;
+    let outcome = read_record_parts(fd, buf, fds, &mut truncated, &mut started);
+    if started {
+        // Between records a handle may stay idle as long as it likes.
+        sys::set_recv_timeout(fd, 0)?;
+    }
+    outcome
+}
+
+fn read_record_parts(
+    fd: BorrowedFd<'_>,
+    buf: &mut Vec<u8>,
+    fds: &mut Vec<OwnedFd>,
+    truncated: &mut bool,
+    started: &mut bool,
+) -> io::Result<ReadOutcome> {
+    if !read_exact_fds(fd, buf, codec::HEADER_LEN as usize, fds, truncated, started)? {
         return Ok(ReadOutcome::Closed);
     }
     let len = match codec::record_len(buf) {
@@ -216,11 +281,11 @@ fn read_record(
         Err(e) => return Ok(ReadOutcome::Unframeable(e.win32())),
     };
     let rest = len.saturating_sub(codec::HEADER_LEN as usize);
-    if rest > 0 && !read_exact_fds(fd, buf, rest, fds, &mut truncated)? {
+    if rest > 0 && !read_exact_fds(fd, buf, rest, fds, truncated, started)? {
         return Ok(ReadOutcome::Closed);
     }
     Ok(ReadOutcome::Record {
-        truncated_fds: truncated,
+        truncated_fds: *truncated,
     })
 }
 
@@ -233,7 +298,7 @@ fn connection(mut stream: UnixStream, shared: &Shared) {
             return;
         }
     };
-    let privilege = if uid == 0 || has_net_admin(pid) {
+    let privilege = if uid == 0 || has_net_admin(pid, uid) {
         Privilege::Admin
     } else {
         Privilege::User
@@ -251,13 +316,35 @@ fn connection(mut stream: UnixStream, shared: &Shared) {
         "handle {} opened: pid {pid} uid {uid} ({privilege:?})",
         handle.0
     ));
+    // A client that stops reading its answers (socket buffer full) loses its connection
+    // after 10 s instead of holding its thread and slot forever.
+    if let Err(e) =
+        stream.set_write_timeout(Some(Duration::from_millis(u64::from(RECORD_TIMEOUT_MS))))
+    {
+        crate::log(&format!("handle {}: no send timeout: {e}", handle.0));
+    }
     let mut buf = Vec::with_capacity(1024);
     let mut out = Vec::with_capacity(1024);
+    // Whether this handle ever had a socket flow (only then does its close wait for the queue).
+    let mut registered = false;
     let mut fds = Vec::new();
     loop {
         fds.clear();
-        let Ok(outcome) = read_record(stream.as_fd(), &mut buf, &mut fds) else {
-            break;
+        let outcome = match read_record(stream.as_fd(), &mut buf, &mut fds) {
+            Ok(o) => o,
+            Err(e) => {
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) {
+                    crate::log(&format!(
+                        "handle {}: a record started but did not complete within {} s: connection closed",
+                        handle.0,
+                        RECORD_TIMEOUT_MS / 1000
+                    ));
+                }
+                break;
+            }
         };
         let truncated_fds = match outcome {
             ReadOutcome::Closed => break,
@@ -268,39 +355,28 @@ fn connection(mut stream: UnixStream, shared: &Shared) {
             ReadOutcome::Record { truncated_fds } => truncated_fds,
         };
         let reply = handle_record(shared, handle, &buf, &mut fds, truncated_fds);
+        registered |= matches!(reply, Ok(Response::FlowId(_)));
+        if buf.capacity() > READ_CHUNK {
+            // One large record (a rule list) does not pin its buffer for the connection's life.
+            buf = Vec::with_capacity(1024);
+        }
         // Every descriptor not kept for a pending TCP socket closes now, before answering.
         fds.clear();
-        out.clear();
-        let encoded = match &reply {
-            Ok(response) => codec::encode_response(response, &mut out),
-            Err(code) => codec::encode_error(
-                ErrorReply {
-                    win32: *code,
-                    required_size: 0,
-                },
-                &mut out,
-            ),
-        };
-        if encoded.is_err() {
-            out.clear();
-            let _ = codec::encode_error(
-                ErrorReply {
-                    win32: Win32Error::NOT_ENOUGH_MEMORY,
-                    required_size: 0,
-                },
-                &mut out,
-            );
-        }
+        encode_reply(&reply, &mut out);
         if stream.write_all(&out).is_err() {
             break;
         }
+        if out.capacity() > READ_CHUNK {
+            out = Vec::with_capacity(1024);
+        }
     }
     drop(fds);
-    shared
-        .pending
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .retain(|p| p.handle != handle);
+    // Packets the application sent before closing still get their marks.
+    if registered {
+        shared.wait_for_queue();
+    }
+    shared.pending.forget_handle(handle);
+    shared.registry.forget_handle(handle);
     let closed = shared.engine_mut().close_handle(handle);
     match closed {
         Ok(report) => crate::log(&format!(
@@ -308,6 +384,31 @@ fn connection(mut stream: UnixStream, shared: &Shared) {
             handle.0, report.flows_removed, report.sockets_removed
         )),
         Err(e) => crate::log(&format!("handle {} close failed: {e:?}", handle.0)),
+    }
+}
+
+/// The answer record for `reply` in `out` (an `Error` 8 record if it cannot be encoded).
+fn encode_reply(reply: &Result<Response, Win32Error>, out: &mut Vec<u8>) {
+    out.clear();
+    let encoded = match reply {
+        Ok(response) => codec::encode_response(response, out),
+        Err(code) => codec::encode_error(
+            ErrorReply {
+                win32: *code,
+                required_size: 0,
+            },
+            out,
+        ),
+    };
+    if encoded.is_err() {
+        out.clear();
+        let _ = codec::encode_error(
+            ErrorReply {
+                win32: Win32Error::NOT_ENOUGH_MEMORY,
+                required_size: 0,
+            },
+            out,
+        );
     }
 }
 
@@ -352,6 +453,10 @@ fn handle_record(
         let fd = fds.pop().ok_or(Win32Error::INVALID_PARAMETER)?;
         let info =
             inspect_socket(fd.as_fd(), socket.socket).ok_or(Win32Error::INVALID_PARAMETER)?;
+        let unbound = info.protocol == Protocol::Tcp && info.local.port() == 0;
+        if unbound && shared.pending.room_for(handle).is_err() {
+            return Err(Win32Error::NO_SYSTEM_RESOURCES);
+        }
         let req = Request::AddSocketToFlow {
             socket: info,
             dest,
@@ -359,20 +464,28 @@ fn handle_record(
             flags,
             flow_id,
         };
-        let answer = shared.engine_mut().apply(handle, &req);
-        if answer.is_ok() && info.protocol == Protocol::Tcp && info.local.port() == 0 {
-            let mut pending = shared
-                .pending
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            pending.retain(|p| !(p.handle == handle && p.socket == info.socket));
-            pending.push(Pending {
+        let answer = match sys::socket_cookie(fd.as_fd()) {
+            Ok(cookie) => shared.registry.add_socket(
+                &shared.engine,
+                handle,
+                &req,
+                Identity {
+                    cookie,
+                    family: info.family,
+                    protocol: info.protocol,
+                    listed: info.protocol == Protocol::Udp || info.peer.is_some(),
+                },
+            ),
+            Err(_) => shared.engine_mut().apply(handle, &req),
+        };
+        if answer.is_ok() && unbound {
+            shared.pending.add(Pending {
                 handle,
                 socket: info.socket,
+                dest: dest.map(crate::pending::unmapped),
                 fd,
                 deadline: Instant::now() + PENDING_TCP_LIMIT,
             });
-            shared.pending_cv.notify_one();
         }
         return answer.map_err(EngineError::win32);
     }
@@ -381,10 +494,15 @@ fn handle_record(
         return Err(Win32Error::INVALID_PARAMETER);
     }
     if !changes_state(&request) {
-        return shared
-            .engine_mut()
-            .apply(handle, &request)
-            .map_err(EngineError::win32);
+        if matches!(request, Request::RemoveSocketFromFlow { .. }) {
+            // Packets sent before the removal keep their mark.
+            shared.wait_for_queue();
+        }
+        let answer = shared.engine_mut().apply(handle, &request);
+        if let (Ok(_), Request::RemoveSocketFromFlow { socket, flow_id }) = (&answer, &request) {
+            shared.registry.removed(handle, *socket, *flow_id);
+        }
+        return answer.map_err(EngineError::win32);
     }
     let _saving = shared
         .save_lock
@@ -492,54 +610,9 @@ fn inspect_socket(fd: BorrowedFd<'_>, socket: u64) -> Option<SocketInfo> {
     })
 }
 
-/// Polls pending TCP sockets until each has a local port (then pins it in the engine) or its
-/// 60 s are up. Runs forever on its own thread.
-pub fn bind_watcher(shared: &Shared) {
-    let mut bound: Vec<(HandleId, u64, SocketAddr)> = Vec::new();
-    loop {
-        {
-            let mut pending = shared
-                .pending
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            while pending.is_empty() {
-                pending = shared
-                    .pending_cv
-                    .wait(pending)
-                    .unwrap_or_else(PoisonError::into_inner);
-            }
-            let now = Instant::now();
-            pending.retain(|p| match sys::local_address(p.fd.as_fd()) {
-                Ok(Some(local)) if local.port() != 0 => {
-                    bound.push((p.handle, p.socket, local));
-                    false
-                }
-                Ok(_) if now < p.deadline => true,
-                Ok(_) => {
-                    crate::log(&format!(
-                        "handle {}: TCP socket {} never got a local port in 60 s; it marks nothing",
-                        p.handle.0, p.socket
-                    ));
-                    false
-                }
-                Err(_) => false,
-            });
-        }
-        for (handle, socket, local) in bound.drain(..) {
-            let result = shared.engine_mut().socket_bound(handle, socket, local);
-            if let Err(e) = result {
-                crate::log(&format!(
-                    "handle {}: TCP socket {socket} bound to {local} could not be pinned: {e:?}",
-                    handle.0
-                ));
-            }
-        }
-        std::thread::sleep(PENDING_POLL);
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
     use super::*;
 
     #[test]
@@ -551,6 +624,108 @@ mod tests {
         assert!(cap_eff_has("CapEff:\t000001ffffffffff\n", CAP_NET_ADMIN));
         assert!(!cap_eff_has("CapEff:\tzz\n", CAP_NET_ADMIN));
         assert!(!cap_eff_has("", CAP_NET_ADMIN));
+        assert_eq!(
+            status_euid("Name:\tx\nUid:\t1000\t1001\t1002\t1003\n"),
+            Some(1001)
+        );
+        assert_eq!(status_euid("Uid:\t1000\n"), None);
+        assert_eq!(status_euid("Gid:\t1 2 3 4\n"), None);
+    }
+
+    /// Oracle: this test process itself (same user namespace, its own status file), and a
+    /// child in a user namespace of its own, where it holds every capability.
+    #[test]
+    fn net_admin_counts_only_in_our_user_namespace() {
+        let me = std::process::id();
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let uid = status_euid(&status).unwrap();
+        assert_eq!(has_net_admin(me, uid), cap_eff_has(&status, CAP_NET_ADMIN));
+        assert!(!has_net_admin(me, uid.wrapping_add(1)), "uid mismatch");
+        // `unshare -Ur sleep`: full CapEff, but in another user namespace.
+        let Ok(mut child) = std::process::Command::new("unshare")
+            .args(["-Ur", "sleep", "5"])
+            .spawn()
+        else {
+            return; // util-linux missing: nothing to check against
+        };
+        let pid = child.id();
+        let mut inside = String::new();
+        for _ in 0..100 {
+            inside = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let ns = std::fs::read_link(format!("/proc/{pid}/ns/user")).ok();
+            if ns.is_some() && ns != std::fs::read_link("/proc/self/ns/user").ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let child_uid = status_euid(&inside).unwrap();
+        let has_it = cap_eff_has(&inside, CAP_NET_ADMIN);
+        let judged = has_net_admin(pid, child_uid);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            has_it,
+            "the user-namespace child holds CAP_NET_ADMIN there: {inside}"
+        );
+        assert!(
+            !judged,
+            "a capability in another user namespace made an administrator"
+        );
+    }
+
+    /// A header announcing the longest record, then 100 bytes and a close: the buffer grew
+    /// with the bytes that came, not to the announced length; and the receive timeout set
+    /// while the record was incomplete is cleared again.
+    #[test]
+    fn a_large_announced_record_grows_with_its_data() {
+        use std::io::Write as _;
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut rec = Vec::new();
+        codec::encode_request(&Request::QueryStatus, &mut rec).unwrap();
+        let max = codec::MAX_RECORD_LEN;
+        rec.get_mut(12..16)
+            .unwrap()
+            .copy_from_slice(&max.to_le_bytes());
+        assert_eq!(
+            codec::record_len(&rec).unwrap(),
+            max,
+            "length field patched"
+        );
+        (&a).write_all(rec.get(..16).unwrap()).unwrap();
+        (&a).write_all(&[0u8; 100]).unwrap();
+        drop(a);
+        let (mut buf, mut fds) = (Vec::new(), Vec::new());
+        let outcome = read_record(b.as_fd(), &mut buf, &mut fds).unwrap();
+        assert!(matches!(outcome, ReadOutcome::Closed));
+        assert_eq!(buf.len(), 116);
+        assert!(
+            buf.capacity() < 2 * READ_CHUNK && (max as usize) > 4 * READ_CHUNK,
+            "capacity {}",
+            buf.capacity()
+        );
+        assert_eq!(b.read_timeout().unwrap(), None, "timeout cleared");
+        // A whole record longer than several chunks arrives intact.
+        let (a, b) = UnixStream::pair().unwrap();
+        let len = 200_003u32;
+        rec.get_mut(12..16)
+            .unwrap()
+            .copy_from_slice(&len.to_le_bytes());
+        let body: Vec<u8> = (0..len - 16).map(|i| (i % 251) as u8).collect();
+        let writer = std::thread::spawn(move || {
+            (&a).write_all(rec.get(..16).unwrap()).unwrap();
+            (&a).write_all(&body).unwrap();
+            body
+        });
+        let outcome = read_record(b.as_fd(), &mut buf, &mut fds).unwrap();
+        let body = writer.join().unwrap();
+        assert!(matches!(
+            outcome,
+            ReadOutcome::Record {
+                truncated_fds: false
+            }
+        ));
+        assert_eq!(buf.len(), len as usize);
+        assert_eq!(buf.get(16..).unwrap(), &body[..]);
     }
 
     #[test]

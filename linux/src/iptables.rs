@@ -6,9 +6,11 @@
 //! again: at start (rules a crashed run left behind are deleted before new ones go in) and at
 //! exit. Rules are inserted at the top of the chain so that every outbound packet reaches the
 //! queue before other mangle rules can accept it; `--queue-bypass` lets traffic flow unmarked
-//! whenever no program is bound to the queue. Deletion is by rule number, found by listing
-//! the chain (`-S`), highest number first, so other rules are never touched. Every call uses
-//! `-w` (wait for the xtables lock).
+//! whenever no program is bound to the queue. Deletion is by rule *specification*: each tagged
+//! line of a `-S OUTPUT` listing is given back to `-D OUTPUT` word for word, so the kernel
+//! deletes a rule equal to it — never, as deletion by number would after another program
+//! (a firewall manager, a container runtime) inserted a rule between our listing and our
+//! delete, someone else's rule. Every call uses `-w` (wait for the xtables lock).
 
 use std::fmt;
 use std::io;
@@ -108,30 +110,56 @@ fn run(tool: &'static str, args: &[String]) -> Result<String, RuleError> {
     }
 }
 
-/// 1-based numbers of the rules in a `-S OUTPUT` listing that carry `tag`, highest first.
+/// Splits one line of `iptables -S` output into its words: words are separated by spaces; a
+/// word in double quotes may hold spaces, with `\"` and `\\` inside standing for `"` and `\`.
 #[must_use]
-pub fn tagged_rule_numbers(listing: &str, tag: &str) -> Vec<usize> {
-    let mut numbers: Vec<usize> = listing
-        .lines()
-        .filter(|l| l.starts_with("-A OUTPUT "))
-        .enumerate()
-        .filter(|(_, line)| {
-            let mut words = line.split_whitespace();
-            while let Some(w) = words.next() {
-                if w == "--comment" {
-                    if let Some(value) = words.next() {
-                        if value.trim_matches('"') == tag {
-                            return true;
+pub fn split_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut chars = line.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let Some(first) = chars.next() else {
+            return words;
+        };
+        let mut word = String::new();
+        if first == '"' {
+            while let Some(c) = chars.next() {
+                match c {
+                    '"' => break,
+                    '\\' => {
+                        if let Some(escaped) = chars.next() {
+                            word.push(escaped);
                         }
                     }
+                    _ => word.push(c),
                 }
             }
-            false
+        } else {
+            word.push(first);
+            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+                word.push(c);
+            }
+        }
+        words.push(word);
+    }
+}
+
+/// The specifications (the words after `-A OUTPUT`) of the rules in a `-S OUTPUT` listing
+/// whose comment is exactly `tag`, in listing order.
+#[must_use]
+pub fn tagged_rule_specs(listing: &str, tag: &str) -> Vec<Vec<String>> {
+    listing
+        .lines()
+        .map(split_words)
+        .filter(|w| w.len() > 2 && w.first().is_some_and(|a| a == "-A"))
+        .filter(|w| w.get(1).is_some_and(|c| c == "OUTPUT"))
+        .filter(|w| {
+            w.windows(2).any(|p| {
+                p.first().is_some_and(|a| a == "--comment") && p.get(1).is_some_and(|v| v == tag)
+            })
         })
-        .map(|(i, _)| i + 1)
-        .collect();
-    numbers.sort_unstable_by(|a, b| b.cmp(a));
-    numbers
+        .map(|w| w.into_iter().skip(2).collect())
+        .collect()
 }
 
 /// Deletes every rule of queue `num` from `tool`'s mangle OUTPUT chain; returns how many.
@@ -143,14 +171,16 @@ pub fn remove(tool: &'static str, num: u16) -> Result<usize, RuleError> {
         tool,
         &["-w", "-t", "mangle", "-S", "OUTPUT"].map(str::to_owned),
     )?;
-    let numbers = tagged_rule_numbers(&listing, &tag(num));
-    for n in &numbers {
-        run(
-            tool,
-            &["-w", "-t", "mangle", "-D", "OUTPUT", &n.to_string()].map(str::to_owned),
-        )?;
+    let specs = tagged_rule_specs(&listing, &tag(num));
+    for spec in &specs {
+        let mut args: Vec<String> = ["-w", "-t", "mangle", "-D", "OUTPUT"]
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        args.extend(spec.iter().cloned());
+        run(tool, &args)?;
     }
-    Ok(numbers.len())
+    Ok(specs.len())
 }
 
 /// Inserts the rules of queue `num` (one per protocol of [`PROTOCOLS`]); returns the command
@@ -178,20 +208,56 @@ pub fn check(tool: &'static str) -> Result<(), RuleError> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::indexing_slicing, reason = "test code")]
     use super::*;
 
     #[test]
-    fn finds_exactly_our_rules_highest_first() {
+    fn finds_exactly_our_rules_by_specification() {
         let listing = "-P OUTPUT ACCEPT\n\
             -A OUTPUT -m comment --comment \"qosmarkd:queue=3\" -j NFQUEUE --queue-num 3 --queue-bypass\n\
             -A OUTPUT -p udp -j DSCP --set-dscp 0x2e\n\
             -A OUTPUT -m comment --comment \"qosmarkd:queue=30\" -j NFQUEUE --queue-num 30\n\
-            -A OUTPUT -m comment --comment qosmarkd:queue=3 -j NFQUEUE --queue-num 3\n\
-            -A OUTPUT -m comment --comment \"other qosmarkd:queue=3\" -j ACCEPT\n";
-        assert_eq!(tagged_rule_numbers(listing, &tag(3)), vec![4, 1]);
-        assert_eq!(tagged_rule_numbers(listing, &tag(30)), vec![3]);
-        assert!(tagged_rule_numbers(listing, &tag(7)).is_empty());
-        assert!(tagged_rule_numbers("-P OUTPUT ACCEPT\n", &tag(3)).is_empty());
+            -A OUTPUT -p tcp -m comment --comment qosmarkd:queue=3 -j NFQUEUE --queue-num 3\n\
+            -A OUTPUT -m comment --comment \"other qosmarkd:queue=3\" -j ACCEPT\n\
+            -A INPUT -m comment --comment qosmarkd:queue=3 -j ACCEPT\n";
+        let words = |s: &str| s.split(' ').map(str::to_owned).collect::<Vec<_>>();
+        assert_eq!(
+            tagged_rule_specs(listing, &tag(3)),
+            vec![
+                words(
+                    "-m comment --comment qosmarkd:queue=3 -j NFQUEUE --queue-num 3 --queue-bypass"
+                ),
+                words("-p tcp -m comment --comment qosmarkd:queue=3 -j NFQUEUE --queue-num 3"),
+            ]
+        );
+        assert_eq!(tagged_rule_specs(listing, &tag(30)).len(), 1);
+        assert!(tagged_rule_specs(listing, &tag(7)).is_empty());
+        assert!(tagged_rule_specs("-P OUTPUT ACCEPT\n", &tag(3)).is_empty());
+        // Our own inserted rule, listed back, gives back exactly what we inserted.
+        let ours = format!("-A OUTPUT {}\n", insert_args("udp", 3)[6..].join(" "));
+        assert_eq!(
+            tagged_rule_specs(&ours, &tag(3)),
+            vec![insert_args("udp", 3)[6..].to_vec()]
+        );
+    }
+
+    #[test]
+    fn words_keep_quoted_spaces_and_escapes() {
+        assert_eq!(
+            split_words(r#"-A OUTPUT -m comment --comment "a b \"c\" \\d"  -j ACCEPT"#),
+            vec![
+                "-A",
+                "OUTPUT",
+                "-m",
+                "comment",
+                "--comment",
+                r#"a b "c" \d"#,
+                "-j",
+                "ACCEPT"
+            ]
+        );
+        assert!(split_words("   ").is_empty());
+        assert_eq!(split_words("\"unterminated"), vec!["unterminated"]);
     }
 
     #[test]

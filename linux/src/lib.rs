@@ -10,7 +10,10 @@
 //!   then a short drain, then the socket file.
 //! * **packets**: the [`nfq::PacketLoop`] (shared engine lock).
 //! * **accept** + one thread per client connection ([`control::serve`], bounded).
-//! * **bind watcher**: TCP sockets registered before `connect` ([`control::bind_watcher`]).
+//! * **bind watcher**: TCP sockets registered before `connect` ([`pending::PendingTcp::watch`];
+//!   the packet thread pins them itself when their SYN is queued).
+//! * **reaper**: every second, retires registered sockets the application closed without
+//!   removing them ([`reaper::Registry::run`]).
 //!
 //! The engine sits in an `Arc<RwLock<Engine>>`: the packet thread reads (classify is `&self`),
 //! control requests write.
@@ -21,6 +24,8 @@
 pub mod control;
 pub mod iptables;
 pub mod nfq;
+pub mod pending;
+pub mod reaper;
 pub mod state;
 pub mod sys;
 
@@ -271,11 +276,18 @@ fn start_workers(
     listener: UnixListener,
     fatal: &Arc<AtomicBool>,
 ) -> Result<(), String> {
-    let shared = Arc::new(control::Shared::new(
+    let pending = Arc::new(pending::PendingTcp::new());
+    let registry = Arc::new(reaper::Registry::new());
+    let drain = Arc::new(nfq::Drain::new());
+    let mut shared = control::Shared::new(
         Arc::clone(engine),
         Some(config.state.clone()),
         config.max_clients,
-    ));
+        Arc::clone(&pending),
+        Arc::clone(&registry),
+    );
+    shared.drain = Some(Arc::clone(&drain));
+    let shared = Arc::new(shared);
     let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
         std::thread::Builder::new()
             .name(name.to_owned())
@@ -283,7 +295,8 @@ fn start_workers(
             .map(|_| ())
             .map_err(|e| format!("cannot start the {name} thread: {e}"))
     };
-    let mut packet_loop = nfq::PacketLoop::new(queue, Arc::clone(engine));
+    let mut packet_loop =
+        nfq::PacketLoop::new(queue, Arc::clone(engine), Arc::clone(&pending), drain);
     let packet_fatal = Arc::clone(fatal);
     spawn(
         "qosmarkd-packets",
@@ -296,8 +309,12 @@ fn start_workers(
         }),
     )
     .and_then(|()| {
-        let s = Arc::clone(&shared);
-        spawn("qosmarkd-bind", Box::new(move || control::bind_watcher(&s)))
+        let e = Arc::clone(engine);
+        spawn("qosmarkd-bind", Box::new(move || pending.watch(&e)))
+    })
+    .and_then(|()| {
+        let e = Arc::clone(engine);
+        spawn("qosmarkd-reaper", Box::new(move || registry.run(&e)))
     })
     .and_then(|()| {
         let s = Arc::clone(&shared);
@@ -321,6 +338,14 @@ pub fn run(config: &Config) -> Result<(), String> {
     }
     for (tool, _) in iptables::TOOLS {
         iptables::check(tool).map_err(|e| e.to_string())?;
+    }
+    match sys::raise_fd_limit() {
+        Ok((old, new)) if new > old => log(&format!("open-file limit raised from {old} to {new}")),
+        Ok((_, new)) if (new as usize) < config.max_clients + pending::MAX_PENDING + 64 => log(&format!(
+            "warning: open-file limit {new} is below --max-clients + pending sockets; raise it (LimitNOFILE=)"
+        )),
+        Ok(_) => {}
+        Err(e) => log(&format!("cannot raise the open-file limit: {e}")),
     }
     let engine = Arc::new(RwLock::new(build_engine(config)?));
     let listener = bind_socket(&config.socket)?;

@@ -28,6 +28,19 @@
 //! Nothing on this path allocates: buffers, headers and the item list are sized at start.
 //! The thread runs at nice -10: while it waits for a CPU, packets wait in the kernel queue.
 //!
+//! ## Sizes and GSO
+//! `NFQA_CFG_F_GSO` is **not** set, on purpose: the kernel then segments a GSO packet (a TCP
+//! or `UDP_SEGMENT` super-packet of up to 64 KiB, or larger with BIG TCP) in software before
+//! queueing it, so every packet we see is one wire-sized packet whose headers are complete and
+//! whose rewrite needs no knowledge of GSO metadata or partial checksums (the DSCP is not
+//! covered by the TCP/UDP checksum; the IPv4 header checksum is recomputed). The price is the
+//! segmentation work for bulk flows, which the marking workloads (voice, video, control) do
+//! not have. A datagram larger than the MTU is queued whole (fragmentation comes after
+//! `OUTPUT`), up to 65,535 bytes: the kernel caps the copy at 65,531 bytes
+//! (`NFQNL_MAX_COPY_RANGE`), so the only packets that arrive cut (`CAP_LEN`) are IP packets
+//! of 65,532-65,535 bytes, accepted unmarked and counted `Oversize` if they were to be
+//! marked. Each receive buffer holds the largest copy plus 1 KiB of headers and attributes.
+//!
 //! ## Fail open
 //! Every failure accepts the packet unchanged and, when the engine wanted a mark, counts it
 //! with [`Engine::record_fail_open`]: a packet message without a payload
@@ -36,6 +49,7 @@
 //! accepted with a plain verdict). The iptables rules use `--queue-bypass`, so with no daemon
 //! bound packets pass unmarked, and `F_FAIL_OPEN` covers a full queue.
 
+use crate::pending::{self, PendingTcp};
 use crate::sys;
 use qosmark_engine::abi::FailOpen;
 use qosmark_engine::{Engine, PacketMeta, Verdict};
@@ -44,10 +58,10 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-const NLMSG_HDR_LEN: usize = 16;
+pub(crate) const NLMSG_HDR_LEN: usize = 16;
 const NFGEN_LEN: usize = 4;
 const NLA_HDR_LEN: usize = 4;
-const NLMSG_ERROR: u16 = 2;
+pub(crate) const NLMSG_ERROR: u16 = 2;
 const NLM_F_REQUEST: u16 = 1;
 const NLM_F_ACK: u16 = 4;
 const NFNL_SUBSYS_QUEUE: u16 = 3;
@@ -73,13 +87,83 @@ const NLA_TYPE_MASK: u16 = 0x3fff;
 const SOL_NETLINK: i32 = 270;
 const NETLINK_NO_ENOBUFS: i32 = 5;
 
+/// Longest the packet thread blocks without reporting that it is caught up.
+const DRAIN_TICK_MS: u32 = 10;
+
+/// "Every packet queued before time T has been classified", published by the packet thread
+/// for the control threads.
+///
+/// The kernel hands each queued packet to our netlink socket at once, in order. When a
+/// `recvmmsg` returns fewer datagrams than it had room for (or times out, every
+/// `DRAIN_TICK_MS` when idle), the socket was empty at that moment, so once that batch is
+/// processed every packet queued before the return has its verdict: the loop then stores the
+/// return time. A control thread about to remove marking (handle close, `RemoveSocketFromFlow`)
+/// first waits, at most [`Drain::MAX_WAIT`], until that time passes the moment the request
+/// arrived, so packets the application sent before removing are still marked (as on Windows,
+/// where classification happens at send time), not left to a race with the queue.
+#[derive(Debug)]
+pub struct Drain {
+    start: Instant,
+    through_ns: std::sync::atomic::AtomicU64,
+}
+
+impl Default for Drain {
+    fn default() -> Self {
+        Drain {
+            start: Instant::now(),
+            through_ns: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl Drain {
+    /// Longest a control thread waits.
+    pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+    /// A fresh drain clock.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// A point in time to wait for (now).
+    #[must_use]
+    pub fn mark(&self) -> u64 {
+        self.now_ns()
+    }
+
+    fn caught_up(&self, at_ns: u64) {
+        self.through_ns
+            .fetch_max(at_ns, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Waits until every packet queued before `mark` has been classified, or
+    /// [`Drain::MAX_WAIT`]; returns whether it was reached.
+    pub fn wait_past(&self, mark: u64) -> bool {
+        let deadline = Instant::now() + Self::MAX_WAIT;
+        loop {
+            if self.through_ns.load(std::sync::atomic::Ordering::Acquire) >= mark {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(500));
+        }
+    }
+}
+
 /// Nice value of the packet thread.
 const PACKET_THREAD_NICE: i32 = -10;
 /// Datagrams taken per `recvmmsg`.
 pub const BATCH: usize = 64;
 /// Packet messages read from one datagram (the kernel sends one per datagram).
 const PACKETS_PER_DATAGRAM: usize = 8;
-/// Largest IP packet (the kernel copies at most this much of each packet).
+/// Copy range asked for: the largest IP packet (the kernel caps it at 65,531, module docs).
 const COPY_RANGE: u32 = 65_535;
 /// One receive buffer: the largest packet plus room for the netlink headers and attributes.
 const RECV_BUF_LEN: usize = COPY_RANGE as usize + 1024;
@@ -160,17 +244,17 @@ fn push_batch_accept(out: &mut Vec<u8>, queue: u16, id: u32) {
 
 /// One netlink message inside a datagram.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct NlMsg {
-    msg_type: u16,
-    seq: u32,
+pub(crate) struct NlMsg {
+    pub(crate) msg_type: u16,
+    pub(crate) seq: u32,
     /// Offset of the payload (after the netlink header) in the datagram.
-    body: usize,
+    pub(crate) body: usize,
     /// End of the message (exclusive) in the datagram.
-    end: usize,
+    pub(crate) end: usize,
 }
 
 /// Iterates the netlink messages of a datagram; stops at the first malformed header.
-fn messages(datagram: &[u8]) -> impl Iterator<Item = NlMsg> + '_ {
+pub(crate) fn messages(datagram: &[u8]) -> impl Iterator<Item = NlMsg> + '_ {
     let mut at = 0usize;
     std::iter::from_fn(move || {
         let hdr = datagram.get(at..at.checked_add(NLMSG_HDR_LEN)?)?;
@@ -348,9 +432,10 @@ impl Queue {
         queue
             .request(&buf, 3)
             .map_err(|e| OpenError::Other("setting fail-open", e))?;
-        // The packet loop blocks without a timeout.
-        sys::set_recv_timeout(fd_of(&queue), 0)
-            .map_err(|e| OpenError::Other("clearing the receive timeout", e))?;
+        // The packet loop wakes at least every DRAIN_TICK_MS to report that it is caught up
+        // (see [`Drain`]).
+        sys::set_recv_timeout(fd_of(&queue), DRAIN_TICK_MS)
+            .map_err(|e| OpenError::Other("setting the receive timeout", e))?;
         Ok(queue)
     }
 
@@ -433,6 +518,8 @@ pub struct LoopStats {
 pub struct PacketLoop {
     queue: Queue,
     engine: Arc<RwLock<Engine>>,
+    pending: Arc<PendingTcp>,
+    drain: Arc<Drain>,
     start: Instant,
     buffers: Vec<Vec<u8>>,
     lens: Vec<usize>,
@@ -448,10 +535,17 @@ pub struct PacketLoop {
 impl PacketLoop {
     /// Allocates every buffer the loop will use.
     #[must_use]
-    pub fn new(queue: Queue, engine: Arc<RwLock<Engine>>) -> Self {
+    pub fn new(
+        queue: Queue,
+        engine: Arc<RwLock<Engine>>,
+        pending: Arc<PendingTcp>,
+        drain: Arc<Drain>,
+    ) -> Self {
         PacketLoop {
             queue,
             engine,
+            pending,
+            drain,
             start: Instant::now(),
             buffers: (0..BATCH).map(|_| vec![0u8; RECV_BUF_LEN]).collect(),
             lens: vec![0; BATCH],
@@ -482,10 +576,18 @@ impl PacketLoop {
                 &mut self.truncated,
             ) {
                 Ok(n) => n,
+                // Idle for DRAIN_TICK_MS: nothing is queued.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => continue,
                 Err(e) => return Err(e),
             };
-            self.process(n);
+            let returned = self.drain.mark();
+            if n > 0 {
+                self.process(n);
+            }
+            if n < BATCH {
+                self.drain.caught_up(returned);
+            }
         }
     }
 
@@ -493,6 +595,9 @@ impl PacketLoop {
     fn process(&mut self, n: usize) {
         self.items.clear();
         self.refused.clear();
+        if self.pending.any() {
+            self.pin_connecting(n);
+        }
         let now_ns = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
         {
             // A poisoned lock means a control thread panicked mid-request (a bug); packets
@@ -527,6 +632,33 @@ impl PacketLoop {
             }
         }
         self.answer();
+    }
+
+    /// Some TCP sockets were registered before `connect`: for every SYN in the batch, pin the
+    /// pending sockets it may come from *before* the batch is classified, so the SYN itself is
+    /// marked (see [`crate::pending`]). Runs only while something is pending.
+    fn pin_connecting(&self, n: usize) {
+        for slot in 0..n {
+            if self.truncated.get(slot).copied().unwrap_or(true) {
+                continue;
+            }
+            let len = self.lens.get(slot).copied().unwrap_or(0);
+            let Some(datagram) = self.buffers.get(slot).and_then(|b| b.get(..len)) else {
+                continue;
+            };
+            for msg in messages(datagram).filter(|m| m.msg_type == MSG_PACKET) {
+                let dest = parse_packet(datagram, msg)
+                    .and_then(|p| p.payload)
+                    .and_then(|(from, to)| datagram.get(from..to))
+                    .and_then(pending::syn_destination);
+                if let Some(dest) = dest {
+                    self.pending.resolve_syn(&self.engine, dest);
+                    if !self.pending.any() {
+                        return;
+                    }
+                }
+            }
+        }
     }
 
     /// Writes and sends the verdicts of `items` in order (module docs).
@@ -750,6 +882,30 @@ mod tests {
         }
         w.finish();
         out
+    }
+
+    #[test]
+    fn drain_waits_for_the_packet_thread_to_pass_the_mark() {
+        let drain = Arc::new(Drain::new());
+        let mark = drain.mark();
+        // Caught up only to before the mark: not enough (bounded wait, then false).
+        drain.caught_up(mark.saturating_sub(1));
+        let began = Instant::now();
+        assert!(!drain.wait_past(mark));
+        assert!(began.elapsed() >= Drain::MAX_WAIT);
+        // Another thread passes the mark a little later: the wait ends then.
+        let d = Arc::clone(&drain);
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            d.caught_up(d.mark());
+        });
+        let began = Instant::now();
+        assert!(drain.wait_past(mark));
+        assert!(began.elapsed() < Drain::MAX_WAIT);
+        t.join().unwrap();
+        // Progress never goes backwards.
+        drain.caught_up(0);
+        assert!(drain.wait_past(mark));
     }
 
     #[test]

@@ -198,25 +198,48 @@ pub fn load(path: &Path, default_table: TrafficTable) -> Result<Option<State>, S
     }
 }
 
-/// Writes the state file atomically (temporary file, fsync, rename), creating its directory.
+/// Writes the state file atomically (temporary file, fsync, rename, fsync of the directory),
+/// creating its directory (0755). The file is 0600 (root's, as the daemon runs as root). The
+/// temporary file `PATH.tmp` is created exclusively (`O_EXCL`, which never follows a symlink)
+/// after removing a stale one, so a symlink planted there in a writable directory cannot make
+/// the daemon overwrite another file.
 ///
 /// # Errors
 /// The I/O error.
 pub fn save(path: &Path, state: &State) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        if !dir.as_os_str().is_empty() {
-            std::fs::create_dir_all(dir)?;
-        }
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    if let Some(dir) = dir {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)?;
     }
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp);
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(to_toml(state).as_bytes())?;
-        f.sync_all()?;
+    // Left by a crash mid-save (a symlink is removed itself, never followed).
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
     }
-    std::fs::rename(&tmp, path)
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(to_toml(state).as_bytes())?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+        return written;
+    }
+    // The rename itself is durable once the directory is.
+    std::fs::File::open(dir.unwrap_or(Path::new(".")))?.sync_all()
 }
 
 #[cfg(test)]
@@ -291,6 +314,20 @@ mod tests {
         assert_eq!(load(&path, default_table()).unwrap(), Some(sample()));
         assert!(!dir.join("sub").join("state.toml.tmp").exists());
         assert_eq!(load(&dir.join("none.toml"), default_table()).unwrap(), None);
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&path).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "state file mode {mode:o}");
+        // A symlink planted at the temporary path is replaced, not followed.
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join("sub").join("state.toml.tmp")).unwrap();
+        let mut other = sample();
+        other.rules.clear();
+        save(&path, &other).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert_eq!(load(&path, default_table()).unwrap(), Some(other));
+        assert!(!dir.join("sub").join("state.toml.tmp").exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -317,17 +317,47 @@ pub fn wait_for_signal() -> io::Result<i32> {
     }
 }
 
+/// The socket's cookie (`SO_COOKIE`): a 64-bit number the kernel gives each socket, never
+/// reused while the system runs (`sock_diag` reports it too).
+///
+/// # Errors
+/// The `getsockopt` error.
+pub fn socket_cookie(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut value: u64 = 0;
+    let mut len = socklen_of::<u64>();
+    // SAFETY: `value` is a writable u64 and `len` its size; SO_COOKIE writes a u64.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_COOKIE,
+            (&raw mut value).cast(),
+            &raw mut len,
+        )
+    };
+    check(ret)?;
+    Ok(value)
+}
+
 /// A `NETLINK_NETFILTER` socket bound to an address the kernel picks.
 ///
 /// # Errors
 /// The `socket` or `bind` error.
 pub fn netlink_netfilter_socket() -> io::Result<OwnedFd> {
+    netlink_socket(libc::NETLINK_NETFILTER)
+}
+
+/// A netlink socket of `protocol` bound to an address the kernel picks.
+///
+/// # Errors
+/// The `socket` or `bind` error.
+pub fn netlink_socket(protocol: i32) -> io::Result<OwnedFd> {
     // SAFETY: plain socket creation; the result is checked below.
     let raw = unsafe {
         libc::socket(
             libc::AF_NETLINK,
             libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_NETFILTER,
+            protocol,
         )
     };
     let raw = check(raw)?;
@@ -520,4 +550,25 @@ pub fn set_thread_nice(nice: i32) -> io::Result<()> {
     // SAFETY: PRIO_PROCESS with a thread id of this process changes only that thread.
     let ret = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) };
     check(ret).map(|_| ())
+}
+
+/// Raises the soft limit on open descriptors to the hard limit (every client connection and
+/// every pending TCP socket is one descriptor); returns the (old, new) soft limit.
+///
+/// # Errors
+/// The `getrlimit` / `setrlimit` error.
+pub fn raise_fd_limit() -> io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a writable rlimit.
+    check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) })?;
+    let old = lim.rlim_cur;
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: `lim` is an initialised rlimit read by the call.
+        check(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim) })?;
+    }
+    Ok((old, lim.rlim_cur))
 }

@@ -17,8 +17,8 @@
 mod common;
 
 use common::{
-    check_tcp, check_udp, in_ns, live, send_tagged, Capture, Client, Daemon, DaemonOptions, Expect,
-    Net, UdpSink,
+    check_tcp, check_tcp_every_segment, check_udp, in_ns, live, send_tagged, Capture, Client,
+    Daemon, DaemonOptions, Expect, Net, UdpSink,
 };
 use qosmark_engine::abi::codec;
 use qosmark_engine::abi::heapless_name::RuleName;
@@ -124,8 +124,10 @@ fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     }
 }
 
-/// TCP over IPv4 and IPv6: a socket registered after `connect` and one registered before
-/// (the daemon keeps its descriptor until it has a port) both get their data segments marked.
+/// TCP over IPv4 and IPv6: a socket registered after `connect` gets its data segments marked;
+/// one registered before `connect` (the daemon keeps its descriptor until it has a port) gets
+/// *every* segment marked, its SYN included (the packet thread pins the socket when the SYN is
+/// queued, before classifying it); a dual-stack IPv6 socket connecting to an IPv4 peer too.
 #[test]
 fn tcp_registered_after_and_before_connect() {
     if !live() {
@@ -136,6 +138,7 @@ fn tcp_registered_after_and_before_connect() {
     let mut client = Client::connect(&daemon.socket);
     let capture = Capture::start(&net);
     let mut checks = Vec::new();
+    let mut every = Vec::new();
     let mut sinks = Vec::new();
     for v6 in [false, true] {
         let dest = net.receiver_addr(v6, 7000);
@@ -153,15 +156,32 @@ fn tcp_registered_after_and_before_connect() {
             .add_socket(&fd, Some(dest), TrafficType::Background, 0, 0)
             .unwrap();
         let s = connect_fd(fd, dest);
-        // The daemon polls pending sockets every 5 ms; the handshake itself may go unmarked.
-        std::thread::sleep(Duration::from_millis(100));
-        checks.push((s.local_addr().unwrap(), dest, Expect::Dscp(8)));
+        let local = s.local_addr().unwrap();
+        every.push((local, dest, 8));
+        checks.push((local, dest, Expect::Dscp(8)));
         write_chunks(s);
         // Unregistered.
         let s = in_ns(&net.sender, move || TcpStream::connect(dest).unwrap());
         checks.push((s.local_addr().unwrap(), dest, Expect::Untouched));
         write_chunks(s);
     }
+    // A dual-stack IPv6 socket registered before connecting to an IPv4 peer (v4-mapped).
+    let dest4 = net.receiver_addr(false, 7000);
+    let mapped = SocketAddr::new(
+        std::net::IpAddr::V6(match dest4.ip() {
+            std::net::IpAddr::V4(a) => a.to_ipv6_mapped(),
+            std::net::IpAddr::V6(a) => a,
+        }),
+        7000,
+    );
+    let fd = unconnected_tcp(&net, true);
+    client
+        .add_socket(&fd, Some(mapped), TrafficType::Control, 0, 0)
+        .unwrap();
+    let s = connect_fd(fd, mapped);
+    let local = common::unmapped(s.local_addr().unwrap());
+    every.push((local, dest4, 56));
+    write_chunks(s);
     let mut totals = Vec::new();
     for (dest, sink) in sinks {
         stop_tcp_sink(&net, dest);
@@ -169,10 +189,16 @@ fn tcp_registered_after_and_before_connect() {
     }
     assert_eq!(
         totals,
-        vec![2000; 6],
+        vec![2000; 7],
         "every byte arrives on every connection"
     );
     let seen = capture.finish();
+    for (src, dst, dscp) in every {
+        let (segments, syns) = check_tcp_every_segment(&seen, src, dst, dscp);
+        assert!(syns >= 1, "{src}: its SYN was not captured");
+        // SYN, ACK, 20 data segments, FIN at least.
+        assert!(segments >= 23, "{src}: only {segments} segments captured");
+    }
     for (src, dst, expect) in checks {
         assert!(
             check_tcp(&seen, src, dst, expect) > 0,
@@ -183,7 +209,49 @@ fn tcp_registered_after_and_before_connect() {
     daemon.stop();
 }
 
+/// 64 TCP sockets registered before `connect`, all pending at once, then connected one after
+/// the other: every segment of every connection, its SYN included, carries the DSCP.
+#[test]
+fn many_sockets_registered_before_connect() {
+    const N: usize = 64;
+    if !live() {
+        return;
+    }
+    let net = Net::new();
+    let daemon = Daemon::start(&net, &DaemonOptions::default());
+    let mut client = Client::connect(&daemon.socket);
+    let dest = net.receiver_addr(false, 7100);
+    let sink = tcp_sink(&net, dest);
+    let capture = Capture::start(&net);
+    let fds: Vec<_> = (0..N).map(|_| unconnected_tcp(&net, false)).collect();
+    for fd in &fds {
+        client
+            .add_socket(fd, Some(dest), TrafficType::Voice, 0, 0)
+            .unwrap();
+    }
+    let mut locals = Vec::new();
+    for fd in fds {
+        let mut s = connect_fd(fd, dest);
+        locals.push(s.local_addr().unwrap());
+        s.write_all(&[0x33; 100]).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+    }
+    stop_tcp_sink(&net, dest);
+    assert_eq!(sink.join().unwrap(), vec![100; N]);
+    let seen = capture.finish();
+    for src in locals {
+        let (segments, syns) = check_tcp_every_segment(&seen, src, dest, 56);
+        assert!(
+            syns >= 1 && segments >= 4,
+            "{src}: {segments} segments, {syns} SYN"
+        );
+    }
+    drop(client);
+    daemon.stop();
+}
+
 /// Where the helper process (this binary, re-run) is told what to do, via the environment.
+#[derive(Clone)]
 struct Helper {
     socket: std::path::PathBuf,
     dest: SocketAddr,
@@ -191,6 +259,8 @@ struct Helper {
     register: Option<TrafficType>,
     dscp: Option<u32>,
     as_nobody: bool,
+    /// In a user namespace of its own (`unshare -Ur`), where it holds every capability.
+    own_userns: bool,
 }
 
 /// Runs the helper in the sender namespace; it prints `HELPER LOCAL addr` once its socket is
@@ -210,6 +280,9 @@ fn run_helper(net: &Net, h: &Helper, between: impl FnOnce(SocketAddr)) -> Vec<St
             "--regid=65534",
             "--clear-groups",
         ]);
+    }
+    if h.own_userns {
+        cmd.args(["unshare", "-Ur"]);
     }
     cmd.arg(&exe)
         .args([
@@ -364,8 +437,17 @@ fn custom_dscp_root_and_unprivileged_user() {
         register: Some(TrafficType::Background),
         dscp: Some(34),
         as_nobody: true,
+        own_userns: false,
     };
     let lines = run_helper(&net, &h, |_| {});
+    assert!(lines.contains(&"SETFLOW 5".to_owned()), "{lines:?}");
+    // nobody in a user namespace of its own holds CAP_NET_ADMIN *there*: still a user.
+    let userns = Helper {
+        tag: "user-userns".into(),
+        own_userns: true,
+        ..h.clone()
+    };
+    let lines = run_helper(&net, &userns, |_| {});
     assert!(lines.contains(&"SETFLOW 5".to_owned()), "{lines:?}");
     // The administrator allows 34 for users; now the same request succeeds.
     let Ok(Response::TrafficTable(mut table)) = admin.call(&Request::GetTrafficTable, None) else {
@@ -379,7 +461,13 @@ fn custom_dscp_root_and_unprivileged_user() {
     };
     let lines = run_helper(&net, &h, |_| {});
     assert!(lines.contains(&"SETFLOW 0".to_owned()), "{lines:?}");
-    for tag in ["root0", "root1", "user-refused", "user-allowed"] {
+    for tag in [
+        "root0",
+        "root1",
+        "user-refused",
+        "user-userns",
+        "user-allowed",
+    ] {
         assert_eq!(
             sink.wait_for(tag, u64::from(PACKETS)),
             u64::from(PACKETS),
@@ -397,6 +485,10 @@ fn custom_dscp_root_and_unprivileged_user() {
     );
     assert_eq!(
         check_udp(&seen, "user-refused", 0, Expect::Dscp(8)),
+        u64::from(PACKETS)
+    );
+    assert_eq!(
+        check_udp(&seen, "user-userns", 0, Expect::Dscp(8)),
         u64::from(PACKETS)
     );
     assert_eq!(
@@ -440,6 +532,7 @@ fn one_process_cannot_register_anothers_socket() {
         register: None,
         dscp: None,
         as_nobody: false,
+        own_userns: false,
     };
     let victim_dest = dests[0];
     run_helper(&net, &h, |victim_local| {
@@ -674,6 +767,283 @@ fn remove_socket_remove_flow_and_close_handle_stop_marking() {
     }
     drop(main);
     daemon.stop();
+}
+
+/// A registered socket the application closes without removing it: its flow entry is
+/// retired (the daemon's `sock_diag` sweep), so a new, unregistered socket on the same 5-tuple
+/// leaves unmarked and may be registered again (no 183); and when the descriptor number is
+/// reused at once for a new socket, registering it replaces the closed one immediately.
+#[test]
+fn closed_sockets_are_retired() {
+    if !live() {
+        return;
+    }
+    let net = Net::new();
+    let daemon = Daemon::start(&net, &DaemonOptions::default());
+    let dests = [
+        net.receiver_addr(false, 6600),
+        net.receiver_addr(true, 6601),
+    ];
+    let sink = UdpSink::start(&net, &dests);
+    let capture = Capture::start(&net);
+    let mut client = Client::connect(&daemon.socket);
+    let open = |local: SocketAddr, dest: SocketAddr| {
+        in_ns(&net.sender, move || {
+            let s = UdpSocket::bind(local).unwrap();
+            s.connect(dest).unwrap();
+            s
+        })
+    };
+    // 1. Close without removal, wait for the sweep.
+    let first = open(net.sender_addr(false, 0), dests[0]);
+    let local = first.local_addr().unwrap();
+    client
+        .add_socket(&first, None, TrafficType::Voice, 0, 0)
+        .unwrap();
+    send_tagged(&first, None, "open", PACKETS);
+    assert_eq!(client.status().sockets, 1);
+    drop(first);
+    let mut waited = 0;
+    while client.status().sockets != 0 {
+        assert!(
+            waited < 100,
+            "the closed socket's entry is still there after 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        waited += 1;
+    }
+    assert_eq!(
+        client.status().flows,
+        0,
+        "its single-socket flow went with it"
+    );
+    let reused = open(local, dests[0]);
+    send_tagged(&reused, None, "reused", PACKETS);
+    client
+        .add_socket(&reused, None, TrafficType::AudioVideo, 0, 0)
+        .expect("the 5-tuple can be registered again");
+    send_tagged(&reused, None, "reregistered", PACKETS);
+    drop(reused);
+    // 2. The descriptor number reused at once: the new registration replaces the old socket.
+    let a = open(net.sender_addr(true, 0), dests[1]);
+    let (fd_a, local_a) = (a.as_raw_fd(), a.local_addr().unwrap());
+    client
+        .add_socket(&a, None, TrafficType::Voice, 0, 0)
+        .unwrap();
+    drop(a);
+    let b = open(local_a, dests[1]);
+    assert_eq!(
+        b.as_raw_fd(),
+        fd_a,
+        "the test needs the descriptor number reused"
+    );
+    client
+        .add_socket(&b, None, TrafficType::Background, 0, 0)
+        .expect("the closed socket under the same number is replaced, not 183");
+    send_tagged(&b, None, "replaced", PACKETS);
+    // `a` (same 5-tuple as `b`) left at once; `reused` (closed, its number taken by `a`, another
+    // 5-tuple) at the next sweep: then only `b` is left.
+    let mut waited = 0;
+    loop {
+        let status = client.status();
+        if (status.sockets, status.flows) == (1, 1) {
+            break;
+        }
+        assert!(waited < 50, "{status:?}");
+        std::thread::sleep(Duration::from_millis(100));
+        waited += 1;
+    }
+    for tag in ["open", "reused", "reregistered", "replaced"] {
+        assert_eq!(
+            sink.wait_for(tag, u64::from(PACKETS)),
+            u64::from(PACKETS),
+            "{tag}"
+        );
+    }
+    let seen = capture.finish();
+    for (tag, e) in [
+        ("open", Expect::Dscp(56)),
+        ("reused", Expect::Untouched),
+        ("reregistered", Expect::Dscp(40)),
+        ("replaced", Expect::Dscp(8)),
+    ] {
+        assert_eq!(check_udp(&seen, tag, 0, e), u64::from(PACKETS), "{tag}");
+    }
+    assert!(
+        daemon
+            .log_text()
+            .contains("was closed without QOSRemoveSocketFromFlow"),
+        "the retirement is logged"
+    );
+    drop(client);
+    daemon.stop();
+}
+
+/// A client that sends half a record and stalls blocks no one else, and loses its connection
+/// (and its flows) once the record has not completed for 10 s.
+#[test]
+fn a_stalled_half_record_blocks_no_one() {
+    if !live() {
+        return;
+    }
+    let net = Net::new();
+    let daemon = Daemon::start(&net, &DaemonOptions::default());
+    let mut stalled = Client::connect(&daemon.socket);
+    let dest = net.receiver_addr(false, 6700);
+    let bind = net.sender_addr(false, 0);
+    let sock = in_ns(&net.sender, move || {
+        let s = UdpSocket::bind(bind).unwrap();
+        s.connect(dest).unwrap();
+        s
+    });
+    stalled
+        .add_socket(&sock, None, TrafficType::Voice, 0, 0)
+        .unwrap();
+    let mut record = Vec::new();
+    codec::encode_request(&Request::QueryStatus, &mut record).unwrap();
+    stalled.send_raw(&record[..10]);
+    let began = std::time::Instant::now();
+    // Others are served at once, meanwhile.
+    let mut other = Client::connect(&daemon.socket);
+    let status = other.status();
+    assert_eq!((status.handles, status.flows), (2, 1));
+    assert!(began.elapsed() < Duration::from_secs(2));
+    // The stalled connection is closed by the daemon after 10 s.
+    stalled
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let n = loop {
+        match stalled.stream.read(&mut byte) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            other => break other.unwrap(),
+        }
+    };
+    let waited = began.elapsed();
+    assert_eq!(n, 0, "the daemon closes the connection");
+    assert!(
+        waited >= Duration::from_secs(9) && waited < Duration::from_secs(15),
+        "closed after {waited:?}"
+    );
+    let status = other.status();
+    assert_eq!(
+        (status.handles, status.flows),
+        (1, 0),
+        "its flow went with it"
+    );
+    assert!(daemon
+        .log_text()
+        .contains("a record started but did not complete within 10 s"));
+    drop(other);
+    daemon.stop();
+}
+
+/// A crash (SIGKILL) leaves the rules behind, and with them `--queue-bypass` lets traffic
+/// through unmarked; the next start removes them before installing its own (no duplicates);
+/// SIGINT removes them again.
+#[test]
+fn rules_after_a_crash_and_sigint() {
+    if !live() {
+        return;
+    }
+    let net = Net::new();
+    let dest = net.receiver_addr(false, 6800);
+    let sink = UdpSink::start(&net, &[dest]);
+    let capture = Capture::start(&net);
+    let bind = net.sender_addr(false, 0);
+    let sock = in_ns(&net.sender, move || {
+        let s = UdpSocket::bind(bind).unwrap();
+        s.connect(dest).unwrap();
+        s
+    });
+    let daemon = Daemon::start(&net, &DaemonOptions::default());
+    let installed: Vec<Vec<String>> = ["iptables", "ip6tables"]
+        .iter()
+        .map(|t| common::our_rules(&net.sender, t))
+        .collect();
+    assert!(installed.iter().all(|r| r.len() == 2), "{installed:?}");
+    let mut client = Client::connect(&daemon.socket);
+    client
+        .add_socket(&sock, None, TrafficType::Voice, 0, 0)
+        .unwrap();
+    send_tagged(&sock, None, "live", PACKETS);
+    assert_eq!(
+        sink.wait_for("live", u64::from(PACKETS)),
+        u64::from(PACKETS)
+    );
+    drop(client);
+    daemon.kill();
+    let left: Vec<Vec<String>> = ["iptables", "ip6tables"]
+        .iter()
+        .map(|t| common::our_rules(&net.sender, t))
+        .collect();
+    assert_eq!(left, installed, "a crash cleans nothing up");
+    send_tagged(&sock, None, "crashed", PACKETS);
+    assert_eq!(
+        sink.wait_for("crashed", u64::from(PACKETS)),
+        u64::from(PACKETS),
+        "--queue-bypass: traffic flows with no daemon bound"
+    );
+    let daemon = Daemon::start(&net, &DaemonOptions::default());
+    let log = daemon.log_text();
+    assert!(
+        log.contains("left by a previous run: removed 2 IPv4 rule(s)")
+            && log.contains("left by a previous run: removed 2 IPv6 rule(s)"),
+        "{log}"
+    );
+    for tool in ["iptables", "ip6tables"] {
+        assert_eq!(common::our_rules(&net.sender, tool).len(), 2, "{tool}");
+    }
+    let mut client = Client::connect(&daemon.socket);
+    client
+        .add_socket(&sock, None, TrafficType::AudioVideo, 0, 0)
+        .unwrap();
+    send_tagged(&sock, None, "restarted", PACKETS);
+    assert_eq!(
+        sink.wait_for("restarted", u64::from(PACKETS)),
+        u64::from(PACKETS)
+    );
+    drop(client);
+    // Another program's rule, above ours: it must survive our cleanup.
+    let foreign = |op: &str| {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &net.sender,
+                "iptables",
+                "-w",
+                "-t",
+                "mangle",
+                op,
+            ])
+            .args([
+                "OUTPUT",
+                "-p",
+                "icmp",
+                "-m",
+                "comment",
+                "--comment",
+                "not ours",
+            ])
+            .args(["-j", "ACCEPT"])
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(foreign("-I"));
+    let log = daemon.stop_with(libc::SIGINT);
+    assert!(log.contains("signal 2: shutting down"), "{log}");
+    assert!(foreign("-C"), "another program's rule was removed");
+    let seen = capture.finish();
+    for (tag, e) in [
+        ("live", Expect::Dscp(56)),
+        ("crashed", Expect::Untouched),
+        ("restarted", Expect::Dscp(40)),
+    ] {
+        assert_eq!(check_udp(&seen, tag, 0, e), u64::from(PACKETS), "{tag}");
+    }
 }
 
 /// Framing and descriptor errors answer exactly as the transport contract says.

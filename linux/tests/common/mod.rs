@@ -287,34 +287,61 @@ impl Daemon {
     }
 
     /// SIGTERM, wait, and check it exited cleanly and removed its rules.
-    pub fn stop(mut self) -> String {
+    pub fn stop(self) -> String {
+        self.stop_with(libc::SIGTERM)
+    }
+
+    /// `signal` (SIGTERM or SIGINT), wait, and check it exited cleanly and removed its rules.
+    pub fn stop_with(mut self, signal: i32) -> String {
         let mut child = self.child.take().unwrap();
-        terminate(&mut child);
+        terminate(&mut child, signal);
         let status = child.wait().unwrap();
         let log = self.log_text();
         assert!(status.success(), "qosmarkd exit {status}:\n{log}");
         for tool in ["iptables", "ip6tables"] {
-            let out = Command::new("ip")
-                .args([
-                    "netns", "exec", &self.ns, tool, "-t", "mangle", "-S", "OUTPUT",
-                ])
-                .output()
-                .unwrap();
-            let listing = String::from_utf8_lossy(&out.stdout);
+            let listing = our_rules(&self.ns, tool);
             assert!(
-                !listing.contains("qosmarkd"),
-                "{tool} rules left after exit:\n{listing}"
+                listing.is_empty(),
+                "{tool} rules left after exit:\n{listing:?}"
             );
         }
         assert!(!self.socket.exists(), "socket file left after exit");
         log
     }
+
+    /// SIGKILL (a crash: nothing is cleaned up) and wait; returns the log.
+    pub fn kill(mut self) -> String {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL)
+        );
+        self.log_text()
+    }
 }
 
-fn terminate(child: &mut Child) {
+/// The `mangle OUTPUT` rules of `tool` in namespace `ns` that carry qosmarkd's tag.
+pub fn our_rules(ns: &str, tool: &str) -> Vec<String> {
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", ns, tool, "-w", "-t", "mangle", "-S", "OUTPUT",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{tool} -S failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("qosmarkd"))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn terminate(child: &mut Child, signal: i32) {
     let pid = i32::try_from(child.id()).unwrap();
     // SAFETY: signalling our own child process by pid.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
+    unsafe { libc::kill(pid, signal) };
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         if child.try_wait().unwrap().is_some() {
@@ -328,7 +355,7 @@ fn terminate(child: &mut Child) {
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            terminate(&mut child);
+            terminate(&mut child, libc::SIGTERM);
             let _ = child.wait();
             if std::thread::panicking() {
                 eprintln!("--- qosmarkd log ---\n{}", self.log_text());
@@ -554,6 +581,8 @@ pub struct Seen {
     pub dst: SocketAddr,
     /// TOS / Traffic Class byte.
     pub tos: u8,
+    /// TCP flag bits (CWR ECE URG ACK PSH RST SYN FIN); 0 for UDP.
+    pub tcp_flags: u8,
     /// Transport payload.
     pub payload: Vec<u8>,
     /// IPv4 header checksum valid by full recomputation (always true for IPv6).
@@ -598,17 +627,20 @@ pub fn parse(bytes: &[u8]) -> Option<Seen> {
         }
         NetSlice::Arp(_) => return None,
     };
-    let (protocol, sp, dp, payload) = match sliced.transport? {
+    let (protocol, sp, dp, tcp_flags, payload) = match sliced.transport? {
         TransportSlice::Udp(u) => (
             Protocol::Udp,
             u.source_port(),
             u.destination_port(),
+            0,
             u.payload().to_vec(),
         ),
         TransportSlice::Tcp(t) => (
             Protocol::Tcp,
             t.source_port(),
             t.destination_port(),
+            // The flags byte, from the header bytes themselves.
+            t.slice()[13],
             t.payload().to_vec(),
         ),
         _ => return None,
@@ -618,6 +650,7 @@ pub fn parse(bytes: &[u8]) -> Option<Seen> {
         src: SocketAddr::new(src_ip, sp),
         dst: SocketAddr::new(dst_ip, dp),
         tos,
+        tcp_flags,
         payload,
         checksum_ok,
         bytes: bytes.to_vec(),
@@ -897,6 +930,37 @@ pub fn check_tcp(seen: &[Seen], src: SocketAddr, dst: SocketAddr, expect: Expect
         }
     }
     n
+}
+
+/// Checks every captured TCP segment from `src` to `dst` — handshake, pure ACKs and FIN
+/// included — for DSCP `dscp`; returns (segments, SYNs) seen.
+pub fn check_tcp_every_segment(
+    seen: &[Seen],
+    src: SocketAddr,
+    dst: SocketAddr,
+    dscp: u8,
+) -> (usize, usize) {
+    let (mut n, mut syns) = (0, 0);
+    for p in seen
+        .iter()
+        .filter(|p| p.protocol == Protocol::Tcp && p.src == src && p.dst == dst)
+    {
+        n += 1;
+        let syn = p.tcp_flags & 0x12 == 0x02;
+        if syn {
+            syns += 1;
+        }
+        assert!(p.checksum_ok, "TCP {src}: IPv4 header checksum wrong");
+        assert_eq!(
+            p.tos >> 2,
+            dscp,
+            "TCP {src}->{dst}: {} segment (flags {:#04x}) left with TOS {:#04x}",
+            if syn { "SYN" } else { "a" },
+            p.tcp_flags,
+            p.tos
+        );
+    }
+    (n, syns)
 }
 
 /// Normalizes a v4-mapped IPv6 socket address to IPv4 (how packets carry it on the wire).

@@ -54,6 +54,8 @@ pub struct Tally {
     pub examples: Mutex<Vec<String>>,
     /// Datagrams with an unknown flow number or a short payload.
     pub garbage: AtomicU64,
+    /// Sequence numbers received per flow, when recorded ([`Tally::recording`]).
+    pub seqs: Option<Vec<Mutex<Vec<u32>>>>,
 }
 
 impl Tally {
@@ -67,7 +69,25 @@ impl Tally {
             marked: zeros(),
             examples: Mutex::new(Vec::new()),
             garbage: AtomicU64::new(0),
+            seqs: None,
         }
+    }
+
+    /// A tally that also records every sequence number received (short tests only).
+    pub fn recording(flows: usize) -> Tally {
+        let mut t = Tally::new(flows);
+        t.seqs = Some((0..flows).map(|_| Mutex::new(Vec::new())).collect());
+        t
+    }
+
+    /// The sequence numbers below `sent` that `flow` did not receive (needs [`Tally::recording`]).
+    pub fn missing(&self, flow: usize, sent: u32) -> Vec<u32> {
+        let seqs = self.seqs.as_ref().expect("a recording tally");
+        let mut got = seqs[flow].lock().unwrap().clone();
+        got.sort_unstable();
+        (0..sent)
+            .filter(|s| got.binary_search(s).is_err())
+            .collect()
     }
 
     /// Received count of `flow`.
@@ -174,6 +194,9 @@ pub fn receive(sock: &UdpSocket, v6: bool, tally: &Tally, stop: &AtomicBool) {
         let seq = u32::from_ne_bytes(buf[4..8].try_into().unwrap());
         let expect = buf[8];
         tally.received[flow].fetch_add(1, Ordering::Relaxed);
+        if let Some(seqs) = &tally.seqs {
+            seqs[flow].lock().unwrap().push(seq);
+        }
         if tos.is_some_and(|t| t >> 2 != 0) {
             tally.marked[flow].fetch_add(1, Ordering::Relaxed);
         }

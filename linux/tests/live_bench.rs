@@ -19,6 +19,8 @@
 //! queue drops (`/proc/net/netfilter/nfnetlink_queue`) and the receiver's UDP buffer drops.
 #![allow(
     clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::similar_names,
     clippy::indexing_slicing,
     clippy::panic,
     clippy::cast_precision_loss,
@@ -80,7 +82,7 @@ fn ns_read(ns: &str, path: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// queue_dropped + user_dropped over the sender namespace's queues.
+/// `queue_dropped` + `user_dropped` over the sender namespace's queues.
 fn queue_drops(ns: &str) -> u64 {
     ns_read(ns, "/proc/net/netfilter/nfnetlink_queue")
         .lines()
@@ -230,7 +232,7 @@ fn run_mode(mode: Mode, rows: &mut Vec<Row>) {
                 ));
                 continue;
             }
-            for _ in sent..due {
+            while sent < due {
                 socks[next]
                     .send(&datagram(next as u32, seq, expect))
                     .unwrap();

@@ -10,11 +10,13 @@
 //! "about to kill" and "dead", and between "restarting" and "registered again"). Loss is
 //! counted over the whole run, across the kill: nothing sent before the SIGKILL or after the
 //! death of the daemon's last thread may be lost. What the kernel holds in the queue while the
-//! daemon dies is dropped by the kernel (nfnetlink_queue reinjects a destroyed queue's packets
+//! daemon dies is dropped by the kernel (`nfnetlink_queue` reinjects a destroyed queue's packets
 //! with `NF_DROP`; `--queue-bypass` only covers packets that find no queue), so datagrams sent
 //! in that window (typically one 200-datagram tick, often none) are reported, not failed.
 #![allow(
     clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::similar_names,
     clippy::indexing_slicing,
     clippy::panic,
     clippy::cast_possible_truncation,
@@ -277,7 +279,7 @@ fn sigkill_mid_traffic_fails_open_and_restart_cleans_up() {
     );
     let examples = tally.examples.lock().unwrap().clone();
     assert_eq!(wrong, 0, "wrong marks: {examples:#?}");
-    // The kernel drops what sits in a queue whose program dies (nfnetlink_queue reinjects a
+    // The kernel drops what sits in a queue whose program dies (`nfnetlink_queue` reinjects a
     // destroyed instance's packets with NF_DROP): datagrams sent between SIGKILL and the death
     // of the daemon's last thread may be lost, nothing else.
     let outside: Vec<(&u32, &usize)> = missing

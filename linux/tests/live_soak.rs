@@ -31,6 +31,8 @@
 //! Its own test binary, so cargo runs it after (not alongside) the other live tests.
 #![allow(
     clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::similar_names,
     clippy::indexing_slicing,
     clippy::panic,
     clippy::cast_precision_loss,
@@ -47,6 +49,7 @@ use qosmark_engine::abi::heapless_name::RuleName;
 use qosmark_engine::abi::{
     Dscp, FlowId, PortRange, Request, RuleAction, RuleProtocol, RuleSpec, SetFlow, TrafficType,
 };
+use std::fmt::Write as _;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -180,15 +183,19 @@ fn rule_specs(version: u64) -> Vec<RuleSpec> {
 fn rules_file(version: u64) -> String {
     let mut text = String::new();
     for i in 0..FILLER_RULES {
-        text.push_str(&format!(
-            "[[rule]]\nname = \"filler-{i}\"\nprecedence = 1\nprotocol = \"udp\"\nremote_port = {}\ndscp = 4\n\n",
+        writeln!(
+            text,
+            "[[rule]]\nname = \"filler-{i}\"\nprecedence = 1\nprotocol = \"udp\"\nremote_port = {}\ndscp = 4\n",
             20000 + i
-        ));
+        )
+        .unwrap();
     }
     let (port, dscp) = rule_dscp(version).map_or((30000, 4), |d| (RULE_PORT, d));
-    text.push_str(&format!(
+    write!(
+        text,
         "[[rule]]\nname = \"soak-key\"\nprecedence = 50\nprotocol = \"udp\"\nremote_port = {port}\ndscp = {dscp}\n"
-    ));
+    )
+    .unwrap();
     text
 }
 
@@ -597,7 +604,7 @@ fn soak_churn_under_thousand_call_traffic() {
         match due.checked_duration_since(Instant::now()) {
             Some(wait) => std::thread::sleep(wait),
             None => {
-                if Instant::now() - due > tick {
+                if due.elapsed() > tick {
                     late_ticks += 1;
                 }
             }

@@ -285,8 +285,8 @@ fn request_rate_per_handle() {
     assert_eq!(
         e.rate_limit(),
         RateLimit {
-            burst: 256,
-            per_second: 1000
+            burst: 4096,
+            per_second: 2000
         }
     );
     e.set_rate_limit(RateLimit {

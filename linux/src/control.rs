@@ -430,6 +430,13 @@ fn changes_state(req: &Request) -> bool {
     )
 }
 
+/// Nanoseconds on a monotonic clock (since the first call), for the engine's request rate.
+fn monotonic_ns() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(Instant::now);
+    u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// Decodes and applies one record; the answer or the Win32 error code.
 fn handle_record(
     shared: &Shared,
@@ -439,6 +446,13 @@ fn handle_record(
     truncated_fds: bool,
 ) -> Result<Response, Win32Error> {
     let request = codec::decode_request(bytes).map_err(codec::AbiError::win32)?;
+    // Every caller request is charged once, here, against the handle's request rate
+    // (`Engine::charge_request`; 1450 when spent, nothing changes; descriptors that came
+    // with it are closed by the caller as for any refusal).
+    shared
+        .engine_mut()
+        .charge_request(handle, monotonic_ns())
+        .map_err(EngineError::win32)?;
     if let Request::AddSocketToFlow {
         socket,
         dest,

@@ -278,6 +278,18 @@ impl Engine {
         self.apply(handle, req)
     }
 
+    /// Charges one request to `handle` at `now_ns` without applying anything: for a back end
+    /// that routes requests through several paths (some of them several engine calls for one
+    /// caller request) and charges each caller request once, where it enters. `apply_at` is
+    /// this followed by [`Engine::apply`].
+    ///
+    /// # Errors
+    /// 6 for a closed handle; [`EngineError::LimitReached`] (1450) when the handle's budget is
+    /// spent — nothing changes.
+    pub fn charge_request(&mut self, handle: HandleId, now_ns: u64) -> Result<(), EngineError> {
+        self.control.charge(handle, now_ns)
+    }
+
     /// The per-handle request rate [`Engine::apply_at`] enforces ([`RateLimit::default`] until
     /// changed).
     #[must_use]

@@ -15,17 +15,20 @@
 //! reports for an exhausted quota. 54 `ERROR_NETWORK_BUSY` is documented for `QOSSetFlow`
 //! only, and there it means "not enough bandwidth on the path", which would mislead: an
 //! application could conclude the network is congested. The request changes nothing; the
-//! caller may retry once tokens have refilled (1 ms per token at the default rate).
+//! caller may retry once tokens have refilled (0.5 ms per token at the default rate).
 //!
 //! ## Default
-//! 256 requests at once, 1 000 per second sustained ([`RateLimit::default`]). A QOS2
-//! application makes a handful of calls per socket (add, maybe set, remove), so a busy server
-//! registering a few hundred sockets per second stays well inside; a runaway loop is held to
-//! 1 000 requests per second per handle, and the handle limit (`Limits::max_handles`) bounds
-//! the total. [`RateLimit::UNLIMITED`] switches the limit off.
+//! 4 096 requests at once, 2 000 per second sustained ([`RateLimit::default`]). A QOS2
+//! application makes a handful of calls per socket (add, maybe set, remove). The burst is
+//! sized for the worst legitimate spike: a media server that restarts with a thousand live
+//! calls re-registers them all at once (a thousand sockets, a few calls each), and QOS2
+//! applications do not retry a 1450, so a smaller bucket would leave calls unmarked. A busy
+//! gateway setting up a few hundred calls per second stays well inside the sustained rate; a
+//! runaway loop is held to 2 000 requests per second per handle, and the handle limit
+//! (`Limits::max_handles`) bounds the total. [`RateLimit::UNLIMITED`] switches the limit off.
 //!
 //! Arithmetic is in nano-tokens (a request costs 10^9), in `u64` with saturating operations:
-//! a bucket of 256 requests is 2.56 × 10^11 nano-tokens, far from overflow; `burst` is capped
+//! a bucket of 4 096 requests is 4.1 × 10^12 nano-tokens, far from overflow; `burst` is capped
 //! at [`MAX_BURST`] so it always is.
 
 use crate::EngineError;
@@ -61,11 +64,11 @@ impl RateLimit {
 }
 
 impl Default for RateLimit {
-    /// 256 at once, 1 000 per second (module docs).
+    /// 4 096 at once, 2 000 per second (module docs).
     fn default() -> Self {
         RateLimit {
-            burst: 256,
-            per_second: 1000,
+            burst: 4096,
+            per_second: 2000,
         }
     }
 }

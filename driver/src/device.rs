@@ -76,21 +76,28 @@ pub(crate) const CLASS_GUID: GUID = GUID {
 const STATUS_OBJECT_NAME_NOT_FOUND: NtStatus =
     NtStatus(i32::from_ne_bytes(0xC000_0034_u32.to_ne_bytes()));
 
-/// UTF-16 of an ASCII constant, fallibly allocated.
+/// UTF-16 of an ASCII constant followed by a NUL, fallibly allocated. The NUL is not part of
+/// the counted string ([`counted`]); it is there because `WdmlibIoCreateDeviceSecure`
+/// documents its `DeviceName` as a null-terminated string, as `RtlInitUnicodeString` over a
+/// literal would give.
 fn wide(text: &str) -> Result<Vec<u16>, NTSTATUS> {
     let mut out = Vec::new();
-    out.try_reserve_exact(text.len())
+    out.try_reserve_exact(text.len() + 1)
         .map_err(|_| NtStatus::INSUFFICIENT_RESOURCES.0)?;
     out.extend(text.encode_utf16());
+    out.push(0);
     Ok(out)
 }
 
-/// A counted string over `units` (read-only use by the callee).
+/// A counted string over `units` made by [`wide`]: `Length` excludes the final NUL,
+/// `MaximumLength` includes it (read-only use by the callee).
 fn counted(units: &[u16]) -> Result<UNICODE_STRING, NTSTATUS> {
-    let bytes = u16::try_from(units.len() * 2).map_err(|_| NtStatus::INVALID_PARAMETER.0)?;
+    let text = units.len().checked_sub(1).ok_or(NtStatus::INVALID_PARAMETER.0)?;
+    let length = u16::try_from(text * 2).map_err(|_| NtStatus::INVALID_PARAMETER.0)?;
+    let maximum = u16::try_from(units.len() * 2).map_err(|_| NtStatus::INVALID_PARAMETER.0)?;
     Ok(UNICODE_STRING {
-        Length: bytes,
-        MaximumLength: bytes,
+        Length: length,
+        MaximumLength: maximum,
         Buffer: units.as_ptr().cast_mut(),
     })
 }

@@ -129,20 +129,26 @@ pub(crate) unsafe fn query_interface(irp: PIRP, stack: PIO_STACK_LOCATION) -> NT
                 // so the system buffer has room; the write is unaligned-safe and the input
                 // slice is no longer used.
                 unsafe { buffer.cast::<KernelInterface>().write_unaligned(table) };
-                set_information(irp, core::mem::size_of::<KernelInterface>());
+                // SAFETY: `irp` is this dispatch call's live IRP (function contract).
+                unsafe { set_information(irp, core::mem::size_of::<KernelInterface>()) };
                 return NtStatus::SUCCESS.0;
             }
             Err(status) => status,
         }
     };
-    set_information(irp, 0);
+    // SAFETY: as above.
+    unsafe { set_information(irp, 0) };
     status.0
 }
 
-fn set_information(irp: PIRP, bytes: usize) {
-    // SAFETY: `irp` is the valid current IRP (see `query_interface`); only this dispatch
-    // call writes its status block before completion.
-    unsafe { (*irp).IoStatus.Information = bytes as u64 };
+/// Writes `IoStatus.Information`.
+///
+/// # Safety
+/// `irp` is the live IRP of the dispatch call that owns it and has not completed it.
+unsafe fn set_information(irp: PIRP, bytes: usize) {
+    // SAFETY: per the contract `irp` is valid and owned by this dispatch call; only it writes
+    // the status block before completion. `Information` is a ULONG_PTR (pointer-sized).
+    unsafe { (*irp).IoStatus.Information = bytes as _ };
 }
 
 /// `IoStatus.Information` for a query completed with `status`: the table's size on success,

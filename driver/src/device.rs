@@ -92,7 +92,10 @@ fn wide(text: &str) -> Result<Vec<u16>, NTSTATUS> {
 /// A counted string over `units` made by [`wide`]: `Length` excludes the final NUL,
 /// `MaximumLength` includes it (read-only use by the callee).
 fn counted(units: &[u16]) -> Result<UNICODE_STRING, NTSTATUS> {
-    let text = units.len().checked_sub(1).ok_or(NtStatus::INVALID_PARAMETER.0)?;
+    let text = units
+        .len()
+        .checked_sub(1)
+        .ok_or(NtStatus::INVALID_PARAMETER.0)?;
     let length = u16::try_from(text * 2).map_err(|_| NtStatus::INVALID_PARAMETER.0)?;
     let maximum = u16::try_from(units.len() * 2).map_err(|_| NtStatus::INVALID_PARAMETER.0)?;
     Ok(UNICODE_STRING {

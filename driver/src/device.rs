@@ -21,8 +21,8 @@
 //! override of the security descriptor under that GUID in the registry, so it must identify
 //! this device type alone.
 //!
-//! # Dispatch routines (all at `PASSIVE_LEVEL`, in the requester's thread: this is the only
-//! driver of its stack)
+//! # Dispatch routines (in the requester's thread: this is the only driver of its stack;
+//! `PASSIVE_LEVEL` for the requests user mode sends, see the last row for the kernel one)
 //!
 //! | major function | what |
 //! |---|---|
@@ -30,6 +30,7 @@
 //! | `IRP_MJ_CLEANUP` | close the engine handle (every flow of the file object goes), complete the file object's queued IRPs with `STATUS_CANCELLED` |
 //! | `IRP_MJ_CLOSE` | nothing left to free: success |
 //! | `IRP_MJ_DEVICE_CONTROL` | `request::decode` → engine (exclusive lock) → `request::encode`; configuration changes are written to the registry afterwards |
+//! | `IRP_MJ_INTERNAL_DEVICE_CONTROL` | kernel senders only: the kernel-interface query (`crate::kiface::query_interface`); `<= DISPATCH_LEVEL` (a sender may build the IRP with `IoAllocateIrp`), which the query handler allows (no wait, no paged memory) |
 //!
 //! Every other major function is left at the I/O manager's default
 //! (`STATUS_INVALID_DEVICE_REQUEST`).
@@ -75,21 +76,31 @@ pub(crate) const CLASS_GUID: GUID = GUID {
 const STATUS_OBJECT_NAME_NOT_FOUND: NtStatus =
     NtStatus(i32::from_ne_bytes(0xC000_0034_u32.to_ne_bytes()));
 
-/// UTF-16 of an ASCII constant, fallibly allocated.
+/// UTF-16 of an ASCII constant followed by a NUL, fallibly allocated. The NUL is not part of
+/// the counted string ([`counted`]); it is there because `WdmlibIoCreateDeviceSecure`
+/// documents its `DeviceName` as a null-terminated string, as `RtlInitUnicodeString` over a
+/// literal would give.
 fn wide(text: &str) -> Result<Vec<u16>, NTSTATUS> {
     let mut out = Vec::new();
-    out.try_reserve_exact(text.len())
+    out.try_reserve_exact(text.len() + 1)
         .map_err(|_| NtStatus::INSUFFICIENT_RESOURCES.0)?;
     out.extend(text.encode_utf16());
+    out.push(0);
     Ok(out)
 }
 
-/// A counted string over `units` (read-only use by the callee).
+/// A counted string over `units` made by [`wide`]: `Length` excludes the final NUL,
+/// `MaximumLength` includes it (read-only use by the callee).
 fn counted(units: &[u16]) -> Result<UNICODE_STRING, NTSTATUS> {
-    let bytes = u16::try_from(units.len() * 2).map_err(|_| NtStatus::INVALID_PARAMETER.0)?;
+    let text = units
+        .len()
+        .checked_sub(1)
+        .ok_or(NtStatus::INVALID_PARAMETER.0)?;
+    let length = u16::try_from(text * 2).map_err(|_| NtStatus::INVALID_PARAMETER.0)?;
+    let maximum = u16::try_from(units.len() * 2).map_err(|_| NtStatus::INVALID_PARAMETER.0)?;
     Ok(UNICODE_STRING {
-        Length: bytes,
-        MaximumLength: bytes,
+        Length: length,
+        MaximumLength: maximum,
         Buffer: units.as_ptr().cast_mut(),
     })
 }
@@ -262,7 +273,8 @@ unsafe extern "C" fn dispatch_create(_device: PDEVICE_OBJECT, irp: PIRP) -> NTST
 /// The requester's privilege from the create request's subject security context.
 ///
 /// Token: the client (impersonation) token if the opener impersonates, else its primary token
-/// — `SeQuerySubjectContextToken`, a macro in ntifs.h, written out. Groups:
+/// — `SeQuerySubjectContextToken`, a macro in ntifs.h, written out; a client token below
+/// `SecurityImpersonation` level is not used (`security::effective_token_usable`). Groups:
 /// `SeQueryInformationToken(TokenGroups)` (buffer from paged pool, freed with `ExFreePool`;
 /// PASSIVE_LEVEL). Any failure gives `Privilege::User` (the safe side).
 ///
@@ -288,6 +300,16 @@ unsafe fn caller_privilege(stack: wdk_sys::PIO_STACK_LOCATION) -> Privilege {
     let client: PACCESS_TOKEN = unsafe { (*subject).ClientToken };
     // SAFETY: as above.
     let primary: PACCESS_TOKEN = unsafe { (*subject).PrimaryToken };
+    // SAFETY: as above; the level the client token was captured at (meaningful only when
+    // `client` is not null).
+    let level = unsafe { (*subject).ImpersonationLevel };
+    // An anonymous or identification-level client token is not used for the decision
+    // (SeQuerySubjectContextToken's documentation): a user.
+    if !security::effective_token_usable(!client.is_null(), level) {
+        return Privilege::User;
+    }
+    // SeQuerySubjectContextToken (a macro in ntifs.h): the client token if any, else the
+    // primary token.
     let token = if client.is_null() { primary } else { client };
     if token.is_null() {
         return Privilege::User;
@@ -373,8 +395,10 @@ unsafe extern "C" fn dispatch_close(_device: PDEVICE_OBJECT, irp: PIRP) -> NTSTA
 /// `IRP_MJ_INTERNAL_DEVICE_CONTROL`: only kernel-mode senders can issue it (user mode's
 /// `DeviceIoControl` always sends `IRP_MJ_DEVICE_CONTROL`). The one code served is the
 /// kernel-interface query (`crate::kiface`); every other code gets
-/// `STATUS_INVALID_DEVICE_REQUEST`. Runs in the client's thread at `<= APC_LEVEL`
-/// (`IoBuildDeviceIoControlRequest` requires `PASSIVE_LEVEL` for the sender).
+/// `STATUS_INVALID_DEVICE_REQUEST`. Runs in the client's thread: at `<= APC_LEVEL` when the
+/// client used `IoBuildDeviceIoControlRequest` (which requires that), at up to
+/// `DISPATCH_LEVEL` when it built the IRP itself (`IoAllocateIrp` + `IoCallDriver`); nothing
+/// below waits or touches paged memory.
 unsafe extern "C" fn dispatch_internal_device_control(
     _device: PDEVICE_OBJECT,
     irp: PIRP,

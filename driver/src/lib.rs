@@ -20,7 +20,7 @@
 //! | `config` (plain) | `Parameters` value format, fail-open loading, snapshot for write-back | any |
 //! | `security` (plain) | admin test over token group SIDs | any |
 //! | `entry` | `DriverEntry`, `DriverUnload` | `PASSIVE_LEVEL`, system thread |
-//! | `device` | control device (SDDL), `IRP_MJ_CREATE/CLEANUP/CLOSE/DEVICE_CONTROL` | `PASSIVE_LEVEL`, requester's thread |
+//! | `device` | control device (SDDL), `IRP_MJ_CREATE/CLEANUP/CLOSE/DEVICE_CONTROL`, `IRP_MJ_INTERNAL_DEVICE_CONTROL` (kernel-interface query) | `PASSIVE_LEVEL`, requester's thread; the internal one `<= DISPATCH_LEVEL` |
 //! | `globals` | the shared state and its publication | any |
 //! | `lock` | `SpinRwLock<T>` (`EX_SPIN_LOCK`), `PassiveMutex<T>` (`KMUTEX`) | `<= DISPATCH_LEVEL` / `PASSIVE_LEVEL` |
 //! | `pending` | cancel-safe IRP queue (`IoCsq*`) | `<= DISPATCH_LEVEL` |
@@ -29,7 +29,7 @@
 //! | `panic` | the panic handler: a panic is a bugcheck with code `'QMRK'` | any |
 //! | `ffi` | kernel routines declared here rather than taken from `wdk-sys` (`wdmsec`, ...) | per routine |
 //! | `wfp` | callouts, filters, packet path | see `docs/packet-path.md` |
-//! | `kiface` | the kernel-mode interface for other drivers (function table, lifetime) | query: `<= APC_LEVEL`; entries `<= DISPATCH_LEVEL` |
+//! | `kiface` | the kernel-mode interface for other drivers (function table, lifetime) | query and entries `<= DISPATCH_LEVEL`; `unload` `PASSIVE_LEVEL` |
 //!
 //! The global allocator is windows-drivers-rs' `WdkAllocator`: non-paged pool, tag `'rust'`,
 //! usable at `IRQL <= DISPATCH_LEVEL`. It returns null on exhaustion (collections report that

@@ -1,8 +1,9 @@
 //! Who may change what: the admin test of `IRP_MJ_CREATE`, as plain Rust over SID bytes.
 //!
 //! qosmark treats a caller as an administrator (the engine's [`Privilege::Admin`]) when its
-//! token — the client token if the opener impersonates, else the primary token, captured in
-//! the create request's security context — holds **BUILTIN\Administrators** (S-1-5-32-544)
+//! token — the client token if the opener impersonates (at `SecurityImpersonation` level or
+//! above: [`effective_token_usable`]), else the primary token, captured in the create
+//! request's security context — holds **BUILTIN\Administrators** (S-1-5-32-544)
 //! or **BUILTIN\Network Configuration Operators** (S-1-5-32-556) as an *enabled* group that is
 //! not deny-only. Under UAC a non-elevated administrator's token carries Administrators with
 //! `SE_GROUP_USE_FOR_DENY_ONLY` and without `SE_GROUP_ENABLED`, so it counts as a user, as it
@@ -26,6 +27,23 @@ pub const BUILTIN_NETWORK_CONFIGURATION_OPERATORS: [u8; 16] = sid_builtin(556);
 const fn sid_builtin(rid: u32) -> [u8; 16] {
     let r = rid.to_le_bytes();
     [1, 2, 0, 0, 0, 0, 0, 5, 32, 0, 0, 0, r[0], r[1], r[2], r[3]]
+}
+
+/// `SecurityImpersonation` (winnt.h `SECURITY_IMPERSONATION_LEVEL`: `SecurityAnonymous` 0,
+/// `SecurityIdentification` 1, `SecurityImpersonation` 2, `SecurityDelegation` 3).
+pub const SECURITY_IMPERSONATION: i32 = 2;
+
+/// Whether the effective token of a create's subject context may be used for the admin test.
+///
+/// The effective token is the client token when the opener impersonates, else the primary
+/// token (`SeQuerySubjectContextToken`). Microsoft's page for that macro says an impersonation
+/// token must be at `SecurityImpersonation` level or higher before it is used for an
+/// authorization decision; an anonymous or identification-level client token (which a
+/// kernel-mode opener, whose create skips the I/O manager's access check, can carry) is
+/// therefore not used, and the caller is a user (the safe side).
+#[must_use]
+pub fn effective_token_usable(has_client_token: bool, impersonation_level: i32) -> bool {
+    !has_client_token || impersonation_level >= SECURITY_IMPERSONATION
 }
 
 /// Whether one token group makes the caller an administrator for qosmark.
@@ -60,6 +78,19 @@ mod tests {
             BUILTIN_NETWORK_CONFIGURATION_OPERATORS,
             [1, 2, 0, 0, 0, 0, 0, 5, 0x20, 0, 0, 0, 0x2C, 0x02, 0, 0]
         );
+    }
+
+    #[test]
+    fn client_tokens_below_impersonation_level_are_not_used() {
+        // Primary token (no impersonation): the level field is meaningless, always usable.
+        assert!(effective_token_usable(false, 0));
+        // winnt.h values written out: Anonymous 0, Identification 1, Impersonation 2,
+        // Delegation 3.
+        assert!(!effective_token_usable(true, 0));
+        assert!(!effective_token_usable(true, 1));
+        assert!(effective_token_usable(true, 2));
+        assert!(effective_token_usable(true, 3));
+        assert!(!effective_token_usable(true, -1));
     }
 
     #[test]

@@ -32,7 +32,12 @@ foreach ($store in @('Cert:\LocalMachine\Root', 'Cert:\LocalMachine\TrustedPubli
 }
 
 & pnputil.exe /add-driver $inf /install
-if ($LASTEXITCODE -ne 0) { throw "pnputil /add-driver failed with exit code $LASTEXITCODE" }
+# 3010 (ERROR_SUCCESS_REBOOT_REQUIRED) is a success that asks for a reboot.
+if ($LASTEXITCODE -eq 3010) {
+    Write-Warning 'pnputil: installed, a reboot is required before the service can start.'
+} elseif ($LASTEXITCODE -ne 0) {
+    throw "pnputil /add-driver failed with exit code $LASTEXITCODE"
+}
 
 & sc.exe start QosMark
 if ($LASTEXITCODE -ne 0) { throw "sc start QosMark failed with exit code $LASTEXITCODE (see System event log / kernel debugger)" }

@@ -4,7 +4,7 @@
 //! | function | caller | IRQL |
 //! |---|---|---|
 //! | [`start`] | `DriverEntry`, before the device is created | `PASSIVE_LEVEL` |
-//! | [`query_interface`] | the `IRP_MJ_INTERNAL_DEVICE_CONTROL` dispatch routine, for [`IOCTL_QOSMARK_QUERY_KERNEL_INTERFACE`] | the client's thread, `<= APC_LEVEL` (`IoBuildDeviceIoControlRequest` requires it) |
+//! | [`query_interface`] | the `IRP_MJ_INTERNAL_DEVICE_CONTROL` dispatch routine, for [`IOCTL_QOSMARK_QUERY_KERNEL_INTERFACE`] | the client's thread: `<= APC_LEVEL` through `IoBuildDeviceIoControlRequest` (which requires it), `<= DISPATCH_LEVEL` for an IRP the client built itself; no wait, no paged memory |
 //! | [`unload`] | `DriverUnload`, before the engine and the device are torn down | `PASSIVE_LEVEL` |
 //! | the table's entries (`super::table`) | other drivers | `<= DISPATCH_LEVEL` |
 //!
@@ -62,19 +62,29 @@ pub(crate) fn start() {
 }
 
 /// Refuses new queries and entry calls, then waits (10 ms sleeps, `PASSIVE_LEVEL`) until
-/// every reference is released. Call from `DriverUnload` before the engine is freed; the
-/// function pointers handed out stay valid until this returns.
+/// every reference is released, then once more. Call from `DriverUnload` before the engine is
+/// freed; the function pointers handed out stay valid until this returns.
+///
+/// The last sleep covers the instructions an entry or `InterfaceDereference` still executes
+/// in this image after its release made the count 0 (its epilogue and `ret`): the count alone
+/// cannot cover them. A 10 ms grace period plus the rest of the unload (WFP teardown) makes
+/// that window practically closed, but not provably so — a client vCPU descheduled by the
+/// hypervisor between the decrement and its `ret` for longer than that is the residual case
+/// (docs/kernel-interface.md, lifetime).
 pub(crate) fn unload() {
-    if LIFETIME.begin_unload() {
-        return;
-    }
-    while !LIFETIME.is_drained() {
+    let mut drained = LIFETIME.begin_unload();
+    loop {
         // Negative = relative time, in 100 ns units: 10 ms.
         let mut interval = LARGE_INTEGER { QuadPart: -100_000 };
         // SAFETY: PASSIVE_LEVEL in DriverUnload, so the thread may wait; KernelMode and
         // non-alertable, so it cannot return early with an APC status that would matter (the
         // loop re-checks anyway); `interval` is a valid local.
         let _ = unsafe { KeDelayExecutionThread(_MODE::KernelMode as _, 0, &mut interval) };
+        if drained {
+            // Slept once after the count was seen at 0 (grace period above).
+            return;
+        }
+        drained = LIFETIME.is_drained();
     }
 }
 
@@ -88,7 +98,7 @@ pub(crate) fn unload() {
 /// `stack` its current stack location; the caller completes the IRP after this returns.
 pub(crate) unsafe fn query_interface(irp: PIRP, stack: PIO_STACK_LOCATION) -> NTSTATUS {
     // SAFETY: the I/O manager passes the current stack location of the live IRP, valid for
-    // the duration of the dispatch call (the client's thread, <= APC_LEVEL).
+    // the duration of the dispatch call (the client's thread, <= DISPATCH_LEVEL).
     let stack_ref = unsafe { &*stack };
     // SAFETY: for IRP_MJ_INTERNAL_DEVICE_CONTROL the `DeviceIoControl` member of the
     // parameters union is the one the I/O manager filled in.
@@ -119,20 +129,26 @@ pub(crate) unsafe fn query_interface(irp: PIRP, stack: PIO_STACK_LOCATION) -> NT
                 // so the system buffer has room; the write is unaligned-safe and the input
                 // slice is no longer used.
                 unsafe { buffer.cast::<KernelInterface>().write_unaligned(table) };
-                set_information(irp, core::mem::size_of::<KernelInterface>());
+                // SAFETY: `irp` is this dispatch call's live IRP (function contract).
+                unsafe { set_information(irp, core::mem::size_of::<KernelInterface>()) };
                 return NtStatus::SUCCESS.0;
             }
             Err(status) => status,
         }
     };
-    set_information(irp, 0);
+    // SAFETY: as above.
+    unsafe { set_information(irp, 0) };
     status.0
 }
 
-fn set_information(irp: PIRP, bytes: usize) {
-    // SAFETY: `irp` is the valid current IRP (see `query_interface`); only this dispatch
-    // call writes its status block before completion.
-    unsafe { (*irp).IoStatus.Information = bytes as u64 };
+/// Writes `IoStatus.Information`.
+///
+/// # Safety
+/// `irp` is the live IRP of the dispatch call that owns it and has not completed it.
+unsafe fn set_information(irp: PIRP, bytes: usize) {
+    // SAFETY: per the contract `irp` is valid and owned by this dispatch call; only it writes
+    // the status block before completion. `Information` is a ULONG_PTR (pointer-sized).
+    unsafe { (*irp).IoStatus.Information = bytes as _ };
 }
 
 /// `IoStatus.Information` for a query completed with `status`: the table's size on success,

@@ -468,6 +468,16 @@ unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP)
         // Error completions carry no data.
         Err(completion) => return unsafe { finish(irp, completion.status, 0) },
     };
+    // Every decoded request is charged to the handle's request rate first (1450 when spent;
+    // nothing changes). Time: the unbiased interrupt time, in ns.
+    // SAFETY: KeQueryUnbiasedInterruptTime takes nothing, only reads the interrupt-time count
+    // and is callable at any IRQL (its reference page; PASSIVE here); exported by ntoskrnl.
+    let now_ns = unsafe { crate::ffi::KeQueryUnbiasedInterruptTime() }.saturating_mul(100);
+    if let Err(completion) = request::charge(&mut globals.engine.write(), handle, now_ns) {
+        // SAFETY: PASSIVE_LEVEL dispatch routine that owns the IRP; it is completed once, here.
+        // Error completions carry no data.
+        return unsafe { finish(irp, completion.status, 0) };
+    }
     let completion = if request::changes_configuration(decoded.kind) {
         run_and_persist(&globals, handle, &decoded, out_len)
     } else {

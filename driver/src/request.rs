@@ -142,6 +142,19 @@ pub fn decode(code: u32, input: &[u8], output_capacity: u32) -> Result<Decoded, 
     })
 }
 
+/// Step 1b: charges the request to `handle`'s request rate (`Engine::charge_request`, time
+/// in nanoseconds of the interrupt-time clock). A refusal (1450, or 6 for a closed handle) is
+/// the completion to send; nothing else changes. Every `IRP_MJ_DEVICE_CONTROL` request that
+/// decoded is charged once, before [`execute`].
+///
+/// # Errors
+/// The completion of a refused request (status only).
+pub fn charge(engine: &mut Engine, handle: HandleId, now_ns: u64) -> Result<(), Completion> {
+    engine
+        .charge_request(handle, now_ns)
+        .map_err(|error| Completion::status_only(status_for_engine_error(error)))
+}
+
 /// Step 2: runs the request on the engine for `handle` (the caller holds the engine lock).
 ///
 /// # Errors
@@ -876,6 +889,43 @@ mod tests {
         assert_eq!(
             status_for_open_error(EngineError::NotFound).bits(),
             0xC000_0001
+        );
+    }
+
+    #[test]
+    fn charge_refuses_past_the_rate_and_changes_nothing() {
+        use qosmark_engine::control::rate::RateLimit;
+        let mut engine = Engine::new(qosmark_engine::Limits::default());
+        engine.set_rate_limit(RateLimit {
+            burst: 2,
+            per_second: 1,
+        });
+        let handle = engine
+            .open_handle(qosmark_abi::Caller {
+                pid: 7,
+                privilege: qosmark_abi::Privilege::User,
+            })
+            .unwrap();
+        let before = engine.control_snapshot().unwrap();
+        assert!(charge(&mut engine, handle, 1_000).is_ok());
+        assert!(charge(&mut engine, handle, 1_000).is_ok());
+        let refused = charge(&mut engine, handle, 1_000).unwrap_err();
+        assert_eq!(
+            refused.status,
+            ntstatus_for(Win32Error::NO_SYSTEM_RESOURCES),
+            "1450 once the burst is spent"
+        );
+        assert!(refused.bytes.is_empty());
+        assert_eq!(engine.control_snapshot().unwrap(), before);
+        // One second later one token has refilled.
+        assert!(charge(&mut engine, handle, 1_000_001_000).is_ok());
+        // A closed handle: 6.
+        engine.close_handle(handle).unwrap();
+        assert_eq!(
+            charge(&mut engine, handle, 2_000_000_000)
+                .unwrap_err()
+                .status,
+            ntstatus_for(Win32Error::INVALID_HANDLE)
         );
     }
 }

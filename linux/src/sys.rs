@@ -539,6 +539,28 @@ pub fn terminate_self() {
     let _ = unsafe { libc::kill(pid, libc::SIGTERM) };
 }
 
+/// Puts the calling thread in the `SCHED_FIFO` real-time class at `priority` (1..=99), so
+/// it preempts every normal thread (the kernel's real-time throttling, 95 % of each second
+/// by default, still keeps the rest of the system alive).
+///
+/// # Errors
+/// The `pthread_setschedparam` error (`EPERM` without `CAP_SYS_NICE`, for instance).
+pub fn set_thread_realtime(priority: i32) -> io::Result<()> {
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: pthread_self has no preconditions and names the calling thread, which is alive.
+    let me = unsafe { libc::pthread_self() };
+    // SAFETY: `me` is the calling thread and `param` a valid sched_param that outlives the
+    // call; the call changes only that thread's scheduling.
+    let ret = unsafe { libc::pthread_setschedparam(me, libc::SCHED_FIFO, &raw const param) };
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(ret))
+    }
+}
+
 /// Sets the nice value of the calling thread (Linux schedules threads individually).
 ///
 /// # Errors

@@ -1,7 +1,8 @@
 //! Live UDP marking through `qosmarkd` (see `common` for the harness): traffic types on
 //! connected IPv4 and IPv6 sockets, ECN kept, unregistered traffic untouched, one unconnected
 //! socket with several destinations in one flow, and a dual-stack IPv6 socket talking to an
-//! IPv4 peer.
+//! IPv4 peer. Flows are registered through the Rust QOS2 API (`qosmark::QosHandle` over the
+//! unix transport to the test's daemon), as an application would.
 #![allow(
     clippy::unwrap_used,
     clippy::indexing_slicing,
@@ -12,9 +13,9 @@
 mod common;
 
 use common::{
-    check_udp, in_ns, live, send_tagged, Capture, Client, Daemon, DaemonOptions, Expect, Net,
-    UdpSink,
+    check_udp, in_ns, live, send_tagged, Capture, Daemon, DaemonOptions, Expect, Net, UdpSink,
 };
+use qosmark::{Client, QosHandle};
 use qosmark_engine::abi::{TrafficType, QOS_NON_ADAPTIVE_FLOW};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -48,7 +49,7 @@ fn traffic_types_on_connected_sockets_v4_and_v6() {
     }
     let sink = UdpSink::start(&net, &sink_addrs);
     let capture = Capture::start(&net);
-    let mut client = Client::connect(&daemon.socket);
+    let client = QosHandle::with_client(Client::connect_unix(&daemon.socket).unwrap());
     let mut expectations = Vec::new();
     for v6 in [false, true] {
         for (i, (tt, dscp, tos)) in cases.iter().copied().enumerate() {
@@ -60,7 +61,7 @@ fn traffic_types_on_connected_sockets_v4_and_v6() {
                 s
             });
             common::set_tos(sock.as_raw_fd(), v6, tos);
-            let flow = client.add_socket(&sock, None, tt, 0, 0).unwrap();
+            let flow = client.add_socket_to_flow(&sock, None, tt, 0, 0).unwrap();
             assert_ne!(flow, 0);
             let tag = format!("tt{}v{}", tt as u32, if v6 { 6 } else { 4 });
             send_tagged(&sock, None, &tag, PACKETS);
@@ -94,7 +95,7 @@ fn traffic_types_on_connected_sockets_v4_and_v6() {
             "{tag}: captured count"
         );
     }
-    let status = client.status();
+    let status = client.client().status().unwrap();
     assert_eq!(status.fail_open.iter().sum::<u64>(), 0, "{status:?}");
     drop(client);
     daemon.stop();
@@ -114,9 +115,9 @@ fn unconnected_socket_several_destinations_one_flow() {
     let capture = Capture::start(&net);
     let bind = net.sender_addr(false, 0);
     let sock = in_ns(&net.sender, move || UdpSocket::bind(bind).unwrap());
-    let mut client = Client::connect(&daemon.socket);
+    let client = QosHandle::with_client(Client::connect_unix(&daemon.socket).unwrap());
     let flow = client
-        .add_socket(
+        .add_socket_to_flow(
             &sock,
             Some(dests[0]),
             TrafficType::Voice,
@@ -125,7 +126,7 @@ fn unconnected_socket_several_destinations_one_flow() {
         )
         .unwrap();
     let same = client
-        .add_socket(
+        .add_socket_to_flow(
             &sock,
             Some(dests[1]),
             TrafficType::Voice,
@@ -186,12 +187,12 @@ fn dual_stack_v6_socket_to_v4_peer() {
         let u = UdpSocket::bind("[::]:0").unwrap();
         (c, u)
     });
-    let mut client = Client::connect(&daemon.socket);
+    let client = QosHandle::with_client(Client::connect_unix(&daemon.socket).unwrap());
     client
-        .add_socket(&connected, None, TrafficType::AudioVideo, 0, 0)
+        .add_socket_to_flow(&connected, None, TrafficType::AudioVideo, 0, 0)
         .unwrap();
     client
-        .add_socket(&unconnected, Some(dests[1]), TrafficType::Background, 0, 0)
+        .add_socket_to_flow(&unconnected, Some(dests[1]), TrafficType::Background, 0, 0)
         .unwrap();
     send_tagged(&connected, None, "mapped", PACKETS);
     send_tagged(&unconnected, Some(m1), "dual", PACKETS);

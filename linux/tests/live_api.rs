@@ -6,14 +6,15 @@
     clippy::expect_used,
     clippy::indexing_slicing,
     clippy::panic,
-    reason = "test code: a panic is a failure"
+    clippy::too_many_lines,
+    reason = "test code: a panic is a failure; each test is one scenario checked step by step"
 )]
 
 mod common;
 
 use common::{
-    check_tcp, check_udp, in_ns, live, send_tagged, Capture, Daemon, DaemonOptions, Expect, Net,
-    UdpSink,
+    check_tcp, check_udp_between, in_ns, live, send_tagged, Capture, Daemon, DaemonOptions, Expect,
+    Net, UdpSink,
 };
 use qosmark::qos2::FlowQuery;
 use qosmark::{Client, QosHandle};
@@ -134,14 +135,19 @@ fn rust_api_against_qosmarkd() {
     }
     assert_eq!(tcp.join().unwrap(), vec![1000]);
     let seen = capture.finish();
-    for (tag, tos, e) in [
-        ("r-control4", 0x02, Expect::Dscp(56)),
-        ("r-besteffort6", 0, Expect::Untouched),
-        ("r-dscp6", 0, Expect::Dscp(18)),
-        ("r-removed4", 0x02, Expect::Untouched),
-        ("r-closed6", 0, Expect::Untouched),
+    for (tag, tos, e, dst) in [
+        ("r-control4", 0x02, Expect::Dscp(56), udp4),
+        ("r-besteffort6", 0, Expect::Untouched, udp6),
+        ("r-dscp6", 0, Expect::Dscp(18), udp6),
+        ("r-removed4", 0x02, Expect::Untouched, udp4),
+        ("r-closed6", 0, Expect::Untouched, udp6),
     ] {
-        assert_eq!(check_udp(&seen, tag, tos, e), u64::from(PACKETS), "{tag}");
+        let src = net.sender_addr(dst.is_ipv6(), 0).ip();
+        assert_eq!(
+            check_udp_between(&seen, tag, tos, e, src, dst),
+            u64::from(PACKETS),
+            "{tag}"
+        );
     }
     assert!(check_tcp(&seen, tcp_src, tcp4, Expect::Dscp(40)) > 0);
     drop(watcher);
@@ -174,7 +180,6 @@ fn build_library() -> PathBuf {
 /// socket to an IPv4 peer, `QOSSetFlow` custom DSCP as root, `QOSRemoveSocketFromFlow` and
 /// `QOSCloseHandle` stopping the marking.
 #[test]
-#[allow(clippy::too_many_lines, reason = "one scenario, checked step by step")]
 fn c_api_against_qosmarkd() {
     if !live() {
         return;
@@ -252,32 +257,23 @@ fn c_api_against_qosmarkd() {
     assert_eq!(tcp.join().unwrap(), vec![1000]);
     assert_eq!(tcp_v6.join().unwrap(), vec![1000]);
     let seen = capture.finish();
-    for (tag, tos, e) in [
-        ("c-voice4", 0x01, Expect::Dscp(56)),
-        ("c-dscp6", 0, Expect::Dscp(46)),
-        ("c-removed4", 0x01, Expect::Untouched),
-        ("c-closed6", 0, Expect::Untouched),
-        ("c-multi0", 0, Expect::Dscp(56)),
-        ("c-multi1", 0, Expect::Dscp(56)),
-        ("c-multi2", 0, Expect::Untouched),
-        ("c-mapped", 0, Expect::Dscp(40)),
+    // Each tag from the sender's address to its own destination: the multi-destination tags
+    // to their own ports, the dual-stack socket's packets as IPv4 to the IPv4 peer.
+    for (tag, tos, e, dst) in [
+        ("c-voice4", 0x01, Expect::Dscp(56), udp4),
+        ("c-dscp6", 0, Expect::Dscp(46), udp6),
+        ("c-removed4", 0x01, Expect::Untouched, udp4),
+        ("c-closed6", 0, Expect::Untouched, udp6),
+        ("c-multi0", 0, Expect::Dscp(56), multi[0]),
+        ("c-multi1", 0, Expect::Dscp(56), multi[1]),
+        ("c-multi2", 0, Expect::Untouched, multi[2]),
+        ("c-mapped", 0, Expect::Dscp(40), mapped4),
     ] {
-        assert_eq!(check_udp(&seen, tag, tos, e), u64::from(PACKETS), "{tag}");
-    }
-    // Where each tag went on the wire: the multi-destination tags to their own ports, the
-    // dual-stack socket's packets as IPv4 to the IPv4 peer.
-    for (tag, dst) in [
-        ("c-multi0", multi[0]),
-        ("c-multi1", multi[1]),
-        ("c-multi2", multi[2]),
-        ("c-mapped", mapped4),
-    ] {
-        let prefix = format!("{tag}:");
-        assert!(
-            seen.iter()
-                .filter(|p| p.payload.starts_with(prefix.as_bytes()))
-                .all(|p| p.dst == dst),
-            "{tag} went elsewhere than {dst}"
+        let src = net.sender_addr(dst.is_ipv6(), 0).ip();
+        assert_eq!(
+            check_udp_between(&seen, tag, tos, e, src, dst),
+            u64::from(PACKETS),
+            "{tag}"
         );
     }
     for (dst, dscp) in [(tcp4, 8), (tcp6, 56)] {

@@ -23,8 +23,8 @@
 mod common;
 
 use common::{
-    check_tcp, check_tcp_every_segment, check_udp, in_ns, live, send_tagged, Capture, Client,
-    Daemon, DaemonOptions, Expect, Net, UdpSink,
+    check_tcp, check_tcp_every_segment, check_udp, check_udp_between, in_ns, live, send_tagged,
+    Capture, Client, Daemon, DaemonOptions, Expect, Net, UdpSink,
 };
 use qosmark::QosHandle;
 use qosmark_engine::abi::codec;
@@ -570,11 +570,18 @@ fn one_process_cannot_register_anothers_socket() {
     assert_eq!(sink.wait_for("own", u64::from(PACKETS)), u64::from(PACKETS));
     let seen = capture.finish();
     assert_eq!(
-        check_udp(&seen, "victim", 0, Expect::Untouched),
+        check_udp_between(
+            &seen,
+            "victim",
+            0,
+            Expect::Untouched,
+            net.s4.into(),
+            dests[0]
+        ),
         u64::from(PACKETS)
     );
     assert_eq!(
-        check_udp(&seen, "own", 0, Expect::Dscp(56)),
+        check_udp_between(&seen, "own", 0, Expect::Dscp(56), net.s4.into(), dests[1]),
         u64::from(PACKETS)
     );
     drop(client);
@@ -650,7 +657,7 @@ fn admin_rule_port_range_socket_override_and_persistence() {
     let seen = capture.finish();
     for (i, e) in expect.iter().enumerate() {
         assert_eq!(
-            check_udp(&seen, &format!("p{i}"), 0, *e),
+            check_udp_between(&seen, &format!("p{i}"), 0, *e, net.s4.into(), dests[i]),
             u64::from(PACKETS),
             "port {}",
             ports[i]
@@ -744,15 +751,20 @@ fn remove_socket_remove_flow_and_close_handle_stop_marking() {
         );
     }
     let seen = capture.finish();
-    for (tag, e) in [
-        ("s-before", Expect::Dscp(56)),
-        ("s-after", Expect::Untouched),
-        ("f-before", Expect::Dscp(40)),
-        ("f-after", Expect::Untouched),
-        ("h-before", Expect::Dscp(8)),
-        ("h-after", Expect::Untouched),
+    for (tag, e, dst) in [
+        ("s-before", Expect::Dscp(56), dests[0]),
+        ("s-after", Expect::Untouched, dests[0]),
+        ("f-before", Expect::Dscp(40), dests[1]),
+        ("f-after", Expect::Untouched, dests[1]),
+        ("h-before", Expect::Dscp(8), dests[2]),
+        ("h-after", Expect::Untouched, dests[2]),
     ] {
-        assert_eq!(check_udp(&seen, tag, 0, e), u64::from(PACKETS), "{tag}");
+        let src = net.sender_addr(dst.is_ipv6(), 0).ip();
+        assert_eq!(
+            check_udp_between(&seen, tag, 0, e, src, dst),
+            u64::from(PACKETS),
+            "{tag}"
+        );
     }
     drop(main);
     daemon.stop();
@@ -1031,7 +1043,11 @@ fn rules_after_a_crash_and_sigint() {
         ("crashed", Expect::Untouched),
         ("restarted", Expect::Dscp(40)),
     ] {
-        assert_eq!(check_udp(&seen, tag, 0, e), u64::from(PACKETS), "{tag}");
+        assert_eq!(
+            check_udp_between(&seen, tag, 0, e, net.s4.into(), dest),
+            u64::from(PACKETS),
+            "{tag}"
+        );
     }
 }
 

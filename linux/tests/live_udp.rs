@@ -13,7 +13,8 @@
 mod common;
 
 use common::{
-    check_udp, in_ns, live, send_tagged, Capture, Daemon, DaemonOptions, Expect, Net, UdpSink,
+    check_udp_between, in_ns, live, send_tagged, Capture, Daemon, DaemonOptions, Expect, Net,
+    UdpSink,
 };
 use qosmark::{Client, QosHandle};
 use qosmark_engine::abi::{TrafficType, QOS_NON_ADAPTIVE_FLOW};
@@ -65,7 +66,7 @@ fn traffic_types_on_connected_sockets_v4_and_v6() {
             assert_ne!(flow, 0);
             let tag = format!("tt{}v{}", tt as u32, if v6 { 6 } else { 4 });
             send_tagged(&sock, None, &tag, PACKETS);
-            expectations.push((tag, tos, dscp.map_or(Expect::Untouched, Expect::Dscp)));
+            expectations.push((tag, tos, dscp.map_or(Expect::Untouched, Expect::Dscp), dest));
         }
         // Unregistered, with an application DSCP (AF11) and ECN: left exactly as sent.
         let dest = net.receiver_addr(v6, 5100);
@@ -78,9 +79,9 @@ fn traffic_types_on_connected_sockets_v4_and_v6() {
         common::set_tos(sock.as_raw_fd(), v6, (10 << 2) | 1);
         let tag = format!("plain{}", if v6 { 6 } else { 4 });
         send_tagged(&sock, None, &tag, PACKETS);
-        expectations.push((tag, (10 << 2) | 1, Expect::Untouched));
+        expectations.push((tag, (10 << 2) | 1, Expect::Untouched, dest));
     }
-    for (tag, _, _) in &expectations {
+    for (tag, _, _, _) in &expectations {
         assert_eq!(
             sink.wait_for(tag, u64::from(PACKETS)),
             u64::from(PACKETS),
@@ -88,9 +89,10 @@ fn traffic_types_on_connected_sockets_v4_and_v6() {
         );
     }
     let seen = capture.finish();
-    for (tag, tos, expect) in &expectations {
+    for (tag, tos, expect, dest) in &expectations {
+        let src = net.sender_addr(dest.is_ipv6(), 0).ip();
         assert_eq!(
-            check_udp(&seen, tag, *tos, *expect),
+            check_udp_between(&seen, tag, *tos, *expect, src, *dest),
             u64::from(PACKETS),
             "{tag}: captured count"
         );
@@ -146,15 +148,22 @@ fn unconnected_socket_several_destinations_one_flow() {
     }
     let seen = capture.finish();
     assert_eq!(
-        check_udp(&seen, "dest0", 0, Expect::Dscp(56)),
+        check_udp_between(&seen, "dest0", 0, Expect::Dscp(56), net.s4.into(), dests[0]),
         u64::from(PACKETS)
     );
     assert_eq!(
-        check_udp(&seen, "dest1", 0, Expect::Dscp(56)),
+        check_udp_between(&seen, "dest1", 0, Expect::Dscp(56), net.s4.into(), dests[1]),
         u64::from(PACKETS)
     );
     assert_eq!(
-        check_udp(&seen, "dest2", 0, Expect::Untouched),
+        check_udp_between(
+            &seen,
+            "dest2",
+            0,
+            Expect::Untouched,
+            net.s4.into(),
+            dests[2]
+        ),
         u64::from(PACKETS)
     );
     drop(client);
@@ -206,11 +215,18 @@ fn dual_stack_v6_socket_to_v4_peer() {
     );
     let seen = capture.finish();
     assert_eq!(
-        check_udp(&seen, "mapped", 0, Expect::Dscp(40)),
+        check_udp_between(
+            &seen,
+            "mapped",
+            0,
+            Expect::Dscp(40),
+            net.s4.into(),
+            dests[0]
+        ),
         u64::from(PACKETS)
     );
     assert_eq!(
-        check_udp(&seen, "dual", 0, Expect::Dscp(8)),
+        check_udp_between(&seen, "dual", 0, Expect::Dscp(8), net.s4.into(), dests[1]),
         u64::from(PACKETS)
     );
     drop(client);

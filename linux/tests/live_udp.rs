@@ -232,3 +232,51 @@ fn dual_stack_v6_socket_to_v4_peer() {
     drop(client);
     daemon.stop();
 }
+
+/// Decodes a hex string (test vectors below).
+fn hex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// The capture's checksum oracle (`common::raw_ip`) on packets whose checksums were computed
+/// independently (by a separate script, not this code): it accepts the right ones and rejects
+/// a UDP checksum left as the pseudo-header partial sum (what an offloading veth carried before
+/// the harness turned offload off) and a zero UDP checksum. Runs without root.
+#[test]
+fn checksum_oracle_on_known_packets() {
+    // IPv4 UDP "crashed:0" as captured with offload on: the field holds the partial sum.
+    let partial = hex("45000025c1c740004011c92c0ae8cd010ae8cd02c0ab1a900011aff6637261736865643a30");
+    let raw = common::raw_ip(&partial).unwrap();
+    assert!(!raw.transport_checksum_ok);
+    assert_eq!(
+        (raw.version, raw.ihl, raw.ttl, raw.protocol),
+        (4, 5, 64, 17)
+    );
+    assert_eq!(raw.flags_frag, 0x4000, "DF, offset 0");
+    assert!(common::ipv4_header_sums_to_ffff(&partial[..20]));
+    // The same packet with its full checksum (0xb336).
+    let mut full = partial.clone();
+    full[26..28].copy_from_slice(&[0xb3, 0x36]);
+    assert!(common::raw_ip(&full).unwrap().transport_checksum_ok);
+    // Zero ("no checksum") is not accepted: Linux always sends one.
+    let mut zero = partial;
+    zero[26..28].copy_from_slice(&[0, 0]);
+    assert!(!common::raw_ip(&zero).unwrap().transport_checksum_ok);
+    // IPv6 UDP "abc:1", fd00:232:7::1 port 40000 -> fd00:232:7::2 port 5000, checksum 0x5bf8.
+    let v6 = hex(concat!(
+        "60000000000d1140fd000232000700000000000000000001fd000232000700000000",
+        "0000000000029c401388000d5bf86162633a31"
+    ));
+    let raw = common::raw_ip(&v6).unwrap();
+    assert!(raw.transport_checksum_ok);
+    assert_eq!(
+        (raw.version, raw.tos, raw.ttl, raw.total_len),
+        (6, 0, 64, 53)
+    );
+    let mut bad = v6;
+    bad[52] ^= 1; // one payload bit
+    assert!(!common::raw_ip(&bad).unwrap().transport_checksum_ok);
+}

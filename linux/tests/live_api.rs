@@ -150,6 +150,10 @@ fn rust_api_against_qosmarkd() {
         );
     }
     assert!(check_tcp(&seen, tcp_src, tcp4, Expect::Dscp(40)) > 0);
+    assert_eq!(
+        common::tcp_stream_bytes(&seen, tcp_src, tcp4),
+        vec![0x33; 1000]
+    );
     drop(watcher);
     daemon.stop();
 }
@@ -287,6 +291,11 @@ fn c_api_against_qosmarkd() {
             check_tcp(&seen, src, dst, Expect::Dscp(dscp)),
             tcp_data.len(),
             "TCP to {dst}: every data segment from one source"
+        );
+        assert_eq!(
+            common::tcp_stream_bytes(&seen, src, dst),
+            vec![0x5a; 1000],
+            "TCP to {dst}: the captured stream is what the C program wrote"
         );
     }
     daemon.stop();

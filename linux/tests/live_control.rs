@@ -217,6 +217,11 @@ fn tcp_registered_after_and_before_connect() {
             check_tcp(&seen, src, dst, expect) > 0,
             "{src}: no data segments seen"
         );
+        assert_eq!(
+            common::tcp_stream_bytes(&seen, src, dst),
+            vec![0x5a; 2000],
+            "{src}: the captured stream is what was written"
+        );
     }
     drop(client);
     daemon.stop();

@@ -1222,6 +1222,36 @@ pub fn check_tcp(seen: &[Seen], src: SocketAddr, dst: SocketAddr, expect: Expect
     n
 }
 
+/// The byte stream `src` sent to `dst` as captured, rebuilt from the TCP sequence numbers of
+/// its data segments (retransmitted copies must be identical; a gap fails).
+pub fn tcp_stream_bytes(seen: &[Seen], src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+    let mut by_offset: std::collections::BTreeMap<u32, Vec<u8>> = std::collections::BTreeMap::new();
+    let mut base = None;
+    for p in seen.iter().filter(|p| {
+        p.protocol == Protocol::Tcp && p.src == src && p.dst == dst && !p.payload.is_empty()
+    }) {
+        let raw = raw_ip(&p.bytes).unwrap();
+        let seq = u32::from_be_bytes(raw.segment[4..8].try_into().unwrap());
+        let offset = seq.wrapping_sub(*base.get_or_insert(seq));
+        if let Some(earlier) = by_offset.insert(offset, p.payload.clone()) {
+            assert_eq!(
+                earlier, p.payload,
+                "TCP {src}->{dst}: retransmission differs"
+            );
+        }
+    }
+    let mut stream = Vec::new();
+    for (offset, data) in by_offset {
+        assert_eq!(
+            offset as usize,
+            stream.len(),
+            "TCP {src}->{dst}: gap or overlap in the captured stream"
+        );
+        stream.extend(data);
+    }
+    stream
+}
+
 /// Checks every captured TCP segment from `src` to `dst` — handshake, pure ACKs and FIN
 /// included — for DSCP `dscp`; returns (segments, SYNs) seen.
 pub fn check_tcp_every_segment(
@@ -1241,6 +1271,10 @@ pub fn check_tcp_every_segment(
             syns += 1;
         }
         assert!(p.checksum_ok, "TCP {src}: IPv4 header checksum wrong");
+        assert!(
+            raw_ip(&p.bytes).is_some_and(|r| r.transport_checksum_ok),
+            "TCP {src}->{dst}: checksum does not verify"
+        );
         assert_eq!(
             p.tos >> 2,
             dscp,

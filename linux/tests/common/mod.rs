@@ -1,7 +1,10 @@
 //! Harness of the live tests: two network namespaces joined by a veth pair, `qosmarkd` in the
 //! sender namespace, a record-level client of the control socket, and an `AF_PACKET` capture
-//! on the receiving side whose packets are checked with etherparse and an independent IPv4
-//! header checksum.
+//! on the receiving side whose packets are checked with etherparse and, independently of it, by
+//! hand: IPv4 header checksum, UDP/TCP checksum over the pseudo-header, every header field the
+//! sender determines for unregistered traffic ([`check_untouched`]), exact payloads and TCP
+//! streams rebuilt by sequence number. `veth-s` has transmit checksum offload turned off so
+//! every packet on the pair carries a complete checksum.
 //!
 //! Everything is torn down by `Drop` guards (daemon first, then the namespaces, which takes
 //! the veth pair and the daemon's iptables rules with them), so a failing assertion leaves

@@ -6,14 +6,15 @@
     clippy::expect_used,
     clippy::indexing_slicing,
     clippy::panic,
-    reason = "test code: a panic is a failure"
+    clippy::too_many_lines,
+    reason = "test code: a panic is a failure; each test is one scenario checked step by step"
 )]
 
 mod common;
 
 use common::{
-    check_tcp, check_udp, in_ns, live, send_tagged, Capture, Daemon, DaemonOptions, Expect, Net,
-    UdpSink,
+    check_tcp, check_udp_between, in_ns, live, send_tagged, Capture, Daemon, DaemonOptions, Expect,
+    Net, UdpSink,
 };
 use qosmark::qos2::FlowQuery;
 use qosmark::{Client, QosHandle};
@@ -134,16 +135,25 @@ fn rust_api_against_qosmarkd() {
     }
     assert_eq!(tcp.join().unwrap(), vec![1000]);
     let seen = capture.finish();
-    for (tag, tos, e) in [
-        ("r-control4", 0x02, Expect::Dscp(56)),
-        ("r-besteffort6", 0, Expect::Untouched),
-        ("r-dscp6", 0, Expect::Dscp(18)),
-        ("r-removed4", 0x02, Expect::Untouched),
-        ("r-closed6", 0, Expect::Untouched),
+    for (tag, tos, e, dst) in [
+        ("r-control4", 0x02, Expect::Dscp(56), udp4),
+        ("r-besteffort6", 0, Expect::Untouched, udp6),
+        ("r-dscp6", 0, Expect::Dscp(18), udp6),
+        ("r-removed4", 0x02, Expect::Untouched, udp4),
+        ("r-closed6", 0, Expect::Untouched, udp6),
     ] {
-        assert_eq!(check_udp(&seen, tag, tos, e), u64::from(PACKETS), "{tag}");
+        let src = net.sender_addr(dst.is_ipv6(), 0).ip();
+        assert_eq!(
+            check_udp_between(&seen, tag, tos, e, src, dst),
+            u64::from(PACKETS),
+            "{tag}"
+        );
     }
     assert!(check_tcp(&seen, tcp_src, tcp4, Expect::Dscp(40)) > 0);
+    assert_eq!(
+        common::tcp_stream_bytes(&seen, tcp_src, tcp4),
+        vec![0x33; 1000]
+    );
     drop(watcher);
     daemon.stop();
 }
@@ -169,7 +179,10 @@ fn build_library() -> PathBuf {
 }
 
 /// The C ABI: `tests/c/live_client.c` compiled against `qosmark.h` and `libqosmark.so`, run in
-/// the sender namespace (see the C file for what it sends and expects).
+/// the sender namespace (see the C file for what it sends and expects): UDP and TCP on both
+/// families, one unconnected socket with two destinations under one flow id, a dual-stack
+/// socket to an IPv4 peer, `QOSSetFlow` custom DSCP as root, `QOSRemoveSocketFromFlow` and
+/// `QOSCloseHandle` stopping the marking.
 #[test]
 fn c_api_against_qosmarkd() {
     if !live() {
@@ -204,8 +217,14 @@ fn c_api_against_qosmarkd() {
     let udp4 = net.receiver_addr(false, base);
     let udp6 = net.receiver_addr(true, base + 1);
     let tcp4 = net.receiver_addr(false, base + 2);
-    let sink = UdpSink::start(&net, &[udp4, udp6]);
+    let tcp6 = net.receiver_addr(true, base + 3);
+    let multi: Vec<SocketAddr> = (4..7).map(|i| net.receiver_addr(false, base + i)).collect();
+    let mapped4 = net.receiver_addr(false, base + 7);
+    let mut udp_addrs = vec![udp4, udp6, mapped4];
+    udp_addrs.extend(&multi);
+    let sink = UdpSink::start(&net, &udp_addrs);
     let tcp = tcp_sink(&net, tcp4, 1);
+    let tcp_v6 = tcp_sink(&net, tcp6, 1);
     let capture = Capture::start(&net);
     let out = Command::new("ip")
         .args(["netns", "exec", &net.sender])
@@ -222,7 +241,17 @@ fn c_api_against_qosmarkd() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("\n0 failures"), "{stdout}");
-    for tag in ["c-voice4", "c-dscp6", "c-removed4", "c-closed6"] {
+    let tags = [
+        "c-voice4",
+        "c-dscp6",
+        "c-removed4",
+        "c-closed6",
+        "c-multi0",
+        "c-multi1",
+        "c-multi2",
+        "c-mapped",
+    ];
+    for tag in tags {
         assert_eq!(
             sink.wait_for(tag, u64::from(PACKETS)),
             u64::from(PACKETS),
@@ -230,21 +259,44 @@ fn c_api_against_qosmarkd() {
         );
     }
     assert_eq!(tcp.join().unwrap(), vec![1000]);
+    assert_eq!(tcp_v6.join().unwrap(), vec![1000]);
     let seen = capture.finish();
-    for (tag, tos, e) in [
-        ("c-voice4", 0x01, Expect::Dscp(56)),
-        ("c-dscp6", 0, Expect::Dscp(46)),
-        ("c-removed4", 0x01, Expect::Untouched),
-        ("c-closed6", 0, Expect::Untouched),
+    // Each tag from the sender's address to its own destination: the multi-destination tags
+    // to their own ports, the dual-stack socket's packets as IPv4 to the IPv4 peer.
+    for (tag, tos, e, dst) in [
+        ("c-voice4", 0x01, Expect::Dscp(56), udp4),
+        ("c-dscp6", 0, Expect::Dscp(46), udp6),
+        ("c-removed4", 0x01, Expect::Untouched, udp4),
+        ("c-closed6", 0, Expect::Untouched, udp6),
+        ("c-multi0", 0, Expect::Dscp(56), multi[0]),
+        ("c-multi1", 0, Expect::Dscp(56), multi[1]),
+        ("c-multi2", 0, Expect::Untouched, multi[2]),
+        ("c-mapped", 0, Expect::Dscp(40), mapped4),
     ] {
-        assert_eq!(check_udp(&seen, tag, tos, e), u64::from(PACKETS), "{tag}");
+        let src = net.sender_addr(dst.is_ipv6(), 0).ip();
+        assert_eq!(
+            check_udp_between(&seen, tag, tos, e, src, dst),
+            u64::from(PACKETS),
+            "{tag}"
+        );
     }
-    let tcp_data: Vec<_> = seen
-        .iter()
-        .filter(|p| p.dst == tcp4 && !p.payload.is_empty())
-        .collect();
-    assert!(!tcp_data.is_empty());
-    let src = tcp_data[0].src;
-    assert!(check_tcp(&seen, src, tcp4, Expect::Dscp(8)) > 0);
+    for (dst, dscp) in [(tcp4, 8), (tcp6, 56)] {
+        let tcp_data: Vec<_> = seen
+            .iter()
+            .filter(|p| p.dst == dst && !p.payload.is_empty())
+            .collect();
+        assert!(!tcp_data.is_empty(), "no TCP data to {dst} captured");
+        let src = tcp_data[0].src;
+        assert_eq!(
+            check_tcp(&seen, src, dst, Expect::Dscp(dscp)),
+            tcp_data.len(),
+            "TCP to {dst}: every data segment from one source"
+        );
+        assert_eq!(
+            common::tcp_stream_bytes(&seen, src, dst),
+            vec![0x5a; 1000],
+            "TCP to {dst}: the captured stream is what the C program wrote"
+        );
+    }
     daemon.stop();
 }

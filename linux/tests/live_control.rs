@@ -5,6 +5,12 @@
 //!
 //! The unprivileged and "other process" cases run this test binary again as a helper
 //! process ([`helper_process`], ignored unless started by a test with `QOSMARK_HELPER=1`).
+//!
+//! Flows are registered, changed and removed through the Rust QOS2 API (`qosmark::QosHandle`
+//! on the daemon's socket, the helper process included); rules and the traffic table through
+//! `qosmark::Client`. The record-level client of `common` is used only where raw records are
+//! the point: a forged `SocketInfo` without / with another descriptor, a half record that
+//! stalls, and framing / descriptor errors.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -17,9 +23,10 @@
 mod common;
 
 use common::{
-    check_tcp, check_tcp_every_segment, check_udp, in_ns, live, send_tagged, Capture, Client,
-    Daemon, DaemonOptions, Expect, Net, UdpSink,
+    check_tcp, check_tcp_every_segment, check_udp, check_udp_between, in_ns, live, send_tagged,
+    Capture, Client, Daemon, DaemonOptions, Expect, Net, UdpSink,
 };
+use qosmark::QosHandle;
 use qosmark_engine::abi::codec;
 use qosmark_engine::abi::heapless_name::RuleName;
 use qosmark_engine::abi::{
@@ -33,6 +40,12 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const PACKETS: u32 = 10;
+
+/// A Rust QOS2 API handle (`qosmark::QosHandle`) on the daemon's socket: how the tests
+/// register, change and remove flows, as an application does.
+fn qos_handle(socket: &std::path::Path) -> QosHandle {
+    QosHandle::with_client(qosmark::Client::connect_unix(socket).unwrap())
+}
 
 /// A TCP sink in the receiver namespace: accepts connections and counts the bytes of each.
 fn tcp_sink(net: &Net, addr: SocketAddr) -> std::thread::JoinHandle<Vec<usize>> {
@@ -135,7 +148,7 @@ fn tcp_registered_after_and_before_connect() {
     }
     let net = Net::new();
     let daemon = Daemon::start(&net, &DaemonOptions::default());
-    let mut client = Client::connect(&daemon.socket);
+    let client = qos_handle(&daemon.socket);
     let capture = Capture::start(&net);
     let mut checks = Vec::new();
     let mut every = Vec::new();
@@ -146,14 +159,14 @@ fn tcp_registered_after_and_before_connect() {
         // After connect.
         let s = in_ns(&net.sender, move || TcpStream::connect(dest).unwrap());
         client
-            .add_socket(&s, None, TrafficType::Voice, 0, 0)
+            .add_socket_to_flow(&s, None, TrafficType::Voice, 0, 0)
             .unwrap();
         checks.push((s.local_addr().unwrap(), dest, Expect::Dscp(56)));
         write_chunks(s);
         // Before connect: local port 0, destination given.
         let fd = unconnected_tcp(&net, v6);
         client
-            .add_socket(&fd, Some(dest), TrafficType::Background, 0, 0)
+            .add_socket_to_flow(&fd, Some(dest), TrafficType::Background, 0, 0)
             .unwrap();
         let s = connect_fd(fd, dest);
         let local = s.local_addr().unwrap();
@@ -176,7 +189,7 @@ fn tcp_registered_after_and_before_connect() {
     );
     let fd = unconnected_tcp(&net, true);
     client
-        .add_socket(&fd, Some(mapped), TrafficType::Control, 0, 0)
+        .add_socket_to_flow(&fd, Some(mapped), TrafficType::Control, 0, 0)
         .unwrap();
     let s = connect_fd(fd, mapped);
     let local = common::unmapped(s.local_addr().unwrap());
@@ -204,6 +217,11 @@ fn tcp_registered_after_and_before_connect() {
             check_tcp(&seen, src, dst, expect) > 0,
             "{src}: no data segments seen"
         );
+        assert_eq!(
+            common::tcp_stream_bytes(&seen, src, dst),
+            vec![0x5a; 2000],
+            "{src}: the captured stream is what was written"
+        );
     }
     drop(client);
     daemon.stop();
@@ -219,14 +237,14 @@ fn many_sockets_registered_before_connect() {
     }
     let net = Net::new();
     let daemon = Daemon::start(&net, &DaemonOptions::default());
-    let mut client = Client::connect(&daemon.socket);
+    let client = qos_handle(&daemon.socket);
     let dest = net.receiver_addr(false, 7100);
     let sink = tcp_sink(&net, dest);
     let capture = Capture::start(&net);
     let fds: Vec<_> = (0..N).map(|_| unconnected_tcp(&net, false)).collect();
     for fd in &fds {
         client
-            .add_socket(fd, Some(dest), TrafficType::Voice, 0, 0)
+            .add_socket_to_flow(fd, Some(dest), TrafficType::Voice, 0, 0)
             .unwrap();
     }
     let mut locals = Vec::new();
@@ -371,18 +389,15 @@ fn helper_process() {
     };
     let sock = UdpSocket::bind(bind).unwrap();
     sock.connect(dest).unwrap();
-    let mut client = Client::connect(std::path::Path::new(&var("QOSMARK_HELPER_SOCKET").unwrap()));
+    let client = qos_handle(std::path::Path::new(&var("QOSMARK_HELPER_SOCKET").unwrap()));
     if let Some(tt) = var("QOSMARK_HELPER_TYPE") {
         let tt = TrafficType::try_from_u32(tt.parse().unwrap()).unwrap();
-        let flow = client.add_socket(&sock, None, tt, 0, 0).unwrap();
+        let flow = client.add_socket_to_flow(&sock, None, tt, 0, 0).unwrap();
         if let Some(d) = var("QOSMARK_HELPER_DSCP") {
             let code = client
-                .done(&Request::SetFlow {
-                    flow_id: flow,
-                    op: SetFlow::OutgoingDscp(d.parse().unwrap()),
-                })
+                .set_flow(flow, SetFlow::OutgoingDscp(d.parse().unwrap()))
                 .err()
-                .unwrap_or(0);
+                .map_or(0, qosmark::QosError::raw);
             println!("HELPER SETFLOW {code}");
         }
     }
@@ -408,7 +423,7 @@ fn custom_dscp_root_and_unprivileged_user() {
     ];
     let sink = UdpSink::start(&net, &dests);
     let capture = Capture::start(&net);
-    let mut admin = Client::connect(&daemon.socket);
+    let admin = qos_handle(&daemon.socket);
     // Root, IPv4 and IPv6.
     for (i, dest) in dests.iter().copied().enumerate() {
         let bind = net.sender_addr(dest.is_ipv6(), 0);
@@ -419,14 +434,9 @@ fn custom_dscp_root_and_unprivileged_user() {
         });
         common::set_tos(sock.as_raw_fd(), dest.is_ipv6(), 0x03);
         let flow = admin
-            .add_socket(&sock, None, TrafficType::Background, 0, 0)
+            .add_socket_to_flow(&sock, None, TrafficType::Background, 0, 0)
             .unwrap();
-        admin
-            .done(&Request::SetFlow {
-                flow_id: flow,
-                op: SetFlow::OutgoingDscp(34),
-            })
-            .unwrap();
+        admin.set_flow(flow, SetFlow::OutgoingDscp(34)).unwrap();
         send_tagged(&sock, None, &format!("root{i}"), PACKETS);
     }
     // nobody, value not allowed: 5, and the flow keeps its traffic type's DSCP (Background 8).
@@ -450,11 +460,9 @@ fn custom_dscp_root_and_unprivileged_user() {
     let lines = run_helper(&net, &userns, |_| {});
     assert!(lines.contains(&"SETFLOW 5".to_owned()), "{lines:?}");
     // The administrator allows 34 for users; now the same request succeeds.
-    let Ok(Response::TrafficTable(mut table)) = admin.call(&Request::GetTrafficTable, None) else {
-        panic!("table")
-    };
+    let mut table = admin.client().traffic_table().unwrap();
     table.user_dscp_allow |= 1 << 34;
-    admin.done(&Request::SetTrafficTable(table)).unwrap();
+    admin.client().set_traffic_table(table).unwrap();
     let h = Helper {
         tag: "user-allowed".into(),
         ..h
@@ -567,11 +575,18 @@ fn one_process_cannot_register_anothers_socket() {
     assert_eq!(sink.wait_for("own", u64::from(PACKETS)), u64::from(PACKETS));
     let seen = capture.finish();
     assert_eq!(
-        check_udp(&seen, "victim", 0, Expect::Untouched),
+        check_udp_between(
+            &seen,
+            "victim",
+            0,
+            Expect::Untouched,
+            net.s4.into(),
+            dests[0]
+        ),
         u64::from(PACKETS)
     );
     assert_eq!(
-        check_udp(&seen, "own", 0, Expect::Dscp(56)),
+        check_udp_between(&seen, "own", 0, Expect::Dscp(56), net.s4.into(), dests[1]),
         u64::from(PACKETS)
     );
     drop(client);
@@ -599,7 +614,7 @@ fn admin_rule_port_range_socket_override_and_persistence() {
     let dests: Vec<SocketAddr> = ports.iter().map(|p| net.receiver_addr(false, *p)).collect();
     let sink = UdpSink::start(&net, &dests);
     let capture = Capture::start(&net);
-    let mut admin = Client::connect(&daemon.socket);
+    let admin = qos_handle(&daemon.socket);
     // A rule added at run time: UDP to port 6300 → DSCP 18.
     let spec = RuleSpec {
         name: RuleName::try_new("runtime").unwrap(),
@@ -615,7 +630,7 @@ fn admin_rule_port_range_socket_override_and_persistence() {
         action: RuleAction::Dscp(Dscp::try_new(18).unwrap()),
         pcp: None,
     };
-    admin.done(&Request::AddRule(spec.clone())).unwrap();
+    admin.client().add_rule(spec.clone()).unwrap();
     let bind = net.sender_addr(false, 0);
     for (i, dest) in dests.iter().copied().enumerate() {
         let sock = in_ns(&net.sender, move || {
@@ -625,7 +640,7 @@ fn admin_rule_port_range_socket_override_and_persistence() {
         });
         if dest.port() == 6203 {
             admin
-                .add_socket(&sock, None, TrafficType::Voice, 0, 0)
+                .add_socket_to_flow(&sock, None, TrafficType::Voice, 0, 0)
                 .unwrap();
         }
         send_tagged(&sock, None, &format!("p{i}"), PACKETS);
@@ -647,18 +662,16 @@ fn admin_rule_port_range_socket_override_and_persistence() {
     let seen = capture.finish();
     for (i, e) in expect.iter().enumerate() {
         assert_eq!(
-            check_udp(&seen, &format!("p{i}"), 0, *e),
+            check_udp_between(&seen, &format!("p{i}"), 0, *e, net.s4.into(), dests[i]),
             u64::from(PACKETS),
             "port {}",
             ports[i]
         );
     }
     // Change the table too, then restart without --rules: both come back from the state file.
-    let Ok(Response::TrafficTable(mut table)) = admin.call(&Request::GetTrafficTable, None) else {
-        panic!("table")
-    };
+    let mut table = admin.client().traffic_table().unwrap();
     table.marks[TrafficType::Voice as usize].dscp = Some(Dscp::EF);
-    admin.done(&Request::SetTrafficTable(table)).unwrap();
+    admin.client().set_traffic_table(table).unwrap();
     drop(admin);
     daemon.stop();
     let daemon = Daemon::start(
@@ -668,14 +681,9 @@ fn admin_rule_port_range_socket_override_and_persistence() {
             keep_state: true,
         },
     );
-    let mut admin = Client::connect(&daemon.socket);
-    assert_eq!(
-        admin.call(&Request::GetTrafficTable, None),
-        Ok(Response::TrafficTable(table))
-    );
-    let Ok(Response::Rules(listed)) = admin.call(&Request::ListRules, None) else {
-        panic!("rules")
-    };
+    let admin = qosmark::Client::connect_unix(&daemon.socket).unwrap();
+    assert_eq!(admin.traffic_table().unwrap(), table);
+    let listed = admin.rules().unwrap();
     let names: Vec<&str> = listed.iter().map(|r| r.spec.name.as_str()).collect();
     assert_eq!(names, ["range", "runtime"]);
     assert_eq!(listed[1].spec, spec);
@@ -696,7 +704,7 @@ fn remove_socket_remove_flow_and_close_handle_stop_marking() {
         .collect();
     let sink = UdpSink::start(&net, &dests);
     let capture = Capture::start(&net);
-    let mut main = Client::connect(&daemon.socket);
+    let main = qos_handle(&daemon.socket);
     let socks: Vec<UdpSocket> = dests
         .iter()
         .copied()
@@ -711,35 +719,28 @@ fn remove_socket_remove_flow_and_close_handle_stop_marking() {
         .collect();
     // 1: remove the socket.
     let f0 = main
-        .add_socket(&socks[0], None, TrafficType::Voice, 0, 0)
+        .add_socket_to_flow(&socks[0], None, TrafficType::Voice, 0, 0)
         .unwrap();
     send_tagged(&socks[0], None, "s-before", PACKETS);
-    main.done(&Request::RemoveSocketFromFlow {
-        socket: Some(u64::try_from(socks[0].as_raw_fd()).unwrap()),
-        flow_id: f0,
-    })
-    .unwrap();
+    main.remove_socket_from_flow(Some(&socks[0]), f0).unwrap();
     send_tagged(&socks[0], None, "s-after", PACKETS);
     // 2: remove the whole flow.
     let f1 = main
-        .add_socket(&socks[1], None, TrafficType::AudioVideo, 0, 0)
+        .add_socket_to_flow(&socks[1], None, TrafficType::AudioVideo, 0, 0)
         .unwrap();
     send_tagged(&socks[1], None, "f-before", PACKETS);
-    main.done(&Request::RemoveSocketFromFlow {
-        socket: None,
-        flow_id: f1,
-    })
-    .unwrap();
+    main.remove_socket_from_flow(None::<&UdpSocket>, f1)
+        .unwrap();
     send_tagged(&socks[1], None, "f-after", PACKETS);
     // 3: close the handle (the connection).
-    let mut other = Client::connect(&daemon.socket);
+    let other = qos_handle(&daemon.socket);
     other
-        .add_socket(&socks[2], None, TrafficType::Background, 0, 0)
+        .add_socket_to_flow(&socks[2], None, TrafficType::Background, 0, 0)
         .unwrap();
     send_tagged(&socks[2], None, "h-before", PACKETS);
     drop(other);
     let mut waited = 0;
-    while main.status().flows != 0 {
+    while main.client().status().unwrap().flows != 0 {
         assert!(waited < 200, "the closed handle's flow is still there");
         std::thread::sleep(Duration::from_millis(10));
         waited += 1;
@@ -755,15 +756,20 @@ fn remove_socket_remove_flow_and_close_handle_stop_marking() {
         );
     }
     let seen = capture.finish();
-    for (tag, e) in [
-        ("s-before", Expect::Dscp(56)),
-        ("s-after", Expect::Untouched),
-        ("f-before", Expect::Dscp(40)),
-        ("f-after", Expect::Untouched),
-        ("h-before", Expect::Dscp(8)),
-        ("h-after", Expect::Untouched),
+    for (tag, e, dst) in [
+        ("s-before", Expect::Dscp(56), dests[0]),
+        ("s-after", Expect::Untouched, dests[0]),
+        ("f-before", Expect::Dscp(40), dests[1]),
+        ("f-after", Expect::Untouched, dests[1]),
+        ("h-before", Expect::Dscp(8), dests[2]),
+        ("h-after", Expect::Untouched, dests[2]),
     ] {
-        assert_eq!(check_udp(&seen, tag, 0, e), u64::from(PACKETS), "{tag}");
+        let src = net.sender_addr(dst.is_ipv6(), 0).ip();
+        assert_eq!(
+            check_udp_between(&seen, tag, 0, e, src, dst),
+            u64::from(PACKETS),
+            "{tag}"
+        );
     }
     drop(main);
     daemon.stop();
@@ -786,7 +792,7 @@ fn closed_sockets_are_retired() {
     ];
     let sink = UdpSink::start(&net, &dests);
     let capture = Capture::start(&net);
-    let mut client = Client::connect(&daemon.socket);
+    let client = qos_handle(&daemon.socket);
     let open = |local: SocketAddr, dest: SocketAddr| {
         in_ns(&net.sender, move || {
             let s = UdpSocket::bind(local).unwrap();
@@ -798,13 +804,13 @@ fn closed_sockets_are_retired() {
     let first = open(net.sender_addr(false, 0), dests[0]);
     let local = first.local_addr().unwrap();
     client
-        .add_socket(&first, None, TrafficType::Voice, 0, 0)
+        .add_socket_to_flow(&first, None, TrafficType::Voice, 0, 0)
         .unwrap();
     send_tagged(&first, None, "open", PACKETS);
-    assert_eq!(client.status().sockets, 1);
+    assert_eq!(client.client().status().unwrap().sockets, 1);
     drop(first);
     let mut waited = 0;
-    while client.status().sockets != 0 {
+    while client.client().status().unwrap().sockets != 0 {
         assert!(
             waited < 100,
             "the closed socket's entry is still there after 10 s"
@@ -813,14 +819,14 @@ fn closed_sockets_are_retired() {
         waited += 1;
     }
     assert_eq!(
-        client.status().flows,
+        client.client().status().unwrap().flows,
         0,
         "its single-socket flow went with it"
     );
     let reused = open(local, dests[0]);
     send_tagged(&reused, None, "reused", PACKETS);
     client
-        .add_socket(&reused, None, TrafficType::AudioVideo, 0, 0)
+        .add_socket_to_flow(&reused, None, TrafficType::AudioVideo, 0, 0)
         .expect("the 5-tuple can be registered again");
     send_tagged(&reused, None, "reregistered", PACKETS);
     drop(reused);
@@ -828,7 +834,7 @@ fn closed_sockets_are_retired() {
     let a = open(net.sender_addr(true, 0), dests[1]);
     let (fd_a, local_a) = (a.as_raw_fd(), a.local_addr().unwrap());
     client
-        .add_socket(&a, None, TrafficType::Voice, 0, 0)
+        .add_socket_to_flow(&a, None, TrafficType::Voice, 0, 0)
         .unwrap();
     drop(a);
     let b = open(local_a, dests[1]);
@@ -838,14 +844,14 @@ fn closed_sockets_are_retired() {
         "the test needs the descriptor number reused"
     );
     client
-        .add_socket(&b, None, TrafficType::Background, 0, 0)
+        .add_socket_to_flow(&b, None, TrafficType::Background, 0, 0)
         .expect("the closed socket under the same number is replaced, not 183");
     send_tagged(&b, None, "replaced", PACKETS);
     // `a` (same 5-tuple as `b`) left at once; `reused` (closed, its number taken by `a`, another
     // 5-tuple) at the next sweep: then only `b` is left.
     let mut waited = 0;
     loop {
-        let status = client.status();
+        let status = client.client().status().unwrap();
         if (status.sockets, status.flows) == (1, 1) {
             break;
         }
@@ -963,9 +969,9 @@ fn rules_after_a_crash_and_sigint() {
         .map(|t| common::our_rules(&net.sender, t))
         .collect();
     assert!(installed.iter().all(|r| r.len() == 2), "{installed:?}");
-    let mut client = Client::connect(&daemon.socket);
+    let client = qos_handle(&daemon.socket);
     client
-        .add_socket(&sock, None, TrafficType::Voice, 0, 0)
+        .add_socket_to_flow(&sock, None, TrafficType::Voice, 0, 0)
         .unwrap();
     send_tagged(&sock, None, "live", PACKETS);
     assert_eq!(
@@ -995,9 +1001,9 @@ fn rules_after_a_crash_and_sigint() {
     for tool in ["iptables", "ip6tables"] {
         assert_eq!(common::our_rules(&net.sender, tool).len(), 2, "{tool}");
     }
-    let mut client = Client::connect(&daemon.socket);
+    let client = qos_handle(&daemon.socket);
     client
-        .add_socket(&sock, None, TrafficType::AudioVideo, 0, 0)
+        .add_socket_to_flow(&sock, None, TrafficType::AudioVideo, 0, 0)
         .unwrap();
     send_tagged(&sock, None, "restarted", PACKETS);
     assert_eq!(
@@ -1042,7 +1048,11 @@ fn rules_after_a_crash_and_sigint() {
         ("crashed", Expect::Untouched),
         ("restarted", Expect::Dscp(40)),
     ] {
-        assert_eq!(check_udp(&seen, tag, 0, e), u64::from(PACKETS), "{tag}");
+        assert_eq!(
+            check_udp_between(&seen, tag, 0, e, net.s4.into(), dest),
+            u64::from(PACKETS),
+            "{tag}"
+        );
     }
 }
 

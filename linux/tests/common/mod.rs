@@ -1,7 +1,10 @@
 //! Harness of the live tests: two network namespaces joined by a veth pair, `qosmarkd` in the
 //! sender namespace, a record-level client of the control socket, and an `AF_PACKET` capture
-//! on the receiving side whose packets are checked with etherparse and an independent IPv4
-//! header checksum.
+//! on the receiving side whose packets are checked with etherparse and, independently of it, by
+//! hand: IPv4 header checksum, UDP/TCP checksum over the pseudo-header, every header field the
+//! sender determines for unregistered traffic ([`check_untouched`]), exact payloads and TCP
+//! streams rebuilt by sequence number. `veth-s` has transmit checksum offload turned off so
+//! every packet on the pair carries a complete checksum.
 //!
 //! Everything is torn down by `Drop` guards (daemon first, then the namespaces, which takes
 //! the veth pair and the daemon's iptables rules with them), so a failing assertion leaves
@@ -146,6 +149,13 @@ impl Net {
             run("ip", &["-n", ns, "link", "set", dev, "up"]);
             run("ip", &["-n", ns, "link", "set", "lo", "up"]);
         }
+        let path = format!("/run/netns/{}", net.sender);
+        std::thread::spawn(move || {
+            enter_ns(&path);
+            tx_checksum_off("veth-s");
+        })
+        .join()
+        .unwrap();
         net
     }
 
@@ -175,6 +185,39 @@ impl Drop for Net {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Turns transmit checksum offload off on `ifname` (this thread's namespace), as
+/// `ethtool -K IF tx off` does (`SIOCETHTOOL` / `ETHTOOL_STXCSUM`). veth offloads by default:
+/// a packet that no one completes (e.g. one let through by `--queue-bypass` with no daemon)
+/// would cross the pair with only its pseudo-header sum in the UDP/TCP checksum field, and
+/// the capture could not verify checksums by recomputation.
+fn tx_checksum_off(ifname: &str) {
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_STXCSUM,
+        data: 0,
+    };
+    // SAFETY: ifreq is plain data.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(ifname.bytes()) {
+        *dst = libc::c_char::from_ne_bytes([src]);
+    }
+    req.ifr_ifru.ifru_data = (&raw mut value).cast();
+    // SAFETY: plain socket creation, checked below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    // SAFETY: `req` names the interface and points at `value`, both live for the call.
+    let ret = unsafe { libc::ioctl(fd, libc::SIOCETHTOOL, &raw mut req) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: closing our own descriptor once.
+    unsafe { libc::close(fd) };
+    assert_eq!(ret, 0, "{ifname}: tx checksum offload off: {err}");
 }
 
 /// Runs `f` on a thread that has entered network namespace `ns`; sockets it creates belong to
@@ -881,15 +924,198 @@ pub fn send_tagged(sock: &UdpSocket, to: Option<SocketAddr>, tag: &str, n: u32) 
 pub enum Expect {
     /// This DSCP, with the ECN bits the application set.
     Dscp(u8),
-    /// Exactly the TOS byte the application set, and a byte-identical packet otherwise.
+    /// Exactly the TOS byte the application set, and the packet otherwise as the sender's
+    /// kernel built it: see [`check_untouched`] for what that checks.
     Untouched,
+}
+
+/// The RFC 1071 one's-complement sum of `words` (16-bit big-endian, odd byte padded), folded.
+fn ones_sum(parts: &[&[u8]]) -> u16 {
+    let mut sum: u64 = 0;
+    for part in parts {
+        let mut chunks = part.chunks_exact(2);
+        for c in &mut chunks {
+            sum += u64::from(u16::from_be_bytes([c[0], c[1]]));
+        }
+        if let [last] = chunks.remainder() {
+            sum += u64::from(u16::from_be_bytes([*last, 0]));
+        }
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    u16::try_from(sum).unwrap()
+}
+
+/// The IP header fields of a captured packet, read by hand from its bytes (independent of
+/// etherparse), plus the transport segment and whether its checksum verifies by full
+/// recomputation over the RFC 768 / RFC 793 / RFC 8200 §8.1 pseudo-header.
+#[derive(Debug)]
+pub struct RawIp<'a> {
+    /// 4 or 6.
+    pub version: u8,
+    /// IPv4 IHL in 32-bit words (0 for IPv6).
+    pub ihl: u8,
+    /// TOS / Traffic Class.
+    pub tos: u8,
+    /// IPv4 total length, or IPv6 40 + payload length.
+    pub total_len: usize,
+    /// IPv4 flags and fragment offset (the 16-bit field); 0 for IPv6.
+    pub flags_frag: u16,
+    /// TTL / hop limit.
+    pub ttl: u8,
+    /// Protocol / next header.
+    pub protocol: u8,
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// The transport segment (header + payload), cut at the IP length.
+    pub segment: &'a [u8],
+    /// The UDP/TCP checksum verifies by full recomputation, pseudo-header included.
+    pub transport_checksum_ok: bool,
+}
+
+/// Reads `bytes` as an IPv4 (no options other than what IHL says) or IPv6 packet without
+/// extension headers; `None` when it is neither or is cut short.
+pub fn raw_ip(bytes: &[u8]) -> Option<RawIp<'_>> {
+    let version = bytes.first()? >> 4;
+    let (ihl, tos, total_len, flags_frag, ttl, protocol, src, dst, header_len) = match version {
+        4 => {
+            let h = bytes.get(..20)?;
+            let ihl = h[0] & 0x0f;
+            let src: [u8; 4] = h[12..16].try_into().ok()?;
+            let dst: [u8; 4] = h[16..20].try_into().ok()?;
+            (
+                ihl,
+                h[1],
+                usize::from(u16::from_be_bytes([h[2], h[3]])),
+                u16::from_be_bytes([h[6], h[7]]),
+                h[8],
+                h[9],
+                IpAddr::V4(Ipv4Addr::from(src)),
+                IpAddr::V4(Ipv4Addr::from(dst)),
+                usize::from(ihl) * 4,
+            )
+        }
+        6 => {
+            let h = bytes.get(..40)?;
+            let src: [u8; 16] = h[8..24].try_into().ok()?;
+            let dst: [u8; 16] = h[24..40].try_into().ok()?;
+            (
+                0,
+                (h[0] << 4) | (h[1] >> 4),
+                40 + usize::from(u16::from_be_bytes([h[4], h[5]])),
+                0,
+                h[7],
+                h[6],
+                IpAddr::V6(Ipv6Addr::from(src)),
+                IpAddr::V6(Ipv6Addr::from(dst)),
+                40,
+            )
+        }
+        _ => return None,
+    };
+    let segment = bytes.get(header_len..total_len)?;
+    let seg_len = u32::try_from(segment.len()).ok()?;
+    let pseudo: Vec<u8> = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let mut p = Vec::with_capacity(12);
+            p.extend_from_slice(&s.octets());
+            p.extend_from_slice(&d.octets());
+            p.extend_from_slice(&[0, protocol]);
+            p.extend_from_slice(&u16::try_from(seg_len).ok()?.to_be_bytes());
+            p
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let mut p = Vec::with_capacity(40);
+            p.extend_from_slice(&s.octets());
+            p.extend_from_slice(&d.octets());
+            p.extend_from_slice(&seg_len.to_be_bytes());
+            p.extend_from_slice(&[0, 0, 0, protocol]);
+            p
+        }
+        _ => return None,
+    };
+    // The stored checksum included, a correct segment sums to 0xffff. A UDP checksum of 0
+    // means "none" (IPv4 only; IPv6 forbids it): Linux always sends one, so 0 is a failure.
+    let stored_zero = protocol == 17 && segment.get(6..8) == Some(&[0, 0]);
+    let transport_checksum_ok = !stored_zero && ones_sum(&[&pseudo, segment]) == 0xffff;
+    Some(RawIp {
+        version,
+        ihl,
+        tos,
+        total_len,
+        flags_frag,
+        ttl,
+        protocol,
+        src,
+        dst,
+        segment,
+        transport_checksum_ok,
+    })
+}
+
+/// The TTL / hop limit a fresh network namespace's sockets use (`net.ipv4.ip_default_ttl`,
+/// `net.ipv6.conf.*.hop_limit`; the live tests never change them or set `IP_TTL`).
+pub const DEFAULT_TTL: u8 = 64;
+
+/// An unregistered packet against an independent oracle: every IP header field the sender
+/// determines equals what its socket parameters give — version; IHL 5 (no options); the
+/// application's TOS / Traffic Class `app_tos`; total length = header + transport header +
+/// `payload_len`; no fragmentation (offset 0, MF clear; DF is the kernel's PMTU choice and
+/// only has to be the same on every packet of a flow, which the caller may compare);
+/// TTL / hop limit [`DEFAULT_TTL`]; protocol — and the transport checksum verifies by full
+/// recomputation over the pseudo-header. The addresses and ports are checked by the callers
+/// against the sockets' own: [`check_tcp`] selects on them, [`check_udp_between`] asserts them.
+///
+/// What cannot be predicted and is only validated: the IPv4 identification (the kernel's
+/// per-destination counter; any value), the IPv4 header checksum (must verify by
+/// recomputation, done in [`parse`]), the IPv6 flow label (a hash the kernel picks), TCP
+/// sequence / ack numbers, window and options (checked only through the transport checksum).
+pub fn check_untouched(p: &Seen, app_tos: u8, transport_header: usize, what: &str) {
+    let raw = raw_ip(&p.bytes)
+        .unwrap_or_else(|| panic!("{what}: not a plain IPv4/IPv6 packet: {:02x?}", p.bytes));
+    let v6 = p.src.is_ipv6();
+    let header = if v6 { 40 } else { 20 };
+    assert_eq!(raw.version, if v6 { 6 } else { 4 }, "{what}: version");
+    if !v6 {
+        assert_eq!(raw.ihl, 5, "{what}: IHL (options added?)");
+        assert_eq!(raw.flags_frag & 0x3fff, 0, "{what}: fragmented (MF/offset)");
+        assert!(p.checksum_ok, "{what}: IPv4 header checksum wrong");
+    }
+    assert_eq!(raw.tos, app_tos, "{what}: TOS/Traffic Class changed");
+    assert_eq!(
+        raw.total_len,
+        header + transport_header + p.payload.len(),
+        "{what}: total length"
+    );
+    assert!(p.bytes.len() >= raw.total_len, "{what}: cut short");
+    assert_eq!(raw.ttl, DEFAULT_TTL, "{what}: TTL / hop limit");
+    let proto = match p.protocol {
+        Protocol::Udp => 17,
+        Protocol::Tcp => 6,
+    };
+    assert_eq!(raw.protocol, proto, "{what}: protocol");
+    assert!(
+        raw.transport_checksum_ok,
+        "{what}: transport checksum does not verify: {:02x?}",
+        p.bytes
+    );
 }
 
 /// Checks every captured UDP packet whose payload starts with `tag:` against `expect`, with
 /// the application's TOS `app_tos`; returns how many there were.
+///
+/// Whatever `expect`, each payload must be exactly `tag:i` (as [`send_tagged`] sends it), no
+/// `i` twice and the `i`s exactly `0..n` — so the payloads equal what was sent — and the UDP
+/// checksum must verify by full recomputation. With [`Expect::Untouched`] the whole header is
+/// checked too ([`check_untouched`]). No packet at all is a failure: nothing passes vacuously.
 pub fn check_udp(seen: &[Seen], tag: &str, app_tos: u8, expect: Expect) -> u64 {
     let prefix = format!("{tag}:");
     let mut n = 0;
+    let mut indices = std::collections::BTreeSet::new();
+    let mut df = std::collections::BTreeSet::new();
     for p in seen
         .iter()
         .filter(|p| p.protocol == Protocol::Udp && p.payload.starts_with(prefix.as_bytes()))
@@ -900,6 +1126,23 @@ pub fn check_udp(seen: &[Seen], tag: &str, app_tos: u8, expect: Expect) -> u64 {
             "{tag}: IPv4 header checksum wrong: {:02x?}",
             p.bytes
         );
+        let index: u64 = std::str::from_utf8(&p.payload[prefix.len()..])
+            .ok()
+            .and_then(|i| i.parse().ok())
+            .unwrap_or_else(|| panic!("{tag}: payload {:?} is not what was sent", p.payload));
+        assert_eq!(
+            p.payload,
+            format!("{tag}:{index}").into_bytes(),
+            "{tag}: payload"
+        );
+        assert!(indices.insert(index), "{tag}: datagram {index} twice");
+        let raw = raw_ip(&p.bytes).unwrap();
+        assert!(
+            raw.transport_checksum_ok,
+            "{tag}: UDP checksum does not verify: {:02x?}",
+            p.bytes
+        );
+        df.insert(raw.flags_frag & 0x4000);
         match expect {
             Expect::Dscp(d) => assert_eq!(
                 p.tos,
@@ -910,10 +1153,50 @@ pub fn check_udp(seen: &[Seen], tag: &str, app_tos: u8, expect: Expect) -> u64 {
             ),
             Expect::Untouched => {
                 assert_eq!(p.tos, app_tos, "{tag}: TOS changed on an unregistered flow");
+                check_untouched(p, app_tos, 8, tag);
             }
         }
     }
+    assert!(n > 0, "{tag}: no packet captured");
+    assert!(
+        indices.iter().copied().eq(0..n),
+        "{tag}: datagrams {indices:?} captured, not 0..{n}"
+    );
+    assert!(
+        df.len() <= 1,
+        "{tag}: DF differs between packets of one flow"
+    );
     n
+}
+
+/// [`check_udp`], and every packet of `tag` went from `src` (the sending socket's address; any
+/// source port, one for the whole tag) to `dst`.
+pub fn check_udp_between(
+    seen: &[Seen],
+    tag: &str,
+    app_tos: u8,
+    expect: Expect,
+    src: IpAddr,
+    dst: SocketAddr,
+) -> u64 {
+    let prefix = format!("{tag}:");
+    let mut ports = std::collections::BTreeSet::new();
+    for p in seen
+        .iter()
+        .filter(|p| p.protocol == Protocol::Udp && p.payload.starts_with(prefix.as_bytes()))
+    {
+        let raw = raw_ip(&p.bytes).unwrap();
+        let sport = u16::from_be_bytes([raw.segment[0], raw.segment[1]]);
+        let dport = u16::from_be_bytes([raw.segment[2], raw.segment[3]]);
+        assert_eq!(
+            (raw.src, raw.dst, dport),
+            (src, dst.ip(), dst.port()),
+            "{tag}: addresses"
+        );
+        ports.insert(sport);
+    }
+    assert!(ports.len() <= 1, "{tag}: several source ports {ports:?}");
+    check_udp(seen, tag, app_tos, expect)
 }
 
 /// Checks every captured TCP segment from `src` to `dst` that carries data.
@@ -924,12 +1207,52 @@ pub fn check_tcp(seen: &[Seen], src: SocketAddr, dst: SocketAddr, expect: Expect
     }) {
         n += 1;
         assert!(p.checksum_ok, "TCP {src}: IPv4 header checksum wrong");
+        let raw = raw_ip(&p.bytes).unwrap();
+        assert!(
+            raw.transport_checksum_ok,
+            "TCP {src}->{dst}: checksum does not verify"
+        );
         match expect {
             Expect::Dscp(d) => assert_eq!(p.tos >> 2, d, "TCP {src}->{dst}: TOS {:#04x}", p.tos),
-            Expect::Untouched => assert_eq!(p.tos, 0, "TCP {src}->{dst}: TOS changed"),
+            Expect::Untouched => {
+                assert_eq!(p.tos, 0, "TCP {src}->{dst}: TOS changed");
+                let tcp_header = usize::from(raw.segment.get(12).copied().unwrap_or(0) >> 4) * 4;
+                check_untouched(p, 0, tcp_header, &format!("TCP {src}->{dst}"));
+            }
         }
     }
+    assert!(n > 0, "TCP {src}->{dst}: no data segment captured");
     n
+}
+
+/// The byte stream `src` sent to `dst` as captured, rebuilt from the TCP sequence numbers of
+/// its data segments (retransmitted copies must be identical; a gap fails).
+pub fn tcp_stream_bytes(seen: &[Seen], src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+    let mut by_offset: std::collections::BTreeMap<u32, Vec<u8>> = std::collections::BTreeMap::new();
+    let mut base = None;
+    for p in seen.iter().filter(|p| {
+        p.protocol == Protocol::Tcp && p.src == src && p.dst == dst && !p.payload.is_empty()
+    }) {
+        let raw = raw_ip(&p.bytes).unwrap();
+        let seq = u32::from_be_bytes(raw.segment[4..8].try_into().unwrap());
+        let offset = seq.wrapping_sub(*base.get_or_insert(seq));
+        if let Some(earlier) = by_offset.insert(offset, p.payload.clone()) {
+            assert_eq!(
+                earlier, p.payload,
+                "TCP {src}->{dst}: retransmission differs"
+            );
+        }
+    }
+    let mut stream = Vec::new();
+    for (offset, data) in by_offset {
+        assert_eq!(
+            offset as usize,
+            stream.len(),
+            "TCP {src}->{dst}: gap or overlap in the captured stream"
+        );
+        stream.extend(data);
+    }
+    stream
 }
 
 /// Checks every captured TCP segment from `src` to `dst` — handshake, pure ACKs and FIN
@@ -951,6 +1274,10 @@ pub fn check_tcp_every_segment(
             syns += 1;
         }
         assert!(p.checksum_ok, "TCP {src}: IPv4 header checksum wrong");
+        assert!(
+            raw_ip(&p.bytes).is_some_and(|r| r.transport_checksum_ok),
+            "TCP {src}->{dst}: checksum does not verify"
+        );
         assert_eq!(
             p.tos >> 2,
             dscp,

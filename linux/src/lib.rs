@@ -70,7 +70,7 @@ impl Default for Config {
         Config {
             socket: PathBuf::from(DEFAULT_SOCKET),
             queue_num: 0,
-            queue_maxlen: 16_384,
+            queue_maxlen: 65_536,
             rules: None,
             state: PathBuf::from(DEFAULT_STATE),
             max_clients: 1024,
@@ -90,7 +90,7 @@ on exit.
 options:
   --socket PATH        control socket (default /run/qosmark/qosmark.sock)
   --queue-num N        netfilter queue number, 0..=65535 (default 0)
-  --queue-maxlen N     packets the kernel queues for us before accepting unmarked (default 16384)
+  --queue-maxlen N     packets the kernel queues for us before accepting unmarked (default 65536)
   --rules FILE         administrator rules (TOML, qosmarkctl's rules format); they replace
                        the rules kept in the state file
   --state FILE         where the traffic table, user DSCP allow-list and rules changed at run

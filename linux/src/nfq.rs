@@ -396,10 +396,13 @@ impl Queue {
             Some(libc::EPERM | libc::EACCES) => OpenError::Permission,
             _ => OpenError::Other("creating the netlink socket", e),
         })?;
-        // Large buffers: bursts wait in the socket, not in the queue. The *FORCE variants need
-        // CAP_NET_ADMIN, which we have; fall back to the capped ones.
+        // Large buffers: bursts wait in the socket, not in the queue. The receive buffer must
+        // hold a full queue (65,536 small packets at roughly 1 KiB of socket memory each), or
+        // delivery fails and the kernel fails open before the queue is full. The memory is
+        // used only while packets wait. The *FORCE variants need CAP_NET_ADMIN, which we
+        // have; fall back to the capped ones.
         for (force, plain, size) in [
-            (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, 64 << 20),
+            (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, 128 << 20),
             (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, 4 << 20),
         ] {
             if sys::set_int_option(fd.as_fd(), libc::SOL_SOCKET, force, size).is_err() {

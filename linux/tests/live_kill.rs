@@ -280,20 +280,23 @@ fn sigkill_mid_traffic_fails_open_and_restart_cleans_up() {
     let examples = tally.examples.lock().unwrap().clone();
     assert_eq!(wrong, 0, "wrong marks: {examples:#?}");
     // The kernel drops what sits in a queue whose program dies (`nfnetlink_queue` reinjects a
-    // destroyed instance's packets with NF_DROP): datagrams sent between SIGKILL and the death
-    // of the daemon's last thread may be lost, nothing else.
+    // destroyed instance's packets with NF_DROP): datagrams still waiting for their verdict
+    // when the daemon dies may be lost, nothing else. Those are the ones sent between SIGKILL
+    // and the death of the daemon's last thread, plus the last tick sent before SIGKILL, whose
+    // burst of datagrams may still be in the queue (CI saw exactly that tick lost once).
+    let window_start = tick_at_kill.saturating_sub(1);
     let outside: Vec<(&u32, &usize)> = missing
         .iter()
-        .filter(|(t, _)| u64::from(**t) < tick_at_kill || u64::from(**t) >= tick_at_death)
+        .filter(|(t, _)| u64::from(**t) < window_start || u64::from(**t) >= tick_at_death)
         .collect();
     assert!(
         outside.is_empty(),
-        "datagrams lost outside the dying window (ticks {tick_at_kill}..{tick_at_death}): (tick, flows) {outside:?}"
+        "datagrams lost outside the dying window (ticks {window_start}..{tick_at_death}): (tick, flows) {outside:?}"
     );
     let lost_total: usize = missing.values().sum();
     eprintln!(
-        "kill: {lost_total} datagrams lost, all sent while the daemon was dying ({} ticks x {FLOWS} flows at most)",
-        tick_at_death - tick_at_kill
+        "kill: {lost_total} datagrams lost, all still queued or sent while the daemon was dying ({} ticks x {FLOWS} flows at most)",
+        tick_at_death - window_start
     );
     assert!(status.marked > 0, "{status:?}");
     assert_eq!(status.fail_open.iter().sum::<u64>(), 0, "{status:?}");

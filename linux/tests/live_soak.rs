@@ -688,8 +688,7 @@ fn soak_churn_under_thousand_call_traffic() {
     // Unmarked arrivals with no fail-open in the daemon's own counters are the kernel's
     // fail-open: the queue held --queue-maxlen packets (the packet thread stalled).
     assert_eq!(
-        wrong,
-        0,
+        wrong, 0,
         "wrong marks (daemon fail-open {:?}), first ones: {examples:#?}",
         status.fail_open
     );

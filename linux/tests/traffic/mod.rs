@@ -241,8 +241,7 @@ pub fn status_field(pid: u32, field: &str) -> Option<u64> {
 
 /// Open descriptors of `pid`.
 pub fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map_or(0, Iterator::count)
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
 }
 
 /// Raises `RLIMIT_NOFILE` for this process (1,000+ sockets).

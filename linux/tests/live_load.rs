@@ -16,6 +16,7 @@
 )]
 
 mod common;
+mod traffic;
 
 use common::{in_ns, live, Client, Daemon, DaemonOptions, Net};
 use qosmark_engine::abi::{Request, SetFlow, TrafficType};
@@ -41,30 +42,6 @@ fn plan(i: usize) -> (TrafficType, Option<u32>, u8) {
     }
 }
 
-/// (utime, stime) of `pid`, in clock ticks.
-fn cpu_ticks(pid: u32) -> (u64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let after = stat.rsplit_once(')').unwrap().1;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    (fields[11].parse().unwrap(), fields[12].parse().unwrap())
-}
-
-fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a writable rlimit.
-    let got = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) };
-    assert_eq!(got, 0);
-    lim.rlim_cur = lim.rlim_max.max(8192);
-    lim.rlim_max = lim.rlim_cur;
-    // SAFETY: `lim` is a valid rlimit; root may raise the hard limit.
-    let set = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim) };
-    assert_eq!(set, 0);
-}
-
 /// Per-flow receive counts and wrong marks, filled by the receiver threads.
 struct Tally {
     received: Vec<AtomicU64>,
@@ -72,65 +49,17 @@ struct Tally {
     expected_tos: Vec<u8>,
 }
 
-fn set_int(fd: i32, level: i32, name: i32, value: i32) {
-    // SAFETY: an int option from a live local.
-    let ret = unsafe { libc::setsockopt(fd, level, name, (&raw const value).cast(), 4) };
-    assert_eq!(ret, 0, "setsockopt: {}", std::io::Error::last_os_error());
-}
-
 /// Reads datagrams `[flow u32][seq u32]` with their TOS until `stop`.
 fn receive(sock: &UdpSocket, v6: bool, tally: &Tally, stop: &AtomicBool) {
-    #[repr(C, align(8))]
-    struct Cmsg([u8; 128]);
-    let fd = sock.as_raw_fd();
-    if v6 {
-        set_int(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS, 1);
-    } else {
-        set_int(fd, libc::IPPROTO_IP, libc::IP_RECVTOS, 1);
-    }
-    set_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 64 << 20);
-    sock.set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
+    traffic::report_tos(sock, v6);
     let mut buf = [0u8; 64];
-    let mut cmsg = Cmsg([0; 128]);
     loop {
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        // SAFETY: msghdr is plain data.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &raw mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cmsg.0.as_mut_ptr().cast();
-        msg.msg_controllen = cmsg.0.len();
-        // SAFETY: the iovec and control buffer are writable for the lengths given.
-        let n = unsafe { libc::recvmsg(fd, &raw mut msg, 0) };
-        if n < 0 {
+        let Some((_, tos)) = traffic::recv_with_tos(sock, &mut buf) else {
             if stop.load(Ordering::SeqCst) {
                 return;
             }
             continue;
-        }
-        let mut tos = None;
-        // SAFETY: `msg` was filled by recvmsg.
-        let mut c = unsafe { libc::CMSG_FIRSTHDR(&raw const msg) };
-        while !c.is_null() {
-            // SAFETY: a header inside the control buffer.
-            let hdr = unsafe { std::ptr::read_unaligned(c) };
-            // SAFETY: data of that header.
-            let data = unsafe { libc::CMSG_DATA(c) };
-            if (hdr.cmsg_level, hdr.cmsg_type) == (libc::IPPROTO_IP, libc::IP_TOS) {
-                // SAFETY: IP_TOS carries one byte.
-                tos = Some(unsafe { *data });
-            } else if (hdr.cmsg_level, hdr.cmsg_type) == (libc::IPPROTO_IPV6, libc::IPV6_TCLASS) {
-                // SAFETY: IPV6_TCLASS carries one int.
-                let v = unsafe { std::ptr::read_unaligned(data.cast::<[u8; 4]>()) };
-                tos = u8::try_from(i32::from_ne_bytes(v)).ok();
-            }
-            // SAFETY: `c` is a valid header of `msg`.
-            c = unsafe { libc::CMSG_NXTHDR(&raw const msg, c) };
-        }
+        };
         let flow = u32::from_ne_bytes(buf[..4].try_into().unwrap()) as usize;
         tally.received[flow].fetch_add(1, Ordering::Relaxed);
         if tos != Some(tally.expected_tos[flow]) {
@@ -144,7 +73,7 @@ fn thousand_flows_fifty_packets_per_second_ten_seconds() {
     if !live() {
         return;
     }
-    raise_fd_limit();
+    traffic::raise_fd_limit();
     let net = Net::new();
     let daemon = Daemon::start(&net, &DaemonOptions::default());
     let dest = [
@@ -179,26 +108,7 @@ fn thousand_flows_fifty_packets_per_second_ten_seconds() {
             .collect()
     });
     // A gateway's neighbour caches are warm; resolve ARP / NDP before the clock starts.
-    for (cmd, addr) in [("-4", net.r4.to_string()), ("-6", net.r6.to_string())] {
-        let ok = std::process::Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &net.sender,
-                "ping",
-                cmd,
-                "-c",
-                "1",
-                "-W",
-                "2",
-                &addr,
-            ])
-            .output()
-            .unwrap()
-            .status
-            .success();
-        assert!(ok, "ping {addr}");
-    }
+    traffic::warm_neighbours(&net.sender, &[net.r4.to_string(), net.r6.to_string()]);
     let mut client = Client::connect(&daemon.socket);
     for (i, s) in socks.iter().enumerate() {
         common::set_tos(s.as_raw_fd(), i % 2 == 1, (i % 4) as u8);
@@ -216,7 +126,7 @@ fn thousand_flows_fifty_packets_per_second_ten_seconds() {
     assert_eq!(client.status().flows as usize, FLOWS);
 
     let pid = daemon.pid();
-    let cpu_before = cpu_ticks(pid);
+    let cpu_before = traffic::cpu_ticks(pid);
     let start = Instant::now();
     let tick = Duration::from_nanos(1_000_000_000 / RATE);
     for t in 0..TICKS {
@@ -244,12 +154,11 @@ fn thousand_flows_fifty_packets_per_second_ten_seconds() {
     while received() < total && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let cpu_after = cpu_ticks(pid);
+    let cpu_after = traffic::cpu_ticks(pid);
     let (user, system) = (cpu_after.0 - cpu_before.0, cpu_after.1 - cpu_before.1);
     let cpu = user + system;
     let elapsed = start.elapsed();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let hz = traffic::clock_hz();
     let cpu_percent = cpu as f64 / hz / elapsed.as_secs_f64() * 100.0;
     std::thread::sleep(Duration::from_millis(200));
     stop.store(true, Ordering::SeqCst);

@@ -131,11 +131,10 @@ pub fn set_app_tos(sock: &UdpSocket, v6: bool, tos: u8) {
     }
 }
 
-/// Reads datagrams with their TOS until `stop` (checked every 100 ms of silence), judging
-/// each against its `expect`.
-pub fn receive(sock: &UdpSocket, v6: bool, tally: &Tally, stop: &AtomicBool) {
-    #[repr(C, align(8))]
-    struct Cmsg([u8; 128]);
+/// Makes `sock` report each datagram's TOS / Traffic Class (`IP_RECVTOS` /
+/// `IPV6_RECVTCLASS`), with a 64 MiB receive buffer and a 100 ms read timeout (so a receiver
+/// loop can check its stop flag).
+pub fn report_tos(sock: &UdpSocket, v6: bool) {
     let fd = sock.as_raw_fd();
     if v6 {
         set_int(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS, 1);
@@ -145,47 +144,61 @@ pub fn receive(sock: &UdpSocket, v6: bool, tally: &Tally, stop: &AtomicBool) {
     set_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 64 << 20);
     sock.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
-    let mut buf = [0u8; 64];
+}
+
+/// Receives one datagram into `buf` from a socket set up by [`report_tos`]: its length and the
+/// TOS byte the kernel reported for it. `None` when nothing arrived within the timeout.
+pub fn recv_with_tos(sock: &UdpSocket, buf: &mut [u8]) -> Option<(usize, Option<u8>)> {
+    #[repr(C, align(8))]
+    struct Cmsg([u8; 128]);
     let mut cmsg = Cmsg([0; 128]);
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain data.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cmsg.0.as_mut_ptr().cast();
+    msg.msg_controllen = cmsg.0.len();
+    // SAFETY: the iovec and control buffer are writable for the lengths given.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &raw mut msg, 0) };
+    let n = usize::try_from(n).ok()?;
+    let mut tos = None;
+    // SAFETY: `msg` was filled by recvmsg.
+    let mut c = unsafe { libc::CMSG_FIRSTHDR(&raw const msg) };
+    while !c.is_null() {
+        // SAFETY: a header inside the control buffer.
+        let hdr = unsafe { std::ptr::read_unaligned(c) };
+        // SAFETY: data of that header.
+        let data = unsafe { libc::CMSG_DATA(c) };
+        if (hdr.cmsg_level, hdr.cmsg_type) == (libc::IPPROTO_IP, libc::IP_TOS) {
+            // SAFETY: IP_TOS carries one byte.
+            tos = Some(unsafe { *data });
+        } else if (hdr.cmsg_level, hdr.cmsg_type) == (libc::IPPROTO_IPV6, libc::IPV6_TCLASS) {
+            // SAFETY: IPV6_TCLASS carries one int.
+            let v = unsafe { std::ptr::read_unaligned(data.cast::<[u8; 4]>()) };
+            tos = u8::try_from(i32::from_ne_bytes(v)).ok();
+        }
+        // SAFETY: `c` is a valid header of `msg`.
+        c = unsafe { libc::CMSG_NXTHDR(&raw const msg, c) };
+    }
+    Some((n, tos))
+}
+
+/// Reads datagrams with their TOS until `stop` (checked every 100 ms of silence), judging
+/// each against its `expect`.
+pub fn receive(sock: &UdpSocket, v6: bool, tally: &Tally, stop: &AtomicBool) {
+    report_tos(sock, v6);
+    let mut buf = [0u8; 64];
     loop {
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        // SAFETY: msghdr is plain data.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &raw mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cmsg.0.as_mut_ptr().cast();
-        msg.msg_controllen = cmsg.0.len();
-        // SAFETY: the iovec and control buffer are writable for the lengths given.
-        let n = unsafe { libc::recvmsg(fd, &raw mut msg, 0) };
-        if n < 0 {
+        let Some((n, tos)) = recv_with_tos(sock, &mut buf) else {
             if stop.load(Ordering::SeqCst) {
                 return;
             }
             continue;
-        }
-        let mut tos = None;
-        // SAFETY: `msg` was filled by recvmsg.
-        let mut c = unsafe { libc::CMSG_FIRSTHDR(&raw const msg) };
-        while !c.is_null() {
-            // SAFETY: a header inside the control buffer.
-            let hdr = unsafe { std::ptr::read_unaligned(c) };
-            // SAFETY: data of that header.
-            let data = unsafe { libc::CMSG_DATA(c) };
-            if (hdr.cmsg_level, hdr.cmsg_type) == (libc::IPPROTO_IP, libc::IP_TOS) {
-                // SAFETY: IP_TOS carries one byte.
-                tos = Some(unsafe { *data });
-            } else if (hdr.cmsg_level, hdr.cmsg_type) == (libc::IPPROTO_IPV6, libc::IPV6_TCLASS) {
-                // SAFETY: IPV6_TCLASS carries one int.
-                let v = unsafe { std::ptr::read_unaligned(data.cast::<[u8; 4]>()) };
-                tos = u8::try_from(i32::from_ne_bytes(v)).ok();
-            }
-            // SAFETY: `c` is a valid header of `msg`.
-            c = unsafe { libc::CMSG_NXTHDR(&raw const msg, c) };
-        }
-        let n = usize::try_from(n).unwrap();
+        };
         let flow = u32::from_ne_bytes(buf[..4].try_into().unwrap()) as usize;
         if n != LEN || flow >= tally.received.len() {
             tally.garbage.fetch_add(1, Ordering::Relaxed);

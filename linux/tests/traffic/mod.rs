@@ -121,14 +121,11 @@ fn set_int(fd: i32, level: i32, name: i32, value: i32) {
     assert_eq!(ret, 0, "setsockopt: {}", std::io::Error::last_os_error());
 }
 
-/// Sets the TOS (IPv4) or Traffic Class (IPv6) the application puts on its packets.
+/// Sets the TOS (IPv4) or Traffic Class (IPv6) the application puts on its packets
+/// ([`crate::common::set_tos`] on the socket's descriptor; every test that uses this module
+/// also has `common`).
 pub fn set_app_tos(sock: &UdpSocket, v6: bool, tos: u8) {
-    let fd = sock.as_raw_fd();
-    if v6 {
-        set_int(fd, libc::IPPROTO_IPV6, libc::IPV6_TCLASS, i32::from(tos));
-    } else {
-        set_int(fd, libc::IPPROTO_IP, libc::IP_TOS, i32::from(tos));
-    }
+    crate::common::set_tos(sock.as_raw_fd(), v6, tos);
 }
 
 /// Makes `sock` report each datagram's TOS / Traffic Class (`IP_RECVTOS` /

@@ -583,6 +583,19 @@ fn declared_kernel_routines_are_x64_exports() {
             "{name} is not an ntoskrnl export"
         );
     }
+    // ffi/timer.rs: Windows 8.1 exports, newer than mingw-w64's import library. Each must be
+    // an export mingw knows, or one Microsoft's metadata declares as an `ntoskrnl.exe`
+    // import (`windows_sys::Wdk::System::SystemServices`, named below: a missing name is a
+    // compile error). A routine added to timer.rs with neither fails here.
+    let post_win7 = windows_sys_ntoskrnl_routines();
+    let timer = declared_imports(include_str!("timer.rs"));
+    assert_eq!(timer, ["ExAllocateTimer", "ExSetTimer", "ExDeleteTimer"]);
+    for name in timer {
+        assert!(
+            ntoskrnl.iter().any(|e| e == name) || post_win7.contains(&name),
+            "{name}: neither an export of mingw's libntoskrnl.a nor in Microsoft's metadata"
+        );
+    }
     let ndis_fns = declared_imports(include_str!("ndis.rs"));
     assert_eq!(ndis_fns, ["NdisGetDataBuffer"]);
     for name in ndis_fns {
@@ -594,6 +607,94 @@ fn declared_kernel_routines_are_x64_exports() {
     // The oracle tells exports from macros: this one is a macro on x64.
     assert!(!ntoskrnl.iter().any(|e| e == "KeQueryInterruptTime"));
     assert!(ntoskrnl.iter().any(|e| e == "KeQueryUnbiasedInterruptTime"));
+}
+
+/// Routine names Microsoft's metadata declares as `ntoskrnl.exe` imports: each name is used
+/// as a path into `windows_sys::Wdk::System::SystemServices` (every function there is a
+/// `link!("ntoskrnl.exe" ...)` declaration), so an undeclared name does not compile. The
+/// function items are only named, never called or turned into pointers, so nothing links
+/// against them on this host.
+#[cfg(not(windows))]
+fn windows_sys_ntoskrnl_routines() -> Vec<&'static str> {
+    macro_rules! ntoskrnl {
+        ($($name:ident),* $(,)?) => {{
+            $( let _ = windows_sys::Wdk::System::SystemServices::$name; )*
+            vec![$(stringify!($name)),*]
+        }};
+    }
+    ntoskrnl!(ExAllocateTimer, ExSetTimer, ExDeleteTimer)
+}
+
+/// `ffi::timer` against Microsoft's metadata (windows-sys): the `EXT_DELETE_PARAMETERS`
+/// layout and the attribute bits.
+#[test]
+fn timer_declarations_match_windows_sys() {
+    use super::timer as t;
+    use windows_sys::Wdk::System::SystemServices as ss;
+    compare_layout!(
+        t::EXT_DELETE_PARAMETERS,
+        ss::EXT_DELETE_PARAMETERS,
+        [
+            (Version, Version),
+            (Reserved, Reserved),
+            (DeleteCallback, DeleteCallback),
+            (DeleteContext, DeleteContext)
+        ]
+    );
+    assert_eq!(t::EX_TIMER_HIGH_RESOLUTION, ss::EX_TIMER_HIGH_RESOLUTION);
+    assert_eq!(t::EX_TIMER_NO_WAKE, ss::EX_TIMER_NO_WAKE);
+    // `ExInitializeDeleteTimerParameters` zeroes the record; so does ours.
+    let p = t::EXT_DELETE_PARAMETERS::initialized();
+    assert_eq!((p.Version, p.Reserved), (0, 0));
+    assert!(p.DeleteCallback.is_none() && p.DeleteContext.is_null());
+}
+
+/// `ffi::timer` against mingw-w64's `ddk/wdm.h` (a second, independent transcription of
+/// wdm.h): `EXT_DELETE_PARAMETERS` size and offsets, the attribute values.
+#[cfg(not(windows))]
+#[test]
+fn timer_declarations_match_mingw_wdm_h() {
+    use super::timer as t;
+    use core::fmt::Write;
+    let mut c = String::from("#include <ddk/wdm.h>\n#include <stddef.h>\n");
+    c_struct(
+        &mut c,
+        "EXT_DELETE_PARAMETERS",
+        size_of::<t::EXT_DELETE_PARAMETERS>(),
+        &[
+            ("Version", offset_of!(t::EXT_DELETE_PARAMETERS, Version)),
+            ("Reserved", offset_of!(t::EXT_DELETE_PARAMETERS, Reserved)),
+            (
+                "DeleteCallback",
+                offset_of!(t::EXT_DELETE_PARAMETERS, DeleteCallback),
+            ),
+            (
+                "DeleteContext",
+                offset_of!(t::EXT_DELETE_PARAMETERS, DeleteContext),
+            ),
+        ],
+    );
+    for (name, value) in [
+        ("EX_TIMER_HIGH_RESOLUTION", t::EX_TIMER_HIGH_RESOLUTION),
+        ("EX_TIMER_NO_WAKE", t::EX_TIMER_NO_WAKE),
+    ] {
+        writeln!(c, "_Static_assert({name} == {value}, \"{name}\");").unwrap();
+    }
+    let dir = std::env::temp_dir().join(format!("qosmark-ffi-timer-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = dir.join("timer.c");
+    std::fs::write(&src, &c).unwrap();
+    let out = std::process::Command::new("x86_64-w64-mingw32-gcc")
+        .args(["-fsyntax-only", "-std=gnu11"])
+        .arg(&src)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "mingw's wdm.h disagrees:\n{}\n--- generated C ---\n{c}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The hand-derived `FWPS_*` and NDIS offsets, recomputed by a C compiler for the Windows x64

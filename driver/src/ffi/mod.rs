@@ -7,6 +7,8 @@
 //!
 //! * [`wfp`]: WFP types, constants, GUIDs (layers, conditions, ours) and routines.
 //! * [`ndis`]: `NET_BUFFER_LIST` / `NET_BUFFER` and the out-of-band slots we touch.
+//! * [`timer`]: `ExAllocateTimer` / `ExSetTimer` / `ExDeleteTimer` (the shaping release
+//!   timer, Windows 8.1+).
 //! * `wdmsec` (Windows kernel builds only): `WdmlibIoCreateDeviceSecure` from `wdmsec.lib`,
 //!   for the control device with an SDDL (wdk-sys binds ntifs.h/ntddk.h only).
 //! * `KeBugCheckEx`, `KeQueryUnbiasedInterruptTime` and `KeDelayExecutionThread` (below).
@@ -28,6 +30,7 @@
 )]
 
 pub(crate) mod ndis;
+pub(crate) mod timer;
 pub(crate) mod wfp;
 // Windows kernel builds only: the declaration uses wdk-sys types.
 #[cfg(all(windows, not(test)))]

@@ -379,6 +379,9 @@ unsafe extern "C" fn dispatch_cleanup(_device: PDEVICE_OBJECT, irp: PIRP) -> NTS
             let _report = globals.engine.write().close_handle(handle);
             // SAFETY: as above; the id is not used again.
             unsafe { (*file_object).FsContext = core::ptr::null_mut() };
+            // Shaping: the handle's flows are gone; their held packets leave at once (the
+            // release timer sends them).
+            crate::wfp::release_dead_shapers();
         }
         globals.pending.cancel_file(file_object);
     }
@@ -484,6 +487,10 @@ unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP)
         let result = request::execute(&mut globals.engine.write(), handle, &decoded);
         request::encode(&result, decoded.qos2_answer, out_len)
     };
+    // Shaping: a request may have removed a flow, a rule or a rate; the held packets of every
+    // shaper that went with it leave at once (the release timer sends them; cheap when
+    // nothing is held; no lock is held here).
+    crate::wfp::release_dead_shapers();
     let count = completion.bytes.len();
     if count > out_len as usize || (count > 0 && system_buffer.is_null()) {
         // Cannot happen (request::encode never exceeds the capacity; a non-zero capacity

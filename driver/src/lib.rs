@@ -28,7 +28,7 @@
 //! | `irp` | `IoGetCurrentIrpStackLocation`, `IoMarkIrpPending`, `IoCompleteRequest` | `<= DISPATCH_LEVEL` |
 //! | `panic` | the panic handler: a panic is a bugcheck with code `'QMRK'` | any |
 //! | `ffi` | kernel routines declared here rather than taken from `wdk-sys` (`wdmsec`, ...) | per routine |
-//! | `wfp` | callouts, filters, packet path | see `docs/packet-path.md` |
+//! | `wfp` | callouts, filters, packet path, shaping (held clones, release timer) | see `docs/packet-path.md` |
 //! | `kiface` | the kernel-mode interface for other drivers (function table, lifetime) | query and entries `<= DISPATCH_LEVEL`; `unload` `PASSIVE_LEVEL` |
 //!
 //! The global allocator is windows-drivers-rs' `WdkAllocator`: non-paged pool, tag `'rust'`,

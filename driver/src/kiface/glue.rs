@@ -37,8 +37,12 @@ impl Backend for Driver {
     // the globals cannot be retracted under a running entry even if an unload order changed.
     fn write<R>(f: impl FnOnce(&mut Engine) -> R) -> Option<R> {
         let globals = crate::globals::enter()?;
-        let mut engine = globals.engine.write();
-        Some(f(&mut engine))
+        let result = f(&mut *globals.engine.write());
+        // Shaping: a change may have removed a flow or closed a handle; the held packets of
+        // every shaper that went with it leave at once — sent by the release timer, never in
+        // the client's context. The engine lock is released (statement above).
+        crate::wfp::release_dead_shapers();
+        Some(result)
     }
 
     fn read<R>(f: impl FnOnce(&Engine) -> R) -> Option<R> {

@@ -8,13 +8,16 @@
 //! Locks: the engine's `SpinRwLock` (shared, for classify / report / retire) and the flow
 //! registry's `SpinRwLock` (exclusive, for insert / remove) are never held together, and
 //! neither is held across a call into WFP (injection may re-enter classify on this CPU;
-//! `FwpsFlowRemoveContext0` may call `flow_delete` synchronously).
+//! `FwpsFlowRemoveContext0` may call `flow_delete` synchronously). A delayed NBL's clone is
+//! handed to `release::Shaping::hold`, which takes the shaping lock with neither of the
+//! others held (`docs/packet-path.md` §10).
 
 use core::ffi::c_void;
-use core::ptr;
+use core::ptr::{self, NonNull};
 
 use qosmark_abi::{FailOpen, Pcp};
-use qosmark_engine::{Engine, PacketMeta};
+use qosmark_engine::shaper::held_bytes;
+use qosmark_engine::{Engine, PacketMeta, Verdict};
 
 use crate::ffi::ndis::{nbl_info, Ieee8021qInfo, NET_BUFFER_LIST};
 use crate::ffi::wfp::{
@@ -38,7 +41,7 @@ use super::table::{callout, Family, Role};
 
 /// Monotonic time for the engine, in nanoseconds (the owner table's LRU clock; time asleep
 /// does not count, which only makes entries look younger after a resume). Any IRQL.
-fn now_ns() -> u64 {
+pub(super) fn now_ns() -> u64 {
     // SAFETY: KeQueryUnbiasedInterruptTime takes nothing, only reads the interrupt-time count
     // and is callable at any IRQL (its reference page); exported by ntoskrnl (see ffi).
     interrupt_time_to_ns(unsafe { KeQueryUnbiasedInterruptTime() })
@@ -138,7 +141,9 @@ unsafe fn mark_nbl(
     // SAFETY: `nbl` is live; slot 2 is declared.
     let lso = unsafe { packet::nbl_info_value(nbl, nbl_info::TCP_LARGE_SEND) };
     if let Some(reason) = precheck(&plan, has_write_right(rights), lso, over) {
-        fail_open(&shared.globals.engine.read(), reason, plan.marks());
+        let engine = shared.globals.engine.read();
+        fail_open(&engine, reason, plan.marks());
+        unreserve(&engine, &plan);
         return if reason == FailOpen::NoWriteRight {
             Outcome::Untouched
         } else {
@@ -149,11 +154,9 @@ unsafe fn mark_nbl(
     // 4. Clone.
     // SAFETY: `nbl` is the live classified NBL.
     let Ok(clone) = (unsafe { packet::clone_nbl(nbl) }) else {
-        fail_open(
-            &shared.globals.engine.read(),
-            FailOpen::CloneFailed,
-            plan.marks(),
-        );
+        let engine = shared.globals.engine.read();
+        fail_open(&engine, FailOpen::CloneFailed, plan.marks());
+        unreserve(&engine, &plan);
         return Outcome::Permit;
     };
 
@@ -170,33 +173,63 @@ unsafe fn mark_nbl(
         unsafe { packet::set_8021q(clone, tag.with_user_priority(pcp.value()).0) };
     }
 
-    // 7. Inject in the packet's compartment.
+    // Rewrite failures are counted now (the engine lock is dropped before any WFP call).
+    {
+        let engine = shared.globals.engine.read();
+        fail_open(&engine, FailOpen::HeaderUnreadable, unwritable);
+        fail_open(&engine, FailOpen::RewriteFailed, refused);
+    }
+
+    // 7. Inject in the packet's compartment — or, for a delayed NBL, hold the clone until
+    //    its departure time (the release timer injects it the same way, with the same
+    //    compartment, `release::send`); the original is absorbed either way.
     let compartment = if present(meta, FWPS_METADATA_FIELD_COMPARTMENT_ID) {
         meta.compartmentId
     } else {
         UNSPECIFIED_COMPARTMENT_ID
     };
+    let mut clone = clone;
+    if let (Some(hold), Some(owned)) = (plan.hold(), NonNull::new(clone)) {
+        // SAFETY: our rewritten clone with its out-of-band info, not injected; no lock held.
+        let held = unsafe { shared.shaping.hold(owned, compartment, v6, hold) };
+        match held {
+            // The queue owns the clone; the engine's room is returned when it is sent.
+            Ok(()) => return Outcome::Absorb,
+            Err(back) => clone = back.as_ptr(),
+        }
+    }
+    // Not held (a mixed NBL; no timer; unload begun; the queue full; a delay beyond the
+    // one-second cap): every delayed buffer leaves now with its mark — a shaping fail-open,
+    // counted; its room is returned.
+    let unheld = plan.delayed().count();
+    if unheld > 0 {
+        let engine = shared.globals.engine.read();
+        unreserve(&engine, &plan);
+        fail_open(&engine, FailOpen::ShaperQueueFull, unheld);
+    }
     // SAFETY: `handle` matches the NBL's family; `clone` starts at the IP header (the
     // IP-packet layer's data offset); after success we do not touch it.
     let injected = unsafe { packet::inject(handle, compartment, clone) };
-    if injected.is_err() {
-        // The completion routine will not run: the clone is still ours.
-        // SAFETY: `clone` came from clone_nbl and was not injected.
-        unsafe { packet::free_clone(clone) };
-    }
-    // Count only now, with no WFP call left to make under the lock.
-    let engine = shared.globals.engine.read();
-    fail_open(&engine, FailOpen::HeaderUnreadable, unwritable);
-    fail_open(&engine, FailOpen::RewriteFailed, refused);
     if injected.is_ok() {
         return Outcome::Absorb;
     }
+    // The completion routine will not run: the clone is still ours.
+    // SAFETY: `clone` came from clone_nbl and was not injected.
+    unsafe { packet::free_clone(clone) };
     fail_open(
-        &engine,
+        &shared.globals.engine.read(),
         FailOpen::InjectFailed,
         plan.marks().saturating_sub(unwritable + refused),
     );
     Outcome::Permit
+}
+
+/// Returns the engine's queue room of every delayed buffer of `plan` (the packet is not
+/// held: it leaves now or was already permitted).
+fn unreserve(engine: &Engine, plan: &NblPlan) {
+    for (shaper, bytes) in plan.delayed() {
+        engine.shaper_released(shaper, bytes);
+    }
 }
 
 /// Step 2: the engine's verdict for every `NET_BUFFER` of `nbl`, under the shared engine
@@ -230,17 +263,20 @@ unsafe fn classify_nbl(
         // SAFETY: `nb` belongs to the live NBL.
         over |= over_mtu(unsafe { packet::nb_length(nb) }, path_mtu);
         // SAFETY: `nb` belongs to the live NBL; the slice is used only in this iteration.
-        let verdict = match unsafe { packet::read_headers(nb, &mut storage) } {
-            // INTERIM (issue 7): the driver does not hold packets yet, so a `Delay` is sent at
-            // once with its mark and counted as `FailOpen::ShaperQueueFull`
-            // (`Engine::not_held` gives the queue room back). The shape-driver work replaces
-            // this with held clones released from a timer DPC.
-            Some(bytes) => NbVerdict::Classified(
-                engine.not_held(engine.classify(bytes, &packet_meta, now), bytes),
-            ),
-            None => NbVerdict::Unreadable,
+        let (verdict, room) = match unsafe { packet::read_headers(nb, &mut storage) } {
+            Some(bytes) => {
+                let verdict = engine.classify(bytes, &packet_meta, now);
+                // A delayed buffer took queue room: `shaper::held_bytes` of the bytes
+                // classify saw (its IP length, read from the header), returned on release.
+                let room = match verdict {
+                    Verdict::Delay { .. } => held_bytes(bytes),
+                    _ => 0,
+                };
+                (NbVerdict::Classified(verdict), room)
+            }
+            None => (NbVerdict::Unreadable, 0),
         };
-        if !plan.push(verdict) {
+        if !plan.push_sized(verdict, room) {
             break;
         }
         // SAFETY: `nb` belongs to the live NBL.

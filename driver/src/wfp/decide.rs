@@ -14,6 +14,7 @@
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use qosmark_abi::{FailOpen, Mark, Pcp, Protocol};
+use qosmark_engine::shaper::ShaperId;
 use qosmark_engine::{FiveTuple, Verdict};
 
 use crate::ffi::wfp::{
@@ -44,6 +45,10 @@ pub(crate) enum NbVerdict {
 #[derive(Clone, Debug)]
 pub(crate) struct NblPlan {
     verdicts: [Option<NbVerdict>; MAX_NBS],
+    /// The queue room of each delayed buffer (`qosmark_engine::shaper::held_bytes` of the
+    /// bytes classify saw: its IP length), returned with `Engine::shaper_released`; 0 for
+    /// the others.
+    room: [u64; MAX_NBS],
     len: usize,
     too_many: bool,
 }
@@ -52,18 +57,41 @@ impl Default for NblPlan {
     fn default() -> Self {
         NblPlan {
             verdicts: [None; MAX_NBS],
+            room: [0; MAX_NBS],
             len: 0,
             too_many: false,
         }
     }
 }
 
+/// The shaping decision for a whole NBL (see [`NblPlan::hold`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct HoldPlan {
+    /// The one shaper every buffer was delayed for.
+    pub(crate) shaper: ShaperId,
+    /// When the NBL may leave: the latest of its buffers' departure times.
+    pub(crate) until_ns: u64,
+    /// The queue room its buffers took, in bytes (the sum over its buffers).
+    pub(crate) bytes: u64,
+    /// Its buffers (packets): each took one packet of queue room.
+    pub(crate) packets: u8,
+}
+
 impl NblPlan {
-    /// Records the next `NET_BUFFER`'s verdict. Returns `false` (and remembers it) when the
-    /// NBL has more than [`MAX_NBS`] buffers; the caller stops classifying then.
+    /// [`NblPlan::push_sized`] with no bytes (tests of the marking path).
+    #[cfg(test)]
     pub(crate) fn push(&mut self, v: NbVerdict) -> bool {
-        if let Some(slot) = self.verdicts.get_mut(self.len) {
+        self.push_sized(v, 0)
+    }
+
+    /// Records the next `NET_BUFFER`'s verdict and its queue room (0 unless delayed). Returns `false` (and remembers it) when the NBL has more than [`MAX_NBS`]
+    /// buffers; the caller stops classifying then.
+    pub(crate) fn push_sized(&mut self, v: NbVerdict, length: u64) -> bool {
+        if let (Some(slot), Some(len)) =
+            (self.verdicts.get_mut(self.len), self.room.get_mut(self.len))
+        {
             *slot = Some(v);
+            *len = length;
             self.len += 1;
             true
         } else {
@@ -72,20 +100,75 @@ impl NblPlan {
         }
     }
 
+    /// The NBL may be held as a whole: every buffer was delayed, all for the same shaper.
+    /// (802.1p, like the NBL, is then uniform too.) A mixed NBL — some buffers delayed, some
+    /// marked, skipped or delayed for another shaper — is not held: a held NBL would delay
+    /// its other packets, and splitting an NBL needs allocations classify must not make. Its
+    /// delayed buffers are sent at once with their marks (counted, room returned).
+    pub(crate) fn hold(&self) -> Option<HoldPlan> {
+        if self.too_many || self.len == 0 {
+            return None;
+        }
+        let mut plan: Option<HoldPlan> = None;
+        for (v, bytes) in self.verdicts.iter().zip(self.room).take(self.len) {
+            let Some(NbVerdict::Classified(Verdict::Delay {
+                until_ns, shaper, ..
+            })) = *v
+            else {
+                return None;
+            };
+            plan = match plan {
+                None => Some(HoldPlan {
+                    shaper,
+                    until_ns,
+                    bytes,
+                    packets: 1,
+                }),
+                Some(p) if p.shaper == shaper => Some(HoldPlan {
+                    shaper,
+                    until_ns: p.until_ns.max(until_ns),
+                    bytes: p.bytes.saturating_add(bytes),
+                    // At most MAX_NBS (64) buffers are recorded.
+                    packets: p.packets.saturating_add(1),
+                }),
+                Some(_) => return None,
+            };
+        }
+        plan
+    }
+
+    /// The delayed buffers, as (shaper, queue room in bytes): each holds queue room in the engine
+    /// that must be returned (`Engine::shaper_released`) once the packet leaves — or at once
+    /// when it is not held after all.
+    pub(crate) fn delayed(&self) -> impl Iterator<Item = (ShaperId, u64)> + '_ {
+        self.verdicts
+            .iter()
+            .zip(self.room.iter())
+            .take(self.len)
+            .filter_map(|(v, len)| match v {
+                Some(NbVerdict::Classified(Verdict::Delay { shaper, .. })) => Some((*shaper, *len)),
+                _ => None,
+            })
+    }
+
     /// The NBL had more buffers than the plan holds.
     pub(crate) fn too_many(&self) -> bool {
         self.too_many
     }
 
-    /// The mark for buffer `i`, if the engine asked for one.
+    /// The mark for buffer `i`, if the engine asked for one (a delayed buffer carries its
+    /// mark too: it is rewritten at classify time, held or not).
     pub(crate) fn mark(&self, i: usize) -> Option<Mark> {
         match self.verdicts.get(i).copied().flatten() {
-            Some(NbVerdict::Classified(Verdict::Mark(m))) => Some(m),
+            Some(NbVerdict::Classified(Verdict::Mark(m) | Verdict::Delay { mark: m, .. })) => {
+                Some(m)
+            }
             _ => None,
         }
     }
 
-    /// Buffers the engine asked to mark: each is one packet a failure leaves unmarked.
+    /// Buffers the engine asked to mark or delay: each is one packet a failure leaves
+    /// unmarked.
     pub(crate) fn marks(&self) -> usize {
         (0..self.len).filter(|&i| self.mark(i).is_some()).count()
     }
@@ -112,11 +195,13 @@ impl NblPlan {
         let mut want: Option<Pcp> = None;
         for v in self.verdicts.iter().take(self.len) {
             match v {
-                Some(NbVerdict::Classified(Verdict::Mark(m))) => match (m.pcp, want) {
-                    (Some(p), None) => want = Some(p),
-                    (Some(p), Some(w)) if p == w => {}
-                    _ => return None,
-                },
+                Some(NbVerdict::Classified(Verdict::Mark(m) | Verdict::Delay { mark: m, .. })) => {
+                    match (m.pcp, want) {
+                        (Some(p), None) => want = Some(p),
+                        (Some(p), Some(w)) if p == w => {}
+                        _ => return None,
+                    }
+                }
                 Some(NbVerdict::Classified(Verdict::AlreadyMarked)) => {}
                 _ => return None,
             }
@@ -345,6 +430,74 @@ mod tests {
         assert_eq!(plan(&[C(mark(46, Some(5))), U]).pcp(), None);
         assert_eq!(plan(&[C(mark(46, Some(5))), C(mark(46, None))]).pcp(), None);
         assert_eq!(plan(&[C(mark(46, None)), C(mark(46, Some(5)))]).pcp(), None);
+    }
+
+    fn delay(dscp: u8, until_ns: u64, shaper: u32) -> Verdict {
+        let Verdict::Mark(mark) = mark(dscp, Some(3)) else {
+            unreachable!()
+        };
+        Verdict::Delay {
+            mark,
+            until_ns,
+            shaper: ShaperId::from_u64((7u64 << 32) | u64::from(shaper)).unwrap(),
+        }
+    }
+
+    #[test]
+    fn delayed_nbls_are_held_whole_or_not_at_all() {
+        let id = |n: u32| ShaperId::from_u64((7u64 << 32) | u64::from(n)).unwrap();
+        let sized = |vs: &[(Verdict, u64)]| {
+            let mut p = NblPlan::default();
+            for (v, len) in vs {
+                assert!(p.push_sized(C(*v), *len));
+            }
+            p
+        };
+        // Every buffer delayed for one shaper: held until the last departure, room summed.
+        let p = sized(&[(delay(46, 500, 1), 256), (delay(46, 900, 1), 60)]);
+        assert_eq!(
+            p.hold(),
+            Some(HoldPlan {
+                shaper: id(1),
+                until_ns: 900,
+                bytes: 316,
+                packets: 2,
+            })
+        );
+        // A delayed buffer is rewritten like a marked one (DSCP and 802.1p).
+        assert!(p.needs_clone());
+        assert_eq!(p.marks(), 2);
+        assert_eq!(p.mark(1).unwrap().dscp, Dscp::try_new(46).ok());
+        assert_eq!(p.pcp(), Pcp::try_new(3).ok());
+        assert_eq!(p.delayed().collect::<Vec<_>>(), [(id(1), 256), (id(1), 60)]);
+        // Mixed NBLs are not held; their delayed buffers are listed for the room to return.
+        for mixed in [
+            sized(&[(delay(46, 500, 1), 40), (delay(46, 500, 2), 50)]),
+            sized(&[(delay(46, 500, 1), 40), (mark(46, Some(3)), 50)]),
+            sized(&[(delay(46, 500, 1), 40), (Verdict::AlreadyMarked, 50)]),
+            sized(&[
+                (Verdict::Skip(SkipReason::NoMatch), 50),
+                (delay(46, 500, 1), 40),
+            ]),
+        ] {
+            assert_eq!(mixed.hold(), None, "{mixed:?}");
+            assert_eq!(mixed.delayed().filter(|d| d.1 == 40).count(), 1);
+        }
+        let mut unreadable = sized(&[(delay(46, 500, 1), 40)]);
+        assert!(unreadable.push_sized(U, 0));
+        assert_eq!(unreadable.hold(), None);
+        // Nothing delayed: nothing to hold or return.
+        let marked = sized(&[(mark(46, None), 40)]);
+        assert_eq!((marked.hold(), marked.delayed().count()), (None, 0));
+        assert_eq!(NblPlan::default().hold(), None);
+        // Too many buffers: not held (the NBL is permitted unmarked, room returned).
+        let mut many = NblPlan::default();
+        for _ in 0..=MAX_NBS {
+            many.push_sized(C(delay(46, 1, 1)), 1);
+        }
+        assert!(many.too_many());
+        assert_eq!(many.hold(), None);
+        assert_eq!(many.delayed().count(), MAX_NBS);
     }
 
     #[test]

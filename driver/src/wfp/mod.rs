@@ -6,11 +6,15 @@
 //! * [`table`]: sublayer, callouts, layers and filters, as data.
 //! * [`decide`]: every packet-path decision that needs no Windows API.
 //! * [`flows`]: the registry of flow contexts we attached.
-//! * [`gate`]: keeps the BFE state callback out of state that unload is tearing down.
+//! * [`gate`]: keeps the BFE state callback (and `release_dead_shapers`) out of state that
+//!   unload is tearing down.
+//! * [`shaping`]: held packets of delay verdicts and the release timer's decisions.
 //!
 //! Windows only (kernel calls): `registration` ([`Wfp`]: start and teardown, BFE
 //! subscription, dynamic session and transaction), `callouts` (classify, notify and
-//! flow-delete callbacks), `packet` (`NET_BUFFER` access, clone, inject, completion).
+//! flow-delete callbacks), `packet` (`NET_BUFFER` access, clone, inject, completion),
+//! `release` (held clones, their lock, the high-resolution release timer,
+//! `release_dead_shapers`).
 #![cfg_attr(
     not(windows),
     allow(
@@ -22,6 +26,7 @@
 pub(crate) mod decide;
 pub(crate) mod flows;
 pub(crate) mod gate;
+pub(crate) mod shaping;
 pub(crate) mod table;
 
 #[cfg(all(windows, not(test)))]
@@ -30,6 +35,13 @@ mod callouts;
 mod packet;
 #[cfg(all(windows, not(test)))]
 mod registration;
+#[cfg(all(windows, not(test)))]
+mod release;
 
 #[cfg(all(windows, not(test)))]
 pub(crate) use registration::Wfp;
+/// After a control request that may have removed flows, handles, rules or rates: every held
+/// packet whose shaper is gone leaves at once (the release timer sends it; nothing is
+/// injected in the caller's context). `<= DISPATCH_LEVEL`, no lock held.
+#[cfg(all(windows, not(test)))]
+pub(crate) use release::release_dead_shapers;

@@ -40,6 +40,7 @@ use crate::lock::SpinRwLock;
 use super::callouts;
 use super::flows::FlowRegistry;
 use super::gate::Gate;
+use super::release::{drain_release_gate, Shaping, RELEASE_GATE};
 use super::table::{
     widen, CalloutSpec, Family, Role, CALLOUTS, CALLOUT_COUNT, MAX_NAME_UNITS, PROVIDER_NAME,
     SUBLAYER_KEY, SUBLAYER_WEIGHT,
@@ -49,6 +50,12 @@ use super::table::{
 /// free list (`flows` tests pin the slot size): about 6.3 MiB of non-paged pool, allocated
 /// once at start. A full registry only costs the flows beyond it their flow-delete context.
 const FLOW_CONTEXTS: usize = 65_536;
+
+/// Held NBLs (delayed packets) the driver can hold at once, over all shapers. The engine
+/// bounds each shaper's queue in packets and bytes; this bounds the sum, preallocated at
+/// start (`docs/packet-path.md`, Shaping: memory). A full queue sends a delayed packet at
+/// once with its mark, counted.
+const HELD_NBLS: usize = 8_192;
 
 /// State the callbacks reach through [`SHARED`].
 pub(crate) struct Shared {
@@ -66,6 +73,8 @@ pub(crate) struct Shared {
     /// An `add_objects` is running (`start` and the BFE callback can race right after
     /// subscribing: the first one adds, the other returns).
     adding: AtomicBool,
+    /// Held clones of delayed packets and their release timer.
+    pub(crate) shaping: Shaping,
 }
 
 // SAFETY: the raw handles in `Shared` are kernel handles usable from any thread; every
@@ -96,9 +105,11 @@ static SHARED: AtomicPtr<Shared> = AtomicPtr::new(ptr::null_mut());
 pub(crate) fn shared() -> Option<&'static Shared> {
     let p = SHARED.load(Ordering::Acquire);
     // SAFETY: a non-null value was stored (Release) after `Shared` was fully initialised and
-    // stays valid until `Wfp::drop` clears it — which happens only after every callout is
-    // unregistered (so no classify, notify or flowDeleteFn can start) and both injection
-    // handles are destroyed (which returns after every completion ran). That no classify is
+    // stays valid until `Wfp::drop` clears it — which happens only after the shaping release
+    // timer was deleted (ExDeleteTimer with Wait: no timer callback runs afterwards),
+    // `release_dead_shapers`' gate was drained, every callout is unregistered (so no
+    // classify, notify or flowDeleteFn can start) and both injection handles are destroyed
+    // (which returns after every completion ran). That no classify is
     // still *running* once FwpsCalloutUnregisterById0 has succeeded is assumed, as every
     // Microsoft sample assumes it; the reference page does not say (packet-path.md VM item
     // 12). The BFE callback does not use this function. Any IRQL.
@@ -127,6 +138,7 @@ impl Wfp {
     ) -> Result<Wfp, NTSTATUS> {
         let flows =
             FlowRegistry::with_capacity(FLOW_CONTEXTS).ok_or(STATUS_INSUFFICIENT_RESOURCES)?;
+        let shaping = Shaping::with_capacity(HELD_NBLS).ok_or(STATUS_INSUFFICIENT_RESOURCES)?;
         let shared = Shared {
             globals,
             inject_v4: ptr::null_mut(),
@@ -135,6 +147,7 @@ impl Wfp {
             flows: SpinRwLock::new(flows),
             session: AtomicPtr::new(ptr::null_mut()),
             adding: AtomicBool::new(false),
+            shaping,
         };
         // A fallible heap block: a one-element Vec turned into a box without reallocation.
         let mut v = Vec::new();
@@ -156,9 +169,13 @@ impl Wfp {
             s.inject_v4 = create_injection_handle(AF_INET)?;
             s.inject_v6 = create_injection_handle(AF_INET6)?;
         }
-        // 2. Publish, then register the callouts (they may be classified as soon as filters
-        //    exist, which is only after step 4).
+        // 2. Publish, then start the shaping release timer (its callback reaches `Shared`
+        //    through `shared()`; without a timer nothing is ever held) and admit
+        //    `release_dead_shapers`, then register the callouts (they may be classified as
+        //    soon as filters exist, which is only after step 4).
         SHARED.store(wfp.shared.as_ptr(), Ordering::Release);
+        wfp.shared().shaping.start_timer();
+        RELEASE_GATE.open();
         for spec in &CALLOUTS {
             let id = register_callout(device.cast::<c_void>(), spec)?;
             if let Some(slot) = wfp.shared().callout_ids.get(spec.index) {
@@ -200,6 +217,13 @@ impl Wfp {
 impl Drop for Wfp {
     /// Unload order (wfp-driver.md §11), `PASSIVE_LEVEL`.
     fn drop(&mut self) {
+        // 0. Shaping: keep `release_dead_shapers` out (close its gate, wait for one inside),
+        //    then close the held set (classify sends delayed packets at once from now on),
+        //    delete the release timer (waiting for a running callback) and inject every held
+        //    clone — while the injection handles still exist (step 5 destroys them).
+        RELEASE_GATE.close();
+        drain_release_gate();
+        self.shared().shaping.shutdown(self.shared());
         // 1. No more BFE callbacks: close the gate (a callback arriving now leaves at once),
         //    unsubscribe, then wait for a callback still inside (its add_objects may be about
         //    to store a session). The reference page does not say that unsubscribing waits

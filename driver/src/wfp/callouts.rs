@@ -301,7 +301,9 @@ unsafe fn rewrite_clone(clone: *mut NET_BUFFER_LIST, plan: &NblPlan) -> (usize, 
     let mut nb = unsafe { packet::first_nb(clone) };
     let mut i = 0usize;
     while !nb.is_null() {
-        if let Some(mark) = plan.mark(i) {
+        // A delayed buffer may carry an empty mark (a shaped best-effort flow): nothing to
+        // write then.
+        if let Some(mark) = plan.mark(i).filter(|m| m.dscp.is_some()) {
             // SAFETY: `nb` is a buffer of our clone; the slice ends with this statement.
             let span = unsafe { packet::read_headers(nb, &mut storage) }.and_then(rewrite_span);
             // SAFETY: `nb` is a buffer of our clone, not yet injected; we are the only

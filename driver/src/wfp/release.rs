@@ -73,7 +73,8 @@ pub(crate) struct Shaping {
 
 impl Shaping {
     /// Room for `capacity` held NBLs, allocated now (non-paged; nothing is allocated in
-    /// classify). `None` without memory. `PASSIVE_LEVEL`.
+    /// classify). `None` without memory (the driver does not load then, as for the flow
+    /// registry; a missing *timer* only turns shaping off). `PASSIVE_LEVEL`.
     pub(crate) fn with_capacity(capacity: usize) -> Option<Shaping> {
         Some(Shaping {
             held: SpinRwLock::new(Held::with_capacity(capacity)?),

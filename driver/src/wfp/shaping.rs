@@ -161,8 +161,8 @@ pub(crate) struct Held<T> {
 
 impl<T> Held<T> {
     /// An empty set with room for `capacity` held NBLs (queue and outbox, allocated now,
-    /// never in classify). `None` without memory: the driver then holds nothing (every delay
-    /// verdict is sent at once with its mark, counted).
+    /// never in classify). `None` without memory (`Wfp::start` then fails, as it does when
+    /// the flow registry cannot be allocated).
     pub(crate) fn with_capacity(capacity: usize) -> Option<Self> {
         let mut outbox = Vec::new();
         outbox.try_reserve_exact(capacity).ok()?;

@@ -481,13 +481,14 @@ mod tests {
             remote_ports: None,
             action: RuleAction::Dscp(Dscp::EF),
             pcp: None,
+            throttle_bps: None,
         }
     }
 
     fn engine_with(rules: &[RuleSpec]) -> Engine {
         let mut e = Engine::new(Limits::default());
         for r in rules {
-            e.rules.insert(r.clone()).unwrap();
+            e.rules.insert(r.clone(), &mut e.shapers).unwrap();
         }
         e
     }
@@ -813,7 +814,7 @@ mod tests {
             fragment_slots: 1,
             ..Limits::default()
         });
-        e.rules.insert(rule("ef")).unwrap();
+        e.rules.insert(rule("ef"), &mut e.shapers).unwrap();
         let first_a = v4(0, 17, 1, (0, true), Some((5000, 53)), 1480);
         let first_b = v4(0, 17, 2, (0, true), Some((5000, 53)), 1480);
         let later_a = v4(0, 17, 1, (185, false), None, 8);

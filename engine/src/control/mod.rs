@@ -376,11 +376,15 @@ impl Engine {
             Request::EnumerateFlows => self.control.enumerate(caller).map(Response::FlowIds),
             Request::AddRule(spec) => {
                 require_admin(caller)?;
-                self.rules.insert(spec.clone()).map(|()| Response::Done)
+                self.rules
+                    .insert(spec.clone(), &mut self.shapers)
+                    .map(|()| Response::Done)
             }
             Request::RemoveRule(name) => {
                 require_admin(caller)?;
-                self.rules.remove(name).map(|()| Response::Done)
+                self.rules
+                    .remove(name, &mut self.shapers)
+                    .map(|()| Response::Done)
             }
             Request::ListRules => {
                 require_admin(caller)?;
@@ -395,7 +399,9 @@ impl Engine {
             Request::ListFlows { after } => self.list_flows(caller, *after).map(Response::Flows),
             Request::ReplaceRules(specs) => {
                 require_admin(caller)?;
-                self.rules.replace(specs).map(|()| Response::Done)
+                self.rules
+                    .replace(specs, &mut self.shapers)
+                    .map(|()| Response::Done)
             }
         }
     }
@@ -549,12 +555,20 @@ impl Engine {
         })
     }
 
+    /// The shaper of the admin rule called `name`, if it throttles (`throttle_bps`): one bucket
+    /// for all the traffic the rule matches. Dies when the rule is removed or replaced.
+    #[must_use]
+    pub fn rule_shaper(&self, name: &qosmark_abi::heapless_name::RuleName) -> Option<ShaperId> {
+        self.rules.shaper_of(name)
+    }
+
     /// Checks the control plane's internal invariants (index ⇔ flows ⇔ handle counts, cached
-    /// marks up to date). For tests and debug builds of the back ends.
+    /// marks up to date, every flow's and rule's shaper live). For tests and debug builds of the back ends.
     ///
     /// # Errors
     /// A description of the first violated invariant.
     pub fn check_control_invariants(&self) -> Result<(), &'static str> {
-        self.control.check_invariants(&self.shapers)
+        self.control.check_invariants(&self.shapers)?;
+        self.rules.check_shapers(&self.shapers)
     }
 }

@@ -597,6 +597,7 @@ mod tests {
             }),
             action: RuleAction::Dscp(Dscp::try_new(24).unwrap()),
             pcp: Some(Pcp::try_new(3).unwrap()),
+            throttle_bps: None,
         };
         let o = Output::Rules(vec![RuleEntry {
             spec,

@@ -50,10 +50,23 @@
 //! * `SetFlow(OutgoingDscp)`: above 63 → 87; allowed for `Admin` and `Kernel` callers and for
 //!   users when the value's bit is in the table's `user_dscp_allow`, else 5 (§8). The custom
 //!   DSCP replaces the table's DSCP until the flow dies; 802.1p still follows the table.
-//! * `SetFlow(OutgoingRate)` and `QueryFlow(OutgoingRate)`: 50 — shaping is not implemented
-//!   yet (a later issue); the flow record will gain the rate then.
-//! * `QueryFlow(PacketPriority)`: the resolved mark; "not added" is reported as 0 and the
-//!   non-conformant values are 0 (no shaping, so no non-conformant packets).
+//! * `SetFlow(OutgoingRate)`: the bandwidth (bit/s at the IP level) must be
+//!   `shaper::MIN_RATE_BPS..=shaper::MAX_RATE_BPS` (12 000 — one 1 500-byte packet per second —
+//!   to 10^11), else 87; `Reason` is kept by nobody. The first rate gives the flow a shaper
+//!   ([`crate::shaper`]); a later one reconfigures it: same [`ShaperId`], packets already
+//!   scheduled keep their times and nothing departs before them (the bucket's debt, measured
+//!   in time, is kept), the new rate and behaviour apply from there. No shaper left
+//!   (`Limits::max_shapers`) → 1450, no memory → 8; nothing changes on error. The shaper dies
+//!   with the flow (removal of the flow or its last socket, `QOSCloseHandle`). Any caller may
+//!   set a rate on its own flow (qos-api.md §8: no privilege documented).
+//! * `QueryFlow(OutgoingRate)`: the rate set, or **232 `ERROR_NO_DATA`** when none was
+//!   (qos-api.md documents no answer for this; 232 is in `QOSQueryFlow`'s documented error
+//!   list and means "nothing to return", where 1168 would read "no such flow" and 50 "not
+//!   supported").
+//! * `QueryFlow(PacketPriority)`: the resolved mark; "not added" is reported as 0. The
+//!   non-conformant values are the traffic table's (`non_conformant_dscp`, and
+//!   `non_conformant_pcp` when the flow requests 802.1p) while the flow's shaping is
+//!   `QOSUseNonConformantMarkings`, else 0 (no packet of the flow is ever non-conformant).
 //! * `QueryFlow(Fundamentals)` and every `NotifyFlow`: 50 (§9, qosmark does no probing).
 //!   `NotifyFlow` first checks its buffer: `Available` needs a threshold and the others must
 //!   not have one, else 87.

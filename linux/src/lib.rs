@@ -7,8 +7,10 @@
 //! ## Threads
 //! * **main**: start-up, then waits for SIGTERM / SIGINT / SIGHUP (blocked in every thread,
 //!   taken with `sigwait`) and shuts down: iptables rules first, so no new packet is queued,
-//!   then a short drain, then the socket file.
-//! * **packets**: the [`nfq::PacketLoop`] (shared engine lock).
+//!   then every packet held for shaping is sent ([`held::ShapeShared`]), then a short drain,
+//!   then the socket file.
+//! * **packets**: the [`nfq::PacketLoop`] (shared engine lock); it also releases the packets
+//!   it holds for shaping, by a `ppoll` timer ([`nfq`], *Shaping*).
 //! * **accept** + one thread per client connection ([`control::serve`], bounded).
 //! * **bind watcher**: TCP sockets registered before `connect` ([`pending::PendingTcp::watch`];
 //!   the packet thread pins them itself when their SYN is queued).

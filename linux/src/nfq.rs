@@ -76,7 +76,7 @@
 //! newer ones. So while anything is held, no batch verdict is sent: within a batch, plain
 //! accepts collapse into a batch only up to the first held packet, and after it (and in
 //! every batch while earlier packets are held) each packet gets its own verdict
-//! ([`write_verdicts`]); a send failure falls back to single plain accepts as well.
+//! (`write_verdicts`); a send failure falls back to single plain accepts as well.
 //!
 //! **Bounds.** The engine reserves room in `classify` (per shaper, and in all: the daemon's
 //! `--shape-held-packets` / `--shape-held-bytes`); without room it answers `Mark` (fail

@@ -165,6 +165,7 @@ fn rule(name: &str, f: impl FnOnce(&mut RuleSpec)) -> RuleSpec {
         remote_ports: None,
         action: RuleAction::Dscp(Dscp::EF),
         pcp: None,
+        throttle_bps: None,
     };
     f(&mut spec);
     spec

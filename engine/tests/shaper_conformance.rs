@@ -966,3 +966,211 @@ fn concurrent_classify_on_one_shaper() {
         "{last}"
     );
 }
+
+// ------------------------------------------------------------------------- rule throttles
+
+fn throttled_rule(name: &str, bps: Option<u64>) -> qosmark_engine::abi::RuleSpec {
+    use qosmark_engine::abi::{heapless_name::RuleName, Prefix, RuleAction, RuleProtocol};
+    qosmark_engine::abi::RuleSpec {
+        name: RuleName::try_new(name).unwrap(),
+        precedence: 100,
+        protocol: RuleProtocol::Udp,
+        local_prefix: None,
+        remote_prefix: Some(Prefix {
+            addr: "192.0.2.0".parse().unwrap(),
+            len: 24,
+        }),
+        local_ports: None,
+        remote_ports: None,
+        action: RuleAction::Dscp(Dscp::try_new(10).unwrap()),
+        pcp: None,
+        throttle_bps: bps,
+    }
+}
+
+/// A UDP packet from 10.0.0.1:`sport` to 192.0.2.9:53.
+fn packet_from(sport: u16, total: u16) -> Vec<u8> {
+    let mut p = packet(total);
+    p[20..22].copy_from_slice(&sport.to_be_bytes());
+    p
+}
+
+/// `ThrottleRateActionBitsPerSecond`: one bucket for everything the rule matches, whatever
+/// the 5-tuple, and traffic above it is delayed.
+#[test]
+fn a_rule_throttle_is_one_bucket_for_all_its_traffic() {
+    let mut e = Engine::new(big_queue());
+    let a = e.open_handle(ADMIN).unwrap();
+    e.apply(
+        a,
+        &Request::AddRule(throttled_rule("bulk", Some(1_000_000))),
+    )
+    .unwrap();
+    let name = qosmark_engine::abi::heapless_name::RuleName::try_new("bulk").unwrap();
+    let shaper = e.rule_shaper(&name).unwrap();
+    let mark = Mark {
+        dscp: Some(Dscp::try_new(10).unwrap()),
+        pcp: None,
+    };
+    // Ten 1500-byte packets from ten different source ports at once: 2 go on credit, the
+    // rest 12 ms apart, as if they were one flow.
+    let mut untils = vec![];
+    for i in 0..10u16 {
+        match e.classify(&packet_from(6000 + i, 1500), &PacketMeta::default(), T0) {
+            Verdict::Mark(m) => {
+                assert_eq!(m, mark);
+                assert!(i < 2);
+            }
+            Verdict::Delay {
+                mark: m,
+                until_ns,
+                shaper: s,
+            } => {
+                assert_eq!((m, s), (mark, shaper));
+                untils.push(until_ns);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let want: Vec<u64> = (1..=8).map(|k| T0 + k * 12 * MS).collect();
+    assert_eq!(untils, want);
+    // ListRules shows the throttle.
+    let Ok(Response::Rules(rules)) = e.apply(a, &Request::ListRules) else {
+        panic!()
+    };
+    assert_eq!(rules[0].spec.throttle_bps, Some(1_000_000));
+    assert_eq!(rules[0].counters.packets, 10);
+    e.check_control_invariants().unwrap();
+}
+
+/// A registered socket beats every rule: without a rate of its own it is not throttled by
+/// the rule at all; with one, only its own bucket applies.
+#[test]
+fn a_socket_flow_beats_a_throttled_rule() {
+    let mut e = Engine::new(big_queue());
+    let a = e.open_handle(ADMIN).unwrap();
+    e.apply(a, &Request::AddRule(throttled_rule("bulk", Some(12_000))))
+        .unwrap();
+    let h = e.open_handle(USER).unwrap();
+    let Ok(Response::FlowId(flow)) = e.apply(h, &socket()) else {
+        panic!()
+    };
+    let p = packet(1500);
+    for _ in 0..20 {
+        assert_eq!(
+            e.classify(&p, &PacketMeta::default(), T0),
+            Verdict::Mark(conformant())
+        );
+    }
+    e.apply(h, &set_rate(1_000_000, Shaping::ShapeOnly, flow))
+        .unwrap();
+    let own = e.flow_details().unwrap()[0].shaper.unwrap();
+    let name = qosmark_engine::abi::heapless_name::RuleName::try_new("bulk").unwrap();
+    let rule = e.rule_shaper(&name).unwrap();
+    assert_ne!(own, rule);
+    let mut held = 0;
+    for _ in 0..5 {
+        if let Verdict::Delay { shaper, .. } = e.classify(&p, &PacketMeta::default(), T0) {
+            assert_eq!(shaper, own);
+            held += 1;
+        }
+    }
+    assert_eq!(held, 3);
+    // The rule's bucket never saw these packets: another port still gets its credit.
+    assert!(matches!(
+        e.classify(&packet_from(6000, 1500), &PacketMeta::default(), T0),
+        Verdict::Mark(_)
+    ));
+}
+
+#[test]
+fn rule_removal_and_replacement_kill_its_shaper() {
+    let mut e = Engine::new(big_queue());
+    let a = e.open_handle(ADMIN).unwrap();
+    let name = |n| qosmark_engine::abi::heapless_name::RuleName::try_new(n).unwrap();
+    e.apply(a, &Request::AddRule(throttled_rule("r1", Some(1_000_000))))
+        .unwrap();
+    e.apply(a, &Request::AddRule(throttled_rule("r2", None)))
+        .unwrap();
+    assert_eq!(e.rule_shaper(&name("r2")), None);
+    let s1 = e.rule_shaper(&name("r1")).unwrap();
+    for _ in 0..4 {
+        let _ = e.classify(&packet_from(7000, 1500), &PacketMeta::default(), T0);
+    }
+    assert_eq!(e.shaper_held(), (2, 3000));
+    e.apply(a, &Request::RemoveRule(name("r1"))).unwrap();
+    assert!(!e.shaper_live(s1));
+    assert_eq!(e.shaper_held(), (0, 0));
+    // ReplaceRules: new shapers, the old ones die.
+    e.apply(a, &Request::AddRule(throttled_rule("r1", Some(1_000_000))))
+        .unwrap();
+    let s1 = e.rule_shaper(&name("r1")).unwrap();
+    e.apply(
+        a,
+        &Request::ReplaceRules(vec![
+            throttled_rule("r1", Some(2_000_000)),
+            throttled_rule("r3", Some(64_000)),
+        ]),
+    )
+    .unwrap();
+    assert!(!e.shaper_live(s1));
+    let new = e.rule_shaper(&name("r1")).unwrap();
+    assert!(e.shaper_live(new));
+    assert_eq!(e.shaper_config(new).unwrap().rate_bps(), 2_000_000);
+    let Ok(Response::Status(s)) = e.apply(a, &Request::QueryStatus) else {
+        panic!()
+    };
+    assert_eq!(s.shapers, 2);
+    e.check_control_invariants().unwrap();
+}
+
+#[test]
+fn bad_or_unplaceable_throttles_change_nothing() {
+    let mut e = Engine::new(Limits {
+        max_shapers: 1,
+        ..big_queue()
+    });
+    let a = e.open_handle(ADMIN).unwrap();
+    let list = |e: &mut Engine| e.apply(a, &Request::ListRules);
+    for bad in [0, 11_999, 100_000_000_001] {
+        assert_eq!(
+            e.apply(a, &Request::AddRule(throttled_rule("x", Some(bad)))),
+            Err(EngineError::InvalidParameter)
+        );
+    }
+    e.apply(a, &Request::AddRule(throttled_rule("one", Some(50_000))))
+        .unwrap();
+    let before = list(&mut e);
+    // The shaper table is full: 1450, and nothing changes.
+    assert_eq!(
+        e.apply(a, &Request::AddRule(throttled_rule("two", Some(50_000)))),
+        Err(EngineError::LimitReached)
+    );
+    assert_eq!(
+        e.apply(
+            a,
+            &Request::ReplaceRules(vec![throttled_rule("two", Some(50_000))])
+        ),
+        Err(EngineError::LimitReached)
+    );
+    assert_eq!(
+        e.apply(
+            a,
+            &Request::ReplaceRules(vec![
+                throttled_rule("ok", None),
+                throttled_rule("bad", Some(5))
+            ])
+        ),
+        Err(EngineError::InvalidParameter)
+    );
+    assert_eq!(list(&mut e), before);
+    let name = qosmark_engine::abi::heapless_name::RuleName::try_new("one").unwrap();
+    assert!(e.shaper_live(e.rule_shaper(&name).unwrap()));
+    // A user may not add one at all.
+    let u = e.open_handle(USER).unwrap();
+    assert_eq!(
+        e.apply(u, &Request::AddRule(throttled_rule("u", Some(50_000)))),
+        Err(EngineError::AccessDenied)
+    );
+    e.check_control_invariants().unwrap();
+}

@@ -558,6 +558,121 @@ fn full_queue_fails_open_marked_never_dropped() {
     assert!(failed as f64 > 0.5 * sent.count as f64, "{log}");
 }
 
+/// An administrator rule with `throttle_bps` (rules file) shapes an application that never
+/// called the QOS2 API: a plain UDP socket sending at 10× the rule's rate to a port of the
+/// rule's range is received at the rate ± 5 %, in order, every datagram with the rule's DSCP;
+/// removing the rule (`qosmarkctl rules remove`, here through `qosmark::Client`) releases the
+/// held rest at once.
+#[test]
+fn rule_throttle_shapes_an_unregistered_application() {
+    if !live() {
+        return;
+    }
+    let seconds = 4.0;
+    let net = Net::new();
+    let rules = format!(
+        "[[rule]]\nname = \"bulk\"\nprotocol = \"udp\"\nremote_port = \"8400-8410\"\ndscp = 10\nthrottle_bps = {RATE}\n"
+    );
+    let daemon = Daemon::start_with(
+        &net,
+        &DaemonOptions {
+            rules: Some(rules),
+            keep_state: false,
+        },
+        DAEMON_ARGS,
+    );
+    let dst = net.receiver_addr(false, 8405);
+    let rx = Receiver::start(&net, dst);
+    let src = net.sender_addr(false, 0);
+    let sock = in_ns(&net.sender, move || {
+        let s = UdpSocket::bind(src).unwrap();
+        s.connect(dst).unwrap();
+        s
+    });
+    // Held packets stay charged to the socket: room for all of them.
+    let big: libc::c_int = 64 << 20;
+    // SAFETY: an int option from a live local on our own socket.
+    let ret = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUFFORCE,
+            (&raw const big).cast(),
+            4,
+        )
+    };
+    assert_eq!(ret, 0);
+    let interval = Duration::from_secs_f64(BITS / (FACTOR * RATE as f64));
+    let count = (seconds / interval.as_secs_f64()) as u32;
+    let start = Instant::now();
+    let mut msg = [0xa7u8; SIZE];
+    for seq in 0..count {
+        if let Some(d) = (start + interval * seq).checked_duration_since(Instant::now()) {
+            std::thread::sleep(d);
+        }
+        msg[..4].copy_from_slice(&seq.to_ne_bytes());
+        msg[4..12].copy_from_slice(&mono_ns().to_ne_bytes());
+        sock.send(&msg).unwrap();
+    }
+    let first = rx
+        .snapshot()
+        .first()
+        .map(|r| r.recv_ns)
+        .expect("nothing received");
+    let window_ns = (seconds * 1e9) as u64;
+    while mono_ns() < first + window_ns + 50_000_000 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let seen = rx.snapshot();
+    let bits: f64 = seen
+        .iter()
+        .filter(|r| r.recv_ns < first + window_ns)
+        .map(|r| ((r.len + 28) * 8) as f64)
+        .sum();
+    let rate = bits / seconds;
+    let err = (rate - RATE as f64) / RATE as f64;
+    let held = count as usize - seen.len();
+    eprintln!(
+        "rule throttle: {count} sent, {rate:.0} bit/s over {seconds} s ({:+.2} %), {held} held",
+        err * 100.0
+    );
+    assert!(err.abs() <= 0.05, "rate {rate:.0} bit/s, want {RATE} ± 5 %");
+    assert!(held as f64 > 0.8 * f64::from(count), "only {held} held");
+    let admin = qosmark::Client::connect_unix(&daemon.socket).unwrap();
+    let removed_ns = mono_ns();
+    admin
+        .remove_rule(qosmark_engine::abi::heapless_name::RuleName::try_new("bulk").unwrap())
+        .unwrap();
+    assert!(
+        rx.wait_for(count as usize, Duration::from_secs(5)),
+        "after removing the rule only {} of {count} arrived",
+        rx.snapshot().len()
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    let all = rx.snapshot();
+    let last = all.iter().map(|r| r.recv_ns).max().unwrap();
+    eprintln!(
+        "rule throttle: the last held datagram arrived {:.1} ms after the rule's removal",
+        last.saturating_sub(removed_ns) as f64 / 1e6
+    );
+    assert!(last.saturating_sub(removed_ns) < 1_000_000_000);
+    let seqs: Vec<u32> = all.iter().map(|r| r.seq).collect();
+    assert_eq!(
+        seqs,
+        (0..count).collect::<Vec<_>>(),
+        "every datagram once, in order"
+    );
+    assert!(
+        all.iter().all(|r| r.tos == Some(10 << 2)),
+        "every datagram with the rule's DSCP 10"
+    );
+    drop(admin);
+    let log = daemon.stop();
+    let c = shaping_counters(&log);
+    assert_eq!(c.fail_open, 0, "{log}");
+    assert!(c.early as usize + 20 >= held, "{log}");
+}
+
 /// The conformant datagrams of a token bucket of rate [`RATE`] and depth one 1,500-byte
 /// packet over the send times in `rx` (GCRA: conformant when `t ≥ TAT − τ`, then
 /// `TAT = max(TAT, t) + T(L)`; a non-conformant packet leaves `TAT` alone).

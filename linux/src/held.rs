@@ -46,8 +46,13 @@ impl Stored {
 #[derive(Debug)]
 pub struct Payloads {
     bytes: Vec<u8>,
+    /// Per chunk: the next chunk of its chain, or of the free list.
     next: Vec<u32>,
+    /// Head of the list of returned chunks.
     free: u32,
+    /// Chunks from here on were never used (free, not on the list): nothing is written at
+    /// start, so `bytes` and `next` stay untouched zero pages until needed.
+    fresh: u32,
     free_count: usize,
 }
 
@@ -56,14 +61,26 @@ impl Payloads {
     #[must_use]
     pub fn new(budget: usize) -> Self {
         let chunks = (budget / CHUNK).min(NONE as usize - 1);
-        let next = (1..=chunks)
-            .map(|i| if i == chunks { NONE } else { i as u32 })
-            .collect();
         Payloads {
             bytes: vec![0u8; chunks * CHUNK],
-            next,
-            free: if chunks == 0 { NONE } else { 0 },
+            next: vec![0u32; chunks],
+            free: NONE,
+            fresh: 0,
             free_count: chunks,
+        }
+    }
+
+    /// One free chunk (the caller checked `free_count`).
+    fn take(&mut self) -> Option<u32> {
+        if self.free != NONE {
+            let chunk = self.free;
+            self.free = self.next.get(chunk as usize).copied().unwrap_or(NONE);
+            Some(chunk)
+        } else if (self.fresh as usize) < self.next.len() {
+            self.fresh += 1;
+            Some(self.fresh - 1)
+        } else {
+            None
         }
     }
 
@@ -87,22 +104,24 @@ impl Payloads {
         if need > self.free_count {
             return None;
         }
-        let first = self.free;
-        let mut at = self.free;
+        let mut first = NONE;
         let mut last = NONE;
         for piece in data.chunks(CHUNK) {
-            let start = (at as usize).checked_mul(CHUNK)?;
-            self.bytes
-                .get_mut(start..start + piece.len())?
-                .copy_from_slice(piece);
-            last = at;
-            at = self.next.get(at as usize).copied().unwrap_or(NONE);
+            // Cannot fail: `need` chunks are free (checked above).
+            let chunk = self.take()?;
+            self.free_count -= 1;
+            let start = (chunk as usize) * CHUNK;
+            if let Some(dst) = self.bytes.get_mut(start..start + piece.len()) {
+                dst.copy_from_slice(piece);
+            }
+            match self.next.get_mut(last as usize) {
+                Some(link) => *link = chunk,
+                None => first = chunk,
+            }
+            last = chunk;
         }
-        // `at` is the first chunk not taken: the new free list head; cut the chain after `last`.
-        self.free = at;
-        self.free_count -= need;
-        if let Some(l) = self.next.get_mut(last as usize) {
-            *l = NONE;
+        if let Some(link) = self.next.get_mut(last as usize) {
+            *link = NONE;
         }
         Some(Stored { first, len })
     }

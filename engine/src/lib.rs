@@ -33,8 +33,11 @@
 //! ## Concurrency model
 //! `classify` takes `&self` and allocates nothing; `apply`, `open_handle` and `close_handle`
 //! take `&mut self`. A back end wraps the engine in a reader/writer lock: shared on the packet
-//! path, exclusive for control requests. Counters, the fragment memory and the owner table use atomics so the
-//! packet path never needs the exclusive lock.
+//! path, exclusive for control requests. Counters, the fragment memory, the owner table and
+//! the shapers' buckets and queue room use atomics (the buckets a CAS loop), so the packet
+//! path — [`Engine::classify`], [`Engine::shaper_released`], [`Engine::shaper_live`],
+//! [`Engine::not_held`] — never needs the exclusive lock. Shapers are created and removed
+//! only under it.
 #![no_std]
 #![forbid(unsafe_code)]
 

@@ -358,6 +358,25 @@ mod tests {
         }
     }
 
+    /// A throttled rule (at the minimum rate, so the capture's packets exceed it): the
+    /// shaper's delays are counted, and the packets get the same marks as without the throttle.
+    #[test]
+    fn a_throttled_rule_counts_delays_and_marks_as_if_sent() {
+        let (_, input) = CAPTURES[0];
+        let plain = "[[rule]]\nname = \"all\"\ndscp = 10\n";
+        let throttled = "[[rule]]\nname = \"all\"\ndscp = 10\nthrottle_bps = 12000\n";
+        let (out_plain, s_plain) = replay(plain, input).unwrap();
+        let (out, s) = replay(throttled, input).unwrap();
+        assert_eq!(out, out_plain);
+        assert_eq!(s_plain.delayed, 0);
+        assert!(s.delayed > 0, "{s:?}");
+        assert_eq!(
+            s.marked + s.already_marked,
+            s_plain.marked + s_plain.already_marked
+        );
+        assert_eq!(s.dscp_rewritten, s_plain.dscp_rewritten);
+    }
+
     #[test]
     fn a_broken_capture_is_an_error_not_a_copy() {
         let (_, input) = CAPTURES[0];

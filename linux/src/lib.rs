@@ -7,8 +7,10 @@
 //! ## Threads
 //! * **main**: start-up, then waits for SIGTERM / SIGINT / SIGHUP (blocked in every thread,
 //!   taken with `sigwait`) and shuts down: iptables rules first, so no new packet is queued,
-//!   then a short drain, then the socket file.
-//! * **packets**: the [`nfq::PacketLoop`] (shared engine lock).
+//!   then every packet held for shaping is sent ([`held::ShapeShared`]), then a short drain,
+//!   then the socket file.
+//! * **packets**: the [`nfq::PacketLoop`] (shared engine lock); it also releases the packets
+//!   it holds for shaping, by a `ppoll` timer ([`nfq`], *Shaping*).
 //! * **accept** + one thread per client connection ([`control::serve`], bounded).
 //! * **bind watcher**: TCP sockets registered before `connect` ([`pending::PendingTcp::watch`];
 //!   the packet thread pins them itself when their SYN is queued).
@@ -22,6 +24,7 @@
 #![deny(unsafe_code)]
 
 pub mod control;
+pub mod held;
 pub mod iptables;
 pub mod nfq;
 pub mod pending;
@@ -63,7 +66,20 @@ pub struct Config {
     pub state: PathBuf,
     /// Maximum concurrent client connections.
     pub max_clients: usize,
+    /// Shaping: packets one shaper (a rate-limited flow or a throttled rule) may hold.
+    pub shape_queue_packets: u64,
+    /// Shaping: bytes one shaper may hold.
+    pub shape_queue_bytes: u64,
+    /// Shaping: packets held at once in all (at most half of `queue_maxlen`).
+    pub shape_held_packets: u64,
+    /// Shaping: bytes held at once in all (the held-packet store's size).
+    pub shape_held_bytes: u64,
 }
+
+/// Default of `--shape-held-packets`: a quarter of the default kernel queue.
+pub const DEFAULT_SHAPE_HELD_PACKETS: u64 = 16_384;
+/// Largest `--shape-held-bytes` (the store is allocated, lazily, at start).
+pub const MAX_SHAPE_HELD_BYTES: u64 = 1 << 30;
 
 impl Default for Config {
     fn default() -> Self {
@@ -74,6 +90,10 @@ impl Default for Config {
             rules: None,
             state: PathBuf::from(DEFAULT_STATE),
             max_clients: 1024,
+            shape_queue_packets: Limits::default().shaper_queue_packets,
+            shape_queue_bytes: Limits::default().shaper_queue_bytes,
+            shape_held_packets: DEFAULT_SHAPE_HELD_PACKETS,
+            shape_held_bytes: Limits::default().held_bytes_total,
         }
     }
 }
@@ -96,6 +116,12 @@ options:
   --state FILE         where the traffic table, user DSCP allow-list and rules changed at run
                        time are kept (default /var/lib/qosmark/state.toml)
   --max-clients N      concurrent client connections (default 1024)
+  --shape-queue-packets N  packets one rate-limited flow or throttled rule may hold
+                       waiting for its departure time (default 16384)
+  --shape-queue-bytes N    bytes one rate-limited flow or rule may hold (default 16777216)
+  --shape-held-packets N   packets held in all; they stay in the kernel queue, so at most
+                       half of --queue-maxlen (default 16384)
+  --shape-held-bytes N     bytes held in all (default 67108864, at most 1073741824)
   -h, --help           this text
   -V, --version        version
 
@@ -128,8 +154,16 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, St
         match name.as_str() {
             "-h" | "--help" => return Ok(Command::Help),
             "-V" | "--version" => return Ok(Command::Version),
-            "--socket" | "--queue-num" | "--queue-maxlen" | "--rules" | "--state"
-            | "--max-clients" => {
+            "--socket"
+            | "--queue-num"
+            | "--queue-maxlen"
+            | "--rules"
+            | "--state"
+            | "--max-clients"
+            | "--shape-queue-packets"
+            | "--shape-queue-bytes"
+            | "--shape-held-packets"
+            | "--shape-held-bytes" => {
                 if seen.contains(&name) {
                     return Err(format!("{name} given twice"));
                 }
@@ -156,16 +190,41 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, St
                                 format!("--queue-maxlen: `{value}` is not a positive number")
                             })?;
                     }
-                    _ => {
+                    "--max-clients" => {
                         config.max_clients =
                             value.parse().ok().filter(|v| *v > 0).ok_or_else(|| {
                                 format!("--max-clients: `{value}` is not a positive number")
                             })?;
                     }
+                    shape => {
+                        let v: u64 = value.parse().ok().filter(|v| *v > 0).ok_or_else(|| {
+                            format!("{shape}: `{value}` is not a positive number")
+                        })?;
+                        match shape {
+                            "--shape-queue-packets" => config.shape_queue_packets = v,
+                            "--shape-queue-bytes" => config.shape_queue_bytes = v,
+                            "--shape-held-packets" => config.shape_held_packets = v,
+                            _ => config.shape_held_bytes = v,
+                        }
+                    }
                 }
             }
             _ => return Err(format!("unknown argument `{arg}` (see --help)")),
         }
+    }
+    // Held packets stay in the kernel queue: they must leave room for the traffic that only
+    // passes through, or the kernel would let it go unmarked (fail-open) behind them.
+    if config.shape_held_packets > u64::from(config.queue_maxlen / 2) {
+        return Err(format!(
+            "--shape-held-packets: {} is more than half of --queue-maxlen ({}): held packets stay in the kernel queue and must leave room for the rest",
+            config.shape_held_packets, config.queue_maxlen
+        ));
+    }
+    if config.shape_held_bytes > MAX_SHAPE_HELD_BYTES {
+        return Err(format!(
+            "--shape-held-bytes: {} is more than {MAX_SHAPE_HELD_BYTES} (1 GiB)",
+            config.shape_held_bytes
+        ));
     }
     Ok(Command::Run(config))
 }
@@ -181,7 +240,14 @@ fn random_seed() -> u64 {
 
 /// The engine with the persisted state and the rules file loaded.
 fn build_engine(config: &Config) -> Result<Engine, String> {
-    let mut engine = Engine::with_seed(Limits::default(), random_seed());
+    let limits = Limits {
+        shaper_queue_packets: config.shape_queue_packets,
+        shaper_queue_bytes: config.shape_queue_bytes,
+        held_packets_total: config.shape_held_packets,
+        held_bytes_total: config.shape_held_bytes,
+        ..Limits::default()
+    };
+    let mut engine = Engine::with_seed(limits, random_seed());
     let defaults = qosmark_engine::traffic::default_table();
     let mut loaded = state::load(&config.state, defaults)
         .map_err(|e| format!("state file {}: {e}", config.state.display()))?;
@@ -275,6 +341,7 @@ fn start_workers(
     engine: &Arc<RwLock<Engine>>,
     listener: UnixListener,
     fatal: &Arc<AtomicBool>,
+    shape: &Arc<held::ShapeShared>,
 ) -> Result<(), String> {
     let pending = Arc::new(pending::PendingTcp::new());
     let registry = Arc::new(reaper::Registry::new());
@@ -295,8 +362,19 @@ fn start_workers(
             .map(|_| ())
             .map_err(|e| format!("cannot start the {name} thread: {e}"))
     };
-    let mut packet_loop =
-        nfq::PacketLoop::new(queue, Arc::clone(engine), Arc::clone(&pending), drain);
+    let hold = nfq::HoldLimits {
+        packets: usize::try_from(config.shape_held_packets).unwrap_or(usize::MAX),
+        bytes: usize::try_from(config.shape_held_bytes).unwrap_or(usize::MAX),
+    };
+    let mut packet_loop = nfq::PacketLoop::new(
+        queue,
+        Arc::clone(engine),
+        Arc::clone(&pending),
+        drain,
+        hold,
+        Arc::clone(shape),
+    )
+    .map_err(|e| format!("cannot allocate the held-packet store: {e}"))?;
     let packet_fatal = Arc::clone(fatal);
     spawn(
         "qosmarkd-packets",
@@ -382,7 +460,8 @@ pub fn run(config: &Config) -> Result<(), String> {
     }
 
     let fatal = Arc::new(AtomicBool::new(false));
-    let started = start_workers(config, queue, &engine, listener, &fatal);
+    let shape = Arc::new(held::ShapeShared::new());
+    let started = start_workers(config, queue, &engine, listener, &fatal, &shape);
     if let Err(e) = started {
         remove_rules(config.queue_num, "start-up failed");
         cleanup_socket(&config.socket);
@@ -398,7 +477,12 @@ pub fn run(config: &Config) -> Result<(), String> {
     let signal = sys::wait_for_signal().unwrap_or(libc::SIGTERM);
     log(&format!("signal {signal}: shutting down"));
     remove_rules(config.queue_num, "shutdown");
-    // Packets queued before the rules went away still get their verdicts.
+    // Held packets leave now (accepted, not dropped: the kernel drops what is still queued
+    // when the queue's socket closes), then packets queued before the rules went away still
+    // get their verdicts.
+    if !shape.wait_released_all_after_request(Duration::from_secs(2)) {
+        log("shutdown: the packet thread did not release the held packets within 2 s");
+    }
     std::thread::sleep(Duration::from_millis(100));
     cleanup_socket(&config.socket);
     let status = {
@@ -408,6 +492,7 @@ pub fn run(config: &Config) -> Result<(), String> {
         final_status(&mut engine)
     };
     log(&status);
+    log(&shape.summary());
     if fatal.load(Ordering::SeqCst) {
         Err("stopped after a fatal packet-loop error".to_owned())
     } else {
@@ -486,6 +571,44 @@ mod tests {
         assert_eq!(
             parse_args(args("--max-clients 0")).unwrap_err(),
             "--max-clients: `0` is not a positive number"
+        );
+        let Command::Run(c) = parse_args(args(
+            "--shape-queue-packets 100 --shape-queue-bytes=2000 --shape-held-packets 300 --shape-held-bytes 4000",
+        ))
+        .unwrap() else {
+            unreachable!("run")
+        };
+        assert_eq!(
+            (
+                c.shape_queue_packets,
+                c.shape_queue_bytes,
+                c.shape_held_packets,
+                c.shape_held_bytes
+            ),
+            (100, 2000, 300, 4000)
+        );
+        let d = Config::default();
+        assert_eq!(d.shape_held_packets, 16_384);
+        assert!(d.shape_held_packets <= u64::from(d.queue_maxlen / 2));
+        for bad in ["0", "-1", "x", "18446744073709551616"] {
+            assert_eq!(
+                parse_args(args(&format!("--shape-queue-packets {bad}"))).unwrap_err(),
+                format!("--shape-queue-packets: `{bad}` is not a positive number")
+            );
+        }
+        assert_eq!(
+            parse_args(args("--shape-held-bytes")).unwrap_err(),
+            "--shape-held-bytes needs a value"
+        );
+        // Held packets must leave half the kernel queue, whatever the order of the flags.
+        assert_eq!(
+            parse_args(args("--shape-held-packets 600 --queue-maxlen 1000")).unwrap_err(),
+            "--shape-held-packets: 600 is more than half of --queue-maxlen (1000): held packets stay in the kernel queue and must leave room for the rest"
+        );
+        assert!(parse_args(args("--queue-maxlen 1000 --shape-held-packets 500")).is_ok());
+        assert_eq!(
+            parse_args(args("--shape-held-bytes 1073741825")).unwrap_err(),
+            "--shape-held-bytes: 1073741825 is more than 1073741824 (1 GiB)"
         );
     }
 }

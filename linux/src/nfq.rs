@@ -48,6 +48,46 @@
 //! of 65,532-65,535 bytes, accepted unmarked and counted `Oversize` if they were to be
 //! marked. Each receive buffer holds the largest copy plus 1 KiB of headers and attributes.
 //!
+//! ## Shaping: held packets and deferred verdicts
+//! A rate-limited flow or throttled rule can get `Verdict::Delay { mark, until_ns, shaper }`:
+//! the packet is rewritten with `mark` now and **held**: it stays in the kernel's queue
+//! without a verdict, its rewritten bytes are copied into a preallocated chunk store
+//! ([`crate::held::Payloads`]) and an entry (packet id, chunks) goes into the engine's
+//! [`HeldQueue`] (order: departure time, then arrival). The verdict — `NFQNL_MSG_VERDICT`
+//! with the stored bytes, or a plain accept when the rewrite changed nothing — is sent when
+//! the packet leaves:
+//! * **on time**: with packets held, the loop waits in `ppoll` (nanosecond timeout) for the
+//!   socket *or* the next departure, whichever is first (at most `DRAIN_TICK_MS`), and after
+//!   every wake sends everything due, in (departure, arrival) order, so each flow keeps its
+//!   order; each sent packet returns its room with `Engine::shaper_released`;
+//! * **early**, at once, when its shaper is gone (`Engine::shaper_live` false: flow removed,
+//!   handle closed, rule removed, rate cleared), checked after every wake for the shapers that
+//!   hold packets ("removing the flow releases the queue");
+//! * **at shutdown** (SIGTERM/SIGINT): after the iptables rules are removed the main thread
+//!   asks the packet thread to send every held packet (then it holds nothing more) and waits
+//!   for it, before the queue is unbound. Under SIGKILL no one answers them: when the socket
+//!   closes the kernel drops every packet still queued, held ones included (`--queue-bypass`
+//!   only covers packets that find no queue).
+//!
+//! Time is `CLOCK_MONOTONIC` in ns ([`sys::monotonic_ns`]), for `classify` and for releases.
+//!
+//! **Batch verdicts and held ids.** `NFQNL_MSG_VERDICT_BATCH` accepts *every* queued packet
+//! with an id up to its own, held ones included, and held packets always have lower ids than
+//! newer ones. So while anything is held, no batch verdict is sent: within a batch, plain
+//! accepts collapse into a batch only up to the first held packet, and after it (and in
+//! every batch while earlier packets are held) each packet gets its own verdict
+//! (`write_verdicts`); a send failure falls back to single plain accepts as well.
+//!
+//! **Bounds.** The engine reserves room in `classify` (per shaper, and in all: the daemon's
+//! `--shape-held-packets` / `--shape-held-bytes`); without room it answers `Mark` (fail
+//! open, `ShaperQueueFull`). The back end's own stores are sized from the same totals (the
+//! chunk store with one chunk of slack per packet), so they cannot run out first; should they
+//! anyway, the packet leaves at once with its mark and counts as `ShaperQueueFull` too. Held
+//! packets occupy the kernel queue (`--queue-maxlen`), so at most half of it may be held.
+//! The kernel finds the packet of a single verdict by walking its queue from the oldest
+//! entry, where the held ones sit: each verdict costs O(held packets) kernel time, one more
+//! reason to keep the bound well below the queue length.
+//!
 //! ## Fail open
 //! Every failure accepts the packet unchanged and, when the engine wanted a mark, counts it
 //! with [`Engine::record_fail_open`]: a packet message without a payload
@@ -56,10 +96,13 @@
 //! accepted with a plain verdict). The iptables rules use `--queue-bypass`, so with no daemon
 //! bound packets pass unmarked, and `F_FAIL_OPEN` covers a full queue.
 
+use crate::held::{Payloads, ShapeShared, Stored};
 use crate::pending::{self, PendingTcp};
 use crate::sys;
 use qosmark_engine::abi::FailOpen;
+use qosmark_engine::shaper::{Held, HeldQueue, ShaperId};
 use qosmark_engine::{Engine, PacketMeta, Verdict};
+use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, RwLock};
@@ -221,6 +264,24 @@ impl<'a> MsgWriter<'a> {
         }
     }
 
+    /// An attribute whose value is `len` bytes given in pieces (a held packet's chunks).
+    fn attr_pieces<'p>(
+        &mut self,
+        attr_type: u16,
+        len: usize,
+        pieces: impl Iterator<Item = &'p [u8]>,
+    ) {
+        let hdr_len = u16::try_from(NLA_HDR_LEN + len).unwrap_or(u16::MAX);
+        self.out.extend_from_slice(&hdr_len.to_ne_bytes());
+        self.out.extend_from_slice(&attr_type.to_ne_bytes());
+        for piece in pieces {
+            self.out.extend_from_slice(piece);
+        }
+        while self.out.len() % 4 != 0 {
+            self.out.push(0);
+        }
+    }
+
     fn finish(self) {
         let len = u32::try_from(self.out.len() - self.start).unwrap_or(u32::MAX);
         if let Some(slot) = self.out.get_mut(self.start..self.start + 4) {
@@ -243,6 +304,21 @@ fn push_verdict(out: &mut Vec<u8>, queue: u16, id: u32, payload: Option<&[u8]>) 
     if let Some(p) = payload {
         w.attr(NFQA_PAYLOAD, p);
     }
+    w.finish();
+}
+
+/// Appends a verdict for packet `id` carrying a replacement payload of `len` bytes given in
+/// pieces (a held packet's chunks).
+fn push_verdict_pieces<'p>(
+    out: &mut Vec<u8>,
+    queue: u16,
+    id: u32,
+    len: usize,
+    pieces: impl Iterator<Item = &'p [u8]>,
+) {
+    let mut w = MsgWriter::begin(out, MSG_VERDICT, 0, id, queue);
+    w.attr(NFQA_VERDICT_HDR, &verdict_hdr(NF_ACCEPT, id));
+    w.attr_pieces(NFQA_PAYLOAD, len, pieces);
     w.finish();
 }
 
@@ -506,6 +582,8 @@ enum Answer {
     Accept,
     /// Accept with the rewritten payload at this range of the slot's buffer.
     Replace { from: usize, to: usize },
+    /// Held for shaping: the verdict comes when it is released (its bytes are kept aside).
+    Hold,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -528,13 +606,156 @@ pub struct LoopStats {
     pub refused: u64,
 }
 
+/// A held packet: its queue id and, when the rewrite changed it, its new bytes.
+#[derive(Clone, Copy, Debug)]
+struct HeldPacket {
+    id: u32,
+    payload: Option<Stored>,
+}
+
+/// What the wait before a receive found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Polled {
+    /// Packets to read (or no wait was needed: nothing held, recvmmsg blocks itself).
+    Readable,
+    /// The wait for the next departure passed with nothing to read.
+    TimedOut,
+    /// A held packet is due now: no wait, no receive.
+    Due,
+}
+
+/// Why a held packet leaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Release {
+    /// Its departure time came.
+    Due,
+    /// Its shaper went away (flow, handle or rule removed, rate cleared).
+    ShaperGone,
+    /// The daemon is stopping.
+    Exit,
+}
+
+/// How many packets and bytes may be held at once (the engine's `packets_total` /
+/// `bytes_total`, which it reserves in `classify`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HoldLimits {
+    /// Packets.
+    pub packets: usize,
+    /// Bytes (IP packet lengths).
+    pub bytes: usize,
+}
+
+/// The packet thread's held packets (module docs, *Shaping*).
+struct Holding {
+    queue: HeldQueue<HeldPacket>,
+    payloads: Payloads,
+    /// Held packets per shaper, for the liveness sweep (capacity = the packet bound, so it
+    /// never grows).
+    shapers: HashMap<ShaperId, u32>,
+    /// False once shutdown began: delayed packets then leave at once.
+    enabled: bool,
+    shared: Arc<ShapeShared>,
+    /// (id, rewritten) of the releases in the verdict buffer, for the send-failure fallback.
+    in_flight: Vec<(u32, bool)>,
+}
+
+/// Most releases in one verdict buffer (each verdict is at least 32 bytes).
+const RELEASES_PER_SEND: usize = SEND_FLUSH_AT / 32 + 1;
+
+impl Holding {
+    fn new(limits: HoldLimits, shared: Arc<ShapeShared>) -> io::Result<Self> {
+        let queue = HeldQueue::with_capacity(limits.packets)
+            .map_err(|_| io::Error::from(io::ErrorKind::OutOfMemory))?;
+        // Each packet wastes less than one chunk: the bytes plus one chunk per packet always
+        // fit what the engine reserved.
+        let pool = limits
+            .bytes
+            .saturating_add(limits.packets.saturating_mul(crate::held::CHUNK));
+        Ok(Holding {
+            queue,
+            payloads: Payloads::new(pool),
+            shapers: HashMap::with_capacity(limits.packets),
+            enabled: true,
+            shared,
+            in_flight: Vec::with_capacity(RELEASES_PER_SEND),
+        })
+    }
+
+    /// Keeps a delayed packet (its rewritten bytes when given); false when it cannot (no
+    /// room, or shutting down): the caller sends it now.
+    fn hold(
+        &mut self,
+        id: u32,
+        until_ns: u64,
+        shaper: ShaperId,
+        bytes: u64,
+        rewritten: Option<&[u8]>,
+    ) -> bool {
+        if !self.enabled
+            || (self.shapers.len() >= self.shapers.capacity()
+                && !self.shapers.contains_key(&shaper))
+        {
+            return false;
+        }
+        let payload = match rewritten {
+            Some(b) => match self.payloads.store(b) {
+                Some(stored) => Some(stored),
+                None => return false,
+            },
+            None => None,
+        };
+        match self
+            .queue
+            .push(until_ns, shaper, bytes, HeldPacket { id, payload })
+        {
+            Ok(()) => {
+                *self.shapers.entry(shaper).or_insert(0) += 1;
+                ShapeShared::add(&self.shared.held, 1);
+                ShapeShared::add(&self.shared.held_now, 1);
+                true
+            }
+            Err(p) => {
+                if let Some(stored) = p.payload {
+                    self.payloads.release(stored);
+                }
+                false
+            }
+        }
+    }
+
+    /// Appends the verdict that sends `h` and forgets it.
+    fn write_release(&mut self, queue: u16, out: &mut Vec<u8>, h: &Held<HeldPacket>, why: Release) {
+        let id = h.item.id;
+        match h.item.payload {
+            Some(stored) => {
+                push_verdict_pieces(out, queue, id, stored.len(), self.payloads.pieces(stored));
+                self.payloads.release(stored);
+            }
+            None => push_accept(out, queue, id),
+        }
+        self.in_flight.push((id, h.item.payload.is_some()));
+        if let Some(n) = self.shapers.get_mut(&h.shaper) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.shapers.remove(&h.shaper);
+            }
+        }
+        ShapeShared::sub(&self.shared.held_now, 1);
+        let counter = match why {
+            Release::Due => &self.shared.released,
+            Release::ShaperGone => &self.shared.released_early,
+            Release::Exit => &self.shared.released_at_exit,
+        };
+        ShapeShared::add(counter, 1);
+    }
+}
+
 /// The packet loop's preallocated state.
 pub struct PacketLoop {
     queue: Queue,
     engine: Arc<RwLock<Engine>>,
     pending: Arc<PendingTcp>,
     drain: Arc<Drain>,
-    start: Instant,
     buffers: Vec<Vec<u8>>,
     lens: Vec<usize>,
     truncated: Vec<bool>,
@@ -544,23 +765,27 @@ pub struct PacketLoop {
     refused: Vec<u32>,
     out: Vec<u8>,
     stats: LoopStats,
+    holding: Holding,
 }
 
 impl PacketLoop {
-    /// Allocates every buffer the loop will use.
-    #[must_use]
+    /// Allocates every buffer the loop will use, the held-packet store included.
+    ///
+    /// # Errors
+    /// The held-packet queue could not be allocated.
     pub fn new(
         queue: Queue,
         engine: Arc<RwLock<Engine>>,
         pending: Arc<PendingTcp>,
         drain: Arc<Drain>,
-    ) -> Self {
-        PacketLoop {
+        hold: HoldLimits,
+        shape: Arc<ShapeShared>,
+    ) -> io::Result<Self> {
+        Ok(PacketLoop {
             queue,
             engine,
             pending,
             drain,
-            start: Instant::now(),
             buffers: (0..BATCH).map(|_| vec![0u8; RECV_BUF_LEN]).collect(),
             lens: vec![0; BATCH],
             truncated: vec![false; BATCH],
@@ -569,7 +794,8 @@ impl PacketLoop {
             refused: Vec::with_capacity(BATCH * PACKETS_PER_DATAGRAM),
             out: Vec::with_capacity(SEND_BUF_LEN),
             stats: LoopStats::default(),
-        }
+            holding: Holding::new(hold, shape)?,
+        })
     }
 
     /// Runs until the socket fails (it does not, short of the process ending).
@@ -591,26 +817,138 @@ impl PacketLoop {
             }
         }
         loop {
-            let n = match self.multi.recv(
-                self.queue.fd.as_fd(),
-                &mut self.buffers,
-                &mut self.lens,
-                &mut self.truncated,
-            ) {
-                Ok(n) => n,
-                // Idle for DRAIN_TICK_MS: nothing is queued.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => continue,
-                Err(e) => return Err(e),
+            if self.holding.enabled && self.holding.shared.stop_requested() {
+                self.release_all();
+            }
+            let before = self.drain.mark();
+            // With packets held, wake for the next departure (ppoll: nanosecond timeout);
+            // otherwise block in recvmmsg (SO_RCVTIMEO, DRAIN_TICK_MS) as always.
+            let polled = match self.holding.queue.next_due() {
+                None => Polled::Readable,
+                Some(due) => {
+                    let tick = u64::from(DRAIN_TICK_MS) * 1_000_000;
+                    let wait = due.saturating_sub(sys::monotonic_ns()).min(tick);
+                    if wait == 0 {
+                        Polled::Due
+                    } else if sys::wait_readable(self.queue.fd.as_fd(), wait)? {
+                        Polled::Readable
+                    } else {
+                        Polled::TimedOut
+                    }
+                }
+            };
+            let n = if polled == Polled::Readable {
+                match self.multi.recv(
+                    self.queue.fd.as_fd(),
+                    &mut self.buffers,
+                    &mut self.lens,
+                    &mut self.truncated,
+                ) {
+                    Ok(n) => n,
+                    // Idle for DRAIN_TICK_MS: nothing is queued.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => continue,
+                    Err(e) => return Err(e),
+                }
+            } else {
+                0
             };
             let returned = self.drain.mark();
             if n > 0 {
                 self.process(n);
             }
-            if n < BATCH {
-                self.drain.caught_up(returned);
+            if !self.holding.queue.is_empty() {
+                self.release(false);
+            }
+            match polled {
+                Polled::Readable if n < BATCH => self.drain.caught_up(returned),
+                // Nothing was readable for the whole wait: every packet queued before it
+                // began has been answered.
+                Polled::TimedOut => self.drain.caught_up(before),
+                _ => {}
             }
         }
+    }
+
+    /// Sends the held packets that are due, and at once those whose shaper went away.
+    /// `all`: every held packet (shutdown).
+    fn release(&mut self, all: bool) {
+        let engine = Arc::clone(&self.engine);
+        let engine = engine
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let num = self.queue.num;
+        let Self {
+            holding,
+            out,
+            queue,
+            stats,
+            ..
+        } = self;
+        out.clear();
+        holding.in_flight.clear();
+        let mut send = |holding: &mut Holding, out: &mut Vec<u8>| {
+            if out.is_empty() {
+                return;
+            }
+            stats.sends += 1;
+            if sys::send_datagram(queue.fd.as_fd(), out).is_err() {
+                // Nothing reached the kernel: plain accepts (unmarked), each rewritten one
+                // counted as a verdict failure.
+                out.clear();
+                for &(id, rewritten) in &holding.in_flight {
+                    push_accept(out, num, id);
+                    if rewritten {
+                        engine.record_fail_open(FailOpen::VerdictFailed);
+                    }
+                }
+                let _ = sys::send_datagram(queue.fd.as_fd(), out);
+            }
+            out.clear();
+            holding.in_flight.clear();
+        };
+        // Shapers that went away: everything they hold leaves now, in order.
+        let dead = holding.shapers.keys().any(|id| !engine.shaper_live(*id));
+        if all || dead {
+            let why = if all {
+                Release::Exit
+            } else {
+                Release::ShaperGone
+            };
+            // Take the queue out for the drain (the closure needs the rest of `holding`); an
+            // empty queue of capacity 0 allocates nothing and cannot fail.
+            if let Ok(empty) = HeldQueue::with_capacity(0) {
+                let mut taken = std::mem::replace(&mut holding.queue, empty);
+                let _ = taken.drain_where(
+                    |id| all || !engine.shaper_live(id),
+                    |h| {
+                        if out.len() > SEND_FLUSH_AT || holding.in_flight.len() >= RELEASES_PER_SEND
+                        {
+                            send(holding, out);
+                        }
+                        holding.write_release(num, out, &h, why);
+                        engine.shaper_released(h.shaper, h.bytes);
+                    },
+                );
+                holding.queue = taken;
+            }
+        }
+        let now = sys::monotonic_ns();
+        while let Some(h) = holding.queue.pop_due(now) {
+            if out.len() > SEND_FLUSH_AT || holding.in_flight.len() >= RELEASES_PER_SEND {
+                send(holding, out);
+            }
+            holding.write_release(num, out, &h, Release::Due);
+            engine.shaper_released(h.shaper, h.bytes);
+        }
+        send(holding, out);
+    }
+
+    /// Shutdown: sends every held packet now, holds nothing more, and tells the main thread.
+    fn release_all(&mut self) {
+        self.holding.enabled = false;
+        self.release(true);
+        self.holding.shared.set_released_all();
     }
 
     /// Classifies, rewrites and answers the `n` datagrams in the buffers.
@@ -620,7 +958,9 @@ impl PacketLoop {
         if self.pending.any() {
             self.pin_connecting(n);
         }
-        let now_ns = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let now_ns = sys::monotonic_ns();
+        // Held packets of earlier batches forbid batch verdicts (`write_verdicts`).
+        let held_before = !self.holding.queue.is_empty();
         {
             // A poisoned lock means a control thread panicked mid-request (a bug); packets
             // must still flow, and the engine's state changes are all-or-nothing.
@@ -647,13 +987,16 @@ impl PacketLoop {
                     datagram,
                     slot,
                     now_ns,
-                    &mut self.items,
-                    &mut self.refused,
-                    &mut self.stats,
+                    &mut Collected {
+                        items: &mut self.items,
+                        refused: &mut self.refused,
+                        stats: &mut self.stats,
+                        holding: &mut self.holding,
+                    },
                 );
             }
         }
-        self.answer();
+        self.answer(held_before);
     }
 
     /// Some TCP sockets were registered before `connect`: for every SYN in the batch, pin the
@@ -684,7 +1027,7 @@ impl PacketLoop {
     }
 
     /// Writes and sends the verdicts of `items` in order (module docs).
-    fn answer(&mut self) {
+    fn answer(&mut self, held_before: bool) {
         let Self {
             items,
             refused,
@@ -695,8 +1038,18 @@ impl PacketLoop {
             stats,
             ..
         } = self;
-        let mut send = |out: &mut Vec<u8>, chunk: Chunk| flush(queue, engine, stats, out, chunk);
-        write_verdicts(queue.num, items, refused, buffers, out, &mut send);
+        let mut send = |out: &mut Vec<u8>, chunk: Chunk| {
+            flush(queue, engine, stats, out, chunk, items, refused);
+        };
+        write_verdicts(
+            queue.num,
+            items,
+            refused,
+            held_before,
+            buffers,
+            out,
+            &mut send,
+        );
     }
 
     /// The loop's own counts.
@@ -713,30 +1066,58 @@ struct Chunk {
     replaced: usize,
     /// The highest packet id it answers.
     last_id: u32,
+    /// The items it answers: `items[from..to]` (those not held).
+    items: (usize, usize),
+    /// It ends with the re-accepts of the refused verdicts.
+    refused: bool,
+    /// No packet is held: a batch accept up to `last_id` releases nothing that must wait.
+    batch_safe: bool,
+}
+
+/// Appends a plain accept for packet `id` (sequence number 0: should the kernel refuse it,
+/// the refusal is not retried).
+fn push_accept(out: &mut Vec<u8>, queue: u16, id: u32) {
+    let mut w = MsgWriter::begin(out, MSG_VERDICT, 0, 0, queue);
+    w.attr(NFQA_VERDICT_HDR, &verdict_hdr(NF_ACCEPT, id));
+    w.finish();
 }
 
 /// Writes the verdicts for `items` (in packet-id order) into `out`, handing each filled buffer
 /// to `send`: runs of plain accepts become one batch verdict, each rewritten packet its own
-/// verdict with its bytes, after the batch covering the packets before it; then a plain
-/// accept for each id in `refused`. `out` is flushed past [`SEND_FLUSH_AT`] bytes and at the
-/// end.
+/// verdict with its bytes, after the batch covering the packets before it; held packets get
+/// no verdict now; then a plain accept for each id in `refused`. `out` is flushed past
+/// [`SEND_FLUSH_AT`] bytes and at the end.
+///
+/// A batch verdict accepts *every* queued packet up to its id, held ones included, and held
+/// packets always precede the ones of this call (ids grow). So batches are written only
+/// while nothing is held: not when `held_before` (packets of earlier calls are held), and not
+/// past the first held item of this call; after that every packet gets its own verdict.
 fn write_verdicts(
     queue: u16,
     items: &[Item],
     refused: &[u32],
+    held_before: bool,
     buffers: &[Vec<u8>],
     out: &mut Vec<u8>,
     send: &mut dyn FnMut(&mut Vec<u8>, Chunk),
 ) {
     out.clear();
     let mut pending_accept: Option<u32> = None;
+    let mut batch_ok = !held_before;
     let mut chunk = Chunk {
         replaced: 0,
         last_id: 0,
+        items: (0, 0),
+        refused: false,
+        batch_safe: batch_ok,
     };
-    for item in items {
+    for (i, item) in items.iter().enumerate() {
         match item.answer {
-            Answer::Accept => pending_accept = Some(item.id),
+            Answer::Accept if batch_ok => pending_accept = Some(item.id),
+            Answer::Accept => {
+                push_accept(out, queue, item.id);
+                chunk.last_id = item.id;
+            }
             Answer::Replace { from, to } => {
                 if let Some(id) = pending_accept.take() {
                     push_batch_accept(out, queue, id);
@@ -748,12 +1129,24 @@ fn write_verdicts(
                 push_verdict(out, queue, item.id, Some(payload));
                 chunk.replaced += 1;
                 chunk.last_id = item.id;
-                if out.len() > SEND_FLUSH_AT {
-                    send(out, chunk);
-                    out.clear();
-                    chunk.replaced = 0;
-                }
             }
+            Answer::Hold => {
+                // Everything before it may still go in one batch: its id is below this one.
+                if let Some(id) = pending_accept.take() {
+                    push_batch_accept(out, queue, id);
+                    chunk.last_id = id;
+                }
+                batch_ok = false;
+            }
+        }
+        if out.len() > SEND_FLUSH_AT {
+            chunk.items.1 = i + 1;
+            chunk.batch_safe = chunk.batch_safe && batch_ok;
+            send(out, chunk);
+            out.clear();
+            chunk.replaced = 0;
+            chunk.items = (i + 1, i + 1);
+            chunk.batch_safe = batch_ok;
         }
     }
     if let Some(id) = pending_accept {
@@ -762,10 +1155,11 @@ fn write_verdicts(
     }
     for id in refused {
         // Sequence number 0: should this plain accept be refused too, it is not retried.
-        let mut w = MsgWriter::begin(out, MSG_VERDICT, 0, 0, queue);
-        w.attr(NFQA_VERDICT_HDR, &verdict_hdr(NF_ACCEPT, *id));
-        w.finish();
+        push_accept(out, queue, *id);
     }
+    chunk.items.1 = items.len();
+    chunk.refused = !refused.is_empty();
+    chunk.batch_safe = chunk.batch_safe && batch_ok;
     if !out.is_empty() {
         send(out, chunk);
         out.clear();
@@ -773,14 +1167,17 @@ fn write_verdicts(
 }
 
 /// Sends one verdict buffer. If the send itself fails, nothing in it reached the kernel: its
-/// packets are accepted with one batch verdict up to its last id instead, and each rewritten
-/// packet in it counts as `VerdictFailed`.
+/// packets are accepted plainly instead (one batch verdict up to its last id when nothing is
+/// held, else one verdict each, held packets left alone), and each rewritten packet in it
+/// counts as `VerdictFailed`.
 fn flush(
     queue: &Queue,
     engine: &RwLock<Engine>,
     stats: &mut LoopStats,
     out: &mut Vec<u8>,
     chunk: Chunk,
+    items: &[Item],
+    refused: &[u32],
 ) {
     stats.sends += 1;
     if sys::send_datagram(queue.fd.as_fd(), out).is_ok() {
@@ -788,7 +1185,7 @@ fn flush(
         return;
     }
     out.clear();
-    push_batch_accept(out, queue.num, chunk.last_id);
+    fallback_accepts(queue.num, chunk, items, refused, out);
     let _ = sys::send_datagram(queue.fd.as_fd(), out);
     let engine = engine
         .read()
@@ -798,6 +1195,33 @@ fn flush(
     }
 }
 
+/// The plain accepts that replace a chunk whose send failed (see [`flush`]).
+fn fallback_accepts(queue: u16, chunk: Chunk, items: &[Item], refused: &[u32], out: &mut Vec<u8>) {
+    if chunk.batch_safe {
+        push_batch_accept(out, queue, chunk.last_id);
+        return;
+    }
+    let (from, to) = chunk.items;
+    for item in items.get(from..to).unwrap_or_default() {
+        if item.answer != Answer::Hold {
+            push_accept(out, queue, item.id);
+        }
+    }
+    if chunk.refused {
+        for id in refused {
+            push_accept(out, queue, *id);
+        }
+    }
+}
+
+/// Where [`handle_datagram`] puts what it found.
+struct Collected<'a> {
+    items: &'a mut Vec<Item>,
+    refused: &'a mut Vec<u32>,
+    stats: &'a mut LoopStats,
+    holding: &'a mut Holding,
+}
+
 /// Classifies every packet message of one datagram, rewriting in place where the engine says
 /// so, and records what to answer. Error messages for refused verdicts go to `refused`.
 fn handle_datagram(
@@ -805,10 +1229,14 @@ fn handle_datagram(
     datagram: &mut [u8],
     slot: usize,
     now_ns: u64,
-    items: &mut Vec<Item>,
-    refused: &mut Vec<u32>,
-    stats: &mut LoopStats,
+    out: &mut Collected<'_>,
 ) {
+    let Collected {
+        items,
+        refused,
+        stats,
+        holding,
+    } = out;
     // Collect first (the iterator borrows the datagram), then rewrite.
     let mut found: [Option<NlMsg>; PACKETS_PER_DATAGRAM] = [None; PACKETS_PER_DATAGRAM];
     let mut count = 0usize;
@@ -845,7 +1273,7 @@ fn handle_datagram(
             continue;
         };
         stats.packets += 1;
-        let answer = decide(engine, datagram, pkt, now_ns);
+        let answer = decide(engine, datagram, pkt, now_ns, holding);
         if items.len() < items.capacity() {
             items.push(Item {
                 slot,
@@ -856,8 +1284,15 @@ fn handle_datagram(
     }
 }
 
-/// The verdict for one packet; rewrites it in place when it is to be replaced.
-fn decide(engine: &Engine, datagram: &mut [u8], pkt: PacketMsg, now_ns: u64) -> Answer {
+/// The verdict for one packet; rewrites it in place when it is to be replaced, and keeps it
+/// in `holding` when the engine delays it.
+fn decide(
+    engine: &Engine,
+    datagram: &mut [u8],
+    pkt: PacketMsg,
+    now_ns: u64,
+    holding: &mut Holding,
+) -> Answer {
     let Some((from, to)) = pkt.payload else {
         // Nothing to classify; the engine never saw it, so nothing is counted as wanted.
         engine.record_fail_open(FailOpen::HeaderUnreadable);
@@ -866,26 +1301,52 @@ fn decide(engine: &Engine, datagram: &mut [u8], pkt: PacketMsg, now_ns: u64) -> 
     let Some(payload) = datagram.get_mut(from..to) else {
         return Answer::Accept;
     };
-    let verdict = engine.classify(payload, &PacketMeta::default(), now_ns);
-    // INTERIM (issue 7): this back end does not hold packets yet, so a `Delay` is sent at once
-    // with its mark and counted as `FailOpen::ShaperQueueFull` (`Engine::not_held` gives the
-    // queue room back). The shape-linux work replaces this with deferred verdicts released by
-    // a timer (`qosmark_engine::shaper::HeldQueue`).
-    let verdict = engine.not_held(verdict, payload);
-    let Verdict::Mark(mark) = verdict else {
-        return Answer::Accept;
+    let (mark, delay) = match engine.classify(payload, &PacketMeta::default(), now_ns) {
+        Verdict::Mark(mark) => (mark, None),
+        Verdict::Delay {
+            mark,
+            until_ns,
+            shaper,
+        } => (mark, Some((until_ns, shaper))),
+        _ => return Answer::Accept,
+    };
+    // The room classify reserved (the IP length) goes back at once for a packet not held.
+    let bytes = qosmark_engine::shaper::held_bytes(payload);
+    let unreserve = |engine: &Engine| {
+        if let Some((_, shaper)) = delay {
+            engine.shaper_released(shaper, bytes);
+        }
     };
     if pkt.truncated {
         engine.record_fail_open(FailOpen::Oversize);
+        unreserve(engine);
         return Answer::Accept;
     }
-    match Engine::rewrite(payload, mark) {
-        Ok(qosmark_engine::wire::Rewrite::Unchanged) => Answer::Accept,
-        Ok(_) => Answer::Replace { from, to },
+    let changed = match Engine::rewrite(payload, mark) {
+        Ok(qosmark_engine::wire::Rewrite::Unchanged) => false,
+        Ok(_) => true,
         Err(_) => {
             engine.record_fail_open(FailOpen::RewriteFailed);
-            Answer::Accept
+            unreserve(engine);
+            return Answer::Accept;
         }
+    };
+    if let Some((until_ns, shaper)) = delay {
+        let rewritten = if changed { Some(&*payload) } else { None };
+        if holding.hold(pkt.id, until_ns, shaper, bytes, rewritten) {
+            return Answer::Hold;
+        }
+        // No room in the back end's store (or shutting down): sent now with its mark.
+        if holding.enabled {
+            engine.record_fail_open(FailOpen::ShaperQueueFull);
+            ShapeShared::add(&holding.shared.fail_open, 1);
+        }
+        unreserve(engine);
+    }
+    if changed {
+        Answer::Replace { from, to }
+    } else {
+        Answer::Accept
     }
 }
 
@@ -1013,7 +1474,7 @@ mod tests {
         let mut out = Vec::new();
         let mut sent = Vec::new();
         let mut seqs = Vec::new();
-        write_verdicts(3, &items, &[99], &buffers, &mut out, &mut |o, c| {
+        write_verdicts(3, &items, &[99], false, &buffers, &mut out, &mut |o, c| {
             sent.push((verdicts(o), c));
             seqs.extend(messages(o).map(|m| m.seq));
         });
@@ -1037,7 +1498,10 @@ mod tests {
             *chunk,
             Chunk {
                 replaced: 3,
-                last_id: 7
+                last_id: 7,
+                items: (0, 7),
+                refused: true,
+                batch_safe: true,
             }
         );
         assert!(out.is_empty(), "out is cleared after sending");
@@ -1059,7 +1523,7 @@ mod tests {
         let mut out = Vec::with_capacity(SEND_BUF_LEN);
         let mut chunks = Vec::new();
         let mut ids = Vec::new();
-        write_verdicts(0, &items, &[], &buffers, &mut out, &mut |o, c| {
+        write_verdicts(0, &items, &[], false, &buffers, &mut out, &mut |o, c| {
             assert!(o.len() <= SEND_BUF_LEN);
             ids.extend(verdicts(o).into_iter().map(|(_, id, _)| id));
             chunks.push(c);
@@ -1070,11 +1534,17 @@ mod tests {
             vec![
                 Chunk {
                     replaced: 5,
-                    last_id: 5
+                    last_id: 5,
+                    items: (0, 5),
+                    refused: false,
+                    batch_safe: true,
                 },
                 Chunk {
                     replaced: 4,
-                    last_id: 9
+                    last_id: 9,
+                    items: (5, 9),
+                    refused: false,
+                    batch_safe: true,
                 }
             ]
         );
@@ -1082,6 +1552,246 @@ mod tests {
             out.capacity() <= SEND_BUF_LEN,
             "no growth past the preallocation"
         );
+    }
+
+    fn item(id: u32, answer: Answer) -> Item {
+        Item {
+            slot: 0,
+            id,
+            answer,
+        }
+    }
+
+    /// Every verdict written for `items`: (type, id, payload length), in order, and the chunks.
+    fn written(
+        items: &[Item],
+        refused: &[u32],
+        held_before: bool,
+    ) -> (Vec<(u16, u32, usize)>, Vec<Chunk>) {
+        let buffers = vec![vec![0x45u8; 100]; 1];
+        let mut out = Vec::new();
+        let mut msgs = Vec::new();
+        let mut chunks = Vec::new();
+        write_verdicts(
+            1,
+            items,
+            refused,
+            held_before,
+            &buffers,
+            &mut out,
+            &mut |o, c| {
+                msgs.extend(verdicts(o));
+                chunks.push(c);
+            },
+        );
+        (msgs, chunks)
+    }
+
+    /// The kernel's rule for `VERDICT_BATCH` id: every queued packet with an id ≤ id
+    /// (`nfqnl_recv_verdict_batch`). Given the queued ids and the messages, which ids each
+    /// message releases; asserts no message touches a held id.
+    fn kernel_releases(queued: &[u32], msgs: &[(u16, u32, usize)], held: &[u32]) -> Vec<u32> {
+        let mut queue: Vec<u32> = queued.to_vec();
+        let mut released = Vec::new();
+        for &(t, id, _) in msgs {
+            let taken: Vec<u32> = if t == MSG_VERDICT_BATCH {
+                queue.iter().copied().filter(|q| *q <= id).collect()
+            } else {
+                queue.iter().copied().filter(|q| *q == id).collect()
+            };
+            for q in &taken {
+                assert!(
+                    !held.contains(q),
+                    "message {t:#x} for {id} releases held packet {q}"
+                );
+            }
+            queue.retain(|q| !taken.contains(q));
+            released.extend(taken);
+        }
+        released
+    }
+
+    #[test]
+    fn nothing_held_batches_as_before() {
+        let items = [
+            item(1, Answer::Accept),
+            item(2, Answer::Accept),
+            item(3, Answer::Replace { from: 0, to: 20 }),
+            item(4, Answer::Accept),
+        ];
+        let (msgs, chunks) = written(&items, &[], false);
+        assert_eq!(
+            msgs,
+            vec![
+                (MSG_VERDICT_BATCH, 2, 0),
+                (MSG_VERDICT, 3, 20),
+                (MSG_VERDICT_BATCH, 4, 0)
+            ]
+        );
+        assert!(chunks[0].batch_safe);
+    }
+
+    #[test]
+    fn a_held_packet_in_the_batch_stops_batching_at_its_id() {
+        let items = [
+            item(10, Answer::Accept),
+            item(11, Answer::Accept),
+            item(12, Answer::Hold),
+            item(13, Answer::Accept),
+            item(14, Answer::Replace { from: 0, to: 20 }),
+            item(15, Answer::Accept),
+            item(16, Answer::Hold),
+            item(17, Answer::Accept),
+        ];
+        let (msgs, chunks) = written(&items, &[], false);
+        assert_eq!(
+            msgs,
+            vec![
+                (MSG_VERDICT_BATCH, 11, 0),
+                (MSG_VERDICT, 13, 0),
+                (MSG_VERDICT, 14, 20),
+                (MSG_VERDICT, 15, 0),
+                (MSG_VERDICT, 17, 0),
+            ]
+        );
+        let queued: Vec<u32> = (10..=17).collect();
+        let released = kernel_releases(&queued, &msgs, &[12, 16]);
+        assert_eq!(released, vec![10, 11, 13, 14, 15, 17]);
+        assert_eq!(chunks.len(), 1);
+        assert!(!chunks[0].batch_safe);
+    }
+
+    #[test]
+    fn packets_held_earlier_forbid_every_batch() {
+        // Ids 3 and 5 are held from earlier batches; this batch is 20..=23.
+        let items = [
+            item(20, Answer::Accept),
+            item(21, Answer::Accept),
+            item(22, Answer::Replace { from: 0, to: 20 }),
+            item(23, Answer::Accept),
+        ];
+        let (msgs, chunks) = written(&items, &[7], true);
+        assert!(msgs.iter().all(|m| m.0 == MSG_VERDICT), "{msgs:?}");
+        let queued = [3, 5, 7, 20, 21, 22, 23];
+        let released = kernel_releases(&queued, &msgs, &[3, 5]);
+        assert_eq!(released, vec![20, 21, 22, 23, 7]);
+        // The send-failure fallback of that chunk: plain accepts, never a batch.
+        let mut out = Vec::new();
+        fallback_accepts(1, chunks[0], &items, &[7], &mut out);
+        let fallback = verdicts(&out);
+        assert_eq!(
+            kernel_releases(&queued, &fallback, &[3, 5]),
+            vec![20, 21, 22, 23, 7]
+        );
+        assert!(
+            fallback.iter().all(|m| m.2 == 0),
+            "plain accepts carry no payload"
+        );
+    }
+
+    #[test]
+    fn fallback_without_held_packets_is_one_batch() {
+        let items = [
+            item(1, Answer::Replace { from: 0, to: 20 }),
+            item(2, Answer::Accept),
+        ];
+        let (_, chunks) = written(&items, &[], false);
+        let mut out = Vec::new();
+        fallback_accepts(1, chunks[0], &items, &[], &mut out);
+        assert_eq!(verdicts(&out), vec![(MSG_VERDICT_BATCH, 2, 0)]);
+        // With a held item in it, the fallback skips the held id.
+        let items = [
+            item(1, Answer::Hold),
+            item(2, Answer::Accept),
+            item(3, Answer::Replace { from: 0, to: 20 }),
+        ];
+        let (_, chunks) = written(&items, &[], false);
+        let mut out = Vec::new();
+        fallback_accepts(1, chunks[0], &items, &[], &mut out);
+        assert_eq!(
+            verdicts(&out),
+            vec![(MSG_VERDICT, 2, 0), (MSG_VERDICT, 3, 0)]
+        );
+    }
+
+    #[test]
+    fn piecewise_payload_matches_a_contiguous_one() {
+        let data: Vec<u8> = (0..=255u8).cycle().take(700).collect();
+        let mut a = Vec::new();
+        push_verdict(&mut a, 2, 9, Some(&data));
+        let mut b = Vec::new();
+        push_verdict_pieces(&mut b, 2, 9, data.len(), data.chunks(256));
+        assert_eq!(a, b);
+    }
+
+    /// Holding: held packets come back in (departure, arrival) order with exactly the bytes
+    /// stored; per-shaper counts, the chunk store and the counters follow; no room → false
+    /// and nothing changes.
+    #[test]
+    fn held_packets_release_in_order_with_their_bytes() {
+        let shared = Arc::new(ShapeShared::new());
+        let limits = HoldLimits {
+            packets: 4,
+            bytes: 2 * crate::held::CHUNK,
+        };
+        let mut h = Holding::new(limits, Arc::clone(&shared)).unwrap();
+        let a = ShaperId::from_u64((1 << 32) | 1).unwrap();
+        let b = ShaperId::from_u64((1 << 32) | 2).unwrap();
+        let p1: Vec<u8> = (0..300u16).map(|i| i as u8).collect();
+        let p3 = vec![0x45u8; 40];
+        assert!(h.hold(100, 2_000, a, 300, Some(&p1)));
+        assert!(h.hold(101, 1_000, b, 60, None));
+        assert!(h.hold(102, 2_000, a, 40, Some(&p3)));
+        assert_eq!(h.shapers.get(&a), Some(&2));
+        // The store: 300 bytes = 2 chunks, 40 = 1; two more packets' slack: 2 + 4 chunks.
+        assert_eq!(h.payloads.used_chunks(), 3);
+        let big = vec![1u8; 4 * crate::held::CHUNK];
+        assert!(!h.hold(103, 3_000, b, 1024, Some(&big)), "store full");
+        assert_eq!(h.queue.len(), 3, "a refused packet leaves no trace");
+        assert!(h.hold(104, 500, b, 20, None));
+        assert!(!h.hold(105, 500, b, 20, None), "queue full (4 packets)");
+        assert_eq!(
+            shared.held_now.load(std::sync::atomic::Ordering::Relaxed),
+            4
+        );
+
+        let mut out = Vec::new();
+        let mut order = Vec::new();
+        while let Some(held) = h.queue.pop_due(2_000) {
+            order.push(held.item.id);
+            h.write_release(5, &mut out, &held, Release::Due);
+        }
+        assert_eq!(order, vec![104, 101, 100, 102], "departure, then arrival");
+        let msgs = verdicts(&out);
+        assert_eq!(
+            msgs,
+            vec![
+                (MSG_VERDICT, 104, 0),
+                (MSG_VERDICT, 101, 0),
+                (MSG_VERDICT, 100, 300),
+                (MSG_VERDICT, 102, 40)
+            ]
+        );
+        // The payload of 100 is byte for byte what was stored.
+        let m = messages(&out).nth(2).unwrap();
+        let (_, from, to) = attributes(&out, m.body + NFGEN_LEN, m.end)
+            .find(|(t, _, _)| *t == NFQA_PAYLOAD)
+            .unwrap();
+        assert_eq!(&out[from..to], &p1[..]);
+        assert!(h.shapers.is_empty());
+        assert_eq!(h.payloads.used_chunks(), 0);
+        assert_eq!(
+            shared.held_now.load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
+        assert_eq!(
+            shared.released.load(std::sync::atomic::Ordering::Relaxed),
+            4
+        );
+        assert_eq!(h.in_flight.len(), 4);
+        // Shutting down: nothing is held any more.
+        h.enabled = false;
+        assert!(!h.hold(106, 1, a, 20, None));
     }
 
     #[test]

@@ -507,6 +507,49 @@ impl MultiRecv {
     }
 }
 
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock the packet thread gives the engine and releases
+/// held packets by (system-wide, so tests in other namespaces can compare against it).
+#[must_use]
+pub fn monotonic_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into a live local; CLOCK_MONOTONIC always
+    // exists on Linux, so it cannot fail.
+    let _ = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut t) };
+    u64::try_from(t.tv_sec)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::try_from(t.tv_nsec).unwrap_or(0))
+}
+
+/// Waits until `fd` is readable or `timeout_ns` nanoseconds pass (`ppoll`, a high-resolution
+/// timeout, unlike `SO_RCVTIMEO`'s jiffies); returns whether it is readable. `EINTR` counts as
+/// "not readable" (the caller loops anyway).
+///
+/// # Errors
+/// The `ppoll` error.
+pub fn wait_readable(fd: BorrowedFd<'_>, timeout_ns: u64) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ts = libc::timespec {
+        tv_sec: libc::time_t::try_from(timeout_ns / 1_000_000_000).unwrap_or(libc::time_t::MAX),
+        tv_nsec: libc::c_long::try_from(timeout_ns % 1_000_000_000).unwrap_or(0),
+    };
+    // SAFETY: one pollfd and one timespec, both live locals for the duration of the call; no
+    // signal mask (null) is passed.
+    let ret = unsafe { libc::ppoll(&raw mut pfd, 1, &raw const ts, std::ptr::null()) };
+    match check(ret) {
+        Ok(n) => Ok(n > 0),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Sets `FD_CLOEXEC`-free, blocking semantics are std's default; this sets a receive timeout.
 ///
 /// # Errors

@@ -263,6 +263,11 @@ pub struct DaemonOptions {
 impl Daemon {
     /// Starts `qosmarkd` in `net.sender` and waits until its socket answers.
     pub fn start(net: &Net, opts: &DaemonOptions) -> Daemon {
+        Daemon::start_with(net, opts, &[])
+    }
+
+    /// [`Daemon::start`] with further command-line arguments (e.g. shaping limits).
+    pub fn start_with(net: &Net, opts: &DaemonOptions, extra: &[&str]) -> Daemon {
         let socket = net.dir.join("qosmark.sock");
         let state = net.dir.join("state").join("state.toml");
         if !opts.keep_state {
@@ -288,6 +293,7 @@ impl Daemon {
             args.push("--rules".into());
             args.push(path.display().to_string());
         }
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
         let child = Command::new("ip")
             .args(&args)
             .stdin(Stdio::null())

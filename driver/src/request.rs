@@ -111,7 +111,8 @@ pub const fn changes_configuration(kind: RequestKind) -> bool {
         | RequestKind::EnumerateFlows
         | RequestKind::ListRules
         | RequestKind::GetTrafficTable
-        | RequestKind::ListFlows => false,
+        | RequestKind::ListFlows
+        | RequestKind::WatchFlow => false,
     }
 }
 
@@ -157,14 +158,38 @@ pub fn charge(engine: &mut Engine, handle: HandleId, now_ns: u64) -> Result<(), 
 
 /// Step 2: runs the request on the engine for `handle` (the caller holds the engine lock).
 ///
+/// A `WatchFlow` whose `known` state equals the flow's state now is a request the back end
+/// should **hold** until the state changes (GQoS `FD_QOS`, `engine::control` docs). This
+/// driver does not pend it yet: it answers 50 `ERROR_NOT_SUPPORTED` at once (see
+/// [`would_hold`]), so an overlapped `QmWaitSocketQosChange` on Windows completes at once
+/// with 50 when nothing has changed, and with success when something has. Pending it in the
+/// cancel-safe queue (`pending` module) and completing it after every request that changes a
+/// flow, and with `STATUS_CANCELLED` (995) at `IRP_MJ_CLEANUP`, is what remains.
+///
 /// # Errors
-/// The engine's refusal; the engine state is then unchanged (engine contract).
+/// The engine's refusal; the engine state is then unchanged (engine contract). 50 for a
+/// `WatchFlow` this driver would have to hold.
 pub fn execute(
     engine: &mut Engine,
     handle: HandleId,
     decoded: &Decoded,
 ) -> Result<Response, EngineError> {
-    engine.apply(handle, &decoded.request)
+    let response = engine.apply(handle, &decoded.request)?;
+    if would_hold(&decoded.request, &response) {
+        return Err(EngineError::NotSupported);
+    }
+    Ok(response)
+}
+
+/// Whether `response` (the engine's answer to `request`) is a `WatchFlow` state equal to the
+/// state the caller already knows: a back end that supports held requests keeps such a
+/// request until the state changes.
+#[must_use]
+pub fn would_hold(request: &Request, response: &Response) -> bool {
+    matches!(
+        (request, response),
+        (Request::WatchFlow { known: Some(known), .. }, Response::FlowState(now)) if known == now
+    )
 }
 
 /// Step 3: turns the engine's result into the IRP's completion for an output buffer of
@@ -665,6 +690,54 @@ mod tests {
         let mut bytes = record(request);
         bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
         bytes
+    }
+
+    /// WatchFlow: a changed (or ended) state answers at once, as a record or, flagged, as a
+    /// 0-byte notification; an unchanged state is a request this driver would have to hold,
+    /// answered 50 (`STATUS_NOT_SUPPORTED`) instead.
+    #[test]
+    fn watch_flow_answers_changes_and_refuses_to_hold() {
+        use qosmark_abi::{FlowState, Mark};
+        let (mut engine, handle) = engine_with(Privilege::User);
+        let flow = add_udp_flow(&mut engine, handle, 8100);
+        let code = RequestKind::WatchFlow.code();
+        let voice = FlowState {
+            alive: true,
+            mark: Mark {
+                dscp: Some(Dscp::try_new(56).unwrap()),
+                pcp: engine
+                    .socket_lookup(&qosmark_engine::FiveTuple::new(
+                        Protocol::Udp,
+                        "192.0.2.1:40000".parse().unwrap(),
+                        "198.51.100.7:8100".parse().unwrap(),
+                    ))
+                    .unwrap()
+                    .1
+                    .pcp,
+            },
+        };
+        let watch = |known| Request::WatchFlow {
+            flow_id: flow,
+            known,
+        };
+        // No known state: the state now, as a record.
+        let (c, _) = process(&mut engine, handle, code, &record(&watch(None)), 64);
+        assert_eq!(c.status.bits(), STATUS_SUCCESS);
+        assert_eq!(
+            decode_response(RequestKind::WatchFlow, &c.bytes).unwrap(),
+            Reply::Response(Response::FlowState(voice))
+        );
+        // Known = now: would be held → 50, nothing written.
+        let (c, _) = process(&mut engine, handle, code, &record(&watch(Some(voice))), 64);
+        assert_eq!(c.status.bits(), STATUS_NOT_SUPPORTED);
+        assert!(c.bytes.is_empty());
+        // Known differs (ended): at once; flagged → 0 bytes with a 0-byte output buffer.
+        let ended = Some(FlowState::default());
+        let (c, _) = process(&mut engine, handle, code, &flagged(&watch(ended)), 0);
+        assert_eq!(c.status.bits(), STATUS_SUCCESS);
+        assert!(c.bytes.is_empty());
+        assert!(would_hold(&watch(Some(voice)), &Response::FlowState(voice)));
+        assert!(!would_hold(&watch(None), &Response::FlowState(voice)));
     }
 
     #[test]

@@ -21,6 +21,7 @@
 //! `unsafe` lives only in [`sys`].
 #![deny(unsafe_code)]
 
+pub mod changes;
 pub mod control;
 pub mod iptables;
 pub mod nfq;

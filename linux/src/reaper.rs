@@ -16,14 +16,16 @@
 //!   socket and a connected TCP socket count as seen from their registration (the dump always
 //!   lists them); another TCP socket (bound but not yet connected: not in every kernel's dump)
 //!   must first appear in a sweep. A record registered after the dump began is left for the
-//!   next sweep, and nothing is retired for a (family, protocol) whose dump failed. A closed TCP socket stays in the dump (same
-//!   cookie) while it lingers in `FIN_WAIT` / `TIME_WAIT` — its 5-tuple cannot be reused then.
+//!   next sweep, and nothing is retired for a (family, protocol) whose dump failed. A closed
+//!   TCP socket stays in the dump (same cookie) while it lingers in `FIN_WAIT` / `TIME_WAIT`,
+//!   but its sending side has ended (next point), so it is retired all the same.
 //! * **sending side ended** (GQoS: `shutdown(SD_SEND)` and disconnecting end QoS, qos-api.md
 //!   §11.4): the dump also says, per socket, its `INET_DIAG_SHUTDOWN` flags (the kernel puts
 //!   this attribute on every full socket it lists) and its connected remote (`inet_diag_sockid`
 //!   destination address and port). A socket whose send side is shut down (`SEND_SHUTDOWN`,
-//!   bit 1: `shutdown(SHUT_WR)` / `SHUT_RDWR`, and any TCP socket after `close`) counts as
-//!   missing, and so does a socket registered **connected** whose remote is no longer the peer
+//!   bit 1: `shutdown(SHUT_WR)` / `SHUT_RDWR`), a TCP socket in a state after its FIN
+//!   (`FIN_WAIT1`, `FIN_WAIT2`, `TIME_WAIT` — whose entry carries no attributes —, `CLOSE`,
+//!   `LAST_ACK`, `CLOSING`) counts as missing, and so does a socket registered **connected** whose remote is no longer the peer
 //!   it was registered with (UDP `connect(AF_UNSPEC)` or a connect elsewhere; a TCP disconnect
 //!   leaves the established table, so the socket is simply not listed). The same
 //!   [`MISSES_TO_RETIRE`] rule then retires it: within about two sweeps the flow entry goes,
@@ -72,6 +74,8 @@ const SEND_SHUTDOWN: u8 = 2;
 /// What one sweep saw of a listed socket.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Seen {
+    /// `idiag_state` (TCP's state numbers; UDP reports 1 connected, 7 unconnected).
+    pub state: u8,
     /// Its send side is shut down (`SEND_SHUTDOWN`).
     pub send_shutdown: bool,
     /// Its connected remote (`None`: not connected, port 0).
@@ -297,7 +301,7 @@ impl Registry {
             }
             if let Some(seen) = alive.get(&r.cookie) {
                 r.seen = true;
-                if still_sending(r.peer, *seen) {
+                if still_sending(r.protocol, r.peer, *seen) {
                     r.misses = 0;
                     return true;
                 }
@@ -342,8 +346,11 @@ impl Registry {
 
 /// Whether a listed socket still sends as registered: its send side is open and, when it was
 /// registered connected, it is still connected to that peer (v4-mapped compared as IPv4).
-fn still_sending(peer: Option<std::net::SocketAddr>, seen: Seen) -> bool {
-    if seen.send_shutdown {
+fn still_sending(protocol: Protocol, peer: Option<std::net::SocketAddr>, seen: Seen) -> bool {
+    // TCP_FIN_WAIT1 4, TCP_FIN_WAIT2 5, TCP_TIME_WAIT 6, TCP_CLOSE 7, TCP_LAST_ACK 9,
+    // TCP_CLOSING 11: this side has sent its FIN (or is gone).
+    let fin_sent = protocol == Protocol::Tcp && matches!(seen.state, 4..=7 | 9 | 11);
+    if seen.send_shutdown || fin_sent {
         return false;
     }
     let canonical = |a: std::net::SocketAddr| (a.ip().to_canonical(), a.port());
@@ -389,6 +396,7 @@ fn diag_record(family: u8, body: &[u8]) -> Option<(u64, Seen)> {
     Some((
         cookie,
         Seen {
+            state: *body.get(1)?,
             send_shutdown,
             remote,
         },
@@ -556,25 +564,73 @@ mod tests {
         let t = dump(Protocol::Tcp)[&ct];
         assert_eq!(t.remote, Some(tcp.peer_addr().unwrap()));
         assert!(!t.send_shutdown);
+        assert_eq!(t.state, 1, "TCP_ESTABLISHED");
         let u = dump(Protocol::Udp);
         assert_eq!(u[&cu].remote, Some(udp.peer_addr().unwrap()));
-        assert_eq!(u[&cl], Seen::default(), "unconnected, sending");
+        assert_eq!(
+            u[&cl],
+            Seen {
+                state: 7,
+                ..Seen::default()
+            },
+            "unconnected (TCP_CLOSE), sending"
+        );
         tcp.shutdown(Shutdown::Write).unwrap();
         let t = dump(Protocol::Tcp)[&ct];
         assert!(t.send_shutdown, "SHUT_WR shows as SEND_SHUTDOWN");
-        assert!(!still_sending(Some(tcp.peer_addr().unwrap()), t));
-        assert!(still_sending(None, u[&cl]));
-        assert!(still_sending(Some(udp.peer_addr().unwrap()), u[&cu]));
+        assert!(matches!(t.state, 4 | 5), "FIN_WAIT1/2, not {}", t.state);
+        assert!(!still_sending(
+            Protocol::Tcp,
+            Some(tcp.peer_addr().unwrap()),
+            t
+        ));
+        assert!(still_sending(Protocol::Udp, None, u[&cl]));
+        assert!(still_sending(
+            Protocol::Udp,
+            Some(udp.peer_addr().unwrap()),
+            u[&cu]
+        ));
         // Registered connected to one peer, now listed with another (or none): ended.
         assert!(!still_sending(
+            Protocol::Udp,
             Some("127.0.0.1:10".parse().unwrap()),
             u[&cu]
         ));
-        assert!(!still_sending(Some("127.0.0.1:9".parse().unwrap()), u[&cl]));
+        assert!(!still_sending(
+            Protocol::Udp,
+            Some("127.0.0.1:9".parse().unwrap()),
+            u[&cl]
+        ));
         // v4-mapped registration of an IPv4 peer is the same peer.
         assert!(still_sending(
+            Protocol::Udp,
             Some("[::ffff:127.0.0.1]:9".parse().unwrap()),
             u[&cu]
+        ));
+        // A TCP socket after its FIN, as a TIME_WAIT entry lists it (no attributes): ended;
+        // established: sending. A UDP socket's "state" 7 (unconnected) means nothing.
+        let timewait = Seen {
+            state: 6,
+            send_shutdown: false,
+            remote: Some(tcp.peer_addr().unwrap()),
+        };
+        assert!(!still_sending(Protocol::Tcp, timewait.remote, timewait));
+        let established = Seen {
+            state: 1,
+            ..timewait
+        };
+        assert!(still_sending(
+            Protocol::Tcp,
+            established.remote,
+            established
+        ));
+        assert!(still_sending(
+            Protocol::Udp,
+            None,
+            Seen {
+                state: 7,
+                ..Seen::default()
+            }
         ));
     }
 
@@ -717,6 +773,7 @@ mod tests {
             (
                 10,
                 Seen {
+                    state: 1,
                     send_shutdown: true,
                     remote: Some(peer),
                 },
@@ -724,6 +781,7 @@ mod tests {
             (
                 20,
                 Seen {
+                    state: 7,
                     send_shutdown: false,
                     remote: None,
                 },
@@ -731,6 +789,7 @@ mod tests {
             (
                 30,
                 Seen {
+                    state: 1,
                     send_shutdown: false,
                     remote: Some(peer),
                 },

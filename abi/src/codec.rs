@@ -69,7 +69,10 @@
 //!   0 6 x { u8 dscp present, u8 dscp (0..=63), u8 pcp present, u8 pcp (0..=7) }
 //!     indexed by QOS_TRAFFIC_TYPE value
 //!  24 u64 user DSCP allow-list (bit n = DSCP n)
-//!  32 u8 tag adaptive flows (0|1)     33 zero [7]
+//!  32 u8 tag adaptive flows (0|1)
+//!  33 u8 non-conformant DSCP (0..=63)   34 u8 non-conformant 802.1p (0..=7)   35 zero [5]
+//!     (the marks of packets above a `QOSUseNonConformantMarkings` rate; a table written
+//!     before these existed has 0 here, which decodes as the default DSCP 0 / 802.1p 0)
 //! ```
 //!
 //! # Requests (payload after the header)
@@ -119,11 +122,13 @@
 //!
 //! ```text
 //! 0x8001 Done (0)
-//! 0x8002 Status (184)
+//! 0x8002 Status (208)
 //!   0 u16 protocol version   2 zero [2]   4 u32 handles   8 u32 flows   12 u32 sockets
-//!  16 u32 rules   20 zero [4]   24 u64 packets   32 u64 marked   40 u64 already marked
+//!  16 u32 rules   20 u32 shapers   24 u64 packets   32 u64 marked   40 u64 already marked
 //!  48 u64 skipped[10], indexed by SkipReason value
-//! 128 u64 fail_open[7], indexed by FailOpen value
+//! 128 u64 fail_open[8], indexed by FailOpen value
+//! 192 u64 delayed (packets held by a shaper)   200 u64 non-conformant (packets a shaper
+//!     gave the non-conformant mark)
 //! 0x8003 FlowId (4):          0 u32 flow id (never 0)
 //! 0x8004 PacketPriority (16): 0 u32 conformant DSCP  4 u32 non-conformant DSCP
 //!                             8 u32 conformant 802.1p  12 u32 non-conformant 802.1p
@@ -556,6 +561,11 @@ pub struct ErrorReply {
 
 /// A decoded answer: a response or an error.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "a Reply is decoded once per answer and moved a few times; boxing the 216-byte \
+              status answer would add an allocation to every QueryStatus for no gain"
+)]
 pub enum Reply {
     /// The request succeeded.
     Response(Response),
@@ -630,7 +640,7 @@ pub fn required_size(response: &Response) -> u32 {
     }
 }
 
-const STATUS_LEN: u32 = 48 + 8 * SkipReason::COUNT as u32 + 8 * FailOpen::COUNT as u32;
+const STATUS_LEN: u32 = 48 + 8 * SkipReason::COUNT as u32 + 8 * FailOpen::COUNT as u32 + 16;
 
 /// A state that is not alive has no mark (it would not decode).
 fn check_flow_state(state: FlowState) -> Result<(), AbiError> {
@@ -823,7 +833,9 @@ impl Writer<'_> {
         }
         self.u64(t.user_dscp_allow);
         self.flag(t.tag_adaptive_flows);
-        self.zeros(7);
+        self.u8(t.non_conformant_dscp.value());
+        self.u8(t.non_conformant_pcp.value());
+        self.zeros(5);
     }
 
     fn opt_byte(&mut self, v: Option<u8>) {
@@ -877,7 +889,7 @@ impl Writer<'_> {
         self.u32(s.flows);
         self.u32(s.sockets);
         self.u32(s.rules);
-        self.u32(0);
+        self.u32(s.shapers);
         self.u64(s.packets);
         self.u64(s.marked);
         self.u64(s.already_marked);
@@ -887,6 +899,8 @@ impl Writer<'_> {
         for v in s.fail_open {
             self.u64(v);
         }
+        self.u64(s.delayed);
+        self.u64(s.non_conformant);
     }
 }
 
@@ -1514,11 +1528,15 @@ impl<'a> Reader<'a> {
         }
         let user_dscp_allow = self.u64()?;
         let tag_adaptive_flows = self.flag()?;
-        self.zeros(7)?;
+        let non_conformant_dscp = Dscp::try_new(self.u8()?).map_err(|_| AbiError::BadValue)?;
+        let non_conformant_pcp = Pcp::try_new(self.u8()?).map_err(|_| AbiError::BadValue)?;
+        self.zeros(5)?;
         Ok(TrafficTable {
             marks,
             user_dscp_allow,
             tag_adaptive_flows,
+            non_conformant_dscp,
+            non_conformant_pcp,
         })
     }
 
@@ -1598,7 +1616,7 @@ impl<'a> Reader<'a> {
         let flows = self.u32()?;
         let sockets = self.u32()?;
         let rules = self.u32()?;
-        self.zeros(4)?;
+        let shapers = self.u32()?;
         let packets = self.u64()?;
         let marked = self.u64()?;
         let already_marked = self.u64()?;
@@ -1610,17 +1628,22 @@ impl<'a> Reader<'a> {
         for f in &mut fail_open {
             *f = self.u64()?;
         }
+        let delayed = self.u64()?;
+        let non_conformant = self.u64()?;
         Ok(StatusInfo {
             protocol_version,
             handles,
             flows,
             sockets,
             rules,
+            shapers,
             packets,
             marked,
             already_marked,
             skipped,
             fail_open,
+            delayed,
+            non_conformant,
         })
     }
 

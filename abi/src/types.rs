@@ -52,6 +52,9 @@ impl Dscp {
 pub struct Pcp(u8);
 
 impl Pcp {
+    /// Priority 0 (best effort).
+    pub const ZERO: Pcp = Pcp(0);
+
     /// A PCP from its 3-bit value.
     ///
     /// # Errors
@@ -577,6 +580,12 @@ pub struct TrafficTable {
     /// Whether adaptive flows (added without `QOS_NON_ADAPTIVE_FLOW`) request 802.1p. qWAVE tags
     /// only adaptive flows, and non-adaptive flows never.
     pub tag_adaptive_flows: bool,
+    /// DSCP of packets above the rate of a flow shaped with `QOSUseNonConformantMarkings`
+    /// (`QOS_PACKET_PRIORITY.NonConformantDSCPValue`). Default 0 (best effort).
+    pub non_conformant_dscp: Dscp,
+    /// 802.1p of those packets, requested only when the flow's conformant mark requests one
+    /// (`QOS_PACKET_PRIORITY.NonConformantL2Value`). Default 0.
+    pub non_conformant_pcp: Pcp,
 }
 
 /// Identity of the caller that opened a handle, captured by the back end at open time.
@@ -839,10 +848,10 @@ impl SkipReason {
     }
 }
 
-/// Why a back end let a packet go out unmarked although the engine asked for a mark (fail
-/// open). The engine never sees these failures itself; the back end reports them with
-/// `Engine::record_fail_open` so that `QueryStatus` shows them next to the engine's own
-/// [`SkipReason`]s.
+/// Why a packet went out other than the engine first decided (fail open): unmarked although
+/// the engine asked for a mark — the back end reports those with `Engine::record_fail_open` —
+/// or at once although its shaper wanted it delayed ([`FailOpen::ShaperQueueFull`], counted
+/// by the engine itself). `QueryStatus` shows them next to the engine's own [`SkipReason`]s.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum FailOpen {
@@ -863,11 +872,15 @@ pub enum FailOpen {
     VerdictFailed = 5,
     /// The packet was larger than the back end's buffer for rewriting it.
     Oversize = 6,
+    /// The engine: a packet its shaper should have delayed found no queue room (the shaper's
+    /// or the global packet / byte limit, `Limits::shaper_queue_*` / `held_*_total`), or the
+    /// back end could not hold it. It was sent at once with its conformant mark instead.
+    ShaperQueueFull = 7,
 }
 
 impl FailOpen {
     /// Number of reasons (length of [`StatusInfo::fail_open`]).
-    pub const COUNT: usize = 7;
+    pub const COUNT: usize = 8;
 
     /// All reasons in value order.
     pub const ALL: [FailOpen; Self::COUNT] = [
@@ -878,6 +891,7 @@ impl FailOpen {
         FailOpen::InjectFailed,
         FailOpen::VerdictFailed,
         FailOpen::Oversize,
+        FailOpen::ShaperQueueFull,
     ];
 
     /// Short stable name, for logs and JSON.
@@ -891,6 +905,7 @@ impl FailOpen {
             FailOpen::InjectFailed => "inject_failed",
             FailOpen::VerdictFailed => "verdict_failed",
             FailOpen::Oversize => "oversize",
+            FailOpen::ShaperQueueFull => "shaper_queue_full",
         }
     }
 }
@@ -908,7 +923,9 @@ pub struct StatusInfo {
     pub sockets: u32,
     /// Admin rules.
     pub rules: u32,
-    /// Packets classified.
+    /// Live shapers (rate-limited flows and throttled rules).
+    pub shapers: u32,
+    /// Packets classified: `marked + already_marked + delayed + sum(skipped)`.
     pub packets: u64,
     /// Packets rewritten.
     pub marked: u64,
@@ -916,8 +933,14 @@ pub struct StatusInfo {
     pub already_marked: u64,
     /// Packets left unmarked, per [`SkipReason`].
     pub skipped: [u64; SkipReason::COUNT],
-    /// Packets the engine wanted marked that the back end sent unmarked, per [`FailOpen`].
+    /// Packets the engine wanted marked that the back end sent unmarked, or wanted delayed
+    /// and sent at once, per [`FailOpen`].
     pub fail_open: [u64; FailOpen::COUNT],
+    /// Packets a shaper told the back end to hold (`Verdict::Delay`).
+    pub delayed: u64,
+    /// Packets a shaper gave the non-conformant mark (`QOSUseNonConformantMarkings`); they are
+    /// also counted in `marked`, `already_marked` or `delayed`.
+    pub non_conformant: u64,
 }
 
 /// One rule as listed, with its counters.

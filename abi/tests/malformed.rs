@@ -407,12 +407,34 @@ fn out_of_range_values_in_tables_and_answers() {
         (1, &[8], AbiError::ReservedNotZero),  // BestEffort: DSCP absent but byte set
         (3, &[1], AbiError::ReservedNotZero),  // BestEffort: PCP absent but byte set
         (32, &[2], AbiError::BadValue),        // tag_adaptive_flows 2
-        (33, &[1], AbiError::ReservedNotZero), // reserved
+        (33, &[64], AbiError::BadValue),       // non-conformant DSCP 64
+        (34, &[8], AbiError::BadValue),        // non-conformant 802.1p 8
+        (35, &[1], AbiError::ReservedNotZero), // reserved
+        (39, &[1], AbiError::ReservedNotZero), // reserved, last byte
     ];
     for (off, value, err) in cases {
         let mut b = table.clone();
         patch(&mut b, *off, value);
         assert_eq!(req(&b), Err(*err), "SetTrafficTable offset {off}");
+    }
+    // A table written before the non-conformant bytes existed (zeros there) decodes with the
+    // defaults, DSCP 0 and 802.1p 0; in range, they decode as written.
+    let mut b = table.clone();
+    patch(&mut b, 33, &[0, 0]);
+    match req(&b) {
+        Ok(qosmark_abi::Request::SetTrafficTable(t)) => assert_eq!(
+            (t.non_conformant_dscp.value(), t.non_conformant_pcp.value()),
+            (0, 0)
+        ),
+        other => panic!("{other:?}"),
+    }
+    patch(&mut b, 33, &[63, 7]);
+    match req(&b) {
+        Ok(qosmark_abi::Request::SetTrafficTable(t)) => assert_eq!(
+            (t.non_conformant_dscp.value(), t.non_conformant_pcp.value()),
+            (63, 7)
+        ),
+        other => panic!("{other:?}"),
     }
 
     let mut b = golden("resp_flow_id");
@@ -462,12 +484,13 @@ fn out_of_range_values_in_tables_and_answers() {
         resp(RequestKind::QueryStatus, &b),
         Err(AbiError::ReservedNotZero)
     );
+    // Offset 20 was reserved; it now carries the shaper count.
     let mut b = golden("resp_status");
-    patch(&mut b, 20, &[1]);
-    assert_eq!(
-        resp(RequestKind::QueryStatus, &b),
-        Err(AbiError::ReservedNotZero)
-    );
+    patch(&mut b, 20, &9u32.to_le_bytes());
+    match resp(RequestKind::QueryStatus, &b) {
+        Ok(Reply::Response(qosmark_abi::Response::Status(s))) => assert_eq!(s.shapers, 9),
+        other => panic!("{other:?}"),
+    }
 
     // Error records: code 0; a required size with a code other than 122.
     let mut b = golden("resp_error");

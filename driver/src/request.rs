@@ -279,7 +279,8 @@ pub fn status_for_open_error(error: EngineError) -> NtStatus {
         | EngineError::InsufficientBuffer { .. }
         | EngineError::NotSupported
         | EngineError::AlreadyExists
-        | EngineError::Aborted => ntstatus_for(Win32Error::GEN_FAILURE),
+        | EngineError::Aborted
+        | EngineError::NoData => ntstatus_for(Win32Error::GEN_FAILURE),
     }
 }
 

@@ -26,6 +26,15 @@
 //!    already the requested one (or none is requested) → `AlreadyMarked`. Otherwise `Mark`.
 //! 8. A first fragment (offset 0, more fragments) that got `Mark` or `AlreadyMarked` is
 //!    remembered so its later fragments get the same mark.
+//! 9. Shaping ([`crate::shaper`]): when the socket flow (or rule) has a shaper, it decides
+//!    last, charging the packet's IP total length. Conformant and not held → the verdict of
+//!    step 7. Held → [`Verdict::Delay`] with the conformant mark (or, with
+//!    `QOSUseNonConformantMarkings`, the non-conformant mark when the packet is above the rate).
+//!    Above the rate under `QOSUseNonConformantMarkings` → step 7's verdict for the
+//!    non-conformant mark. No queue room → step 7's verdict, counted as
+//!    `FailOpen::ShaperQueueFull`. Even a flow whose mark is empty (`BestEffort`) is shaped:
+//!    its `Delay` carries the empty mark. Later fragments are not shaped (they reach no flow or
+//!    rule, step 3) and may overtake a held first fragment; reassembly does not mind.
 //!
 //! Counters: the matched flow or rule counts every packet it matched with its IP total length;
 //! the global counters count every classified packet, its outcome and each skip reason.
@@ -33,6 +42,7 @@
 
 use crate::counters::{Counters, Outcome};
 use crate::frag::FragmentKey;
+use crate::shaper::{Admit, ShaperId};
 use crate::wire::{self, IpSummary, IpVersion, Transport, WireError};
 use crate::{traffic, Engine, FiveTuple};
 use core::net::SocketAddr;
@@ -57,6 +67,20 @@ pub enum Verdict {
     AlreadyMarked,
     /// Rewrite the packet with this mark.
     Mark(Mark),
+    /// Rewrite the packet with `mark` now (it may be empty, or already in place: the rewrite
+    /// then reports `Unchanged`), hold it, and send it at `until_ns` (which may already have
+    /// passed: it then waits only behind the shaper's other held packets). Queue room is
+    /// reserved; give it back with [`Engine::shaper_released`] once the packet leaves. Per
+    /// shaper, `until_ns` never decreases, so releasing in (`until_ns`, arrival) order —
+    /// [`crate::shaper::HeldQueue`] — keeps each flow's order.
+    Delay {
+        /// The mark to write now.
+        mark: Mark,
+        /// When to send it (the back end's clock, as passed to `classify`).
+        until_ns: u64,
+        /// The shaper that holds it.
+        shaper: ShaperId,
+    },
 }
 
 /// Global counters (relaxed atomics: each exact, not a consistent snapshot together). Every
@@ -66,6 +90,8 @@ pub enum Verdict {
 pub(crate) struct GlobalCounters {
     marked: AtomicU64,
     already_marked: AtomicU64,
+    delayed: AtomicU64,
+    non_conformant: AtomicU64,
     skipped: [AtomicU64; SkipReason::COUNT],
     fail_open: [AtomicU64; FailOpen::COUNT],
 }
@@ -76,6 +102,7 @@ impl GlobalCounters {
         let counter = match verdict {
             Verdict::Mark(_) => &self.marked,
             Verdict::AlreadyMarked => &self.already_marked,
+            Verdict::Delay { .. } => &self.delayed,
             Verdict::Skip(reason) => match self.skipped.get(reason as usize) {
                 Some(c) => c,
                 None => return,
@@ -88,7 +115,12 @@ impl GlobalCounters {
     pub(crate) fn fill_status(&self, status: &mut StatusInfo) {
         status.marked = self.marked.load(Ordering::Relaxed);
         status.already_marked = self.already_marked.load(Ordering::Relaxed);
-        let mut packets = status.marked.wrapping_add(status.already_marked);
+        status.delayed = self.delayed.load(Ordering::Relaxed);
+        status.non_conformant = self.non_conformant.load(Ordering::Relaxed);
+        let mut packets = status
+            .marked
+            .wrapping_add(status.already_marked)
+            .wrapping_add(status.delayed);
         for (out, c) in status.skipped.iter_mut().zip(self.skipped.iter()) {
             *out = c.load(Ordering::Relaxed);
             packets = packets.wrapping_add(*out);
@@ -129,8 +161,8 @@ fn decide(mark: Mark, summary: &IpSummary, meta: PacketMeta) -> Verdict {
 
 /// What [`Engine::resolve`] found for a 5-tuple.
 enum Resolved<'a> {
-    /// A socket flow or a rule: its mark and counters.
-    Hit(Mark, &'a Counters),
+    /// A socket flow or a rule: its mark, counters and shaper.
+    Hit(Mark, &'a Counters, Option<ShaperId>),
     /// Nothing matched.
     NoMatch,
     /// Only a user's socket flow matched, and the tuple is not (known to be) its process's.
@@ -139,7 +171,9 @@ enum Resolved<'a> {
 
 fn outcome(verdict: Verdict) -> Outcome {
     match verdict {
-        Verdict::Mark(_) => Outcome::Marked,
+        // Not produced by `decide`; a held packet is counted by what its mark does.
+        Verdict::Delay { mark, .. } if mark.is_empty() => Outcome::NotMarked,
+        Verdict::Mark(_) | Verdict::Delay { .. } => Outcome::Marked,
         Verdict::AlreadyMarked => Outcome::AlreadyMarked,
         Verdict::Skip(_) => Outcome::NotMarked,
     }
@@ -205,13 +239,17 @@ impl Engine {
             SocketAddr::new(summary.src, src),
             SocketAddr::new(summary.dst, dst),
         );
-        let (mark, counters) = match self.resolve(&tuple, now_ns) {
-            Resolved::Hit(mark, counters) => (mark, counters),
+        let (mark, counters, shaper) = match self.resolve(&tuple, now_ns) {
+            Resolved::Hit(mark, counters, shaper) => (mark, counters, shaper),
             Resolved::NoMatch => return Verdict::Skip(SkipReason::NoMatch),
             Resolved::NotOwner => return Verdict::Skip(SkipReason::NotOwner),
         };
-        let verdict = decide(mark, &summary, meta);
-        counters.record(summary.total_len as u64, outcome(verdict));
+        let mut verdict = decide(mark, &summary, meta);
+        let mut counted = verdict;
+        if let Some(id) = shaper {
+            (counted, verdict) = self.shape(id, mark, verdict, &summary, meta, now_ns);
+        }
+        counters.record(summary.total_len as u64, outcome(counted));
         if let Some(f) = summary.fragment {
             if f.offset == 0 && f.more && !matches!(verdict, Verdict::Skip(_)) {
                 self.fragments
@@ -235,7 +273,7 @@ impl Engine {
                 _ => true,
             };
             if owned {
-                return Resolved::Hit(hit.mark, hit.counters);
+                return Resolved::Hit(hit.mark, hit.counters, hit.shaper);
             }
             not_owner = true;
         }
@@ -252,7 +290,59 @@ impl Engine {
                 traffic::mark_for(self.control.traffic_table(), tt, false).dscp
             }
         };
-        Resolved::Hit(Mark { dscp, pcp: hit.pcp }, hit.counters)
+        Resolved::Hit(Mark { dscp, pcp: hit.pcp }, hit.counters, hit.shaper)
+    }
+
+    /// Step 9 of the module docs: the shaper's say on a packet whose unshaped verdict is
+    /// `verdict` (for the conformant `mark`). Returns (what the packet's mark does — for the
+    /// flow's counters —, the verdict).
+    fn shape(
+        &self,
+        id: ShaperId,
+        mark: Mark,
+        verdict: Verdict,
+        summary: &IpSummary,
+        meta: PacketMeta,
+        now_ns: u64,
+    ) -> (Verdict, Verdict) {
+        let non_conformant = || traffic::non_conformant_mark(self.control.traffic_table(), mark);
+        match self.shapers.admit(
+            id,
+            summary.total_len as u64,
+            summary.total_len as u64,
+            now_ns,
+        ) {
+            Admit::Now { conformant: true } => (verdict, verdict),
+            Admit::Now { conformant: false } => {
+                self.stats.non_conformant.fetch_add(1, Ordering::Relaxed);
+                let v = decide(non_conformant(), summary, meta);
+                (v, v)
+            }
+            Admit::Hold {
+                until_ns,
+                conformant,
+            } => {
+                let (mark, counted) = if conformant {
+                    (mark, verdict)
+                } else {
+                    self.stats.non_conformant.fetch_add(1, Ordering::Relaxed);
+                    let nc = non_conformant();
+                    (nc, decide(nc, summary, meta))
+                };
+                (
+                    counted,
+                    Verdict::Delay {
+                        mark,
+                        until_ns,
+                        shaper: id,
+                    },
+                )
+            }
+            Admit::NoRoom => {
+                self.stats.count_fail_open(FailOpen::ShaperQueueFull);
+                (verdict, verdict)
+            }
+        }
     }
 
     /// Writes the DSCP part of `mark` into `packet` (ECN kept, IPv4 checksum fixed). The

@@ -30,6 +30,9 @@ pub enum EngineError {
     AlreadyExists,
     /// The request was aborted because its handle closed (995).
     Aborted,
+    /// There is no data to return (232), e.g. `QOSQueryFlow(QOSQueryOutgoingRate)` on a flow
+    /// that has no rate.
+    NoData,
 }
 
 impl EngineError {
@@ -47,6 +50,7 @@ impl EngineError {
             EngineError::LimitReached => Win32Error::NO_SYSTEM_RESOURCES,
             EngineError::AlreadyExists => Win32Error::ALREADY_EXISTS,
             EngineError::Aborted => Win32Error::OPERATION_ABORTED,
+            EngineError::NoData => Win32Error::NO_DATA,
         }
     }
 }

@@ -14,6 +14,21 @@
 //! * [`frag`]: the bounded memory of first fragments, so later fragments get the same mark.
 //! * [`owner`]: the bounded memory of which process owns which flow (ownership check of user
 //!   socket flows, [`Limits::check_owner`]).
+//! * [`shaper`]: outgoing-rate shaping — a lock-free GCRA token bucket per rate-limited flow
+//!   and per throttled rule, [`Verdict::Delay`], and [`shaper::HeldQueue`], the back ends'
+//!   container of held packets.
+//!
+//! ## Shaping
+//! `QOSSetFlow(QOSSetOutgoingRate)` (and a rule's `throttle_bps`) gives a flow (rule) a shaper.
+//! Its packets then get, besides the usual verdicts, [`Verdict::Delay`] `{ mark, until_ns,
+//! shaper }`: rewrite with `mark` now, hold the packet, send it at `until_ns`. The bucket is one
+//! 1 500-byte packet deep, so a flow that sends at its rate is never delayed, and one whose
+//! packets bunch by up to two packet times waits at most one (exact statement and proof in
+//! [`shaper`]). Without queue room the packet goes out at once with its conformant mark
+//! (`FailOpen::ShaperQueueFull`). The back end gives the room back with
+//! [`Engine::shaper_released`] and releases the packets of shapers that
+//! [`Engine::shaper_live`] calls dead (flow or rule removed, handle closed). See
+//! `docs/shaping.md`.
 //!
 //! ## Concurrency model
 //! `classify` takes `&self` and allocates nothing; `apply`, `open_handle` and `close_handle`
@@ -34,6 +49,7 @@ pub mod error;
 pub mod frag;
 pub mod owner;
 pub mod rules;
+pub mod shaper;
 pub mod traffic;
 pub mod tuple;
 pub mod wire;
@@ -42,6 +58,7 @@ pub use classify::{PacketMeta, Verdict};
 pub use control::HandleId;
 pub use error::EngineError;
 pub use qosmark_abi as abi;
+pub use shaper::{HeldQueue, ShaperId};
 pub use tuple::FiveTuple;
 
 /// Bounds on everything the engine stores. Every limit is enforced with an error, never by
@@ -71,6 +88,19 @@ pub struct Limits {
     /// Slots of the owner table (rounded up to a power of two; allocated only when
     /// `check_owner` is on).
     pub owner_slots: usize,
+    /// Shapers (flows with an outgoing rate plus throttled rules); slots are allocated as
+    /// shapers are created. Default 69 632: every flow and every rule at the default limits.
+    pub max_shapers: usize,
+    /// Packets one shaper may hold (default 16 384).
+    pub shaper_queue_packets: u64,
+    /// Bytes one shaper may hold (default 16 MiB: 13 s of backlog at 10 Mbit/s, and room for
+    /// 10 000 packets of 1 500 bytes).
+    pub shaper_queue_bytes: u64,
+    /// Packets all shapers together may hold (default 32 768); a back end sizes its
+    /// [`shaper::HeldQueue`] with this.
+    pub held_packets_total: u64,
+    /// Bytes all shapers together may hold (default 64 MiB).
+    pub held_bytes_total: u64,
 }
 
 impl Default for Limits {
@@ -85,6 +115,11 @@ impl Default for Limits {
             fragment_slots: 1024,
             check_owner: false,
             owner_slots: 65_536,
+            max_shapers: 65_536 + 4096,
+            shaper_queue_packets: 16_384,
+            shaper_queue_bytes: 16 << 20,
+            held_packets_total: 32_768,
+            held_bytes_total: 64 << 20,
         }
     }
 }
@@ -98,6 +133,7 @@ pub struct Engine {
     pub(crate) fragments: frag::FragmentCache,
     pub(crate) owners: owner::OwnerTable,
     pub(crate) stats: classify::GlobalCounters,
+    pub(crate) shapers: shaper::ShaperTable,
 }
 
 impl Engine {
@@ -136,6 +172,15 @@ impl Engine {
                 seed ^ owner::DEFAULT_KEY,
             ),
             stats: classify::GlobalCounters::default(),
+            shapers: shaper::ShaperTable::new(
+                limits.max_shapers,
+                shaper::QueueLimits {
+                    packets_per_shaper: limits.shaper_queue_packets,
+                    bytes_per_shaper: limits.shaper_queue_bytes,
+                    packets_total: limits.held_packets_total,
+                    bytes_total: limits.held_bytes_total,
+                },
+            ),
         }
     }
 
@@ -143,5 +188,59 @@ impl Engine {
     #[must_use]
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// A held packet of `shaper` left the back end's queue — sent, or dropped — so its room
+    /// comes back. `bytes` must be what `classify` reserved: [`shaper::held_bytes`] of the
+    /// bytes given to `classify` (the packet's IP length), as [`shaper::Held::bytes`] keeps it
+    /// when the back end pushed that value. Lock-free (`&self`); a dead shaper's id is ignored.
+    pub fn shaper_released(&self, shaper: ShaperId, bytes: u64) {
+        self.shapers.released(shaper, bytes);
+    }
+
+    /// Whether `shaper` still exists. False once its flow or rule is removed or its handle
+    /// closed: the back end then sends that shaper's held packets at once
+    /// ([`shaper::HeldQueue::drain_where`]). Lock-free (`&self`).
+    #[must_use]
+    pub fn shaper_live(&self, shaper: ShaperId) -> bool {
+        self.shapers.is_live(shaper)
+    }
+
+    /// The rate and behaviour of a live shaper.
+    #[must_use]
+    pub fn shaper_config(&self, shaper: ShaperId) -> Option<shaper::ShaperConfig> {
+        self.shapers.config(shaper)
+    }
+
+    /// The counters of a live shaper.
+    #[must_use]
+    pub fn shaper_stats(&self, shaper: ShaperId) -> Option<shaper::ShaperStats> {
+        self.shapers.stats(shaper)
+    }
+
+    /// For a back end that cannot hold a packet `classify` answered [`Verdict::Delay`] for (its
+    /// own queue is full, a clone failed, or it does not shape yet): gives the reserved room back
+    /// ([`Engine::shaper_released`] with [`shaper::held_bytes`]`(packet)`; `packet` = the bytes
+    /// given to `classify`), counts `FailOpen::ShaperQueueFull`, and returns what to do with the
+    /// packet now: `Mark` with the Delay's mark, or `Skip(NoMarkConfigured)` when that mark is
+    /// empty. Any other verdict is returned unchanged. Lock-free (`&self`).
+    #[must_use]
+    pub fn not_held(&self, verdict: Verdict, packet: &[u8]) -> Verdict {
+        let Verdict::Delay { mark, shaper, .. } = verdict else {
+            return verdict;
+        };
+        self.shapers.released(shaper, shaper::held_bytes(packet));
+        self.stats.count_fail_open(abi::FailOpen::ShaperQueueFull);
+        if mark.is_empty() {
+            Verdict::Skip(abi::SkipReason::NoMarkConfigured)
+        } else {
+            Verdict::Mark(mark)
+        }
+    }
+
+    /// Packets and bytes held over all shapers (reserved by `classify`, not yet released).
+    #[must_use]
+    pub fn shaper_held(&self) -> (u64, u64) {
+        self.shapers.held()
     }
 }

@@ -57,6 +57,7 @@
 //! `O(n · b)`; both leave the set unchanged when they fail.
 
 use crate::counters::Counters;
+use crate::shaper::ShaperId;
 use crate::{EngineError, FiveTuple};
 use alloc::vec::Vec;
 use core::net::IpAddr;
@@ -77,6 +78,8 @@ pub struct RuleHit<'a> {
     pub counters: &'a Counters,
     /// The rule's name.
     pub name: &'a RuleName,
+    /// The rule's shaper, if it throttles.
+    pub shaper: Option<ShaperId>,
 }
 
 /// The total order between rules: greater is better. See the module docs for the fields, most
@@ -104,6 +107,8 @@ impl Rank {
 struct Rule {
     spec: RuleSpec,
     counters: Counters,
+    /// One bucket for all the traffic the rule matches, when it throttles.
+    shaper: Option<ShaperId>,
     rank: Rank,
 }
 
@@ -509,6 +514,7 @@ impl RuleSet {
         self.rules.push(Rule {
             spec,
             counters: Counters::default(),
+            shaper: None,
             rank,
         });
         if let Err(e) = self.index.add(&self.rules, idx) {
@@ -573,6 +579,7 @@ impl RuleSet {
             rules.push(Rule {
                 spec: spec.clone(),
                 counters: Counters::default(),
+                shaper: None,
                 rank: Rank::of(spec, seq),
             });
             seq += 1;
@@ -656,6 +663,7 @@ impl RuleSet {
             pcp: r.spec.pcp,
             counters: &r.counters,
             name: &r.spec.name,
+            shaper: r.shaper,
         })
     }
 }

@@ -45,6 +45,21 @@ pub fn default_table() -> TrafficTable {
         ],
         user_dscp_allow: 0,
         tag_adaptive_flows: true,
+        non_conformant_dscp: Dscp::CS0,
+        non_conformant_pcp: Pcp::ZERO,
+    }
+}
+
+/// The mark of a packet above the rate of a flow (or rule) whose conformant mark is
+/// `conformant` under `QOSUseNonConformantMarkings`: always the table's non-conformant DSCP
+/// (the point is to demote the excess), and its non-conformant 802.1p only when the conformant
+/// mark requests 802.1p (a flow that is not tagged is not tagged when it exceeds its rate
+/// either).
+#[must_use]
+pub fn non_conformant_mark(table: &TrafficTable, conformant: Mark) -> Mark {
+    Mark {
+        dscp: Some(table.non_conformant_dscp),
+        pcp: conformant.pcp.map(|_| table.non_conformant_pcp),
     }
 }
 

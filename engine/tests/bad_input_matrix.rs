@@ -41,6 +41,7 @@ use qosmark_engine::abi::{
     Shaping, SocketInfo, TrafficType, PROTOCOL_VERSION, QOS_NON_ADAPTIVE_FLOW,
 };
 use qosmark_engine::control::ControlSnapshot;
+use qosmark_engine::shaper::ShaperConfig;
 use qosmark_engine::{Engine, HandleId, Limits};
 
 const USER: Caller = Caller {
@@ -234,15 +235,28 @@ impl World {
         }
     }
 
-    /// Everything observable: control state, rules with counters, global status.
-    fn state(&mut self) -> (ControlSnapshot, Response, Response) {
+    /// Everything observable: control state, rules with counters, global status, and the
+    /// rate of every flow's shaper.
+    fn state(
+        &mut self,
+    ) -> (
+        ControlSnapshot,
+        Response,
+        Response,
+        Vec<Option<ShaperConfig>>,
+    ) {
         let snapshot = self.engine.control_snapshot().unwrap();
         let rules = self.engine.apply(self.admin, &Request::ListRules).unwrap();
         let status = self
             .engine
             .apply(self.admin, &Request::QueryStatus)
             .unwrap();
-        (snapshot, rules, status)
+        let rates = snapshot
+            .flows
+            .iter()
+            .map(|f| f.shaper.and_then(|s| self.engine.shaper_config(s)))
+            .collect();
+        (snapshot, rules, status, rates)
     }
 
     /// What a back end does with a request record on `handle`: decode, apply, answer.
@@ -482,10 +496,10 @@ fn reserved_offsets(what: &str) -> Vec<usize> {
         "AddRule" => rule(0, "new-rule".len()),
         "RemoveRule" => name(0, "dns".len()),
         // Best effort (type 0) has neither DSCP nor PCP: its value bytes 1 and 3 are absent
-        // slots; then 33..40.
+        // slots; then 35..40 (33 and 34 are the non-conformant DSCP and 802.1p).
         "SetTrafficTable" => {
             let mut v = vec![1, 3];
-            v.extend(33..40);
+            v.extend(35..40);
             v
         }
         "ListFlows" => (4..8).collect(),
@@ -567,6 +581,8 @@ fn value_cases() -> Vec<(&'static str, usize, usize, u32, AbiError)> {
         ("SetTrafficTable", 7, 1, 8, BadValue),
         ("SetTrafficTable", 6, 1, 2, BadValue),
         ("SetTrafficTable", 32, 1, 2, BadValue),
+        ("SetTrafficTable", 33, 1, 64, BadValue),
+        ("SetTrafficTable", 34, 1, 8, BadValue),
         // ReplaceRules: a count above the cap.
         ("ReplaceRules", 0, 4, MAX_RULES + 1, TooLarge),
         ("ReplaceRules", 0, 4, u32::MAX, TooLarge),
@@ -649,7 +665,25 @@ fn well_formed_but_refused() {
         flags: 0,
         flow_id: 0,
     };
+    // The user's flow has a rate, so a refused rate must leave it (and its shaper id) alone.
+    let rate = |bandwidth| Request::SetFlow {
+        flow_id: flow_of_user,
+        op: SetFlow::OutgoingRate(FlowRate {
+            bandwidth,
+            shaping: Shaping::ShapeOnly,
+            reason: 0,
+        }),
+    };
+    assert_eq!(w.engine.apply(w.user, &rate(1_000_000)), Ok(Response::Done));
     let cases: Vec<(bool, Request, Win32Error)> = vec![
+        // Rates: 0, below one 1500-byte packet per second, above 100 Gbit/s → 87; another
+        // handle's flow → 1168 first.
+        (false, rate(0), Win32Error::INVALID_PARAMETER),
+        (false, rate(11_999), Win32Error::INVALID_PARAMETER),
+        (false, rate(100_000_000_001), Win32Error::INVALID_PARAMETER),
+        (false, rate(u64::MAX), Win32Error::INVALID_PARAMETER),
+        (true, rate(1_000_000), Win32Error::NOT_FOUND),
+        (true, rate(0), Win32Error::NOT_FOUND),
         (false, bad_flags, Win32Error::INVALID_PARAMETER),
         (false, v6_dest_on_v4, Win32Error::INVALID_PARAMETER),
         (

@@ -21,11 +21,12 @@ use control_common::{sa, ADMIN, KERNEL, USER, USER2};
 use core::net::{IpAddr, Ipv4Addr, SocketAddr};
 use proptest::prelude::*;
 use qosmark_engine::abi::{
-    Caller, CounterSnapshot, Dscp, Family, FlowId, Mark, NotifyFlow, PacketPriority, Pcp,
-    Privilege, Protocol, QueryFlow, Request, Response, SetFlow, SocketInfo, TrafficTable,
+    Caller, CounterSnapshot, Dscp, Family, FlowId, FlowRate, Mark, NotifyFlow, PacketPriority, Pcp,
+    Privilege, Protocol, QueryFlow, Request, Response, SetFlow, Shaping, SocketInfo, TrafficTable,
     TrafficType, TrafficTypeMark,
 };
 use qosmark_engine::control::{Binding, FlowDetail, HandleDetail, SocketDetail};
+use qosmark_engine::shaper::Behaviour;
 use qosmark_engine::{Engine, EngineError, FiveTuple, HandleId, Limits};
 use std::collections::BTreeMap;
 
@@ -54,6 +55,8 @@ struct MFlow {
     tt: TrafficType,
     adaptive: bool,
     custom: Option<u8>,
+    /// `QOSSetOutgoingRate`: bit/s and `QOS_SHAPING` value.
+    rate: Option<(u64, u32)>,
     entries: Vec<MEntry>,
 }
 
@@ -245,6 +248,8 @@ impl Model {
                 custom_dscp: f.custom.and_then(|v| Dscp::try_new(v).ok()),
                 mark: self.mark(f),
                 counters: CounterSnapshot::default(),
+                // Ids are the engine's; `run` compares the shapers' configurations instead.
+                shaper: None,
                 sockets: f
                     .entries
                     .iter()
@@ -387,6 +392,8 @@ fn tables() -> Vec<TrafficTable> {
         dscp: None,
         pcp: Pcp::try_new(1).ok(),
     };
+    custom.non_conformant_dscp = Dscp::try_new(8).unwrap();
+    custom.non_conformant_pcp = Pcp::try_new(1).unwrap();
     vec![d, open, custom]
 }
 
@@ -452,6 +459,12 @@ enum Op {
         flow: usize,
         value: u32,
     },
+    SetRate {
+        h: usize,
+        flow: usize,
+        bandwidth: u64,
+        shaping: Shaping,
+    },
     Query {
         h: usize,
         flow: usize,
@@ -486,6 +499,9 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (h.clone(), prop::option::of(0usize..SOCKETS), flow.clone()).prop_map(|(h, sock, flow)| Op::Remove { h, sock, flow }),
         2 => (h.clone(), flow.clone(), 0usize..6).prop_map(|(h, flow, tt)| Op::SetType { h, flow, tt }),
         2 => (h.clone(), flow.clone(), prop::sample::select(vec![0u32, 46, 63, 10, 64, 300])).prop_map(|(h, flow, value)| Op::SetDscp { h, flow, value }),
+        2 => (h.clone(), flow.clone(), prop::sample::select(vec![0u64, 1, 11_999, 12_000, 1_000_000, 100_000_000_000, 100_000_000_001, u64::MAX]),
+              prop::sample::select(vec![Shaping::ShapeOnly, Shaping::ShapeAndMark, Shaping::UseNonConformantMarkings]))
+            .prop_map(|(h, flow, bandwidth, shaping)| Op::SetRate { h, flow, bandwidth, shaping }),
         2 => (h.clone(), flow.clone(), 0usize..3).prop_map(|(h, flow, op)| Op::Query { h, flow, op }),
         1 => (h.clone(), flow.clone(), 0usize..3, any::<bool>()).prop_map(|(h, flow, op, threshold)| Op::Notify { h, flow, op, threshold }),
         1 => h.clone().prop_map(Op::Enumerate),
@@ -615,6 +631,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                                 tt,
                                 adaptive: flags == 0,
                                 custom: None,
+                                rate: None,
                                 entries,
                             },
                         );
@@ -702,6 +719,41 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                     }
                 }
             }
+            Op::SetRate {
+                h,
+                flow,
+                bandwidth,
+                shaping,
+            } => {
+                let h = hpick(&seen_handles, h);
+                let flow = seen_flows[flow % seen_flows.len()];
+                let got = e.apply(
+                    HandleId(h),
+                    &Request::SetFlow {
+                        flow_id: flow,
+                        op: SetFlow::OutgoingRate(FlowRate {
+                            bandwidth,
+                            shaping,
+                            reason: 0,
+                        }),
+                    },
+                );
+                // 1168 first, then 87 outside 12 000..=10^11 bit/s.
+                let expect = m.caller(h).and_then(|_| m.own(h, flow)).and_then(|_| {
+                    if (12_000..=100_000_000_000).contains(&bandwidth) {
+                        Ok(())
+                    } else {
+                        Err(EngineError::InvalidParameter)
+                    }
+                });
+                match expect {
+                    Err(err) => prop_assert_eq!(got, Err(err)),
+                    Ok(()) => {
+                        prop_assert_eq!(got, Ok(Response::Done));
+                        m.flows.get_mut(&flow).unwrap().rate = Some((bandwidth, shaping as u32));
+                    }
+                }
+            }
             Op::Query { h, flow, op } => {
                 let h = hpick(&seen_handles, h);
                 let flow = seen_flows[flow % seen_flows.len()];
@@ -718,15 +770,34 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                     },
                 );
                 let expect = m.caller(h).and_then(|_| m.own(h, flow)).and_then(|f| {
-                    if qop != QueryFlow::PacketPriority {
-                        return Err(EngineError::NotSupported);
+                    match qop {
+                        QueryFlow::Fundamentals => return Err(EngineError::NotSupported),
+                        // qosmark choice: no rate set → 232 ERROR_NO_DATA.
+                        QueryFlow::OutgoingRate => {
+                            return f
+                                .rate
+                                .map(|r| Response::OutgoingRate(r.0))
+                                .ok_or(EngineError::NoData)
+                        }
+                        QueryFlow::PacketPriority => {}
                     }
                     let mark = m.mark(f);
+                    // Non-conformant values only under QOSUseNonConformantMarkings (2): the
+                    // table's DSCP always, its 802.1p when the flow requests 802.1p.
+                    let nc = f.rate.is_some_and(|r| r.1 == 2);
                     Ok(Response::PacketPriority(PacketPriority {
                         conformant_dscp: mark.dscp.map_or(0, |d| u32::from(d.value())),
-                        non_conformant_dscp: 0,
+                        non_conformant_dscp: if nc {
+                            u32::from(m.table.non_conformant_dscp.value())
+                        } else {
+                            0
+                        },
                         conformant_l2: mark.pcp.map_or(0, |p| u32::from(p.value())),
-                        non_conformant_l2: 0,
+                        non_conformant_l2: if nc && mark.pcp.is_some() {
+                            u32::from(m.table.non_conformant_pcp.value())
+                        } else {
+                            0
+                        },
                     }))
                 });
                 prop_assert_eq!(got, expect);
@@ -840,7 +911,39 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
         }
         // After every step: same state, same lookups, invariants hold.
         e.check_control_invariants().map_err(TestCaseError::fail)?;
-        prop_assert_eq!(e.flow_details().unwrap(), m.details(), "after {:?}", op);
+        let mut details = e.flow_details().unwrap();
+        for d in &mut details {
+            let shaper = d.shaper.take();
+            let got = shaper
+                .and_then(|s| e.shaper_config(s))
+                .map(|c| (c.rate_bps(), c.behaviour()));
+            let want = m.flows[&d.id].rate.map(|(bw, sh)| {
+                (
+                    bw,
+                    if sh == 2 {
+                        Behaviour::NonConformantMark
+                    } else {
+                        Behaviour::Shape
+                    },
+                )
+            });
+            prop_assert_eq!(got, want, "rate of flow {} after {:?}", d.id, op);
+        }
+        prop_assert_eq!(details, m.details(), "after {:?}", op);
+        let live_shapers = m.flows.values().filter(|f| f.rate.is_some()).count();
+        prop_assert_eq!(
+            e.apply(
+                HandleId(seen_handles[seen_handles.len() - 1]),
+                &Request::QueryStatus
+            )
+            .ok()
+            .and_then(|r| match r {
+                Response::Status(s) => Some(s.shapers as usize),
+                _ => None,
+            })
+            .unwrap_or(live_shapers),
+            live_shapers
+        );
         prop_assert_eq!(e.handle_details().unwrap(), m.handle_details());
         for t in &probes {
             prop_assert_eq!(

@@ -24,8 +24,9 @@ use qosmark_engine::control::Binding;
 use qosmark_engine::traffic::default_table;
 use qosmark_engine::{Engine, EngineError, Limits};
 
+use qosmark_engine::abi::Shaping::{ShapeAndMark, ShapeOnly, UseNonConformantMarkings};
 use EngineError::{
-    AccessDenied, AlreadyExists, InvalidHandle, InvalidParameter, LimitReached, NotFound,
+    AccessDenied, AlreadyExists, InvalidHandle, InvalidParameter, LimitReached, NoData, NotFound,
     NotSupported,
 };
 use TrafficType::{AudioVideo, Background, BestEffort, Control, Voice};
@@ -871,42 +872,103 @@ fn custom_dscp_privileges_and_range() {
 }
 
 #[test]
-fn shaping_probing_and_notifications_are_50() {
+fn rates_are_set_and_queried_probing_and_notifications_are_50() {
     let mut e = engine();
     let h = e.open_handle(USER).unwrap();
     let id = add_ok(&mut e, h, &add(udp4(1), Some("192.0.2.1:9"), Voice, 0, 0));
-    let rate = qosmark_engine::abi::FlowRate {
-        bandwidth: 1_000_000,
-        shaping: qosmark_engine::abi::Shaping::ShapeAndMark,
-        reason: 0,
+    let rate = |bandwidth, shaping| Request::SetFlow {
+        flow_id: id,
+        op: SetFlow::OutgoingRate(qosmark_engine::abi::FlowRate {
+            bandwidth,
+            shaping,
+            reason: 0,
+        }),
     };
-    assert_refused(
-        &mut e,
-        h,
-        &Request::SetFlow {
-            flow_id: id,
-            op: SetFlow::OutgoingRate(rate),
-        },
-        NotSupported,
-    );
+    let query_rate = Request::QueryFlow {
+        flow_id: id,
+        op: QueryFlow::OutgoingRate,
+    };
+    // No rate yet: 232 ERROR_NO_DATA (qosmark choice, see the control module docs).
+    assert_refused(&mut e, h, &query_rate, NoData);
+    assert_eq!(NoData.win32().0, 232);
     assert_refused(
         &mut e,
         h,
         &Request::SetFlow {
             flow_id: 77,
-            op: SetFlow::OutgoingRate(rate),
+            op: SetFlow::OutgoingRate(qosmark_engine::abi::FlowRate {
+                bandwidth: 1_000_000,
+                shaping: ShapeAndMark,
+                reason: 0,
+            }),
         },
         NotFound,
     );
+    for bad in [0, 1, 11_999, 100_000_000_001, u64::MAX] {
+        assert_refused(&mut e, h, &rate(bad, ShapeOnly), InvalidParameter);
+    }
+    assert_eq!(e.apply(h, &rate(12_000, ShapeAndMark)), Ok(Response::Done));
+    assert_eq!(e.apply(h, &query_rate), Ok(Response::OutgoingRate(12_000)));
+    let shaper = e.flow_details().unwrap()[0].shaper.unwrap();
+    assert!(e.shaper_live(shaper));
+    // A new rate keeps the shaper; a refused one changes nothing.
+    assert_eq!(
+        e.apply(h, &rate(2_000_000, UseNonConformantMarkings)),
+        Ok(Response::Done)
+    );
+    assert_eq!(e.flow_details().unwrap()[0].shaper, Some(shaper));
+    assert_eq!(
+        e.apply(h, &query_rate),
+        Ok(Response::OutgoingRate(2_000_000))
+    );
+    assert_refused(&mut e, h, &rate(0, ShapeOnly), InvalidParameter);
+    assert_eq!(
+        e.apply(h, &query_rate),
+        Ok(Response::OutgoingRate(2_000_000))
+    );
+    // Non-conformant marks are reported only under QOSUseNonConformantMarkings; the flow is
+    // adaptive (flags 0), so it requests 802.1p and its excess gets the table's 802.1p.
+    let mut table = default_table();
+    table.non_conformant_dscp = Dscp::try_new(8).unwrap();
+    table.non_conformant_pcp = Pcp::try_new(1).unwrap();
+    let a = e.open_handle(ADMIN).unwrap();
+    e.apply(a, &Request::SetTrafficTable(table)).unwrap();
+    let p = priority(&mut e, h, id);
+    assert_eq!(
+        (
+            p.conformant_dscp,
+            p.non_conformant_dscp,
+            p.conformant_l2,
+            p.non_conformant_l2
+        ),
+        (56, 8, 7, 1)
+    );
+    assert_eq!(e.apply(h, &rate(2_000_000, ShapeOnly)), Ok(Response::Done));
+    let p = priority(&mut e, h, id);
+    assert_eq!((p.non_conformant_dscp, p.non_conformant_l2), (0, 0));
+    assert_refused(
+        &mut e,
+        h,
+        &Request::QueryFlow {
+            flow_id: id,
+            op: QueryFlow::Fundamentals,
+        },
+        NotSupported,
+    );
     for op in [QueryFlow::Fundamentals, QueryFlow::OutgoingRate] {
-        assert_refused(
-            &mut e,
-            h,
-            &Request::QueryFlow { flow_id: id, op },
-            NotSupported,
-        );
         assert_refused(&mut e, h, &Request::QueryFlow { flow_id: 77, op }, NotFound);
     }
+    // Removing the flow kills its shaper.
+    e.apply(
+        h,
+        &Request::RemoveSocketFromFlow {
+            socket: None,
+            flow_id: id,
+        },
+    )
+    .unwrap();
+    assert!(!e.shaper_live(shaper));
+    let id = add_ok(&mut e, h, &add(udp4(1), Some("192.0.2.1:9"), Voice, 0, 0));
     let notify = |flow_id, op, threshold| Request::NotifyFlow {
         flow_id,
         op,

@@ -269,6 +269,8 @@ fn table_remap_and_handle_close_take_effect_on_live_packets() {
         marks,
         user_dscp_allow: 0,
         tag_adaptive_flows: true,
+        non_conformant_dscp: Dscp::CS0,
+        non_conformant_pcp: Pcp::ZERO,
     };
     // A user may not change the table, and the refusal changes nothing.
     assert_eq!(

@@ -35,12 +35,19 @@ const LIMITS: Limits = Limits {
     // The model has no owner table: ownership is proven by the back end (the Linux setting).
     check_owner: false,
     owner_slots: 64,
+    // Shapers: one per flow at most here; small queues so the limits are reached.
+    max_shapers: 6,
+    shaper_queue_packets: 4,
+    shaper_queue_bytes: 4096,
+    held_packets_total: 8,
+    held_bytes_total: 8192,
 };
 
 // Win32 codes (qos-api.md §7).
 const E_ACCESS: u32 = 5;
 const E_HANDLE: u32 = 6;
 const E_NOT_SUPPORTED: u32 = 50;
+const E_NO_DATA: u32 = 232;
 const E_PARAM: u32 = 87;
 const E_EXISTS: u32 = 183;
 const E_NOT_FOUND: u32 = 1168;
@@ -101,6 +108,8 @@ struct MFlow {
     tt: TrafficType,
     adaptive: bool,
     custom: Option<u8>,
+    /// `QOSSetOutgoingRate`: bit/s and shaping.
+    rate: Option<(u64, Shaping)>,
     /// (socket, key) in registration order.
     entries: Vec<(u64, MKey)>,
 }
@@ -132,6 +141,8 @@ fn doc_table() -> TrafficTable {
         ],
         user_dscp_allow: 0,
         tag_adaptive_flows: true,
+        non_conformant_dscp: Dscp::CS0,
+        non_conformant_pcp: Pcp::ZERO,
     }
 }
 
@@ -336,6 +347,8 @@ fn random_table(input: &mut Input<'_>) -> TrafficTable {
     }
     t.user_dscp_allow = u64::from(input.u32()) | (u64::from(input.u32()) << 32);
     t.tag_adaptive_flows = input.byte() & 1 == 1;
+    t.non_conformant_dscp = Dscp::try_new(input.byte() % 64).expect("6 bits");
+    t.non_conformant_pcp = Pcp::try_new(input.byte() % 8).expect("3 bits");
     t
 }
 
@@ -507,6 +520,7 @@ fuzz_target!(|data: &[u8]| {
                                 tt,
                                 adaptive: flags & 2 == 0,
                                 custom: None,
+                                rate: None,
                                 entries: vec![(socket.socket, key)],
                             },
                         );
@@ -606,17 +620,39 @@ fuzz_target!(|data: &[u8]| {
                                 want,
                             )
                         }
-                        4 => (
-                            Request::SetFlow {
-                                flow_id,
-                                op: SetFlow::OutgoingRate(FlowRate {
-                                    bandwidth: u64::from(input.u32()),
-                                    shaping: Shaping::ShapeOnly,
-                                    reason: 0,
-                                }),
-                            },
-                            base.and(Err(E_NOT_SUPPORTED)),
-                        ),
+                        4 => {
+                            let bandwidth = match input.byte() % 4 {
+                                0 => u64::from(input.u32()),
+                                1 => input.pick(&[0, 11_999, 12_000, 100_000_000_000, 100_000_000_001]),
+                                _ => 12_000 + u64::from(input.u32() % 10_000_000),
+                            };
+                            let shaping = input.pick(&[
+                                Shaping::ShapeOnly,
+                                Shaping::ShapeAndMark,
+                                Shaping::UseNonConformantMarkings,
+                            ]);
+                            // 1168 first, then 87 outside 12 000..=10^11 bit/s (one 1500-byte
+                            // packet per second .. 100 Gbit/s).
+                            let want = base.and_then(|_| {
+                                if !(12_000..=100_000_000_000).contains(&bandwidth) {
+                                    return Err(E_PARAM);
+                                }
+                                m.flows.get_mut(&flow_id).expect("own").rate =
+                                    Some((bandwidth, shaping));
+                                Ok(None)
+                            });
+                            (
+                                Request::SetFlow {
+                                    flow_id,
+                                    op: SetFlow::OutgoingRate(FlowRate {
+                                        bandwidth,
+                                        shaping,
+                                        reason: 0,
+                                    }),
+                                },
+                                want,
+                            )
+                        }
                         5 | 6 => (
                             Request::QueryFlow {
                                 flow_id,
@@ -624,13 +660,26 @@ fuzz_target!(|data: &[u8]| {
                             },
                             base.map(Some),
                         ),
-                        7 => (
-                            Request::QueryFlow {
-                                flow_id,
-                                op: input.pick(&[QueryFlow::Fundamentals, QueryFlow::OutgoingRate]),
-                            },
-                            base.and(Err(E_NOT_SUPPORTED)),
-                        ),
+                        7 => {
+                            let op = input.pick(&[QueryFlow::Fundamentals, QueryFlow::OutgoingRate]);
+                            let want = match op {
+                                QueryFlow::OutgoingRate => base.and_then(|_| {
+                                    match m.flows[&flow_id].rate {
+                                        Some((bw, _)) => {
+                                            assert_eq!(
+                                                e.apply(hid, &Request::QueryFlow { flow_id, op }),
+                                                Ok(Response::OutgoingRate(bw)),
+                                                "step {step}"
+                                            );
+                                            Ok(None)
+                                        }
+                                        None => Err(E_NO_DATA),
+                                    }
+                                }),
+                                _ => base.and(Err(E_NOT_SUPPORTED)),
+                            };
+                            (Request::QueryFlow { flow_id, op }, want)
+                        }
                         _ => {
                             let op = input.pick(&[
                                 NotifyFlow::Congested,
@@ -663,7 +712,20 @@ fuzz_target!(|data: &[u8]| {
                             mark.pcp.map_or(0, |d| u32::from(d.value())),
                             "step {step}"
                         );
+                        // Non-conformant values only under QOSUseNonConformantMarkings: the
+                        // table's DSCP, and its 802.1p when the flow requests 802.1p.
+                        let nc = m.flows[&flow_id]
+                            .rate
+                            .is_some_and(|r| r.1 == Shaping::UseNonConformantMarkings);
+                        let nc_dscp = if nc { u32::from(m.table.non_conformant_dscp.value()) } else { 0 };
+                        let nc_l2 = if nc && mark.pcp.is_some() {
+                            u32::from(m.table.non_conformant_pcp.value())
+                        } else {
+                            0
+                        };
+                        assert_eq!((p.non_conformant_dscp, p.non_conformant_l2), (nc_dscp, nc_l2), "step {step}");
                     }
+                    (Ok(None), Ok(Response::OutgoingRate(_))) => {}
                     _ => assert_eq!(code(&got), want.map(|_| ()), "step {step}: {req:?}"),
                 }
             }
@@ -899,6 +961,30 @@ fuzz_target!(|data: &[u8]| {
                 let mark = m.mark(&m.flows[&owner]);
                 let meta = PacketMeta::default();
                 let v = e.classify(&p, &meta, step);
+                if let Some((_, shaping)) = m.flows[&owner].rate {
+                    // A shaped flow: the shaper may hold the packet (with the conformant mark
+                    // when shaping, either mark when marking non-conformant packets) or send it
+                    // with either mark; its room goes back at once (no queue here). The shaper
+                    // itself is checked against a reference in engine/tests/shaper_*.rs.
+                    let nc = qosmark_engine::traffic::non_conformant_mark(&m.table, mark);
+                    let held = match v {
+                        Verdict::Delay { mark: dm, shaper, .. } => {
+                            assert!(e.shaper_live(shaper), "step {step}");
+                            assert!(
+                                dm == mark || (shaping == Shaping::UseNonConformantMarkings && dm == nc),
+                                "step {step}: {v:?}"
+                            );
+                            e.shaper_released(shaper, qosmark_engine::shaper::held_bytes(&p));
+                            true
+                        }
+                        _ => false,
+                    };
+                    assert!(
+                        held || matches!(v, Verdict::Mark(_) | Verdict::AlreadyMarked | Verdict::Skip(SkipReason::NoMarkConfigured)),
+                        "step {step}: {v:?}"
+                    );
+                    continue;
+                }
                 if mark.dscp.is_none() && mark.pcp.is_none() {
                     assert_eq!(
                         v,

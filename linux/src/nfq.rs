@@ -867,6 +867,11 @@ fn decide(engine: &Engine, datagram: &mut [u8], pkt: PacketMsg, now_ns: u64) -> 
         return Answer::Accept;
     };
     let verdict = engine.classify(payload, &PacketMeta::default(), now_ns);
+    // INTERIM (issue 7): this back end does not hold packets yet, so a `Delay` is sent at once
+    // with its mark and counted as `FailOpen::ShaperQueueFull` (`Engine::not_held` gives the
+    // queue room back). The shape-linux work replaces this with deferred verdicts released by
+    // a timer (`qosmark_engine::shaper::HeldQueue`).
+    let verdict = engine.not_held(verdict, payload);
     let Verdict::Mark(mark) = verdict else {
         return Answer::Accept;
     };

@@ -44,7 +44,16 @@
 //! * A back end without shaping answers `SetFlow(OutgoingRate)` with 50: the whole `set`
 //!   then fails with `WSA_QOS_TRAFFIC_CTRL_ERROR` (11014, "a problem with some part of
 //!   Traffic Control") and is undone, so the socket keeps what it had. With a back end that
-//!   shapes, the same call succeeds; nothing here depends on which one runs.
+//!   shapes, the same call succeeds; nothing here depends on which one runs. A rate the
+//!   shaper refuses (87: outside its range, 12 000 bit/s ..= 100 Gbit/s today, i.e. a
+//!   `TokenRate` below 1 500 bytes/s) is `WSA_QOS_EFLOWSPEC`, also undone.
+//! * A later `set` without `QOS_SD_MODE` keeps a rate set before: QOS2 has no request that
+//!   takes a flow's rate away. `SERVICETYPE_NOTRAFFIC` first, then the new `set`, starts over
+//!   (a new flow; its `QOS_DESTADDR` destinations must be given again).
+//! * Under `TC_NONCONF_BORROW` the non-conforming packets get the back end's non-conformant
+//!   mark (the traffic table's, default DSCP 0 / 802.1p 0), not GQoS's documented 0 / 1: the
+//!   engine has no per-flow non-conformant mark yet (an administrator can set the table's
+//!   non-conformant 802.1p to 1).
 //!
 //! # Errors (checked before anything is sent; nothing changes on error)
 //!
@@ -717,10 +726,11 @@ impl GqosSession {
         h.set_flow(flow, SetFlow::Service(service)).map_err(undo)?;
         if let Some(rate) = rate {
             if let Err(e) = h.set_flow(flow, SetFlow::OutgoingRate(rate)) {
-                let e = if e.code() == Win32Error::NOT_SUPPORTED {
-                    err(WSA_QOS_TRAFFIC_CTRL_ERROR)
-                } else {
-                    e
+                let e = match e.code() {
+                    Win32Error::NOT_SUPPORTED => err(WSA_QOS_TRAFFIC_CTRL_ERROR),
+                    // A rate the shaper does not take (out of its range).
+                    Win32Error::INVALID_PARAMETER => err(WSA_QOS_EFLOWSPEC),
+                    _ => e,
                 };
                 if let Some(previous) = previous {
                     // Best effort, as above: the previous mark was accepted before.

@@ -98,6 +98,11 @@ pub struct Summary {
     pub marked: u64,
     /// `AlreadyMarked` verdicts.
     pub already_marked: u64,
+    /// `Delay` verdicts (a throttled rule's shaper would hold the packet). The replay models
+    /// no queue and no clock between packets other than the capture's: such a packet is
+    /// rewritten with the Delay's mark as if sent (and counted under `marked` when that mark
+    /// is not empty), and its queue room is given back at once.
+    pub delayed: u64,
     /// `Mark` verdicts on later fragments (offset ≠ 0): they carry no ports and follow their
     /// first fragment's mark, so they count here and in the totals, not under a rule.
     pub later_fragments_marked: u64,
@@ -240,8 +245,20 @@ fn mark_packet(engine: &Engine, view: &mut PacketView<'_>, now_ns: u64, summary:
     summary.classified += 1;
     let later_fragment =
         wire::parse_ip(ip).is_ok_and(|p| p.fragment.is_some_and(|f| f.offset != 0));
-    match engine.classify(ip, &meta, now_ns) {
-        Verdict::Skip(_) => {}
+    let verdict = match engine.classify(ip, &meta, now_ns) {
+        Verdict::Delay { mark, shaper, .. } => {
+            summary.delayed += 1;
+            engine.shaper_released(shaper, qosmark_engine::shaper::held_bytes(ip));
+            if mark.is_empty() {
+                Verdict::Skip(qosmark_engine::abi::SkipReason::NoMarkConfigured)
+            } else {
+                Verdict::Mark(mark)
+            }
+        }
+        v => v,
+    };
+    match verdict {
+        Verdict::Skip(_) | Verdict::Delay { .. } => {}
         Verdict::AlreadyMarked => {
             summary.already_marked += 1;
             if later_fragment {

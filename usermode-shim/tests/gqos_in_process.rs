@@ -305,7 +305,27 @@ fn shaping_without_a_shaping_back_end_is_a_traffic_control_error_and_is_undone()
             assert_eq!(marks(&e, local, "192.0.2.1:5004"), Some((24, 4)));
             assert_eq!(g.get(s.as_raw_fd()).unwrap().sending.service_type, 2);
         }
-        Ok(()) => assert_eq!(marks(&e, local, "192.0.2.1:5004"), Some((40, 5))),
+        Ok(()) => {
+            // The engine shapes: the flow is marked and carries the rate (bit/s at IP level).
+            assert_eq!(marks(&e, local, "192.0.2.1:5004"), Some((40, 5)));
+            let flow = e.lock().unwrap().flow_details().unwrap()[0].id;
+            let h = e.lock().unwrap().handle_details().unwrap()[0].id;
+            let rate = e.lock().unwrap().apply(
+                h,
+                &qosmark_abi::Request::QueryFlow {
+                    flow_id: flow,
+                    op: qosmark_abi::QueryFlow::OutgoingRate,
+                },
+            );
+            assert_eq!(rate, Ok(qosmark_abi::Response::OutgoingRate(1_000_000)));
+            // A rate the shaper refuses (100 bytes/s = 800 bit/s): WSA_QOS_EFLOWSPEC, and
+            // nothing changes.
+            let before = e.lock().unwrap().control_snapshot().unwrap();
+            let mut slow = q.clone();
+            slow.sending.token_rate = 100;
+            assert_eq!(g.set(&s, &slow).unwrap_err().raw(), 11017);
+            assert_eq!(e.lock().unwrap().control_snapshot().unwrap(), before);
+        }
     }
 }
 

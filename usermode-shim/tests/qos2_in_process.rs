@@ -303,15 +303,39 @@ fn set_query_notify_and_unknown_flows() {
             non_conformant_l2: 0
         })
     );
-    // Unsupported: fundamentals, rates, notifications (50).
+    // Rates pass through to the engine: none yet → 232, then the rate set; 0 → 87.
+    assert_eq!(code(h.query_flow(f, QueryFlow::OutgoingRate)), 232);
+    let rate = |bandwidth, shaping| {
+        SetFlow::OutgoingRate(FlowRate {
+            bandwidth,
+            shaping,
+            reason: 0,
+        })
+    };
+    h.set_flow(f, rate(1_000_000, Shaping::UseNonConformantMarkings))
+        .unwrap();
+    assert_eq!(
+        h.query_flow(f, QueryFlow::OutgoingRate).unwrap(),
+        FlowQuery::OutgoingRate(1_000_000)
+    );
+    // Excess marks (table defaults 0 / 0) are reported under QOSUseNonConformantMarkings.
+    assert_eq!(
+        h.query_flow(f, QueryFlow::PacketPriority).unwrap(),
+        FlowQuery::PacketPriority(PacketPriority {
+            conformant_dscp: 8,
+            non_conformant_dscp: 0,
+            conformant_l2: 2,
+            non_conformant_l2: 0
+        })
+    );
+    assert_eq!(code(h.set_flow(f, rate(0, Shaping::ShapeOnly))), 87);
+    assert_eq!(code(h.set_flow(f, rate(11_999, Shaping::ShapeOnly))), 87);
+    assert_eq!(
+        h.query_flow(f, QueryFlow::OutgoingRate).unwrap(),
+        FlowQuery::OutgoingRate(1_000_000)
+    );
+    // Unsupported: fundamentals, notifications (50: no path probing).
     assert_eq!(code(h.query_flow(f, QueryFlow::Fundamentals)), 50);
-    assert_eq!(code(h.query_flow(f, QueryFlow::OutgoingRate)), 50);
-    let rate = SetFlow::OutgoingRate(FlowRate {
-        bandwidth: 1_000_000,
-        shaping: Shaping::ShapeAndMark,
-        reason: 0,
-    });
-    assert_eq!(code(h.set_flow(f, rate)), 50);
     assert_eq!(code(h.notify_flow(f, NotifyFlow::Congested, None)), 50);
     assert_eq!(code(h.notify_flow(f, NotifyFlow::Available, Some(1))), 50);
     // Wrong buffers for NotifyFlow: 87.

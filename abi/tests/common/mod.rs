@@ -143,6 +143,8 @@ pub fn sample_table() -> TrafficTable {
         ],
         user_dscp_allow: 1 << 46,
         tag_adaptive_flows: true,
+        non_conformant_dscp: dscp(8),
+        non_conformant_pcp: pcp(1),
     }
 }
 
@@ -268,11 +270,14 @@ pub fn golden_cases() -> Vec<(&'static str, Golden)> {
                     flows: 3,
                     sockets: 4,
                     rules: 5,
-                    packets: 1_000_000,
+                    shapers: 6,
+                    packets: 1_000_500,
                     marked: 600_000,
                     already_marked: 1_000,
                     skipped: [300_000, 50_000, 10, 2, 1, 30, 4, 48_953, 0, 17],
-                    fail_open: [3, 0, 1, 0, 2, 0, 7],
+                    fail_open: [3, 0, 1, 0, 2, 0, 7, 9],
+                    delayed: 500,
+                    non_conformant: 40,
                 })),
             ),
         ),
@@ -609,12 +614,16 @@ pub fn traffic_table() -> impl Strategy<Value = TrafficTable> {
         ),
         any::<u64>(),
         any::<bool>(),
+        0u8..=63,
+        0u8..=7,
     )
         .prop_map(
-            |(marks, user_dscp_allow, tag_adaptive_flows)| TrafficTable {
+            |(marks, user_dscp_allow, tag_adaptive_flows, nc_dscp, nc_pcp)| TrafficTable {
                 marks,
                 user_dscp_allow,
                 tag_adaptive_flows,
+                non_conformant_dscp: Dscp::try_new(nc_dscp).unwrap(),
+                non_conformant_pcp: Pcp::try_new(nc_pcp).unwrap(),
             },
         )
 }
@@ -818,16 +827,16 @@ fn counters() -> impl Strategy<Value = CounterSnapshot> {
 fn status_info() -> impl Strategy<Value = StatusInfo> {
     (
         any::<u16>(),
-        any::<[u32; 4]>(),
-        any::<[u64; 3]>(),
+        any::<[u32; 5]>(),
+        any::<[u64; 5]>(),
         any::<[u64; SkipReason::COUNT]>(),
         any::<[u64; FailOpen::COUNT]>(),
     )
         .prop_map(
             |(
                 protocol_version,
-                [handles, flows, sockets, rules],
-                [packets, marked, already_marked],
+                [handles, flows, sockets, rules, shapers],
+                [packets, marked, already_marked, delayed, non_conformant],
                 skipped,
                 fail_open,
             )| {
@@ -837,11 +846,14 @@ fn status_info() -> impl Strategy<Value = StatusInfo> {
                     flows,
                     sockets,
                     rules,
+                    shapers,
                     packets,
                     marked,
                     already_marked,
                     skipped,
                     fail_open,
+                    delayed,
+                    non_conformant,
                 }
             },
         )

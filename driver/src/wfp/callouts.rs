@@ -231,7 +231,13 @@ unsafe fn classify_nbl(
         over |= over_mtu(unsafe { packet::nb_length(nb) }, path_mtu);
         // SAFETY: `nb` belongs to the live NBL; the slice is used only in this iteration.
         let verdict = match unsafe { packet::read_headers(nb, &mut storage) } {
-            Some(bytes) => NbVerdict::Classified(engine.classify(bytes, &packet_meta, now)),
+            // INTERIM (issue 7): the driver does not hold packets yet, so a `Delay` is sent at
+            // once with its mark and counted as `FailOpen::ShaperQueueFull`
+            // (`Engine::not_held` gives the queue room back). The shape-driver work replaces
+            // this with held clones released from a timer DPC.
+            Some(bytes) => NbVerdict::Classified(
+                engine.not_held(engine.classify(bytes, &packet_meta, now), bytes),
+            ),
             None => NbVerdict::Unreadable,
         };
         if !plan.push(verdict) {

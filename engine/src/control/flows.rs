@@ -41,16 +41,18 @@
 //! * The handle counts and the global entry count equal what the flows hold.
 //!
 //! ## Memory per registered socket (64-bit; measured in `tests/packet_path_alloc.rs`)
-//! A flow's record (104 bytes: counters, mark, owner, and its first [`Entry`] inline, see
-//! [`Entries`]) is boxed ([`FlowBox`]), so its `flows` bucket is only 16 + 1 bytes; its tier-map
-//! bucket is 44 + 1 bytes. A `hashbrown` table is between 7/16 and 7/8 full, so every bucket
-//! byte costs 8/7 to 16/7 bytes. A one-socket flow measures 231 bytes at 1 000 flows, 228 at
-//! 65 536, 246 right after a table doubled (the worst case); a flow's further sockets or
+//! A flow's record (112 bytes: counters, mark, owner, shaper id, and its first [`Entry`]
+//! inline, see [`Entries`]) is boxed ([`FlowBox`]), so its `flows` bucket is only 16 + 1
+//! bytes; its tier-map bucket is 44 + 1 bytes. A `hashbrown` table is between 7/16 and 7/8
+//! full, so every bucket byte costs 8/7 to 16/7 bytes. A one-socket flow measures 239 bytes at
+//! 1 000 flows, 236 at 65 536, 254 right after a table doubled (the worst case; the shaper id
+//! added 8 bytes to each); a flow's further sockets or
 //! destinations move to a vector of 48-byte entries, 100-150 bytes each. The test
 //! `memory_per_entry_is_bounded` pins the type sizes this estimate uses.
 use super::rate::{Bucket, RateLimit};
 use super::{CloseReport, HandleId, SocketHit};
 use crate::counters::Counters;
+use crate::shaper::{ShaperConfig, ShaperId, ShaperTable};
 use crate::traffic::{mark_for, user_may_set};
 use crate::tuple::{normalize, normalize_addr};
 use crate::{EngineError, FiveTuple, Limits};
@@ -311,6 +313,9 @@ pub(crate) struct Flow {
     custom_pcp: Option<Pcp>,
     /// Cached result of [`resolve`].
     mark: Mark,
+    /// Its shaper, once `QOSSetFlow(QOSSetOutgoingRate)` gave it a rate (the rate itself lives
+    /// in the shaper). Removed with the flow.
+    shaper: Option<ShaperId>,
     counters: Counters,
     /// Insertion order is kept (listing order).
     entries: Entries,
@@ -694,6 +699,7 @@ impl ControlState {
     pub(crate) fn lookup(&self, tuple: &FiveTuple) -> Option<SocketHit<'_>> {
         self.lookup_normalized(tuple).map(|(_, f)| SocketHit {
             mark: f.mark,
+            shaper: f.shaper,
             counters: &f.counters,
             user_pid: f.user.then_some(f.pid),
         })
@@ -765,9 +771,13 @@ impl ControlState {
         Ok(HandleId(raw))
     }
 
-    /// Removes the handle and every flow it owns. Allocates nothing, so it cannot fail once the
-    /// handle is found.
-    pub(crate) fn close_handle(&mut self, id: HandleId) -> Result<CloseReport, EngineError> {
+    /// Removes the handle and every flow it owns (and their shapers). Allocates nothing, so it
+    /// cannot fail once the handle is found.
+    pub(crate) fn close_handle(
+        &mut self,
+        id: HandleId,
+        shapers: &mut ShaperTable,
+    ) -> Result<CloseReport, EngineError> {
         self.handles.remove(&id).ok_or(EngineError::InvalidHandle)?;
         let mut report = CloseReport {
             flows_removed: 0,
@@ -781,6 +791,9 @@ impl ControlState {
             }
             for e in flow.entries.iter() {
                 index.remove(&e.key);
+            }
+            if let Some(shaper) = flow.shaper {
+                shapers.remove(shaper);
             }
             report.flows_removed += 1;
             report.sockets_removed += flow.entries.len();
@@ -881,6 +894,7 @@ impl ControlState {
             custom_dscp: None,
             custom_pcp: None,
             mark: resolve(&self.table, req.traffic_type, adaptive, None),
+            shaper: None,
             counters: Counters::default(),
             entries,
         })?;
@@ -902,11 +916,14 @@ impl ControlState {
         }
     }
 
-    /// Destroys a flow, unindexing its entries.
-    fn destroy_flow(&mut self, id: FlowId) {
+    /// Destroys a flow, unindexing its entries and removing its shaper.
+    fn destroy_flow(&mut self, id: FlowId, shapers: &mut ShaperTable) {
         if let Some(flow) = self.flows.remove(&id) {
             for e in flow.entries.iter() {
                 self.index.remove(&e.key);
+            }
+            if let Some(shaper) = flow.shaper {
+                shapers.remove(shaper);
             }
             let n = isize::try_from(flow.entries.len()).unwrap_or(isize::MAX);
             self.bump_handle(flow.handle, -1, -n);
@@ -920,6 +937,7 @@ impl ControlState {
         handle: HandleId,
         socket: Option<u64>,
         id: FlowId,
+        shapers: &mut ShaperTable,
     ) -> Result<(), EngineError> {
         self.handle(handle)?;
         let flow = self
@@ -929,7 +947,7 @@ impl ControlState {
             .filter(|f| f.handle == handle)
             .ok_or(EngineError::NotFound)?;
         let Some(socket) = socket else {
-            self.destroy_flow(id);
+            self.destroy_flow(id, shapers);
             return Ok(());
         };
         if !flow.entries.iter().any(|e| e.socket == socket) {
@@ -951,7 +969,7 @@ impl ControlState {
         if empty {
             // Windows destroys a single-socket flow when its socket leaves (§5); a flow
             // without sockets could never match a packet again.
-            self.destroy_flow(id);
+            self.destroy_flow(id, shapers);
         }
         Ok(())
     }
@@ -1040,6 +1058,35 @@ impl ControlState {
     /// The resolved mark of a flow of `handle`.
     pub(crate) fn flow_mark(&self, handle: HandleId, id: FlowId) -> Result<Mark, EngineError> {
         self.own_flow(handle, id).map(|f| f.mark)
+    }
+
+    /// The shaper of a flow of `handle`, if it has a rate.
+    pub(crate) fn flow_shaper(
+        &self,
+        handle: HandleId,
+        id: FlowId,
+    ) -> Result<Option<ShaperId>, EngineError> {
+        self.own_flow(handle, id).map(|f| f.shaper)
+    }
+
+    /// `QOSSetFlow(QOSSetOutgoingRate)`: 1168 for a flow that is not `handle`'s, then 87 for a
+    /// rate outside `shaper::MIN_RATE_BPS..=MAX_RATE_BPS`, then 1450 / 8 when a new shaper
+    /// cannot be made. The first rate creates the flow's shaper; a later one reconfigures it
+    /// (same id, see `ShaperTable::reconfigure`). Nothing changes on error.
+    pub(crate) fn set_flow_rate(
+        &mut self,
+        handle: HandleId,
+        id: FlowId,
+        config: Result<ShaperConfig, EngineError>,
+        shapers: &mut ShaperTable,
+    ) -> Result<(), EngineError> {
+        let flow = self.own_flow_mut(handle, id)?;
+        let config = config?;
+        match flow.shaper {
+            Some(shaper) if shapers.reconfigure(shaper, config) => {}
+            _ => flow.shaper = Some(shapers.create(config)?),
+        }
+        Ok(())
     }
 
     /// Flow ids visible to `caller`: all for administrators and kernel callers, else the flows
@@ -1162,6 +1209,7 @@ impl ControlState {
             custom_dscp,
             custom_pcp,
             mark: Mark::default(),
+            shaper: None,
             counters: Counters::default(),
             entries: Entries::One(Entry { socket: 0, key }),
         };
@@ -1235,6 +1283,7 @@ impl ControlState {
                 custom_dscp: f.custom_dscp,
                 mark: f.mark,
                 counters: f.counters.snapshot(),
+                shaper: f.shaper,
                 sockets,
             });
         }
@@ -1257,7 +1306,7 @@ impl ControlState {
     }
 
     /// Checks the invariants in the module docs; the first violation is returned.
-    pub(crate) fn check_invariants(&self) -> Result<(), &'static str> {
+    pub(crate) fn check_invariants(&self, shapers: &ShaperTable) -> Result<(), &'static str> {
         let mut entries = 0usize;
         for (id, f) in &self.flows {
             if *id == 0 {
@@ -1271,6 +1320,9 @@ impl ControlState {
             }
             if f.mark != resolve_flow(&self.table, f) {
                 return Err("a cached mark is stale");
+            }
+            if f.shaper.is_some_and(|s| !shapers.is_live(s)) {
+                return Err("a flow's shaper is dead");
             }
             for e in f.entries.iter() {
                 if self.index.holder(&e.key) != Some(*id) {
@@ -1365,7 +1417,7 @@ mod tests {
                 size_of::<(ExactKey, FlowId)>()
             );
             assert!(size_of::<Entries>() <= 56, "{}", size_of::<Entries>());
-            assert!(size_of::<Flow>() <= 104, "{}", size_of::<Flow>());
+            assert!(size_of::<Flow>() <= 112, "{}", size_of::<Flow>());
             // Worst case: map half full right after growing (7/16) → bucket + ctrl byte × 16/7.
             let worst = size_of::<Entry>() + (size_of::<(ExactKey, FlowId)>() + 1) * 16 / 7;
             assert!(worst <= 150, "{worst}");

@@ -104,6 +104,7 @@ impl Engine {
         handle: HandleId,
         flow_id: FlowId,
     ) -> Result<(), EngineError> {
-        self.control.remove_socket(handle, None, flow_id)
+        self.control
+            .remove_socket(handle, None, flow_id, &mut self.shapers)
     }
 }

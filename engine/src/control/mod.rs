@@ -134,7 +134,8 @@ pub(crate) use flows::ControlState;
 pub use rate::RateLimit;
 
 use crate::counters::Counters;
-use crate::{Engine, EngineError, FiveTuple};
+use crate::shaper::{Behaviour, ShaperConfig, ShaperId};
+use crate::{traffic, Engine, EngineError, FiveTuple};
 use alloc::vec::Vec;
 use core::net::SocketAddr;
 use qosmark_abi::codec::{MAX_FLOWS_PER_PAGE, MAX_LISTED_SOCKETS};
@@ -153,6 +154,8 @@ pub struct HandleId(pub u32);
 pub struct SocketHit<'a> {
     /// Mark to apply.
     pub mark: Mark,
+    /// The flow's shaper, if it has an outgoing rate.
+    pub shaper: Option<ShaperId>,
     /// The flow's counters.
     pub counters: &'a Counters,
     /// The pid of the flow's owner when it was registered through a `Privilege::User` handle
@@ -221,6 +224,9 @@ pub struct FlowDetail {
     pub mark: Mark,
     /// Packet counters.
     pub counters: CounterSnapshot,
+    /// Its shaper, once it has an outgoing rate ([`Engine::shaper_config`],
+    /// [`Engine::shaper_stats`]).
+    pub shaper: Option<ShaperId>,
     /// Entries in registration order.
     pub sockets: Vec<SocketDetail>,
 }
@@ -276,7 +282,7 @@ impl Engine {
     /// # Errors
     /// [`EngineError::InvalidHandle`] if the handle is not open.
     pub fn close_handle(&mut self, handle: HandleId) -> Result<CloseReport, EngineError> {
-        self.control.close_handle(handle)
+        self.control.close_handle(handle, &mut self.shapers)
     }
 
     /// [`Engine::apply`] under the per-handle request rate ([`rate`]): charges one request to
@@ -348,7 +354,7 @@ impl Engine {
             }
             Request::RemoveSocketFromFlow { socket, flow_id } => self
                 .control
-                .remove_socket(handle, *socket, *flow_id)
+                .remove_socket(handle, *socket, *flow_id, &mut self.shapers)
                 .map(|()| Response::Done),
             Request::SetFlow { flow_id, op } => match op {
                 SetFlow::TrafficType(tt) => self
@@ -363,25 +369,17 @@ impl Engine {
                     .control
                     .set_service(handle, caller, *flow_id, *m)
                     .map(|()| Response::Done),
-                SetFlow::OutgoingRate(_) => {
-                    self.control.flow_mark(handle, *flow_id)?;
-                    Err(EngineError::NotSupported)
-                }
+                SetFlow::OutgoingRate(rate) => self
+                    .control
+                    .set_flow_rate(
+                        handle,
+                        *flow_id,
+                        ShaperConfig::from_flow_rate(rate),
+                        &mut self.shapers,
+                    )
+                    .map(|()| Response::Done),
             },
-            Request::QueryFlow { flow_id, op } => {
-                let mark = self.control.flow_mark(handle, *flow_id)?;
-                match op {
-                    QueryFlow::PacketPriority => Ok(Response::PacketPriority(PacketPriority {
-                        conformant_dscp: mark.dscp.map_or(0, |d| u32::from(d.value())),
-                        non_conformant_dscp: 0,
-                        conformant_l2: mark.pcp.map_or(0, |p| u32::from(p.value())),
-                        non_conformant_l2: 0,
-                    })),
-                    QueryFlow::Fundamentals | QueryFlow::OutgoingRate => {
-                        Err(EngineError::NotSupported)
-                    }
-                }
-            }
+            Request::QueryFlow { flow_id, op } => self.query_flow(handle, *flow_id, *op),
             Request::NotifyFlow {
                 flow_id,
                 op,
@@ -427,6 +425,40 @@ impl Engine {
             Request::WatchFlow { flow_id, .. } => Ok(Response::FlowState(
                 self.control.watch_state(caller, *flow_id),
             )),
+        }
+    }
+
+    /// `QOSQueryFlow` (module docs).
+    fn query_flow(
+        &self,
+        handle: HandleId,
+        flow_id: FlowId,
+        op: QueryFlow,
+    ) -> Result<Response, EngineError> {
+        let mark = self.control.flow_mark(handle, flow_id)?;
+        let config = self
+            .control
+            .flow_shaper(handle, flow_id)?
+            .and_then(|s| self.shapers.config(s));
+        match op {
+            QueryFlow::PacketPriority => {
+                let nc = match config {
+                    Some(c) if c.behaviour() == Behaviour::NonConformantMark => {
+                        traffic::non_conformant_mark(self.control.traffic_table(), mark)
+                    }
+                    _ => Mark::default(),
+                };
+                Ok(Response::PacketPriority(PacketPriority {
+                    conformant_dscp: mark.dscp.map_or(0, |d| u32::from(d.value())),
+                    non_conformant_dscp: nc.dscp.map_or(0, |d| u32::from(d.value())),
+                    conformant_l2: mark.pcp.map_or(0, |p| u32::from(p.value())),
+                    non_conformant_l2: nc.pcp.map_or(0, |p| u32::from(p.value())),
+                }))
+            }
+            QueryFlow::OutgoingRate => config
+                .map(|c| Response::OutgoingRate(c.rate_bps()))
+                .ok_or(EngineError::NoData),
+            QueryFlow::Fundamentals => Err(EngineError::NotSupported),
         }
     }
 
@@ -484,6 +516,7 @@ impl Engine {
             flows: to_u32(flows),
             sockets: to_u32(sockets),
             rules: to_u32(self.rules.len()),
+            shapers: to_u32(self.shapers.len()),
             ..StatusInfo::default()
         };
         self.stats.fill_status(&mut status);
@@ -550,6 +583,6 @@ impl Engine {
     /// # Errors
     /// A description of the first violated invariant.
     pub fn check_control_invariants(&self) -> Result<(), &'static str> {
-        self.control.check_invariants()
+        self.control.check_invariants(&self.shapers)
     }
 }

@@ -176,7 +176,8 @@ int main(void) {
     EXPECT_FAIL(QOSQueryFlow(h, flow, QOSQueryFlowFundamentals, &size, &fund, 0, NULL), 50);
     UINT64 rate = 0;
     size = sizeof rate;
-    EXPECT_FAIL(QOSQueryFlow(h, flow, QOSQueryOutgoingRate, &size, &rate, 0, NULL), 50);
+    /* No rate set yet: ERROR_NO_DATA (232, qosmark choice). */
+    EXPECT_FAIL(QOSQueryFlow(h, flow, QOSQueryOutgoingRate, &size, &rate, 0, NULL), 232);
     size = sizeof prio;
     EXPECT_FAIL(QOSQueryFlow(h, flow + 1000, QOSQueryPacketPriority, &size, &prio, 0, NULL), 1168);
 
@@ -198,7 +199,21 @@ int main(void) {
     EXPECT_FAIL(QOSSetFlow(h, flow, QOSSetOutgoingDSCPValue, sizeof dscp, NULL, 0, NULL), 87);
     EXPECT_FAIL(QOSSetFlow(h, flow, QOSSetTrafficType, sizeof tt, &tt, 1, NULL), 87);
     QOS_FLOWRATE_OUTGOING out = {1000000, QOSShapeAndMark, QOSFlowRateNotApplicable};
-    EXPECT_FAIL(QOSSetFlow(h, flow, QOSSetOutgoingRate, sizeof out, &out, 0, NULL), 50);
+    EXPECT_OK(QOSSetFlow(h, flow, QOSSetOutgoingRate, sizeof out, &out, 0, NULL));
+    rate = 0;
+    size = sizeof rate;
+    EXPECT_OK(QOSQueryFlow(h, flow, QOSQueryOutgoingRate, &size, &rate, 0, NULL));
+    CHECK(size == 8 && rate == 1000000);
+    /* Below one 1500-byte packet per second (12 000 bit/s), or 0: 87, rate unchanged. */
+    QOS_FLOWRATE_OUTGOING slow = {11999, QOSShapeOnly, QOSFlowRateNotApplicable};
+    EXPECT_FAIL(QOSSetFlow(h, flow, QOSSetOutgoingRate, sizeof slow, &slow, 0, NULL), 87);
+    slow.Bandwidth = 0;
+    EXPECT_FAIL(QOSSetFlow(h, flow, QOSSetOutgoingRate, sizeof slow, &slow, 0, NULL), 87);
+    EXPECT_FAIL(QOSSetFlow(h, flow, QOSSetOutgoingRate, 8, &out, 0, NULL), 87);
+    rate = 0;
+    size = sizeof rate;
+    EXPECT_OK(QOSQueryFlow(h, flow, QOSQueryOutgoingRate, &size, &rate, 0, NULL));
+    CHECK(rate == 1000000);
     EXPECT_FAIL(QOSSetFlow(h, 0, QOSSetTrafficType, sizeof tt, &tt, 0, NULL), 1168);
 
     /* OVERLAPPED is not supported off Windows; nothing can be pending for QOSCancel. */

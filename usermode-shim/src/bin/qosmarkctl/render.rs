@@ -133,19 +133,24 @@ fn status_text(s: &mut String, endpoint: &str, i: &StatusInfo) {
     );
     let _ = writeln!(
         s,
-        "handles {}  flows {}  sockets {}  rules {}",
-        i.handles, i.flows, i.sockets, i.rules
+        "handles {}  flows {}  sockets {}  rules {}  shapers {}",
+        i.handles, i.flows, i.sockets, i.rules, i.shapers
     );
     let skipped: u64 = i.skipped.iter().fold(0u64, |a, b| a.saturating_add(*b));
     let _ = writeln!(
         s,
-        "packets {}: marked {}, already marked {}, skipped {}",
-        i.packets, i.marked, i.already_marked, skipped
+        "packets {}: marked {}, already marked {}, delayed {}, skipped {}",
+        i.packets, i.marked, i.already_marked, i.delayed, skipped
+    );
+    let _ = writeln!(
+        s,
+        "non-conformant (shaped, sent with the non-conformant mark): {}",
+        i.non_conformant
     );
     let _ = writeln!(s, "skipped: {}", nonzero_list(skip_names(), &i.skipped));
     let _ = writeln!(
         s,
-        "fail open (wanted a mark, sent unmarked): {}",
+        "fail open (wanted a mark, sent unmarked; or wanted delayed, sent at once): {}",
         nonzero_list(fail_open_names(), &i.fail_open)
     );
 }
@@ -159,9 +164,12 @@ fn status_json(endpoint: &str, i: &StatusInfo) -> Value {
         "flows": i.flows,
         "sockets": i.sockets,
         "rules": i.rules,
+        "shapers": i.shapers,
         "packets": i.packets,
         "marked": i.marked,
         "already_marked": i.already_marked,
+        "delayed": i.delayed,
+        "non_conformant": i.non_conformant,
         "skipped": named_counts(skip_names(), &i.skipped),
         "fail_open": named_counts(fail_open_names(), &i.fail_open),
     })
@@ -444,11 +452,14 @@ mod tests {
             flows: 3,
             sockets: 4,
             rules: 5,
-            packets: 100,
+            shapers: 6,
+            packets: 107,
             marked: 20,
             already_marked: 8,
             skipped,
             fail_open,
+            delayed: 7,
+            non_conformant: 1,
         }
     }
 
@@ -463,9 +474,16 @@ mod tests {
             t.contains("back end: /run/x.sock (reachable, protocol version 1)"),
             "{t}"
         );
-        assert!(t.contains("handles 2  flows 3  sockets 4  rules 5"), "{t}");
         assert!(
-            t.contains("packets 100: marked 20, already marked 8, skipped 72"),
+            t.contains("handles 2  flows 3  sockets 4  rules 5  shapers 6"),
+            "{t}"
+        );
+        assert!(
+            t.contains("packets 107: marked 20, already marked 8, delayed 7, skipped 72"),
+            "{t}"
+        );
+        assert!(
+            t.contains("non-conformant (shaped, sent with the non-conformant mark): 1"),
             "{t}"
         );
         assert!(t.contains("skipped: no_match 70, truncated 2\n"), "{t}");
@@ -478,7 +496,13 @@ mod tests {
         assert_eq!(j["skipped"]["self_injected"], 0);
         assert_eq!(j["skipped"].as_object().unwrap().len(), SkipReason::COUNT);
         assert_eq!(j["fail_open"]["verdict_failed"], 3);
+        assert_eq!(j["fail_open"]["shaper_queue_full"], 0);
         assert_eq!(j["fail_open"].as_object().unwrap().len(), FailOpen::COUNT);
+        assert_eq!(
+            (j["shapers"].clone(), j["delayed"].clone()),
+            (json!(6), json!(7))
+        );
+        assert_eq!(j["non_conformant"], 1);
     }
 
     fn flow() -> FlowRecord {

@@ -3,7 +3,7 @@
 //!
 //! * the Rust API ([`GqosSession`] over the unix transport): an unconnected UDP sender to
 //!   several destinations through `QOS_DESTADDR` (each marked, an unregistered one not), a
-//!   service change re-marking all of them, `SERVICETYPE_NOTRAFFIC` ending sending marking
+//!   service change re-marking all of them (and completing a held wait), `SERVICETYPE_NOTRAFFIC` ending sending marking
 //!   (and completing a held wait), a connected UDP socket whose disconnect ends its flow (the
 //!   reaper, the wait completes), and a TCP sender whose `shutdown(SHUT_WR)` ends its flow
 //!   (the wait completes, `get` reads `SERVICETYPE_NOTRAFFIC`);
@@ -156,6 +156,16 @@ fn gqos_rust_api_against_qosmarkd() {
     );
     send_tagged(&u, Some(dests[0]), "g-gu-0", PACKETS);
     send_tagged(&u, Some(dests[1]), "g-gu-1", PACKETS);
+    // A held wait completes when the mark changes (NetworkControl 48 / 7), then Guaranteed
+    // again.
+    let w = waiter(&g, u.as_raw_fd());
+    g.set(&u, &qos(0xA, vec![])).unwrap();
+    let r = completed("mark change", w);
+    assert_eq!(
+        (r.sending.service_type, r.status_code, r.dscp, r.pcp),
+        (0xA, 11009, 48, 7)
+    );
+    g.set(&u, &qos(3, vec![])).unwrap();
     // A held wait completes when NOTRAFFIC ends the sending QoS; after it, nothing is marked.
     let w = waiter(&g, u.as_raw_fd());
     g.set(&u, &qos(0, vec![])).unwrap();

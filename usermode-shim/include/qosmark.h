@@ -232,9 +232,10 @@ QOSMARK_API BOOL WINAPI QOSCancel(HANDLE QOSHandle, LPOVERLAPPED Overlapped);
  *   With an OVERLAPPED (Windows only; elsewhere ERROR_NOT_SUPPORTED, 50): FALSE +
  *   ERROR_IO_PENDING (997), completing through its event, or through the I/O completion port
  *   the application associated with the handle QmGetSocketQosHandle() returns, with 0 bytes;
- *   CancelIoEx(QmGetSocketQosHandle(), overlapped) cancels it (995). The current Windows
- *   driver does not hold the request yet: when nothing has changed it completes at once with
- *   ERROR_NOT_SUPPORTED (50). ERROR_NOT_FOUND (1168): the socket has no QoS to watch.
+ *   CancelIoEx(QmGetSocketQosHandle(), overlapped) cancels it (995), and so does the end of
+ *   the process. The OVERLAPPED must stay valid until it completes. (The driver's holding of
+ *   this request is written but has not run on Windows yet.) ERROR_NOT_FOUND (1168): the
+ *   socket has no QoS to watch.
  *
  * HANDLE QmGetSocketQosHandle(void)
  *   The process's hidden qosmark handle used by the functions above (opened if needed):

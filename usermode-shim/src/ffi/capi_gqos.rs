@@ -22,7 +22,8 @@
 //!   else 50): the request goes to the hidden handle with the caller's `OVERLAPPED` and
 //!   completes through its event, or through the completion port the application associated
 //!   with `QmGetSocketQosHandle()`, with 0 bytes (read the new state with `QmGetSocketQos`).
-//!   Today's driver does not hold the request: unchanged → it completes at once with 50.
+//!   The driver holds it in its cancel-safe queue until the flow changes (`driver/src/
+//!   request.rs`, `recheck`; not yet run on Windows).
 
 use super::{
     bytes_in, fail, fail_code, keep_last_error_on_success, open_client, raw_socket, BOOL, DWORD,

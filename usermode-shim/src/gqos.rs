@@ -690,19 +690,20 @@ impl GqosSession {
     ) -> Result<FlowId> {
         let h = &self.handle;
         let (flow, created) = match live_flow {
-            // A new destination joins the existing flow; the same one again is a no-op.
-            Some(f) => match dest {
-                Some(d) => (
-                    h.add_raw_socket_to_flow(
-                        raw,
-                        Some(d),
-                        TrafficType::BestEffort,
-                        QOS_NON_ADAPTIVE_FLOW,
-                        f,
-                    )?,
-                    false,
-                ),
-                None => (f, false),
+            // Registered again in its flow: a new destination joins it, the same socket and
+            // destination again is a no-op, and a socket number the application reused for
+            // another connected socket (before the back end retired the old one) is added. An
+            // unconnected socket without a new QOS_DESTADDR (87) keeps its destinations.
+            Some(f) => match h.add_raw_socket_to_flow(
+                raw,
+                dest,
+                TrafficType::BestEffort,
+                QOS_NON_ADAPTIVE_FLOW,
+                f,
+            ) {
+                Ok(id) => (id, false),
+                Err(e) if dest.is_none() && e.code() == Win32Error::INVALID_PARAMETER => (f, false),
+                Err(e) => return Err(e),
             },
             None => (
                 h.add_raw_socket_to_flow(

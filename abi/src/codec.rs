@@ -52,7 +52,7 @@
 //! | len | zero [3]  | UTF-8 bytes [64], zero after len |  len 1..=64, no control chars
 //! +-----+-----------+----------------------------------+
 //!
-//! RULE SPEC (128 bytes)
+//! RULE SPEC (136 bytes)
 //!   0 NAME (68)
 //!  68 u8 precedence          69 u8 protocol: 0 any, 6 TCP, 17 UDP
 //!  70 u8 action: 0 DSCP, 1 traffic type          71 u8 action value (DSCP 0..=63 / type 0..=5)
@@ -62,6 +62,9 @@
 //!  80 PREFIX local (20)     100 PREFIX remote (20)
 //! 120 u16 local first, u16 local last        124 u16 remote first, u16 remote last
 //!     (first <= last; both prefixes of one family)
+//! 128 u64 throttle bit/s: 0 = none, else 12 000..=100 000 000 000 (`MIN_RATE_BPS`..=
+//!     `MAX_RATE_BPS`; `ThrottleRateActionBitsPerSecond`). The spec was 128 bytes before
+//!     throttles existed; the driver's registry loader upgrades such stored records.
 //!
 //! COUNTERS (32 bytes): u64 packets, u64 bytes, u64 marked, u64 already_marked
 //!
@@ -106,11 +109,11 @@
 //!   0 u32 flow id   4 u32 operation (QOS_NOTIFY_FLOW, 0..=2)   8 u8 threshold present
 //!   9 zero [7]     16 u64 threshold (bit/s)
 //!
-//! 0x0008 AddRule (128):          RULE SPEC
+//! 0x0008 AddRule (136):          RULE SPEC
 //! 0x0009 RemoveRule (68):        NAME
 //! 0x000C SetTrafficTable (40):   TRAFFIC TABLE
 //! 0x000D ListFlows (8):          0 u32 after (flow id; 0 = from the first)   4 zero [4]
-//! 0x000E ReplaceRules (8 + 128n): 0 u32 n (<= 4096)   4 zero [4]   8 n x RULE SPEC
+//! 0x000E ReplaceRules (8 + 136n): 0 u32 n (<= 4096)   4 zero [4]   8 n x RULE SPEC
 //! 0x000F WatchFlow (16):  0 u32 flow id   4 u8 known present   5 FLOW STATE known (zero if
 //!                         absent)   10 zero [6]
 //!
@@ -134,7 +137,7 @@
 //!                             8 u32 conformant 802.1p  12 u32 non-conformant 802.1p
 //! 0x8005 OutgoingRate (8):    0 u64 bit/s
 //! 0x8006 FlowIds (8 + 4n):    0 u32 n (<= 65536)  4 zero [4]  8 n x u32 flow id (never 0)
-//! 0x8007 Rules (8 + 160n):    0 u32 n (<= 4096)   4 zero [4]  8 n x { RULE SPEC, COUNTERS }
+//! 0x8007 Rules (8 + 168n):    0 u32 n (<= 4096)   4 zero [4]  8 n x { RULE SPEC, COUNTERS }
 //! 0x8008 TrafficTable (40):   TRAFFIC TABLE
 //! 0x800A FlowState (8):      FLOW STATE   5 zero [3]
 //! 0x8009 Flows (8 + sum of FLOW):
@@ -300,7 +303,7 @@ pub const PREFIX_LEN: u32 = 20;
 /// Length of a NAME field.
 pub const NAME_LEN: u32 = 68;
 /// Length of a RULE SPEC field.
-pub const RULE_SPEC_LEN: u32 = 128;
+pub const RULE_SPEC_LEN: u32 = 136;
 /// Length of a COUNTERS field.
 pub const COUNTERS_LEN: u32 = 32;
 /// Length of one entry of a Rules answer (RULE SPEC + COUNTERS).
@@ -775,6 +778,7 @@ impl Writer<'_> {
         self.prefix(spec.remote_prefix.as_ref());
         self.ports(spec.local_ports.as_ref());
         self.ports(spec.remote_ports.as_ref());
+        self.u64(spec.throttle_bps.unwrap_or(0));
         Ok(())
     }
 
@@ -1436,6 +1440,10 @@ impl<'a> Reader<'a> {
         let remote_prefix = self.prefix(remote_prefix_present)?;
         let local_ports = self.ports(local_ports_present)?;
         let remote_ports = self.ports(remote_ports_present)?;
+        let throttle_bps = match self.u64()? {
+            0 => None,
+            bps => Some(bps),
+        };
         let spec = RuleSpec {
             name,
             precedence,
@@ -1446,6 +1454,7 @@ impl<'a> Reader<'a> {
             remote_ports,
             action,
             pcp,
+            throttle_bps,
         };
         spec.validate().map_err(|_| AbiError::BadValue)?;
         Ok(spec)
@@ -1733,7 +1742,7 @@ impl<'a> Reader<'a> {
         if count > max {
             return Err(AbiError::TooLarge);
         }
-        // count ≤ 65 536 and entry ≤ 160: no overflow.
+        // count ≤ 65 536 and entry ≤ 168: no overflow.
         let need = count as usize * entry as usize;
         match self.buf.len().cmp(&need) {
             core::cmp::Ordering::Less => Err(AbiError::Truncated),

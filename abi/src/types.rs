@@ -13,6 +13,14 @@ pub type FlowId = u32;
 /// Maximum length in bytes (UTF-8) of a rule name.
 pub const MAX_RULE_NAME_LEN: usize = 64;
 
+/// The smallest outgoing rate or rule throttle, bit/s: one 1 500-byte packet per second.
+/// Below it (0 included) `QOSSetOutgoingRate` and a rule's `throttle_bps` are refused with 87.
+pub const MIN_RATE_BPS: u64 = 1500 * 8;
+
+/// The largest outgoing rate or rule throttle, bit/s (100 Gbit/s): above it a minimal packet
+/// would take less than the shaper's 1 ns clock unit (see the engine's `shaper` module).
+pub const MAX_RATE_BPS: u64 = 100_000_000_000;
+
 /// Error returned by the `try_new` constructors of bounded values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OutOfRange;
@@ -395,6 +403,10 @@ pub struct RuleSpec {
     pub action: RuleAction,
     /// Optional 802.1p priority.
     pub pcp: Option<Pcp>,
+    /// Optional throttle, bit/s at the IP level (`ThrottleRateActionBitsPerSecond`):
+    /// [`MIN_RATE_BPS`]..=[`MAX_RATE_BPS`]. One token bucket for all the traffic the rule
+    /// matches; traffic above the rate is delayed (shaped), as Windows' packet scheduler does.
+    pub throttle_bps: Option<u64>,
 }
 
 /// Why a [`RuleSpec`] is not valid.
@@ -409,6 +421,8 @@ pub enum RuleSpecError {
     MappedPrefix,
     /// A port range has `first > last`.
     BadPortRange,
+    /// The throttle is outside [`MIN_RATE_BPS`]..=[`MAX_RATE_BPS`].
+    BadThrottle,
 }
 
 impl RuleSpec {
@@ -443,6 +457,12 @@ impl RuleSpec {
             if r.first > r.last {
                 return Err(RuleSpecError::BadPortRange);
             }
+        }
+        if self
+            .throttle_bps
+            .is_some_and(|t| !(MIN_RATE_BPS..=MAX_RATE_BPS).contains(&t))
+        {
+            return Err(RuleSpecError::BadThrottle);
         }
         Ok(())
     }
@@ -993,6 +1013,7 @@ mod tests {
             remote_ports: None,
             action: RuleAction::Dscp(Dscp::EF),
             pcp: None,
+            throttle_bps: None,
         }
     }
 
@@ -1019,5 +1040,29 @@ mod tests {
         assert_eq!(spec(p("::", 0)).validate(), Ok(()));
         assert_eq!(spec(p("::", 80)).validate(), Ok(()));
         assert_eq!(spec(p("2001:db8::", 32)).validate(), Ok(()));
+    }
+
+    #[test]
+    fn validate_throttle() {
+        let mut s = spec(Prefix {
+            addr: "10.0.0.0".parse().unwrap(),
+            len: 8,
+        });
+        for (t, ok) in [
+            (0, false),
+            (MIN_RATE_BPS - 1, false),
+            (MIN_RATE_BPS, true),
+            (MAX_RATE_BPS, true),
+            (MAX_RATE_BPS + 1, false),
+            (u64::MAX, false),
+        ] {
+            s.throttle_bps = Some(t);
+            let want = if ok {
+                Ok(())
+            } else {
+                Err(RuleSpecError::BadThrottle)
+            };
+            assert_eq!(s.validate(), want, "{t}");
+        }
     }
 }

@@ -199,7 +199,7 @@ fn address_and_rule_layout_spelled_out() {
 
     let rule = encoded_case("req_add_rule");
     let p = &rule[16..];
-    assert_eq!(p.len(), 128);
+    assert_eq!(p.len(), 136);
     assert_eq!(p[0], 8); // name length of "voip-rtp"
     assert_eq!(&p[4..12], b"voip-rtp");
     assert!(p[12..68].iter().all(|b| *b == 0));
@@ -210,4 +210,10 @@ fn address_and_rule_layout_spelled_out() {
     assert_eq!(&p[100..104], &[4, 24, 0, 0]);
     assert_eq!(&p[104..108], &[192, 0, 2, 0]);
     assert_eq!(&p[120..128], &[0x00, 0x40, 0xFF, 0x7F, 0, 0, 0, 0]); // 16384..=32767, none
+    assert_eq!(&p[128..136], &[0; 8]); // no throttle
+                                       // The second rule of ReplaceRules throttles at 2 500 000 bit/s = 0x2625A0, LE u64.
+    let replace = encoded_case("req_replace_rules");
+    let second = &replace[16 + 8 + 136..];
+    assert_eq!(second.len(), 136);
+    assert_eq!(&second[128..136], &[0xA0, 0x25, 0x26, 0, 0, 0, 0, 0]);
 }

@@ -368,6 +368,11 @@ fn out_of_range_values_in_rules() {
         (100, &[6], AbiError::BadValue),          // remote v6 with local v4: mixed families
         (120, &[0x01, 0x80], AbiError::BadValue), // local ports first 32769 > last 32767
         (124, &[1], AbiError::ReservedNotZero),   // absent remote ports not zero
+        // Throttle (u64 at 128): 0 = none is fine (the golden rule), else 12 000..=10^11.
+        (128, &[1], AbiError::BadValue),          // 1 bit/s
+        (128, &[0xDF, 0x2E], AbiError::BadValue), // 11 999 bit/s
+        (128, &[1, 0xE8, 0x76, 0x48, 0x17], AbiError::BadValue), // 10^11 + 1
+        (135, &[0x80], AbiError::BadValue),       // 2^63
     ];
     for (off, value, err) in cases {
         let mut b = rule.clone();
@@ -393,8 +398,20 @@ fn out_of_range_values_in_rules() {
     patch(&mut b, 8 + 71, &[64]);
     assert_eq!(resp(RequestKind::ListRules, &b), Err(AbiError::BadValue));
     let mut b = rules.clone();
-    patch(&mut b, 8 + 160 + 69, &[1]); // second entry's protocol
+    patch(&mut b, 8 + 168 + 69, &[1]); // second entry's protocol
     assert_eq!(resp(RequestKind::ListRules, &b), Err(AbiError::BadValue));
+    let mut b = rules.clone();
+    patch(&mut b, 8 + 168 + 128, &[1, 0, 0, 0, 0, 0, 0, 0]); // second entry's throttle 1 bit/s
+    assert_eq!(resp(RequestKind::ListRules, &b), Err(AbiError::BadValue));
+    // The edges of the throttle decode.
+    for bps in [12_000u64, 100_000_000_000] {
+        let mut b = rule.clone();
+        patch(&mut b, 128, &bps.to_le_bytes());
+        match req(&b) {
+            Ok(qosmark_abi::Request::AddRule(s)) => assert_eq!(s.throttle_bps, Some(bps)),
+            other => panic!("{other:?}"),
+        }
+    }
 }
 
 #[test]

@@ -9,7 +9,7 @@
 //!
 //! | value | type | content |
 //! |---|---|---|
-//! | `Rules` | `REG_BINARY` | zero or more complete **AddRule request records** of the IOCTL wire format (`abi/src/codec.rs`: 16-byte header "QMRK", version, kind 0x0008, length 144, then the 128-byte RULE SPEC), back to back; an empty or absent value means no rules |
+//! | `Rules` | `REG_BINARY` | zero or more complete **AddRule request records** of the IOCTL wire format (`abi/src/codec.rs`: 16-byte header "QMRK", version, kind 0x0008, length 152, then the 136-byte RULE SPEC whose last 8 bytes are the rule's throttle), back to back; an empty or absent value means no rules. Records written before throttles existed (length 144, a 128-byte spec) are still read, as rules without a throttle |
 //! | `TrafficTable` | `REG_BINARY` | exactly one **SetTrafficTable request record** (56 bytes: header + TRAFFIC TABLE, which includes the user DSCP allow-list bitmap and the adaptive-flow tagging switch); absent means qWAVE's default table |
 //!
 //! Why binary records rather than text (e.g. a `REG_MULTI_SZ` of rule lines):
@@ -58,7 +58,10 @@ pub const RULES_VALUE: &str = "Rules";
 /// Name of the traffic-table value.
 pub const TRAFFIC_TABLE_VALUE: &str = "TrafficTable";
 /// Length of one AddRule record in the `Rules` value.
-pub const RULE_RECORD_LEN: usize = 144;
+pub const RULE_RECORD_LEN: usize = 152;
+/// Length of an AddRule record written before rule throttles existed (a 128-byte RULE SPEC,
+/// without the throttle): read as a rule without a throttle.
+pub const LEGACY_RULE_RECORD_LEN: usize = 144;
 /// Length of the SetTrafficTable record in the `TrafficTable` value.
 pub const TABLE_RECORD_LEN: usize = 56;
 /// Largest `Rules` value the driver reads: [`MAX_RULES`] records. A larger value is refused
@@ -123,7 +126,12 @@ pub fn parse_rules(bytes: &[u8]) -> (Vec<RuleSpec>, Vec<Problem>) {
             push(&mut problems, Problem::RulesTail { offset });
             break;
         }
-        match decode_request_for(RequestKind::AddRule, this) {
+        let decoded = if len == LEGACY_RULE_RECORD_LEN {
+            decode_legacy_rule(this)
+        } else {
+            decode_request_for(RequestKind::AddRule, this)
+        };
+        match decoded {
             Ok(Request::AddRule(spec)) => {
                 if rules.try_reserve(1).is_err() {
                     push(&mut problems, Problem::OutOfMemory);
@@ -145,6 +153,24 @@ pub fn parse_rules(bytes: &[u8]) -> (Vec<RuleSpec>, Vec<Problem>) {
         index += 1;
     }
     (rules, problems)
+}
+
+/// Decodes an AddRule record of [`LEGACY_RULE_RECORD_LEN`] bytes: the same record with an
+/// 8-byte zero throttle ("none") appended and its length field (header offset 12) updated.
+fn decode_legacy_rule(record: &[u8]) -> Result<Request, AbiError> {
+    let mut upgraded = [0u8; RULE_RECORD_LEN];
+    if record.len() != LEGACY_RULE_RECORD_LEN {
+        return Err(AbiError::BadLength);
+    }
+    for (dst, src) in upgraded.iter_mut().zip(record) {
+        *dst = *src;
+    }
+    // RULE_RECORD_LEN (152) fits the u32 length field.
+    let len = (RULE_RECORD_LEN as u32).to_le_bytes();
+    for (dst, src) in upgraded.iter_mut().skip(12).zip(len) {
+        *dst = src;
+    }
+    decode_request_for(RequestKind::AddRule, &upgraded)
 }
 
 /// Decodes the `TrafficTable` value.
@@ -322,6 +348,7 @@ mod tests {
             }),
             action: RuleAction::Dscp(Dscp::try_new(dscp).unwrap()),
             pcp: Some(Pcp::try_new(4).unwrap()),
+            throttle_bps: None,
         }
     }
 
@@ -338,23 +365,57 @@ mod tests {
 
     #[test]
     fn record_lengths_are_the_documented_ones() {
-        // 16-byte header + 128-byte RULE SPEC; 16 + 40-byte TRAFFIC TABLE (codec.rs diagrams).
-        assert_eq!(encode_rules(&[rule("a", 1)]).unwrap().len(), 16 + 128);
+        // 16-byte header + 136-byte RULE SPEC; 16 + 40-byte TRAFFIC TABLE (codec.rs diagrams).
+        assert_eq!(encode_rules(&[rule("a", 1)]).unwrap().len(), 16 + 136);
         assert_eq!(encode_table(&table()).unwrap().len(), 16 + 40);
-        assert_eq!(RULE_RECORD_LEN, 144);
+        assert_eq!(RULE_RECORD_LEN, 152);
+        assert_eq!(LEGACY_RULE_RECORD_LEN, 16 + 128);
         assert_eq!(TABLE_RECORD_LEN, 56);
-        assert_eq!(MAX_RULES_VALUE_LEN, 4096 * 144);
+        assert_eq!(MAX_RULES_VALUE_LEN, 4096 * 152);
     }
 
     #[test]
     fn value_bytes_start_with_the_record_header() {
         let bytes = encode_rules(&[rule("a", 1)]).unwrap();
-        // "QMRK", version 1 (u16 LE), kind 0x0008 (u16 LE), flags 0, length 144 (u32 LE).
+        // "QMRK", version 1 (u16 LE), kind 0x0008 (u16 LE), flags 0, length 152 (u32 LE).
         assert_eq!(&bytes[..4], b"QMRK");
         assert_eq!(&bytes[4..6], &qosmark_abi::PROTOCOL_VERSION.to_le_bytes());
         assert_eq!(&bytes[6..8], &[0x08, 0x00]);
         assert_eq!(&bytes[8..12], &[0, 0, 0, 0]);
-        assert_eq!(&bytes[12..16], &[144, 0, 0, 0]);
+        assert_eq!(&bytes[12..16], &[152, 0, 0, 0]);
+    }
+
+    /// A `Rules` value written before throttles existed: 144-byte records (the 128-byte spec),
+    /// read as rules without a throttle, mixed with current records and throttled rules.
+    #[test]
+    fn legacy_records_without_a_throttle_still_load() {
+        let legacy = |spec: &RuleSpec| {
+            let mut r = encode_rules(core::slice::from_ref(spec)).unwrap();
+            assert_eq!(&r[RULE_RECORD_LEN - 8..], &[0; 8]);
+            r.truncate(LEGACY_RULE_RECORD_LEN);
+            r[12..16].copy_from_slice(&144u32.to_le_bytes());
+            r
+        };
+        let mut throttled = rule("t", 9);
+        throttled.throttle_bps = Some(3_000_000);
+        let mut bytes = legacy(&rule("old-a", 1));
+        bytes.extend_from_slice(&encode_rules(&[throttled.clone()]).unwrap());
+        bytes.extend_from_slice(&legacy(&rule("old-b", 2)));
+        let (back, problems) = parse_rules(&bytes);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(back, vec![rule("old-a", 1), throttled, rule("old-b", 2)]);
+        // A damaged legacy record is reported like any other.
+        let mut bad = legacy(&rule("old-c", 3));
+        bad[16 + 71] = 64;
+        let (back, problems) = parse_rules(&bad);
+        assert!(back.is_empty());
+        assert_eq!(
+            problems,
+            vec![Problem::BadRuleRecord {
+                index: 0,
+                error: AbiError::BadValue
+            }]
+        );
     }
 
     #[test]

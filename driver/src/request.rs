@@ -407,6 +407,7 @@ mod tests {
             }),
             action: RuleAction::Dscp(Dscp::try_new(dscp).unwrap()),
             pcp: None,
+            throttle_bps: None,
         }
     }
 

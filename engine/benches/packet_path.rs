@@ -332,6 +332,7 @@ fn rule(i: usize, kind: Kind, rng: &mut Rng) -> RuleSpec {
         remote_ports: None,
         action,
         pcp: None,
+        throttle_bps: None,
     };
     let host = flow_remote(rng, kind);
     let port = rng.port();

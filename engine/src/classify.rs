@@ -245,15 +245,18 @@ impl Engine {
             Resolved::NotOwner => return Verdict::Skip(SkipReason::NotOwner),
         };
         let mut verdict = decide(mark, &summary, meta);
-        let mut counted = verdict;
+        // What the packet's mark does (the verdict without holding) and the mark it gets.
+        let (mut counted, mut applied) = (verdict, mark);
         if let Some(id) = shaper {
-            (counted, verdict) = self.shape(id, mark, verdict, &summary, meta, now_ns);
+            (counted, verdict, applied) = self.shape(id, mark, verdict, &summary, meta, now_ns);
         }
         counters.record(summary.total_len as u64, outcome(counted));
         if let Some(f) = summary.fragment {
-            if f.offset == 0 && f.more && !matches!(verdict, Verdict::Skip(_)) {
+            // Later fragments follow the mark their first fragment got (conformant or not);
+            // they are not shaped themselves (step 9).
+            if f.offset == 0 && f.more && !matches!(counted, Verdict::Skip(_)) {
                 self.fragments
-                    .remember(&fragment_key(&summary, f.id), mark, now_ns);
+                    .remember(&fragment_key(&summary, f.id), applied, now_ns);
             }
         }
         verdict
@@ -295,7 +298,7 @@ impl Engine {
 
     /// Step 9 of the module docs: the shaper's say on a packet whose unshaped verdict is
     /// `verdict` (for the conformant `mark`). Returns (what the packet's mark does — for the
-    /// flow's counters —, the verdict).
+    /// flow's counters and the fragment memory —, the verdict, the mark the packet gets).
     fn shape(
         &self,
         id: ShaperId,
@@ -304,45 +307,35 @@ impl Engine {
         summary: &IpSummary,
         meta: PacketMeta,
         now_ns: u64,
-    ) -> (Verdict, Verdict) {
-        let non_conformant = || traffic::non_conformant_mark(self.control.traffic_table(), mark);
-        match self.shapers.admit(
-            id,
-            summary.total_len as u64,
-            summary.total_len as u64,
-            now_ns,
-        ) {
-            Admit::Now { conformant: true } => (verdict, verdict),
-            Admit::Now { conformant: false } => {
-                self.stats.non_conformant.fetch_add(1, Ordering::Relaxed);
-                let v = decide(non_conformant(), summary, meta);
-                (v, v)
-            }
+    ) -> (Verdict, Verdict, Mark) {
+        let ip_len = summary.total_len as u64;
+        let (until, conformant) = match self.shapers.admit(id, ip_len, ip_len, now_ns) {
+            Admit::Now { conformant } => (None, conformant),
             Admit::Hold {
                 until_ns,
                 conformant,
-            } => {
-                let (mark, counted) = if conformant {
-                    (mark, verdict)
-                } else {
-                    self.stats.non_conformant.fetch_add(1, Ordering::Relaxed);
-                    let nc = non_conformant();
-                    (nc, decide(nc, summary, meta))
-                };
-                (
-                    counted,
-                    Verdict::Delay {
-                        mark,
-                        until_ns,
-                        shaper: id,
-                    },
-                )
-            }
+            } => (Some(until_ns), conformant),
             Admit::NoRoom => {
                 self.stats.count_fail_open(FailOpen::ShaperQueueFull);
-                (verdict, verdict)
+                (None, true)
             }
-        }
+        };
+        let (applied, counted) = if conformant {
+            (mark, verdict)
+        } else {
+            self.stats.non_conformant.fetch_add(1, Ordering::Relaxed);
+            let nc = traffic::non_conformant_mark(self.control.traffic_table(), mark);
+            (nc, decide(nc, summary, meta))
+        };
+        let verdict = match until {
+            Some(until_ns) => Verdict::Delay {
+                mark: applied,
+                until_ns,
+                shaper: id,
+            },
+            None => counted,
+        };
+        (counted, verdict, applied)
     }
 
     /// Writes the DSCP part of `mark` into `packet` (ECN kept, IPv4 checksum fixed). The
@@ -481,13 +474,14 @@ mod tests {
             remote_ports: None,
             action: RuleAction::Dscp(Dscp::EF),
             pcp: None,
+            throttle_bps: None,
         }
     }
 
     fn engine_with(rules: &[RuleSpec]) -> Engine {
         let mut e = Engine::new(Limits::default());
         for r in rules {
-            e.rules.insert(r.clone()).unwrap();
+            e.rules.insert(r.clone(), &mut e.shapers).unwrap();
         }
         e
     }
@@ -813,7 +807,7 @@ mod tests {
             fragment_slots: 1,
             ..Limits::default()
         });
-        e.rules.insert(rule("ef")).unwrap();
+        e.rules.insert(rule("ef"), &mut e.shapers).unwrap();
         let first_a = v4(0, 17, 1, (0, true), Some((5000, 53)), 1480);
         let first_b = v4(0, 17, 2, (0, true), Some((5000, 53)), 1480);
         let later_a = v4(0, 17, 1, (185, false), None, 8);
@@ -890,6 +884,73 @@ mod tests {
         assert_eq!(e.rules.list().unwrap()[0].counters.packets, 1);
         // Another port of the same host is not the socket: the rule applies.
         assert_eq!(e.classify(&udp4(0, 5001, 53), &meta(), 0), rule_mark);
+    }
+
+    /// Later fragments follow the mark their first fragment got from the shaper: conformant
+    /// or non-conformant (`QOSUseNonConformantMarkings`).
+    #[test]
+    fn fragments_follow_the_shaped_mark_of_their_first_fragment() {
+        let mut e = engine_with(&[]);
+        let h = e
+            .open_handle(Caller {
+                pid: 42,
+                privilege: Privilege::User,
+            })
+            .unwrap();
+        let req = Request::AddSocketToFlow {
+            socket: SocketInfo {
+                socket: 7,
+                family: Family::V4,
+                protocol: Protocol::Udp,
+                local: SocketAddr::new(IpAddr::V4(Ipv4Addr::from(SRC4)), 5000),
+                peer: Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::from(DST4)), 53)),
+            },
+            dest: None,
+            traffic_type: TrafficType::Voice,
+            flags: QOS_NON_ADAPTIVE_FLOW,
+            flow_id: 0,
+        };
+        let Ok(qosmark_abi::Response::FlowId(flow_id)) = e.apply(h, &req) else {
+            panic!("flow")
+        };
+        let rate = Request::SetFlow {
+            flow_id,
+            op: qosmark_abi::SetFlow::OutgoingRate(qosmark_abi::FlowRate {
+                bandwidth: 12_000,
+                shaping: qosmark_abi::Shaping::UseNonConformantMarkings,
+                reason: 0,
+            }),
+        };
+        e.apply(h, &rate).unwrap();
+        let cs7 = Verdict::Mark(Mark {
+            dscp: Some(dscp(56)),
+            pcp: None,
+        });
+        let first = |id| v4(0, 17, id, (0, true), Some((5000, 53)), 1480);
+        let later = |id| v4(0, 17, id, (185, false), None, 100);
+        // One packet of credit plus the first: two conformant, then the excess gets DSCP 0,
+        // which a TOS-0 packet already carries.
+        assert_eq!(e.classify(&first(1), &meta(), SEC), cs7);
+        assert_eq!(e.classify(&first(2), &meta(), SEC), cs7);
+        assert_eq!(e.classify(&first(3), &meta(), SEC), Verdict::AlreadyMarked);
+        assert_eq!(e.classify(&later(1), &meta(), SEC), cs7);
+        assert_eq!(e.classify(&later(3), &meta(), SEC), Verdict::AlreadyMarked);
+        let mut marked = later(3);
+        marked[1] = 56 << 2;
+        let c = checksum(&{
+            let mut h = marked[..20].to_vec();
+            h[10] = 0;
+            h[11] = 0;
+            h
+        });
+        marked[10..12].copy_from_slice(&c.to_be_bytes());
+        assert_eq!(
+            e.classify(&marked, &meta(), SEC),
+            Verdict::Mark(Mark {
+                dscp: Some(dscp(0)),
+                pcp: None
+            })
+        );
     }
 
     #[test]

@@ -57,7 +57,7 @@
 //! `O(n · b)`; both leave the set unchanged when they fail.
 
 use crate::counters::Counters;
-use crate::shaper::ShaperId;
+use crate::shaper::{Behaviour, ShaperConfig, ShaperId, ShaperTable};
 use crate::{EngineError, FiveTuple};
 use alloc::vec::Vec;
 use core::net::IpAddr;
@@ -110,6 +110,18 @@ struct Rule {
     /// One bucket for all the traffic the rule matches, when it throttles.
     shaper: Option<ShaperId>,
     rank: Rank,
+}
+
+/// The shaper a rule needs: one when it throttles (always delaying, as Windows' pacer does),
+/// else none.
+fn new_shaper(spec: &RuleSpec, shapers: &mut ShaperTable) -> Result<Option<ShaperId>, EngineError> {
+    match spec.throttle_bps {
+        None => Ok(None),
+        Some(bps) => {
+            let config = ShaperConfig::new(bps, Behaviour::Shape)?;
+            shapers.create(config).map(Some)
+        }
+    }
 }
 
 /// Address family of a prefix.
@@ -494,13 +506,17 @@ impl RuleSet {
         }
     }
 
-    /// Adds a rule.
+    /// Adds a rule (and its shaper when it throttles).
     ///
     /// # Errors
     /// `InvalidParameter` when `spec.validate()` fails, `AlreadyExists` for a duplicate name,
-    /// `LimitReached` when the set is full, `NoMemory` when an allocation fails. On error the
-    /// set is unchanged.
-    pub(crate) fn insert(&mut self, spec: RuleSpec) -> Result<(), EngineError> {
+    /// `LimitReached` when the set (or the shaper table) is full, `NoMemory` when an allocation
+    /// fails. On error the set and the shapers are unchanged.
+    pub(crate) fn insert(
+        &mut self,
+        spec: RuleSpec,
+        shapers: &mut ShaperTable,
+    ) -> Result<(), EngineError> {
         spec.validate().map_err(|_| EngineError::InvalidParameter)?;
         if self.rules.iter().any(|r| r.spec.name == spec.name) {
             return Err(EngineError::AlreadyExists);
@@ -510,15 +526,19 @@ impl RuleSet {
         }
         let idx = u32::try_from(self.rules.len()).map_err(|_| EngineError::LimitReached)?;
         self.rules.try_reserve(1)?;
+        let shaper = new_shaper(&spec, shapers)?;
         let rank = Rank::of(&spec, self.next_seq);
         self.rules.push(Rule {
             spec,
             counters: Counters::default(),
-            shaper: None,
+            shaper,
             rank,
         });
         if let Err(e) = self.index.add(&self.rules, idx) {
             self.rules.pop();
+            if let Some(s) = shaper {
+                shapers.remove(s);
+            }
             return Err(e);
         }
         self.next_seq += 1;
@@ -530,7 +550,11 @@ impl RuleSet {
     /// # Errors
     /// `NotFound` when no rule has that name; `NoMemory` when rebuilding the index fails (the
     /// set is then unchanged).
-    pub(crate) fn remove(&mut self, name: &RuleName) -> Result<(), EngineError> {
+    pub(crate) fn remove(
+        &mut self,
+        name: &RuleName,
+        shapers: &mut ShaperTable,
+    ) -> Result<(), EngineError> {
         let pos = self
             .rules
             .iter()
@@ -540,6 +564,9 @@ impl RuleSet {
         match Index::build(&self.rules) {
             Ok(index) => {
                 self.index = index;
+                if let Some(s) = removed.shaper {
+                    shapers.remove(s);
+                }
                 Ok(())
             }
             Err(e) => {
@@ -551,13 +578,18 @@ impl RuleSet {
 
     /// Replaces every rule with `specs`, in that order (`ReplaceRules`). All or nothing: each
     /// spec is validated and the names checked before anything changes. The new rules' counters
-    /// start at zero, even for a rule whose name was already there.
+    /// start at zero, even for a rule whose name was already there; so do their shapers (new
+    /// ids: the old rules' shapers die, and the back end releases what they held).
     ///
     /// # Errors
     /// `InvalidParameter` for the first invalid spec, `AlreadyExists` when two specs share a
-    /// name, `LimitReached` for more than the set holds, `NoMemory`. On error the set is
-    /// unchanged.
-    pub(crate) fn replace(&mut self, specs: &[RuleSpec]) -> Result<(), EngineError> {
+    /// name, `LimitReached` for more than the set (or, old and new together, the shaper table)
+    /// holds, `NoMemory`. On error the set and the shapers are unchanged.
+    pub(crate) fn replace(
+        &mut self,
+        specs: &[RuleSpec],
+        shapers: &mut ShaperTable,
+    ) -> Result<(), EngineError> {
         for spec in specs {
             spec.validate().map_err(|_| EngineError::InvalidParameter)?;
         }
@@ -575,19 +607,63 @@ impl RuleSet {
         let mut rules = Vec::new();
         rules.try_reserve_exact(specs.len())?;
         let mut seq = self.next_seq;
+        // On any failure below, the shapers made so far are removed again.
+        let undo = |rules: &[Rule], shapers: &mut ShaperTable| {
+            for s in rules.iter().filter_map(|r| r.shaper) {
+                shapers.remove(s);
+            }
+        };
         for spec in specs {
+            let shaper = match new_shaper(spec, shapers) {
+                Ok(s) => s,
+                Err(e) => {
+                    undo(&rules, shapers);
+                    return Err(e);
+                }
+            };
             rules.push(Rule {
                 spec: spec.clone(),
                 counters: Counters::default(),
-                shaper: None,
+                shaper,
                 rank: Rank::of(spec, seq),
             });
             seq += 1;
         }
-        let index = Index::build(&rules)?;
-        self.rules = rules;
+        let index = match Index::build(&rules) {
+            Ok(index) => index,
+            Err(e) => {
+                undo(&rules, shapers);
+                return Err(e);
+            }
+        };
+        let old = core::mem::replace(&mut self.rules, rules);
+        undo(&old, shapers);
         self.index = index;
         self.next_seq = seq;
+        Ok(())
+    }
+
+    /// The shaper of the rule called `name`, if it exists and throttles.
+    pub(crate) fn shaper_of(&self, name: &RuleName) -> Option<ShaperId> {
+        self.rules
+            .iter()
+            .find(|r| r.spec.name == *name)
+            .and_then(|r| r.shaper)
+    }
+
+    /// Every rule's shaper is live, and only throttling rules have one.
+    pub(crate) fn check_shapers(&self, shapers: &ShaperTable) -> Result<(), &'static str> {
+        for r in &self.rules {
+            match (r.spec.throttle_bps, r.shaper) {
+                (None, None) => {}
+                (Some(bps), Some(s)) => {
+                    if shapers.config(s).map(|c| c.rate_bps()) != Some(bps) {
+                        return Err("a rule's shaper is dead or has another rate");
+                    }
+                }
+                _ => return Err("a rule's shaper does not match its throttle"),
+            }
+        }
         Ok(())
     }
 
@@ -677,6 +753,19 @@ mod tests {
         clippy::unnecessary_wraps
     )]
     use super::*;
+
+    /// A shaper table for rules that do not throttle (none is ever created in it).
+    fn st() -> ShaperTable {
+        ShaperTable::new(
+            0,
+            crate::shaper::QueueLimits {
+                packets_per_shaper: 0,
+                bytes_per_shaper: 0,
+                packets_total: 0,
+                bytes_total: 0,
+            },
+        )
+    }
     use alloc::string::String;
     use alloc::vec;
     use core::cmp::Reverse;
@@ -699,6 +788,7 @@ mod tests {
             remote_ports: None,
             action: RuleAction::Dscp(Dscp::EF),
             pcp: None,
+            throttle_bps: None,
         }
     }
 
@@ -735,7 +825,7 @@ mod tests {
         let mut all = base("all");
         all.precedence = 1;
         for s in [high, low, all] {
-            set.insert(s).unwrap();
+            set.insert(s, &mut st()).unwrap();
         }
         let at = |set: &RuleSet, p: u16| {
             winner(
@@ -753,7 +843,7 @@ mod tests {
         both.local_ports = ports(20, 30);
         both.remote_ports = ports(1, 2);
         both.precedence = 255;
-        set.insert(both).unwrap();
+        set.insert(both, &mut st()).unwrap();
         assert_eq!(at(&set, 25).as_deref(), Some("both"));
         assert_eq!(at(&set, 31).as_deref(), Some("all"));
         assert_eq!(at(&set, 65_535).as_deref(), Some("high"));
@@ -762,24 +852,42 @@ mod tests {
     #[test]
     fn insert_errors() {
         let mut set = RuleSet::new(2);
-        set.insert(base("a")).unwrap();
-        assert_eq!(set.insert(base("a")), Err(EngineError::AlreadyExists));
+        set.insert(base("a"), &mut st()).unwrap();
+        assert_eq!(
+            set.insert(base("a"), &mut st()),
+            Err(EngineError::AlreadyExists)
+        );
         let mut bad = base("b");
         bad.remote_prefix = Some(pfx("10.0.0.1/24")); // host bits set
-        assert_eq!(set.insert(bad), Err(EngineError::InvalidParameter));
+        assert_eq!(
+            set.insert(bad, &mut st()),
+            Err(EngineError::InvalidParameter)
+        );
         let mut mixed = base("b");
         mixed.local_prefix = Some(pfx("10.0.0.0/8"));
         mixed.remote_prefix = Some(pfx("2001:db8::/32"));
-        assert_eq!(set.insert(mixed), Err(EngineError::InvalidParameter));
+        assert_eq!(
+            set.insert(mixed, &mut st()),
+            Err(EngineError::InvalidParameter)
+        );
         let mut range = base("b");
         range.remote_ports = ports(9, 8);
-        assert_eq!(set.insert(range), Err(EngineError::InvalidParameter));
-        set.insert(base("b")).unwrap();
-        assert_eq!(set.insert(base("c")), Err(EngineError::LimitReached));
+        assert_eq!(
+            set.insert(range, &mut st()),
+            Err(EngineError::InvalidParameter)
+        );
+        set.insert(base("b"), &mut st()).unwrap();
+        assert_eq!(
+            set.insert(base("c"), &mut st()),
+            Err(EngineError::LimitReached)
+        );
         assert_eq!(set.len(), 2);
-        assert_eq!(set.remove(&name("zz")), Err(EngineError::NotFound));
-        set.remove(&name("a")).unwrap();
-        set.insert(base("c")).unwrap();
+        assert_eq!(
+            set.remove(&name("zz"), &mut st()),
+            Err(EngineError::NotFound)
+        );
+        set.remove(&name("a"), &mut st()).unwrap();
+        set.insert(base("c"), &mut st()).unwrap();
         let names: Vec<_> = set
             .list()
             .unwrap()
@@ -794,10 +902,10 @@ mod tests {
         let mut set = RuleSet::new(8);
         let mut v4 = base("v4-all");
         v4.remote_prefix = Some(pfx("0.0.0.0/0"));
-        set.insert(v4).unwrap();
+        set.insert(v4, &mut st()).unwrap();
         let mut v6 = base("v6-all");
         v6.local_prefix = Some(pfx("::/0"));
-        set.insert(v6).unwrap();
+        set.insert(v6, &mut st()).unwrap();
         let t4 = tuple(Protocol::Udp, "192.0.2.1:1000", "198.51.100.1:53");
         let t6 = tuple(Protocol::Udp, "[2001:db8::1]:1000", "[2001:db8::2]:53");
         assert_eq!(winner(&set, &t4).as_deref(), Some("v4-all"));
@@ -817,11 +925,11 @@ mod tests {
         let mut tcp = base("tcp-https");
         tcp.protocol = RuleProtocol::Tcp;
         tcp.remote_ports = ports(443, 443);
-        set.insert(tcp).unwrap();
+        set.insert(tcp, &mut st()).unwrap();
         let mut udp = base("udp-range");
         udp.protocol = RuleProtocol::Udp;
         udp.local_ports = ports(5000, 5010);
-        set.insert(udp).unwrap();
+        set.insert(udp, &mut st()).unwrap();
         assert_eq!(
             winner(&set, &tuple(Protocol::Tcp, "10.0.0.1:5000", "10.0.0.2:443")).as_deref(),
             Some("tcp-https")
@@ -849,21 +957,21 @@ mod tests {
         many.protocol = RuleProtocol::Udp;
         many.remote_ports = ports(53, 53);
         many.remote_prefix = Some(pfx("192.0.2.9/32"));
-        set.insert(many).unwrap();
+        set.insert(many, &mut st()).unwrap();
         let mut high = base("high");
         high.precedence = 200;
-        set.insert(high).unwrap();
+        set.insert(high, &mut st()).unwrap();
         assert_eq!(winner(&set, &t).as_deref(), Some("high"));
 
         // 2. more conditions.
         let mut set = RuleSet::new(16);
         let mut one = base("one");
         one.remote_ports = ports(53, 53);
-        set.insert(one).unwrap();
+        set.insert(one, &mut st()).unwrap();
         let mut two = base("two");
         two.remote_ports = ports(1, 100);
         two.protocol = RuleProtocol::Udp;
-        set.insert(two).unwrap();
+        set.insert(two, &mut st()).unwrap();
         assert_eq!(winner(&set, &t).as_deref(), Some("two"));
 
         // 3. equal count, no prefixes: which conditions are set does not matter (unlike
@@ -871,13 +979,13 @@ mod tests {
         let mut set = RuleSet::new(16);
         let mut proto = base("protocol");
         proto.protocol = RuleProtocol::Udp;
-        set.insert(proto).unwrap();
+        set.insert(proto, &mut st()).unwrap();
         let mut rport = base("remote-port");
         rport.remote_ports = ports(53, 53);
-        set.insert(rport).unwrap();
+        set.insert(rport, &mut st()).unwrap();
         let mut lport = base("local-port");
         lport.local_ports = ports(4000, 4000);
-        set.insert(lport).unwrap();
+        set.insert(lport, &mut st()).unwrap();
         assert_eq!(winner(&set, &t).as_deref(), Some("protocol"));
 
         // 3. longer prefix: the total prefix length, local and remote together.
@@ -885,45 +993,45 @@ mod tests {
         let mut l24 = base("l24-rport");
         l24.local_prefix = Some(pfx("10.1.2.0/24"));
         l24.remote_ports = ports(53, 53);
-        set.insert(l24).unwrap();
+        set.insert(l24, &mut st()).unwrap();
         let mut r32 = base("r32-rport");
         r32.remote_prefix = Some(pfx("192.0.2.9/32"));
         r32.remote_ports = ports(53, 53);
-        set.insert(r32).unwrap();
+        set.insert(r32, &mut st()).unwrap();
         assert_eq!(winner(&set, &t).as_deref(), Some("r32-rport"));
         let mut set = RuleSet::new(16);
         let mut l16 = base("l16-r0");
         l16.local_prefix = Some(pfx("10.1.0.0/16"));
         l16.remote_prefix = Some(pfx("0.0.0.0/0"));
-        set.insert(l16).unwrap();
+        set.insert(l16, &mut st()).unwrap();
         let mut r8 = base("l8-r32");
         r8.local_prefix = Some(pfx("10.0.0.0/8"));
         r8.remote_prefix = Some(pfx("192.0.2.9/32"));
-        set.insert(r8).unwrap();
+        set.insert(r8, &mut st()).unwrap();
         assert_eq!(winner(&set, &t).as_deref(), Some("l8-r32"));
         // Equal totals (16 + 24 = 8 + 32): the earlier rule.
         let mut l16r24 = base("l16-r24");
         l16r24.local_prefix = Some(pfx("10.1.0.0/16"));
         l16r24.remote_prefix = Some(pfx("192.0.2.0/24"));
-        set.insert(l16r24).unwrap();
+        set.insert(l16r24, &mut st()).unwrap();
         assert_eq!(winner(&set, &t).as_deref(), Some("l8-r32"));
 
         // 4. insertion order, kept across removals.
         let mut set = RuleSet::new(16);
         for n in ["first", "second", "third"] {
-            set.insert(base(n)).unwrap();
+            set.insert(base(n), &mut st()).unwrap();
         }
         assert_eq!(winner(&set, &t).as_deref(), Some("first"));
-        set.remove(&name("first")).unwrap();
+        set.remove(&name("first"), &mut st()).unwrap();
         assert_eq!(winner(&set, &t).as_deref(), Some("second"));
-        set.insert(base("first")).unwrap();
+        set.insert(base("first"), &mut st()).unwrap();
         assert_eq!(winner(&set, &t).as_deref(), Some("second"));
     }
 
     #[test]
     fn counters_are_per_rule_and_listed() {
         let mut set = RuleSet::new(4);
-        set.insert(base("a")).unwrap();
+        set.insert(base("a"), &mut st()).unwrap();
         let t = tuple(Protocol::Tcp, "10.0.0.1:1", "10.0.0.2:2");
         let hit = set.lookup(&t).unwrap();
         hit.counters.record(100, crate::counters::Outcome::Marked);
@@ -947,7 +1055,7 @@ mod tests {
                 len: 32,
             });
             r.remote_ports = ports(5000 + i, 5000 + i);
-            set.insert(r).unwrap();
+            set.insert(r, &mut st()).unwrap();
         }
         assert_eq!(set.index.classes.len(), 1);
         assert!(set.index.classes[0]
@@ -1099,6 +1207,7 @@ mod tests {
                         remote_ports: rports,
                         action: RuleAction::Dscp(Dscp::EF),
                         pcp: None,
+                        throttle_bps: None,
                     })
             })
     }
@@ -1130,6 +1239,7 @@ mod tests {
             remote_ports: None,
             action: RuleAction::Dscp(Dscp::EF),
             pcp: None,
+            throttle_bps: None,
         })
     }
 
@@ -1145,7 +1255,7 @@ mod tests {
             let mut kept: Vec<RuleSpec> = Vec::new();
             for (i, mut s) in specs.into_iter().enumerate() {
                 s.name = name(&alloc::format!("r{i}"));
-                set.insert(s.clone()).unwrap();
+                set.insert(s.clone(), &mut st()).unwrap();
                 kept.push(s);
             }
             for t in &packets {
@@ -1154,7 +1264,7 @@ mod tests {
             for r in removals {
                 if kept.is_empty() { break; }
                 let s = kept.remove(r % kept.len());
-                set.remove(&s.name).unwrap();
+                set.remove(&s.name, &mut st()).unwrap();
                 for t in &packets {
                     prop_assert_eq!(set.lookup(t).map(|h| *h.name), reference(&kept, t));
                 }
@@ -1173,7 +1283,7 @@ mod tests {
             let mut kept = Vec::new();
             for (i, mut s) in specs.into_iter().enumerate() {
                 s.name = name(&alloc::format!("r{i}"));
-                set.insert(s.clone()).unwrap();
+                set.insert(s.clone(), &mut st()).unwrap();
                 kept.push(s);
             }
             for t in &packets {

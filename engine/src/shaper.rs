@@ -109,11 +109,14 @@ use qosmark_abi::{FlowRate, Shaping};
 /// payload, 1 500 bytes.
 pub const REFERENCE_PACKET_BYTES: u64 = 1500;
 
-/// The smallest accepted rate: one reference packet per second, 12 000 bit/s.
-pub const MIN_RATE_BPS: u64 = REFERENCE_PACKET_BYTES * 8;
+/// The smallest accepted rate: one reference packet per second, 12 000 bit/s (the abi's
+/// constant, which rule specs are validated against).
+pub const MIN_RATE_BPS: u64 = qosmark_abi::MIN_RATE_BPS;
 
 /// The largest accepted rate: 100 Gbit/s (see the module docs, *Arithmetic*).
-pub const MAX_RATE_BPS: u64 = 100_000_000_000;
+pub const MAX_RATE_BPS: u64 = qosmark_abi::MAX_RATE_BPS;
+
+const _: () = assert!(MIN_RATE_BPS == REFERENCE_PACKET_BYTES * 8);
 
 const NS_PER_S: u128 = 1_000_000_000;
 

@@ -80,6 +80,7 @@ fn spec(name: &str) -> RuleSpec {
         }),
         action: RuleAction::Dscp(Dscp::EF),
         pcp: Some(qosmark_engine::abi::Pcp::try_new(5).unwrap()),
+        throttle_bps: None,
     }
 }
 
@@ -506,7 +507,7 @@ fn reserved_offsets(what: &str) -> Vec<usize> {
         "ReplaceRules" => {
             let mut v: Vec<usize> = (4..8).collect();
             v.extend(rule(8, 1));
-            v.extend(rule(8 + 128, 1));
+            v.extend(rule(8 + 136, 1));
             v
         }
         _ => Vec::new(),
@@ -588,7 +589,7 @@ fn value_cases() -> Vec<(&'static str, usize, usize, u32, AbiError)> {
         ("ReplaceRules", 0, 4, u32::MAX, TooLarge),
     ];
     // RULE SPEC fields, in AddRule and in the second rule of ReplaceRules.
-    for (what, base) in [("AddRule", 0usize), ("ReplaceRules", 8 + 128)] {
+    for (what, base) in [("AddRule", 0usize), ("ReplaceRules", 8 + 136)] {
         for (off, width, value) in [
             (0usize, 1usize, 0u32), // name length 0
             (0, 1, 65),             // name length above 64
@@ -604,6 +605,9 @@ fn value_cases() -> Vec<(&'static str, usize, usize, u32, AbiError)> {
             (81, 1, 33),    // IPv4 prefix length 33
             (101, 1, 1),    // 192.0.2.0/1 has host bits set
             (120, 2, 3000), // local first 3000 > last 2000
+            (128, 4, 1),    // throttle 1 bit/s (below 12 000)
+            (128, 4, 11_999),
+            (132, 4, 24), // throttle above 10^11 (24 · 2^32)
         ] {
             v.push((what, base + off, width, value, BadValue));
         }

@@ -294,6 +294,7 @@ fn rule(name: &str, port: u16) -> RuleSpec {
         }),
         action: RuleAction::Dscp(Dscp::EF),
         pcp: None,
+        throttle_bps: None,
     }
 }
 

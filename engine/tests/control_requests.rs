@@ -1071,6 +1071,7 @@ fn rules_and_table_changes_need_admin() {
         }),
         action: qosmark_engine::abi::RuleAction::Dscp(Dscp::EF),
         pcp: None,
+        throttle_bps: None,
     };
     for req in [
         Request::AddRule(spec.clone()),

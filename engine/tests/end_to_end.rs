@@ -336,6 +336,7 @@ fn unbound_tcp_registration_cannot_capture_other_traffic() {
         }),
         action: RuleAction::Dscp(Dscp::EF),
         pcp: None,
+        throttle_bps: None,
     };
     engine.apply(admin, &Request::AddRule(rule)).unwrap();
     let user = engine.open_handle(USER).unwrap();

@@ -261,6 +261,7 @@ fn kernel_flow_beats_rules() {
         remote_ports: None,
         action: RuleAction::Dscp(Dscp::try_new(8).unwrap()),
         pcp: None,
+        throttle_bps: None,
     };
     e.apply(a, &Request::AddRule(rule)).unwrap();
     e.add_kernel_flow(h, &flow(Family::V4, Protocol::Udp, "0.0.0.0:7000", None))

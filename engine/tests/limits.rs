@@ -96,6 +96,7 @@ fn rule(name: &str) -> RuleSpec {
         remote_ports: None,
         action: RuleAction::Dscp(Dscp::EF),
         pcp: None,
+        throttle_bps: None,
     }
 }
 

@@ -266,6 +266,7 @@ fn unowned_user_flow_does_not_hide_admin_rules() {
         remote_ports: None,
         action: RuleAction::Dscp(Dscp::try_new(34).unwrap()),
         pcp: None,
+        throttle_bps: None,
     };
     e.apply(admin, &Request::AddRule(rule)).unwrap();
     register(&mut e, user(), LOCAL, REMOTE);

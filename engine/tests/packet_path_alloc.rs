@@ -3,6 +3,8 @@
 //! * the packet path (`Engine::classify` + `Engine::rewrite`, fail-open counting) allocates
 //!   nothing, whatever the packet: marked, already marked, unmatched, fragments, non-IP,
 //!   truncated, malformed, extension headers, other protocols, self-injected;
+//! * neither does the shaped path (issue 7): classify on rate-limited flows and a back end's
+//!   `HeldQueue` work (push, release, drain) once the queue is allocated;
 //! * the engine's memory per registered socket flow stays within 256 bytes (issue 9), measured
 //!   as the bytes live after registering N flows minus before, divided by N.
 //!
@@ -163,6 +165,7 @@ fn rule(name: &str, f: impl FnOnce(&mut RuleSpec)) -> RuleSpec {
         remote_ports: None,
         action: RuleAction::Dscp(Dscp::EF),
         pcp: None,
+        throttle_bps: None,
     };
     f(&mut spec);
     spec
@@ -567,5 +570,129 @@ fn memory_per_socket_flow_within_256_bytes() {
                 "{n} entries ({per_flow}/flow, v6 {v6}): {per:.1} bytes per entry > {bound}"
             );
         }
+    }
+}
+
+/// The shaped packet path (issue 7): classify on flows with a rate (delay and non-conformant
+/// marking, queue full), and the back end's `HeldQueue` work — push, `pop_due`, `next_due`,
+/// `drain_where`, `shaper_released`, `not_held` — allocate nothing once the queue exists.
+#[test]
+#[allow(
+    clippy::many_single_char_names,
+    reason = "e, u, q, v, s: engine, handle, queue, verdict, status, as in the other tests"
+)]
+fn shaped_packet_path_allocates_nothing() {
+    use qosmark_engine::abi::{FlowRate, SetFlow, Shaping};
+    use qosmark_engine::shaper::{held_bytes, HeldQueue};
+    let mut e = Engine::new(Limits {
+        shaper_queue_packets: 64,
+        ..Limits::default()
+    });
+    let u = e.open_handle(USER).unwrap();
+    let mut packets = vec![];
+    for (port, shaping) in [
+        (5000u16, Shaping::ShapeOnly),
+        (5001, Shaping::UseNonConformantMarkings),
+    ] {
+        let req = add(
+            u64::from(port),
+            Protocol::Udp,
+            &format!("10.0.0.1:{port}"),
+            "192.0.2.9:53",
+            0,
+        );
+        let Ok(Response::FlowId(flow_id)) = e.apply(u, &req) else {
+            panic!("flow")
+        };
+        let rate = Request::SetFlow {
+            flow_id,
+            op: SetFlow::OutgoingRate(FlowRate {
+                bandwidth: 1_000_000,
+                shaping,
+                reason: 0,
+            }),
+        };
+        assert_eq!(e.apply(u, &rate), Ok(Response::Done));
+        packets.push(ip4(
+            0,
+            17,
+            (0, false),
+            [10, 0, 0, 1],
+            [192, 0, 2, 9],
+            &l4(17, port, 53),
+        ));
+    }
+    let mut q: HeldQueue<usize> = HeldQueue::with_capacity(256).unwrap();
+    let mut verdicts = Vec::with_capacity(4096);
+    let mut released = 0usize;
+
+    let before = allocs();
+    for step in 0..1000u64 {
+        let now = step * 200_000;
+        while let Some(h) = q.pop_due(now) {
+            e.shaper_released(h.shaper, h.bytes);
+            released += 1;
+        }
+        let _ = q.next_due();
+        for (i, p) in packets.iter().enumerate() {
+            // Four packets per step: far above the rate, so the queue fills.
+            for _ in 0..2 {
+                let mut buf = p.clone_from_slice_free();
+                let v = e.classify(&buf, &PacketMeta::default(), now);
+                match v {
+                    Verdict::Delay {
+                        mark,
+                        until_ns,
+                        shaper,
+                    } => {
+                        let _ = Engine::rewrite(&mut buf, mark);
+                        if q.push(until_ns, shaper, held_bytes(&buf), i).is_err() {
+                            let _ = e.not_held(v, &buf);
+                        }
+                    }
+                    Verdict::Mark(m) => {
+                        let _ = Engine::rewrite(&mut buf, m);
+                    }
+                    _ => {}
+                }
+                verdicts.push(v);
+            }
+        }
+        if step == 500 {
+            q.drain_where(|s| !e.shaper_live(s), |_| {});
+        }
+    }
+    let during = allocs() - before;
+    assert_eq!(during, 0, "the shaped packet path allocated {during} times");
+
+    // Not vacuous: held, sent non-conformant, failed open, released.
+    let held = verdicts
+        .iter()
+        .filter(|v| matches!(v, Verdict::Delay { .. }))
+        .count();
+    let nc = verdicts
+        .iter()
+        .filter(|v| matches!(v, Verdict::Mark(m) if m.dscp == Some(Dscp::CS0)))
+        .count();
+    let Ok(Response::Status(s)) = e.apply(u, &Request::QueryStatus) else {
+        panic!()
+    };
+    assert!(
+        held > 100 && nc > 100 && released > 100,
+        "{held} {nc} {released}"
+    );
+    assert!(s.fail_open[FailOpen::ShaperQueueFull as usize] > 0);
+}
+
+/// A fixed-size copy of a packet on the stack, so copying costs no allocation.
+trait StackCopy {
+    fn clone_from_slice_free(&self) -> [u8; 64];
+}
+
+impl StackCopy for Vec<u8> {
+    fn clone_from_slice_free(&self) -> [u8; 64] {
+        let mut out = [0u8; 64];
+        out[..self.len()].copy_from_slice(self);
+        out
     }
 }

@@ -326,6 +326,7 @@ fn rule_spec(input: &mut Input<'_>) -> RuleSpec {
         }),
         action: RuleAction::Dscp(Dscp::try_new(input.byte() % 64).expect("below 64")),
         pcp: None,
+        throttle_bps: None,
     }
 }
 

@@ -134,6 +134,7 @@ fn check_engine_path(data: &[u8], dscp: Dscp) {
         remote_ports: None,
         action: RuleAction::Dscp(dscp),
         pcp: None,
+        throttle_bps: None,
     };
     engine
         .apply(admin, &Request::AddRule(rule))

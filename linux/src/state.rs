@@ -2,7 +2,8 @@
 //!
 //! ## What is persisted
 //! The traffic-type table (DSCP and 802.1p per type), the user DSCP allow-list, whether
-//! adaptive flows request 802.1p, and the **current admin rule set** (rules added or removed
+//! adaptive flows request 802.1p, the non-conformant DSCP and 802.1p (shaping), and the
+//! **current admin rule set** (with their `throttle_bps`) (rules added or removed
 //! through requests at run time). Socket flows are never persisted: they belong to live
 //! connections.
 //!
@@ -16,6 +17,8 @@
 //! version = 1
 //! user_dscp_allow = [46]           # DSCP values ordinary users may set
 //! tag_adaptive_flows = true
+//! non_conformant_dscp = 0          # marks of packets above a QOSUseNonConformantMarkings
+//! non_conformant_8021p = 0         # rate (absent: 0 and 0)
 //! [traffic_type.voice]             # best-effort, background, excellent-effort,
 //! dscp = 56                        # audio-video, voice, control; absent key = "not added"
 //! priority_8021p = 7
@@ -72,6 +75,12 @@ pub fn to_toml(state: &State) -> String {
         out,
         "tag_adaptive_flows = {}",
         state.table.tag_adaptive_flows
+    );
+    let _ = writeln!(
+        out,
+        "non_conformant_dscp = {}\nnon_conformant_8021p = {}",
+        state.table.non_conformant_dscp.value(),
+        state.table.non_conformant_pcp.value()
     );
     for tt in TrafficType::ALL {
         let m = state
@@ -145,6 +154,14 @@ pub fn parse(text: &str, default_table: TrafficTable) -> Result<State, String> {
                 table.tag_adaptive_flows = value
                     .as_bool()
                     .ok_or("tag_adaptive_flows must be true or false")?;
+            }
+            "non_conformant_dscp" => {
+                let d = small_int(&value, 63, "non_conformant_dscp")?;
+                table.non_conformant_dscp = Dscp::try_new(d).map_err(|_| "non_conformant_dscp")?;
+            }
+            "non_conformant_8021p" => {
+                let p = small_int(&value, 7, "non_conformant_8021p")?;
+                table.non_conformant_pcp = Pcp::try_new(p).map_err(|_| "non_conformant_8021p")?;
             }
             "traffic_type" => {
                 let types = value
@@ -256,11 +273,14 @@ mod tests {
             dscp: Some(Dscp::EF),
             pcp: None,
         };
+        table.non_conformant_dscp = Dscp::try_new(8).unwrap();
+        table.non_conformant_pcp = Pcp::try_new(1).unwrap();
         let rules = rules_file::parse_rules(
             "[[rule]]\nname = \"voip\"\nprotocol = \"udp\"\nremote_port = \"5000-5100\"\ndscp = 46\n\
-             [[rule]]\nname = \"bulk\"\nlocal_address = \"10.0.0.0/8\"\ntraffic_type = \"background\"\npriority_8021p = 1\n",
+             [[rule]]\nname = \"bulk\"\nlocal_address = \"10.0.0.0/8\"\ntraffic_type = \"background\"\npriority_8021p = 1\nthrottle_bps = 2000000\n",
         )
         .unwrap();
+        assert_eq!(rules.get(1).and_then(|r| r.throttle_bps), Some(2_000_000));
         State { table, rules }
     }
 
@@ -300,6 +320,20 @@ mod tests {
         assert_eq!(
             parse("colour = 1\n", default_table()).unwrap_err(),
             "unknown key `colour`"
+        );
+        assert_eq!(
+            parse("non_conformant_dscp = 64\n", default_table()).unwrap_err(),
+            "non_conformant_dscp must be an integer 0..=63"
+        );
+        assert_eq!(
+            parse("non_conformant_8021p = 8\n", default_table()).unwrap_err(),
+            "non_conformant_8021p must be an integer 0..=7"
+        );
+        // A state file written before the non-conformant keys existed keeps the defaults.
+        let s = parse("version = 1\ntag_adaptive_flows = true\n", default_table()).unwrap();
+        assert_eq!(
+            (s.table.non_conformant_dscp, s.table.non_conformant_pcp),
+            (Dscp::CS0, Pcp::ZERO)
         );
         assert!(parse("[[rule]]\nname = \"x\"\n", default_table())
             .unwrap_err()

@@ -629,6 +629,7 @@ fn admin_rule_port_range_socket_override_and_persistence() {
         }),
         action: RuleAction::Dscp(Dscp::try_new(18).unwrap()),
         pcp: None,
+        throttle_bps: None,
     };
     admin.client().add_rule(spec.clone()).unwrap();
     let bind = net.sender_addr(false, 0);

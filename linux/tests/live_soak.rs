@@ -151,6 +151,7 @@ fn rule_specs(version: u64) -> Vec<RuleSpec> {
             }),
             action: RuleAction::Dscp(Dscp::try_new(4).unwrap()),
             pcp: None,
+            throttle_bps: None,
         })
         .collect();
     let key = rule_dscp(version).map_or(RuleAction::Dscp(Dscp::try_new(4).unwrap()), |d| {
@@ -175,6 +176,7 @@ fn rule_specs(version: u64) -> Vec<RuleSpec> {
         }),
         action: key,
         pcp: None,
+        throttle_bps: None,
     });
     specs
 }

@@ -27,8 +27,15 @@
  * qosmark behaviour that differs from qWAVE (see the qosmark documentation):
  *   - marking starts with QOSAddSocketToFlow; dual-stack sockets with IPv4 or IPv4-mapped
  *     destinations are accepted;
- *   - QOSQueryFlow(QOSQueryFlowFundamentals), QOSNotifyFlow, and the outgoing rate
- *     (QOSSetOutgoingRate / QOSQueryOutgoingRate) fail with ERROR_NOT_SUPPORTED (50);
+ *   - QOSQueryFlow(QOSQueryFlowFundamentals) and QOSNotifyFlow fail with
+ *     ERROR_NOT_SUPPORTED (50): qosmark runs no path probing;
+ *   - QOSSetFlow(QOSSetOutgoingRate) shapes the flow: Bandwidth in bit/s at the IP level,
+ *     12000 ..= 100000000000, else ERROR_INVALID_PARAMETER (87); QOSShapeOnly and
+ *     QOSShapeAndMark delay the excess (treated alike), QOSUseNonConformantMarkings sends it
+ *     at once with the non-conformant marks (DSCP 0 / 802.1p 0 unless the administrator's
+ *     table says otherwise; QOSQueryPacketPriority reports them). The bucket holds one
+ *     1500-byte packet. QOSQueryFlow(QOSQueryOutgoingRate) returns the rate, or fails with
+ *     ERROR_NO_DATA (232) when none was set;
  *   - QOSStartTrackingClient / QOSStopTrackingClient succeed and do nothing;
  *   - QOSEnumerateFlows lists every flow for administrators and the caller's own flows for
  *     other users;

@@ -17,9 +17,11 @@
 //! What qosmark does differently from qWAVE (all documented in qos-api.md):
 //! * marking starts with `add_socket_to_flow`; dual-stack sockets with IPv4 / IPv4-mapped
 //!   destinations are accepted (qWAVE: 87);
-//! * `query_flow(Fundamentals)`, every `notify_flow` and `set_flow(OutgoingRate)` /
-//!   `query_flow(OutgoingRate)` answer 50 `ERROR_NOT_SUPPORTED`: qosmark runs no path probing
-//!   and no shaping (yet);
+//! * `set_flow(OutgoingRate)` / `query_flow(OutgoingRate)` pass through to the back end's
+//!   engine: a rate of 12 000 ..= 100 000 000 000 bit/s (else 87) shapes the flow
+//!   (`docs/shaping.md`); querying a flow without a rate answers 232 `ERROR_NO_DATA`;
+//! * `query_flow(Fundamentals)` and every `notify_flow` answer 50 `ERROR_NOT_SUPPORTED`:
+//!   qosmark runs no path probing;
 //! * `start_tracking_client` / `stop_tracking_client` succeed and do nothing: tracking exists
 //!   for qWAVE's path experiments, and qosmark's marking never depends on them;
 //! * the Rust API is synchronous, so nothing is ever pending: [`QosHandle::cancel`] answers
@@ -168,21 +170,23 @@ impl QosHandle {
         })
     }
 
-    /// `QOSSetFlow`: traffic type, outgoing rate (50: no shaping yet) or outgoing DSCP
+    /// `QOSSetFlow`: traffic type, outgoing rate (shaping: 12 000 ..= 10^11 bit/s, else 87;
+    /// the engine's `shaper` module) or outgoing DSCP
     /// (administrators, or users for DSCP values the administrator allowed; else 5).
     ///
     /// # Errors
-    /// 1168, 87 (DSCP > 63), 5, 50, 6.
+    /// 1168, 87 (DSCP > 63, rate out of range), 5, 1450 (no shaper left), 8, 6.
     pub fn set_flow(&self, flow_id: FlowId, op: SetFlow) -> Result<()> {
         self.done(&Request::SetFlow { flow_id, op })
     }
 
-    /// `QOSQueryFlow`: packet priority (the marks the flow's packets get; "not added" reads 0)
-    /// or outgoing rate. Fundamentals → 50 `ERROR_NOT_SUPPORTED` (qosmark does no path
-    /// probing).
+    /// `QOSQueryFlow`: packet priority (the marks the flow's packets get; "not added" reads 0;
+    /// the non-conformant values are the table's under `QOSUseNonConformantMarkings`, else 0)
+    /// or outgoing rate (232 `ERROR_NO_DATA` when the flow has none). Fundamentals → 50
+    /// `ERROR_NOT_SUPPORTED` (qosmark does no path probing).
     ///
     /// # Errors
-    /// 1168, 50, 6.
+    /// 1168, 232, 50, 6.
     pub fn query_flow(&self, flow_id: FlowId, op: QueryFlow) -> Result<FlowQuery> {
         match self.client.request(&Request::QueryFlow { flow_id, op })? {
             Response::PacketPriority(p) => Ok(FlowQuery::PacketPriority(p)),

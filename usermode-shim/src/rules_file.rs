@@ -14,6 +14,7 @@
 //! # traffic_type = "voice"       # ... or one of best-effort, background, excellent-effort,
 //!                                #     audio-video, voice, control — exactly one of the two
 //! priority_8021p = 5             # optional 802.1p, 0..=7
+//! throttle_bps = 2000000         # optional throttle, bit/s, 12000..=100000000000
 //! ```
 //! The names, ranges and semantics follow Windows Policy-based `QoS` (`New-NetQosPolicy`), see
 //! the engine's `rules` module for matching and precedence.
@@ -30,6 +31,14 @@
 //!   engine refuses such a rule too).
 //! * `protocol = "any"` means TCP or UDP: rules only ever match TCP and UDP packets (a QoS
 //!   policy's `IPProtocolMatchCondition` is TCP, UDP or both); other protocols go unmarked.
+//! * `throttle_bps` is `ThrottleRateActionBitsPerSecond`: bits per second at the IP level, one
+//!   token bucket for **all** the traffic the rule matches (not one per connection), and what
+//!   exceeds it is **delayed** (shaped), as Windows' packet scheduler does — never dropped;
+//!   when the queue is full the excess goes out at once (counted as `shaper_queue_full`). The
+//!   range is the engine's: at least one 1 500-byte packet per second (12 000), at most
+//!   100 Gbit/s; 0 is an error (leave the key out for no throttle). A socket flow registered
+//!   through QOS2 beats every rule, so its packets are never throttled by a rule; it is
+//!   shaped only by its own `QOSSetOutgoingRate`.
 //!
 //! ## Errors
 //! Every error names a 1-based line: the line of the offending key (strictly: where its value
@@ -39,8 +48,8 @@
 
 use qosmark_abi::heapless_name::{NameError, RuleName};
 use qosmark_abi::{
-    Dscp, Pcp, PortRange, Prefix, RuleAction, RuleProtocol, RuleSpec, TrafficType,
-    MAX_RULE_NAME_LEN,
+    Dscp, Pcp, PortRange, Prefix, RuleAction, RuleProtocol, RuleSpec, TrafficType, MAX_RATE_BPS,
+    MAX_RULE_NAME_LEN, MIN_RATE_BPS,
 };
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use std::collections::HashMap;
@@ -161,7 +170,7 @@ impl Lines<'_> {
 const MIXED_FAMILIES: &str =
     "`local_address` and `remote_address` must be of the same family (both IPv4 or both IPv6)";
 
-const KEYS: [&str; 10] = [
+const KEYS: [&str; 11] = [
     "name",
     "precedence",
     "protocol",
@@ -172,6 +181,7 @@ const KEYS: [&str; 10] = [
     "dscp",
     "traffic_type",
     "priority_8021p",
+    "throttle_bps",
 ];
 
 const TRAFFIC_TYPES: [(&str, TrafficType); 6] = [
@@ -391,6 +401,7 @@ struct RuleFields {
     remote_ports: Option<PortRange>,
     action: Option<RuleAction>,
     pcp: Option<Pcp>,
+    throttle_bps: Option<u64>,
 }
 
 impl RuleFields {
@@ -446,6 +457,26 @@ impl RuleFields {
                     );
                 }
                 self.action = Some(parse_action(lines, key, v)?);
+            }
+            "throttle_bps" => {
+                let range = MIN_RATE_BPS..=MAX_RATE_BPS;
+                let bad = |what: String| {
+                    lines.err(
+                        at,
+                        format!(
+                            "`throttle_bps` {what}, must be {MIN_RATE_BPS}..={MAX_RATE_BPS} \
+                             bit/s (one 1500-byte packet per second .. 100 Gbit/s; leave the \
+                             key out for no throttle)"
+                        ),
+                    )
+                };
+                match v.get_ref() {
+                    Node::Int(n) => match u64::try_from(*n) {
+                        Ok(bps) if range.contains(&bps) => self.throttle_bps = Some(bps),
+                        _ => return Err(bad(format!("is {n}"))),
+                    },
+                    other => return Err(bad(format!("is {}", other.kind()))),
+                }
             }
             "priority_8021p" => {
                 let p = int_in(lines, key, v, 7)?;
@@ -523,6 +554,7 @@ fn parse_rule(lines: &Lines<'_>, item: Spanned<Node>) -> Result<(RuleSpec, usize
         remote_ports: f.remote_ports,
         action,
         pcp: f.pcp,
+        throttle_bps: f.throttle_bps,
     };
     spec.validate()
         .map_err(|e| lines.err(header, format!("rule `{name}` is invalid: {e:?}")))?;
@@ -588,6 +620,9 @@ pub fn to_toml(specs: &[RuleSpec]) -> String {
         }
         if let Some(p) = s.pcp {
             let _ = writeln!(out, "priority_8021p = {}", p.value());
+        }
+        if let Some(bps) = s.throttle_bps {
+            let _ = writeln!(out, "throttle_bps = {bps}");
         }
     }
     out
@@ -984,26 +1019,65 @@ local_port = "0-1023"
             0usize..3,
             action,
             proptest::option::of(0u8..8),
+            proptest::option::of(MIN_RATE_BPS..=MAX_RATE_BPS),
         )
-            .prop_flat_map(move |(v6, name, precedence, proto, action, pcp)| {
-                (
-                    prefix_strategy(v6),
-                    prefix_strategy(v6),
-                    ports_strategy(),
-                    ports_strategy(),
-                )
-                    .prop_map(move |(lp, rp, lports, rports)| RuleSpec {
-                        name,
-                        precedence,
-                        protocol: [RuleProtocol::Tcp, RuleProtocol::Udp, RuleProtocol::Any][proto],
-                        local_prefix: lp,
-                        remote_prefix: rp,
-                        local_ports: lports,
-                        remote_ports: rports,
-                        action,
-                        pcp: pcp.map(|p| Pcp::try_new(p).unwrap()),
-                    })
-            })
+            .prop_flat_map(
+                move |(v6, name, precedence, proto, action, pcp, throttle_bps)| {
+                    (
+                        prefix_strategy(v6),
+                        prefix_strategy(v6),
+                        ports_strategy(),
+                        ports_strategy(),
+                    )
+                        .prop_map(move |(lp, rp, lports, rports)| RuleSpec {
+                            name,
+                            precedence,
+                            protocol: [RuleProtocol::Tcp, RuleProtocol::Udp, RuleProtocol::Any]
+                                [proto],
+                            local_prefix: lp,
+                            remote_prefix: rp,
+                            local_ports: lports,
+                            remote_ports: rports,
+                            action,
+                            pcp: pcp.map(|p| Pcp::try_new(p).unwrap()),
+                            throttle_bps,
+                        })
+                },
+            )
+    }
+
+    #[test]
+    fn throttle_bps() {
+        let ok =
+            parse_rules("[[rule]]\nname = \"bulk\"\ndscp = 8\nthrottle_bps = 2000000\n").unwrap();
+        assert_eq!(ok[0].throttle_bps, Some(2_000_000));
+        let edges = "[[rule]]\nname = \"a\"\ndscp = 8\nthrottle_bps = 12000\n\
+                     [[rule]]\nname = \"b\"\ndscp = 8\nthrottle_bps = 100000000000\n";
+        let specs = parse_rules(edges).unwrap();
+        assert_eq!(
+            specs.iter().map(|s| s.throttle_bps).collect::<Vec<_>>(),
+            [Some(12_000), Some(100_000_000_000)]
+        );
+        assert!(to_toml(&specs).contains("throttle_bps = 100000000000\n"));
+        for (value, found) in [
+            ("0", "is 0"),
+            ("11999", "is 11999"),
+            ("100000000001", "is 100000000001"),
+            ("-5", "is -5"),
+            ("\"2M\"", "is a string"),
+            ("1.5e6", "is a float"),
+        ] {
+            check(
+                &format!("[[rule]]\nname = \"x\"\ndscp = 8\nthrottle_bps = {value}\n"),
+                4,
+                found,
+            );
+            check(
+                &format!("[[rule]]\nname = \"x\"\ndscp = 8\nthrottle_bps = {value}\n"),
+                4,
+                "must be 12000..=100000000000 bit/s",
+            );
+        }
     }
 
     proptest! {

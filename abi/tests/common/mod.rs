@@ -102,6 +102,7 @@ pub fn sample_rule() -> RuleSpec {
         remote_ports: None,
         action: RuleAction::Dscp(dscp(46)),
         pcp: Some(pcp(6)),
+        throttle_bps: None,
     }
 }
 
@@ -123,6 +124,8 @@ pub fn sample_rule_v6() -> RuleSpec {
         }),
         action: RuleAction::TrafficType(TrafficType::Background),
         pcp: None,
+        // ThrottleRateActionBitsPerSecond: 2.5 Mbit/s (RULE SPEC offset 128).
+        throttle_bps: Some(2_500_000),
     }
 }
 
@@ -580,6 +583,7 @@ pub fn rule_spec() -> impl Strategy<Value = RuleSpec> {
                 traffic_type().prop_map(RuleAction::TrafficType),
             ],
             opt_pcp(),
+            proptest::option::of(qosmark_abi::MIN_RATE_BPS..=qosmark_abi::MAX_RATE_BPS),
         )
             .prop_map(
                 |(
@@ -592,6 +596,7 @@ pub fn rule_spec() -> impl Strategy<Value = RuleSpec> {
                     remote_ports,
                     action,
                     pcp,
+                    throttle_bps,
                 )| RuleSpec {
                     name,
                     precedence,
@@ -602,6 +607,7 @@ pub fn rule_spec() -> impl Strategy<Value = RuleSpec> {
                     remote_ports,
                     action,
                     pcp,
+                    throttle_bps,
                 },
             )
     })

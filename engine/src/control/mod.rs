@@ -50,8 +50,19 @@
 //! * `SetFlow(OutgoingDscp)`: above 63 → 87; allowed for `Admin` and `Kernel` callers and for
 //!   users when the value's bit is in the table's `user_dscp_allow`, else 5 (§8). The custom
 //!   DSCP replaces the table's DSCP until the flow dies; 802.1p still follows the table.
-//! * `SetFlow(OutgoingRate)` and `QueryFlow(OutgoingRate)`: 50 — shaping is not implemented
-//!   yet (a later issue); the flow record will gain the rate then.
+//! * `SetFlow(OutgoingRate)`: the bandwidth (bit/s at the IP level) must be
+//!   `shaper::MIN_RATE_BPS..=shaper::MAX_RATE_BPS` (12 000 — one 1 500-byte packet per second —
+//!   to 10^11), else 87; `Reason` is kept by nobody. The first rate gives the flow a shaper
+//!   ([`crate::shaper`]); a later one reconfigures it: same [`ShaperId`], packets already
+//!   scheduled keep their times and nothing departs before them (the bucket's debt, measured
+//!   in time, is kept), the new rate and behaviour apply from there. No shaper left
+//!   (`Limits::max_shapers`) → 1450, no memory → 8; nothing changes on error. The shaper dies
+//!   with the flow (removal of the flow or its last socket, `QOSCloseHandle`). Any caller may
+//!   set a rate on its own flow (qos-api.md §8: no privilege documented).
+//! * `QueryFlow(OutgoingRate)`: the rate set, or **232 `ERROR_NO_DATA`** when none was
+//!   (qos-api.md documents no answer for this; 232 is in `QOSQueryFlow`'s documented error
+//!   list and means "nothing to return", where 1168 would read "no such flow" and 50 "not
+//!   supported").
 //! * `SetFlow(Service)` (qosmark extension for GQoS `QmSetSocketQos`): the service type's
 //!   documented default DSCP / 802.1p (Qualitative 0/0, `ControlledLoad` 24/4, Guaranteed 40/5,
 //!   `NetworkControl` 48/7, qos-api.md §11.4) become the flow's custom DSCP and 802.1p, so they
@@ -71,8 +82,10 @@
 //!   as not alive (nothing is revealed). The engine never holds it: a back end that gets
 //!   `known == Some(state now)` holds the request until its state changes or the handle
 //!   closes (995) — `docs/linux-transport.md`, the driver's `request` module.
-//! * `QueryFlow(PacketPriority)`: the resolved mark; "not added" is reported as 0 and the
-//!   non-conformant values are 0 (no shaping, so no non-conformant packets).
+//! * `QueryFlow(PacketPriority)`: the resolved mark; "not added" is reported as 0. The
+//!   non-conformant values are the traffic table's (`non_conformant_dscp`, and
+//!   `non_conformant_pcp` when the flow requests 802.1p) while the flow's shaping is
+//!   `QOSUseNonConformantMarkings`, else 0 (no packet of the flow is ever non-conformant).
 //! * `QueryFlow(Fundamentals)` and every `NotifyFlow`: 50 (§9, qosmark does no probing).
 //!   `NotifyFlow` first checks its buffer: `Available` needs a threshold and the others must
 //!   not have one, else 87.
@@ -399,11 +412,15 @@ impl Engine {
             Request::EnumerateFlows => self.control.enumerate(caller).map(Response::FlowIds),
             Request::AddRule(spec) => {
                 require_admin(caller)?;
-                self.rules.insert(spec.clone()).map(|()| Response::Done)
+                self.rules
+                    .insert(spec.clone(), &mut self.shapers)
+                    .map(|()| Response::Done)
             }
             Request::RemoveRule(name) => {
                 require_admin(caller)?;
-                self.rules.remove(name).map(|()| Response::Done)
+                self.rules
+                    .remove(name, &mut self.shapers)
+                    .map(|()| Response::Done)
             }
             Request::ListRules => {
                 require_admin(caller)?;
@@ -418,7 +435,9 @@ impl Engine {
             Request::ListFlows { after } => self.list_flows(caller, *after).map(Response::Flows),
             Request::ReplaceRules(specs) => {
                 require_admin(caller)?;
-                self.rules.replace(specs).map(|()| Response::Done)
+                self.rules
+                    .replace(specs, &mut self.shapers)
+                    .map(|()| Response::Done)
             }
             // The engine answers with the state now; holding the request while the state
             // equals `known` is the back end's part (module docs).
@@ -577,12 +596,20 @@ impl Engine {
         })
     }
 
+    /// The shaper of the admin rule called `name`, if it throttles (`throttle_bps`): one bucket
+    /// for all the traffic the rule matches. Dies when the rule is removed or replaced.
+    #[must_use]
+    pub fn rule_shaper(&self, name: &qosmark_abi::heapless_name::RuleName) -> Option<ShaperId> {
+        self.rules.shaper_of(name)
+    }
+
     /// Checks the control plane's internal invariants (index ⇔ flows ⇔ handle counts, cached
-    /// marks up to date). For tests and debug builds of the back ends.
+    /// marks up to date, every flow's and rule's shaper live). For tests and debug builds of the back ends.
     ///
     /// # Errors
     /// A description of the first violated invariant.
     pub fn check_control_invariants(&self) -> Result<(), &'static str> {
-        self.control.check_invariants(&self.shapers)
+        self.control.check_invariants(&self.shapers)?;
+        self.rules.check_shapers(&self.shapers)
     }
 }

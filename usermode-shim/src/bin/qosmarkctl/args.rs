@@ -56,6 +56,14 @@ pub enum TableCommand {
     Disallow(Option<Vec<Dscp>>),
     /// Whether adaptive flows request 802.1p.
     TagAdaptive(bool),
+    /// The marks of packets above a `QOSUseNonConformantMarkings` rate
+    /// (`table set non-conformant --dscp D --pcp P`; either may be left out).
+    NonConformant {
+        /// New non-conformant DSCP.
+        dscp: Option<Dscp>,
+        /// New non-conformant 802.1p.
+        pcp: Option<Pcp>,
+    },
     /// Back to qWAVE's documented table, nothing allowed to users, adaptive flows tagged.
     Reset,
 }
@@ -225,7 +233,7 @@ fn parse_rules(tail: &[&str]) -> Result<RulesCommand, UsageError> {
 }
 
 /// `rules add` flag → rules-file key, and whether the key's value is an integer in the file.
-const RULE_FLAGS: [(&str, &str, bool); 10] = [
+const RULE_FLAGS: [(&str, &str, bool); 11] = [
     ("--name", "name", false),
     ("--precedence", "precedence", true),
     ("--protocol", "protocol", false),
@@ -236,6 +244,7 @@ const RULE_FLAGS: [(&str, &str, bool); 10] = [
     ("--dscp", "dscp", true),
     ("--traffic-type", "traffic_type", false),
     ("--priority-8021p", "priority_8021p", true),
+    ("--throttle-bps", "throttle_bps", true),
 ];
 
 /// `rules add --flag value ...` → one [`RuleSpec`], through the rules-file parser.
@@ -453,7 +462,30 @@ fn parse_table_set(rest: &[&str]) -> Result<TableCommand, UsageError> {
             "table set needs a traffic type first (e.g. table set voice --dscp ef)",
         ));
     }
+    if *ty == "non-conformant" {
+        return match parse_table_set_flags(flags, "table set non-conformant")? {
+            EntryChange {
+                dscp: Some(None), ..
+            }
+            | EntryChange {
+                pcp: Some(None), ..
+            } => Err(usage(
+                "table set non-conformant: packets above the rate always get a DSCP and \
+                 an 802.1p value (none is not possible; 0 is best effort)",
+            )),
+            EntryChange { dscp, pcp } => Ok(TableCommand::NonConformant {
+                dscp: dscp.flatten(),
+                pcp: pcp.flatten(),
+            }),
+        };
+    }
     let tt = parse_traffic_type(ty)?;
+    let change = parse_table_set_flags(flags, "table set")?;
+    Ok(TableCommand::Set(tt, change))
+}
+
+/// The `--dscp` / `--pcp` flags of `table set` (`what` names the command in errors).
+fn parse_table_set_flags(flags: &[&str], what: &str) -> Result<EntryChange, UsageError> {
     let mut change = EntryChange::default();
     let mut it = flags.iter();
     while let Some(&arg) = it.next() {
@@ -464,33 +496,33 @@ fn parse_table_set(rest: &[&str]) -> Result<TableCommand, UsageError> {
         let mut value = || {
             inline
                 .or_else(|| it.next().copied())
-                .ok_or_else(|| usage(format!("table set: {flag} needs a value")))
+                .ok_or_else(|| usage(format!("{what}: {flag} needs a value")))
         };
         match flag {
             "--dscp" => {
                 if change.dscp.is_some() {
-                    return Err(usage("table set: --dscp given more than once"));
+                    return Err(usage(format!("{what}: --dscp given more than once")));
                 }
                 change.dscp = Some(parse_dscp_or_none(value()?)?);
             }
             "--pcp" | "--priority-8021p" => {
                 if change.pcp.is_some() {
-                    return Err(usage("table set: --pcp given more than once"));
+                    return Err(usage(format!("{what}: --pcp given more than once")));
                 }
                 change.pcp = Some(parse_pcp_or_none(value()?)?);
             }
             _ if arg.starts_with('-') => {
-                return Err(usage(format!("table set: unknown option {arg}")))
+                return Err(usage(format!("{what}: unknown option {arg}")))
             }
-            _ => return Err(usage(format!("table set: unexpected argument {arg}"))),
+            _ => return Err(usage(format!("{what}: unexpected argument {arg}"))),
         }
     }
     if change.dscp.is_none() && change.pcp.is_none() {
-        return Err(usage(
-            "table set needs --dscp VALUE|none and/or --pcp VALUE|none",
-        ));
+        return Err(usage(format!(
+            "{what} needs --dscp VALUE|none and/or --pcp VALUE|none"
+        )));
     }
-    Ok(TableCommand::Set(tt, change))
+    Ok(change)
 }
 
 #[cfg(test)]
@@ -643,6 +675,24 @@ mod tests {
             Command::Table(TableCommand::TagAdaptive(false))
         );
         assert_eq!(cmd("table reset"), Command::Table(TableCommand::Reset));
+        assert_eq!(
+            cmd("table set non-conformant --dscp 8 --pcp 1"),
+            Command::Table(TableCommand::NonConformant {
+                dscp: Some(Dscp::try_new(8).unwrap()),
+                pcp: Some(Pcp::try_new(1).unwrap()),
+            })
+        );
+        assert_eq!(
+            cmd("table set non-conformant --dscp=cs1"),
+            Command::Table(TableCommand::NonConformant {
+                dscp: Some(Dscp::try_new(8).unwrap()),
+                pcp: None,
+            })
+        );
+        assert!(err("table set non-conformant").contains("needs --dscp"));
+        assert!(err("table set non-conformant --dscp none").contains("none is not possible"));
+        assert!(err("table set non-conformant --pcp 8").contains("802.1p"));
+        assert!(err("table set non-conformant --colour 1").contains("unknown option --colour"));
     }
 
     #[test]
@@ -650,17 +700,21 @@ mod tests {
         let Command::Rules(RulesCommand::Add(spec)) = cmd(
             "rules add --name voip --precedence 200 --protocol udp --remote-address \
              192.0.2.0/24 --remote-port 16384-32767 --local-port=5060 --dscp ef \
-             --priority-8021p 5",
+             --priority-8021p 5 --throttle-bps 2000000",
         ) else {
             panic!("not rules add")
         };
         let file = rules_file::parse_rules(
             "[[rule]]\nname = \"voip\"\nprecedence = 200\nprotocol = \"udp\"\n\
              remote_address = \"192.0.2.0/24\"\nremote_port = \"16384-32767\"\n\
-             local_port = 5060\ndscp = 46\npriority_8021p = 5\n",
+             local_port = 5060\ndscp = 46\npriority_8021p = 5\nthrottle_bps = 2000000\n",
         )
         .unwrap();
         assert_eq!(file, vec![spec.clone()]);
+        assert_eq!(spec.throttle_bps, Some(2_000_000));
+        // The range error names the flag the user typed.
+        let e = err("rules add --name x --dscp 8 --throttle-bps 0");
+        assert!(e.contains("--throttle-bps") && e.contains("12000"), "{e}");
         assert_eq!(spec.action, RuleAction::Dscp(Dscp::EF));
         assert_eq!(spec.protocol, RuleProtocol::Udp);
         assert_eq!(

@@ -271,6 +271,14 @@ pub fn apply_table(mut t: TrafficTable, cmd: &TableCommand) -> TrafficTable {
             }
         }
         TableCommand::TagAdaptive(on) => t.tag_adaptive_flows = *on,
+        TableCommand::NonConformant { dscp, pcp } => {
+            if let Some(d) = dscp {
+                t.non_conformant_dscp = *d;
+            }
+            if let Some(p) = pcp {
+                t.non_conformant_pcp = *p;
+            }
+        }
     }
     t
 }
@@ -458,6 +466,17 @@ mod tests {
             0
         );
         assert!(!apply_table(d, &table_cmd("table tag-adaptive off")).tag_adaptive_flows);
+        let t = apply_table(d, &table_cmd("table set non-conformant --dscp cs1"));
+        assert_eq!(
+            (t.non_conformant_dscp.value(), t.non_conformant_pcp.value()),
+            (8, 0)
+        );
+        assert_eq!(t.marks, d.marks, "traffic types untouched");
+        let t = apply_table(t, &table_cmd("table set non-conformant --pcp=1"));
+        assert_eq!(
+            (t.non_conformant_dscp.value(), t.non_conformant_pcp.value()),
+            (8, 1)
+        );
     }
 
     #[test]

@@ -5,8 +5,9 @@
 //! * `flows`: every flow with its sockets (5-tuples), mark and counters (administrators see
 //!   all flows, users their own process's);
 //! * `rules list | export | add ... | remove NAME | load FILE`: the administrator rules;
-//! * `table [show] | set TYPE ... | allow DSCP... | disallow DSCP...|--all | tag-adaptive on|off
-//!   | reset`: the traffic-type table and the DSCP values users may set;
+//! * `table [show] | set TYPE ... | set non-conformant ... | allow DSCP... | disallow
+//!   DSCP...|--all | tag-adaptive on|off | reset`: the traffic-type table, the non-conformant
+//!   marks (shaping) and the DSCP values users may set;
 //! * `replay --rules RULES.toml IN OUT`: offline replay of a capture (no back end needed).
 //!
 //! `--json` on every command; exit codes in [`commands`]; formats and schema in the crate
@@ -35,11 +36,16 @@ usage: qosmarkctl COMMAND [--json]
             [--local-address PREFIX] [--remote-address PREFIX]
             [--local-port P|A-B] [--remote-port P|A-B]
             (--dscp 0-63|ef|csN|afXY | --traffic-type TYPE) [--priority-8021p 0-7]
-                                  add one rule; flags mirror the rules-file keys (admin)
+            [--throttle-bps 12000-100000000000]
+                                  add one rule; flags mirror the rules-file keys (admin);
+                                  a throttle delays what the rule matches above that rate
   rules remove NAME               remove a rule (admin)
   rules load FILE                 replace every rule with those of FILE (TOML; - = stdin) (admin)
   table [show]                    traffic-type -> DSCP / 802.1p, DSCP values users may set
   table set TYPE [--dscp D|none] [--pcp 0-7|none]     change one traffic type (admin)
+  table set non-conformant [--dscp D] [--pcp 0-7]
+                                  marks of packets above a QOSUseNonConformantMarkings
+                                  rate (default 0 / 0) (admin)
   table allow DSCP...             let users set these DSCP values (admin)
   table disallow DSCP...|--all    take them back (admin)
   table tag-adaptive on|off       request 802.1p for adaptive flows (admin)

@@ -325,6 +325,7 @@ fn rule_json(r: &RuleEntry) -> Value {
         "dscp": dscp,
         "traffic_type": tt,
         "priority_8021p": s.pcp.map(qosmark_abi::Pcp::value),
+        "throttle_bps": s.throttle_bps,
         "counters": counters_json(&r.counters),
     })
 }
@@ -362,11 +363,14 @@ fn rules_text(s: &mut String, rules: &[RuleEntry]) {
         let pcp = spec
             .pcp
             .map_or_else(String::new, |p| format!(", 802.1p {}", p.value()));
+        let throttle = spec
+            .throttle_bps
+            .map_or_else(String::new, |t| format!(", throttle {t} bit/s"));
         let c = &r.counters;
         let _ = writeln!(
             s,
-            "{} (precedence {}): {cond} -> {action}{pcp}; packets {}, bytes {}, marked {}, \
-             already marked {}",
+            "{} (precedence {}): {cond} -> {action}{pcp}{throttle}; packets {}, bytes {}, \
+             marked {}, already marked {}",
             spec.name, spec.precedence, c.packets, c.bytes, c.marked, c.already_marked
         );
     }
@@ -395,6 +399,10 @@ fn table_json(t: &TrafficTable) -> Value {
         "traffic_types": types,
         "user_dscp_allow": allowed(t),
         "tag_adaptive_flows": t.tag_adaptive_flows,
+        "non_conformant": {
+            "dscp": t.non_conformant_dscp.value(),
+            "pcp": t.non_conformant_pcp.value(),
+        },
     })
 }
 
@@ -426,6 +434,13 @@ fn table_text(s: &mut String, t: &TrafficTable) {
         "802.1p for adaptive flows: {}",
         if t.tag_adaptive_flows { "on" } else { "off" }
     );
+    let _ = writeln!(
+        s,
+        "non-conformant (above a QOSUseNonConformantMarkings rate): dscp {}, 802.1p {} \
+         (802.1p only for flows that request one)",
+        t.non_conformant_dscp.value(),
+        t.non_conformant_pcp.value()
+    );
 }
 
 #[cfg(test)]
@@ -438,6 +453,11 @@ mod tests {
     )]
     use super::*;
     use qosmark_abi::heapless_name::RuleName;
+    #[allow(
+        unused_imports,
+        reason = "Dscp may already be in scope through super::*"
+    )]
+    use qosmark_abi::Dscp as _;
     use qosmark_abi::{Mark, Pcp, Protocol, RuleSpec};
 
     fn status() -> StatusInfo {
@@ -597,6 +617,7 @@ mod tests {
             }),
             action: RuleAction::Dscp(Dscp::try_new(24).unwrap()),
             pcp: Some(Pcp::try_new(3).unwrap()),
+            throttle_bps: None,
         };
         let o = Output::Rules(vec![RuleEntry {
             spec,
@@ -623,7 +644,17 @@ mod tests {
         assert_eq!(r["traffic_type"], Value::Null);
         assert_eq!(r["priority_8021p"], 3);
         assert_eq!(r["counters"]["marked"], 3);
+        assert_eq!(r["throttle_bps"], Value::Null);
         assert_eq!(text(&Output::Rules(vec![])), "no rules\n");
+        let Output::Rules(mut list) = o else { panic!() };
+        list[0].spec.throttle_bps = Some(2_000_000);
+        let o = Output::Rules(list);
+        assert!(
+            text(&o).contains("-> dscp 24, 802.1p 3, throttle 2000000 bit/s; packets 4"),
+            "{}",
+            text(&o)
+        );
+        assert_eq!(json(&o)["rules"][0]["throttle_bps"], 2_000_000);
     }
 
     #[test]
@@ -644,6 +675,19 @@ mod tests {
         assert_eq!(j["traffic_types"][1]["pcp"], 2);
         assert_eq!(j["user_dscp_allow"], json!([34, 46]));
         assert_eq!(j["tag_adaptive_flows"], true);
+        assert_eq!(j["non_conformant"], json!({"dscp": 0, "pcp": 0}));
+        assert!(
+            s.contains(
+                "non-conformant (above a QOSUseNonConformantMarkings rate): dscp 0, 802.1p 0"
+            ),
+            "{s}"
+        );
+        t.non_conformant_dscp = Dscp::try_new(8).unwrap();
+        t.non_conformant_pcp = Pcp::try_new(1).unwrap();
+        assert_eq!(
+            json(&Output::Table(t))["non_conformant"],
+            json!({"dscp": 8, "pcp": 1})
+        );
         let s = text(&Output::Table(qosmark_engine::traffic::default_table()));
         assert!(s.contains("none (administrators only, as qWAVE)"), "{s}");
     }

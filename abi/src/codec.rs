@@ -17,8 +17,8 @@
 //!
 //! * `magic` = [`MAGIC`], the bytes `51 4D 52 4B` ("QMRK").
 //! * `version` = [`crate::PROTOCOL_VERSION`]; any other value is refused.
-//! * `kind` = [`RecordKind`]: requests 0x0001..=0x000E, answers 0x8001..=0x8009, error 0x80FF.
-//! * `flags`: 0, except bit 0 [`FLAG_QOS2_ANSWER`] on SetFlow, QueryFlow and NotifyFlow requests
+//! * `kind` = [`RecordKind`]: requests 0x0001..=0x000F, answers 0x8001..=0x800A, error 0x80FF.
+//! * `flags`: 0, except bit 0 [`FLAG_QOS2_ANSWER`] on SetFlow, QueryFlow, NotifyFlow and WatchFlow requests
 //!   (see *QOS2 answers* below; only [`decode_request_with_flags`] accepts it). Every other bit,
 //!   the bit on any other request, and any bit on an answer is refused
 //!   ([`AbiError::ReservedNotZero`] → 87).
@@ -99,6 +99,9 @@
 //!   op 1 SetOutgoingRate:     8 u64 bandwidth  16 u32 shaping (0..=2)  20 u32 reason (as given)
 //!   op 2 SetOutgoingDSCPValue: 8 u32 DSCP DWORD (as given: the engine refuses > 63 with 87,
 //!                              as qWAVE does)  12 zero [12]
+//!   op 3 Service (qosmark extension, GQoS): 8 u32 SERVICETYPE (2, 3, 0xA or 0xD)
+//!                              12 u8 DSCP present  13 u8 DSCP (0..=63)
+//!                              14 u8 802.1p present  15 u8 802.1p (0..=7)  16 zero [8]
 //!
 //! 0x0005 QueryFlow (8):   0 u32 flow id   4 u32 operation (QOS_QUERY_FLOW, 0..=2)
 //!
@@ -111,6 +114,11 @@
 //! 0x000C SetTrafficTable (40):   TRAFFIC TABLE
 //! 0x000D ListFlows (8):          0 u32 after (flow id; 0 = from the first)   4 zero [4]
 //! 0x000E ReplaceRules (8 + 136n): 0 u32 n (<= 4096)   4 zero [4]   8 n x RULE SPEC
+//! 0x000F WatchFlow (16):  0 u32 flow id   4 u8 known present   5 FLOW STATE known (zero if
+//!                         absent)   10 zero [6]
+//!
+//! FLOW STATE (5 bytes): u8 alive (0|1), u8 DSCP present, u8 DSCP (0..=63), u8 802.1p present,
+//!                       u8 802.1p (0..=7); a state that is not alive has no mark (all zero)
 //! ```
 //!
 //! # Answers
@@ -131,6 +139,7 @@
 //! 0x8006 FlowIds (8 + 4n):    0 u32 n (<= 65536)  4 zero [4]  8 n x u32 flow id (never 0)
 //! 0x8007 Rules (8 + 168n):    0 u32 n (<= 4096)   4 zero [4]  8 n x { RULE SPEC, COUNTERS }
 //! 0x8008 TrafficTable (40):   TRAFFIC TABLE
+//! 0x800A FlowState (8):      FLOW STATE   5 zero [3]
 //! 0x8009 Flows (8 + sum of FLOW):
 //!   0 u32 n (<= 512)   4 u32 next_after (0 = last page, else = the last flow's id)
 //!   8 n x FLOW, ids non-zero and strictly ascending
@@ -154,7 +163,8 @@
 //!
 //! Which answer a request may get ([`answers`]): QueryStatus → Status; AddSocketToFlow →
 //! FlowId; QueryFlow → PacketPriority or OutgoingRate; EnumerateFlows → FlowIds; ListRules →
-//! Rules; GetTrafficTable → TrafficTable; ListFlows → Flows; every other request → Done. Any
+//! Rules; GetTrafficTable → TrafficTable; ListFlows → Flows; WatchFlow → FlowState; every other
+//! request → Done. Any
 //! request may get Error.
 //!
 //! **ListFlows is paged** so that a Flows record always fits [`MAX_RECORD_LEN`] (one IOCTL
@@ -179,7 +189,9 @@
 //!   u32 NonConformantDSCPValue, u32 ConformantL2Value, u32 NonConformantL2Value (LE);
 //! * QueryFlow(OutgoingRate) → the `UINT64` rate, 8 bytes LE;
 //! * NotifyFlow → 0 bytes (QOS2 writes nothing back for a completed notification; qosmark
-//!   answers every NotifyFlow with 50 today anyway).
+//!   answers every NotifyFlow with 50 today anyway);
+//! * WatchFlow → 0 bytes: an overlapped GQoS wait (`QmWaitSocketQosChange`) is a notification,
+//!   like `FD_QOS`; the application reads the new state with `QmGetSocketQos`.
 //!
 //! An error completes with the NTSTATUS of its Win32 code ([`crate::status::ntstatus_for`]) and
 //! no bytes. A QOS2 structure has a fixed size, so the shim checks `*Size` before issuing
@@ -272,11 +284,11 @@ use crate::ioctl::RequestKind;
 use crate::status::{NtStatus, Win32Error};
 use crate::types::heapless_name::RuleName;
 use crate::types::{
-    CounterSnapshot, Dscp, FailOpen, Family, FlowPage, FlowRate, FlowRecord, FlowSocket, Mark,
-    NotifyFlow, OutOfRange, PacketPriority, Pcp, PortRange, Prefix, Protocol, QueryFlow, Request,
-    Response, RuleAction, RuleEntry, RuleProtocol, RuleSpec, SetFlow, Shaping, SkipReason,
-    SocketBinding, SocketInfo, StatusInfo, TrafficTable, TrafficType, TrafficTypeMark,
-    MAX_RULE_NAME_LEN,
+    CounterSnapshot, Dscp, FailOpen, Family, FlowPage, FlowRate, FlowRecord, FlowSocket, FlowState,
+    Mark, NotifyFlow, OutOfRange, PacketPriority, Pcp, PortRange, Prefix, Protocol, QueryFlow,
+    Request, Response, RuleAction, RuleEntry, RuleProtocol, RuleSpec, ServiceMark, ServiceType,
+    SetFlow, Shaping, SkipReason, SocketBinding, SocketInfo, StatusInfo, TrafficTable, TrafficType,
+    TrafficTypeMark, MAX_RULE_NAME_LEN,
 };
 use crate::PROTOCOL_VERSION;
 
@@ -401,6 +413,8 @@ pub enum RecordKind {
     ListFlows = 0x000D,
     /// Request [`Request::ReplaceRules`].
     ReplaceRules = 0x000E,
+    /// Request [`Request::WatchFlow`].
+    WatchFlow = 0x000F,
     /// Answer [`Response::Done`].
     Done = 0x8001,
     /// Answer [`Response::Status`].
@@ -419,6 +433,8 @@ pub enum RecordKind {
     TrafficTable = 0x8008,
     /// Answer [`Response::Flows`].
     Flows = 0x8009,
+    /// Answer [`Response::FlowState`].
+    FlowState = 0x800A,
     /// Error answer ([`ErrorReply`]).
     Error = 0x80FF,
 }
@@ -442,6 +458,7 @@ impl RecordKind {
             0x000C => RecordKind::SetTrafficTable,
             0x000D => RecordKind::ListFlows,
             0x000E => RecordKind::ReplaceRules,
+            0x000F => RecordKind::WatchFlow,
             0x8001 => RecordKind::Done,
             0x8002 => RecordKind::Status,
             0x8003 => RecordKind::FlowId,
@@ -451,6 +468,7 @@ impl RecordKind {
             0x8007 => RecordKind::Rules,
             0x8008 => RecordKind::TrafficTable,
             0x8009 => RecordKind::Flows,
+            0x800A => RecordKind::FlowState,
             0x80FF => RecordKind::Error,
             _ => return None,
         })
@@ -480,6 +498,7 @@ impl RecordKind {
             RequestKind::SetTrafficTable => RecordKind::SetTrafficTable,
             RequestKind::ListFlows => RecordKind::ListFlows,
             RequestKind::ReplaceRules => RecordKind::ReplaceRules,
+            RequestKind::WatchFlow => RecordKind::WatchFlow,
         }
     }
 
@@ -496,6 +515,7 @@ impl RecordKind {
             Response::Rules(_) => RecordKind::Rules,
             Response::TrafficTable(_) => RecordKind::TrafficTable,
             Response::Flows(_) => RecordKind::Flows,
+            Response::FlowState(_) => RecordKind::FlowState,
         }
     }
 }
@@ -517,6 +537,7 @@ pub const fn answers(request: RequestKind, record: RecordKind) -> bool {
             | (RequestKind::ListRules, RecordKind::Rules)
             | (RequestKind::GetTrafficTable, RecordKind::TrafficTable)
             | (RequestKind::ListFlows, RecordKind::Flows)
+            | (RequestKind::WatchFlow, RecordKind::FlowState)
             | (
                 RequestKind::RemoveSocketFromFlow
                     | RequestKind::SetFlow
@@ -567,7 +588,7 @@ fn payload_len_of_request(request: &Request) -> u32 {
         | Request::ListRules
         | Request::GetTrafficTable => 0,
         Request::AddSocketToFlow { .. } => 24 + 3 * ADDRESS_LEN,
-        Request::RemoveSocketFromFlow { .. } => 16,
+        Request::RemoveSocketFromFlow { .. } | Request::WatchFlow { .. } => 16,
         Request::SetFlow { .. } | Request::NotifyFlow { .. } => 24,
         Request::QueryFlow { .. } | Request::ListFlows { .. } => 8,
         Request::AddRule(_) => RULE_SPEC_LEN,
@@ -609,7 +630,7 @@ pub fn required_size(response: &Response) -> u32 {
         Response::Status(_) => HEADER_LEN + STATUS_LEN,
         Response::FlowId(_) => HEADER_LEN + 4,
         Response::PacketPriority(_) => HEADER_LEN + 16,
-        Response::OutgoingRate(_) => HEADER_LEN + 8,
+        Response::OutgoingRate(_) | Response::FlowState(_) => HEADER_LEN + 8,
         Response::FlowIds(ids) => list_len(ids.len(), 4),
         Response::Rules(rules) => list_len(rules.len(), RULE_ENTRY_LEN),
         Response::TrafficTable(_) => HEADER_LEN + TRAFFIC_TABLE_LEN,
@@ -623,6 +644,15 @@ pub fn required_size(response: &Response) -> u32 {
 }
 
 const STATUS_LEN: u32 = 48 + 8 * SkipReason::COUNT as u32 + 8 * FailOpen::COUNT as u32 + 16;
+
+/// A state that is not alive has no mark (it would not decode).
+fn check_flow_state(state: FlowState) -> Result<(), AbiError> {
+    if state.alive || state.mark.is_empty() {
+        Ok(())
+    } else {
+        Err(AbiError::BadValue)
+    }
+}
 
 // ------------------------------------------------------------------------------------------
 // Writer
@@ -759,6 +789,45 @@ impl Writer<'_> {
         self.u64(c.already_marked);
     }
 
+    /// The operation and value of a SetFlow request (20 bytes after the flow id).
+    fn set_flow_op(&mut self, op: &SetFlow) {
+        match op {
+            SetFlow::TrafficType(t) => {
+                self.u32(0);
+                self.u32(*t as u32);
+                self.zeros(12);
+            }
+            SetFlow::OutgoingRate(r) => {
+                self.u32(1);
+                self.u64(r.bandwidth);
+                self.u32(r.shaping as u32);
+                self.u32(r.reason);
+            }
+            SetFlow::OutgoingDscp(d) => {
+                self.u32(2);
+                self.u32(*d);
+                self.zeros(12);
+            }
+            SetFlow::Service(m) => {
+                self.u32(3);
+                self.u32(m.service as u32);
+                self.flag(m.dscp.is_some());
+                self.u8(m.dscp.map_or(0, Dscp::value));
+                self.flag(m.pcp.is_some());
+                self.u8(m.pcp.map_or(0, Pcp::value));
+                self.zeros(8);
+            }
+        }
+    }
+
+    fn flow_state(&mut self, s: FlowState) {
+        self.flag(s.alive);
+        self.flag(s.mark.dscp.is_some());
+        self.u8(s.mark.dscp.map_or(0, Dscp::value));
+        self.flag(s.mark.pcp.is_some());
+        self.u8(s.mark.pcp.map_or(0, Pcp::value));
+    }
+
     fn traffic_table(&mut self, t: &TrafficTable) {
         for m in &t.marks {
             self.flag(m.dscp.is_some());
@@ -885,7 +954,10 @@ pub const fn flags_allowed(kind: RequestKind, flags: u32) -> bool {
         || (flags == FLAG_QOS2_ANSWER
             && matches!(
                 kind,
-                RequestKind::SetFlow | RequestKind::QueryFlow | RequestKind::NotifyFlow
+                RequestKind::SetFlow
+                    | RequestKind::QueryFlow
+                    | RequestKind::NotifyFlow
+                    | RequestKind::WatchFlow
             ))
 }
 
@@ -958,24 +1030,7 @@ pub fn encode_request_with_flags(
             }
             Request::SetFlow { flow_id, op } => {
                 w.u32(*flow_id);
-                match op {
-                    SetFlow::TrafficType(t) => {
-                        w.u32(0);
-                        w.u32(*t as u32);
-                        w.zeros(12);
-                    }
-                    SetFlow::OutgoingRate(r) => {
-                        w.u32(1);
-                        w.u64(r.bandwidth);
-                        w.u32(r.shaping as u32);
-                        w.u32(r.reason);
-                    }
-                    SetFlow::OutgoingDscp(d) => {
-                        w.u32(2);
-                        w.u32(*d);
-                        w.zeros(12);
-                    }
-                }
+                w.set_flow_op(op);
             }
             Request::QueryFlow { flow_id, op } => {
                 w.u32(*flow_id);
@@ -995,6 +1050,15 @@ pub fn encode_request_with_flags(
             Request::AddRule(spec) => w.rule_spec(spec)?,
             Request::RemoveRule(name) => w.name(name),
             Request::SetTrafficTable(t) => w.traffic_table(t),
+            Request::WatchFlow { flow_id, known } => {
+                if let Some(k) = known {
+                    check_flow_state(*k)?;
+                }
+                w.u32(*flow_id);
+                w.flag(known.is_some());
+                w.flow_state(known.unwrap_or_default());
+                w.zeros(6);
+            }
         }
         Ok(())
     })
@@ -1056,6 +1120,11 @@ pub fn encode_response(response: &Response, out: &mut Vec<u8>) -> Result<(), Abi
                 }
             }
             Response::TrafficTable(t) => w.traffic_table(t),
+            Response::FlowState(state) => {
+                check_flow_state(*state)?;
+                w.flow_state(*state);
+                w.zeros(3);
+            }
             Response::Flows(page) => {
                 // Count checked by `check_flow_page` (≤ MAX_FLOWS_PER_PAGE).
                 w.u32(page.flows.len() as u32);
@@ -1099,7 +1168,8 @@ fn check_flow_page(page: &FlowPage) -> Result<(), AbiError> {
 #[must_use]
 pub const fn qos2_answer_len(response: &Response) -> Option<u32> {
     match response {
-        Response::Done => Some(0),
+        // A WatchFlow answer is a notification (GQoS `FD_QOS`): the state is read afterwards.
+        Response::Done | Response::FlowState(_) => Some(0),
         Response::PacketPriority(_) => Some(16),
         Response::OutgoingRate(_) => Some(8),
         Response::Status(_)
@@ -1416,6 +1486,42 @@ impl<'a> Reader<'a> {
         })
     }
 
+    /// The payload of a WatchFlow request.
+    fn watch_flow(&mut self) -> Result<Request, AbiError> {
+        let flow_id = self.u32()?;
+        let present = self.flag()?;
+        let state = self.flow_state()?;
+        self.zeros(6)?;
+        if !present && state != FlowState::default() {
+            return Err(AbiError::ReservedNotZero);
+        }
+        Ok(Request::WatchFlow {
+            flow_id,
+            known: present.then_some(state),
+        })
+    }
+
+    /// The payload of a FlowState answer.
+    fn flow_state_answer(&mut self) -> Result<FlowState, AbiError> {
+        let state = self.flow_state()?;
+        self.zeros(3)?;
+        Ok(state)
+    }
+
+    /// FLOW STATE (5 bytes); a state that is not alive carries no mark.
+    fn flow_state(&mut self) -> Result<FlowState, AbiError> {
+        let alive = self.flag()?;
+        let dscp_present = self.flag()?;
+        let dscp = self.optional_byte(dscp_present, Dscp::try_new)?;
+        let pcp_present = self.flag()?;
+        let pcp = self.optional_byte(pcp_present, Pcp::try_new)?;
+        let mark = Mark { dscp, pcp };
+        if !alive && !mark.is_empty() {
+            return Err(AbiError::BadValue);
+        }
+        Ok(FlowState { alive, mark })
+    }
+
     fn traffic_table(&mut self) -> Result<TrafficTable, AbiError> {
         let empty = TrafficTypeMark {
             dscp: None,
@@ -1613,6 +1719,16 @@ impl<'a> Reader<'a> {
                 self.zeros(12)?;
                 SetFlow::OutgoingDscp(d)
             }
+            3 => {
+                let service =
+                    ServiceType::try_from_u32(self.u32()?).map_err(|_| AbiError::BadValue)?;
+                let dscp_present = self.flag()?;
+                let dscp = self.optional_byte(dscp_present, Dscp::try_new)?;
+                let pcp_present = self.flag()?;
+                let pcp = self.optional_byte(pcp_present, Pcp::try_new)?;
+                self.zeros(8)?;
+                SetFlow::Service(ServiceMark { service, dscp, pcp })
+            }
             _ => return Err(AbiError::BadValue),
         };
         Ok(Request::SetFlow { flow_id, op })
@@ -1740,7 +1856,10 @@ pub fn decode_request_with_flags(bytes: &[u8]) -> Result<(Request, u32), AbiErro
         || (flags == FLAG_QOS2_ANSWER
             && matches!(
                 kind,
-                RecordKind::SetFlow | RecordKind::QueryFlow | RecordKind::NotifyFlow
+                RecordKind::SetFlow
+                    | RecordKind::QueryFlow
+                    | RecordKind::NotifyFlow
+                    | RecordKind::WatchFlow
             ));
     if !flag_ok {
         return Err(AbiError::ReservedNotZero);
@@ -1811,6 +1930,7 @@ pub fn decode_request_with_flags(bytes: &[u8]) -> Result<(Request, u32), AbiErro
         RecordKind::AddRule => Request::AddRule(r.rule_spec()?),
         RecordKind::RemoveRule => Request::RemoveRule(r.name()?),
         RecordKind::SetTrafficTable => Request::SetTrafficTable(r.traffic_table()?),
+        RecordKind::WatchFlow => r.watch_flow()?,
         RecordKind::Done
         | RecordKind::Status
         | RecordKind::FlowId
@@ -1820,6 +1940,7 @@ pub fn decode_request_with_flags(bytes: &[u8]) -> Result<(Request, u32), AbiErro
         | RecordKind::Rules
         | RecordKind::TrafficTable
         | RecordKind::Flows
+        | RecordKind::FlowState
         | RecordKind::Error => return Err(AbiError::BadKind),
     };
     debug_assert!(flags_allowed(RequestKind::of(&request), flags));
@@ -1903,6 +2024,7 @@ pub fn decode_response(kind: RequestKind, bytes: &[u8]) -> Result<Reply, AbiErro
             Response::Rules(rules)
         }
         RecordKind::TrafficTable => Response::TrafficTable(r.traffic_table()?),
+        RecordKind::FlowState => Response::FlowState(r.flow_state_answer()?),
         RecordKind::Flows => {
             let count = r.u32()?;
             let next_after = r.u32()?;
@@ -1942,7 +2064,8 @@ pub fn decode_response(kind: RequestKind, bytes: &[u8]) -> Result<Reply, AbiErro
         | RecordKind::GetTrafficTable
         | RecordKind::SetTrafficTable
         | RecordKind::ListFlows
-        | RecordKind::ReplaceRules => return Err(AbiError::BadKind),
+        | RecordKind::ReplaceRules
+        | RecordKind::WatchFlow => return Err(AbiError::BadKind),
     };
     r.finish()?;
     Ok(Reply::Response(reply))

@@ -19,7 +19,7 @@
 //!   below 0x800 are Microsoft's, 0x800 and above are for vendors. A custom device type
 //!   (≥ 0x8000) would also be legal, but would then have to be the device object's type too,
 //!   which gains nothing: IOCTLs only ever reach our own device object.
-//! * **Function ≥ 0x800**, one per request kind (0x800..=0x80D, [`RequestKind::function`]).
+//! * **Function ≥ 0x800**, one per request kind (0x800..=0x80E, [`RequestKind::function`]).
 //! * **Method = `METHOD_BUFFERED`** for every code: the I/O manager copies the input into a
 //!   system buffer and copies `IoStatus.Information` bytes back on success or warning, so the
 //!   driver never touches user addresses (see [`crate::codec`] for the size protocol).
@@ -27,7 +27,7 @@
 //!   encoded in it ("Security Issues for I/O Control Codes"). Requests that only read state
 //!   require `FILE_READ_ACCESS`; every request that changes state (flows, rules, tables) requires
 //!   `FILE_WRITE_ACCESS`. `FILE_ANY_ACCESS` is never used. `NotifyFlow` observes a flow and is a
-//!   read; `AddSocketToFlow` returns a flow id but creates state, so it is a write.
+//!   read, and so is `WatchFlow`; `AddSocketToFlow` returns a flow id but creates state, so it is a write.
 //!
 //! The driver dispatches on the full 32-bit code with [`request_kind`]: a code that differs in any
 //! bit (another method, another access, another device type) is not ours and is refused.
@@ -106,11 +106,13 @@ pub enum RequestKind {
     ListFlows = 12,
     /// [`Request::ReplaceRules`].
     ReplaceRules = 13,
+    /// [`Request::WatchFlow`] (qosmark extension for GQoS).
+    WatchFlow = 14,
 }
 
 impl RequestKind {
     /// Every kind, in function-code order.
-    pub const ALL: [RequestKind; 14] = [
+    pub const ALL: [RequestKind; 15] = [
         RequestKind::QueryStatus,
         RequestKind::AddSocketToFlow,
         RequestKind::RemoveSocketFromFlow,
@@ -125,6 +127,7 @@ impl RequestKind {
         RequestKind::SetTrafficTable,
         RequestKind::ListFlows,
         RequestKind::ReplaceRules,
+        RequestKind::WatchFlow,
     ];
 
     /// The kind of a decoded request.
@@ -145,6 +148,7 @@ impl RequestKind {
             Request::SetTrafficTable(_) => RequestKind::SetTrafficTable,
             Request::ListFlows { .. } => RequestKind::ListFlows,
             Request::ReplaceRules(_) => RequestKind::ReplaceRules,
+            Request::WatchFlow { .. } => RequestKind::WatchFlow,
         }
     }
 
@@ -164,7 +168,8 @@ impl RequestKind {
             | RequestKind::EnumerateFlows
             | RequestKind::ListRules
             | RequestKind::GetTrafficTable
-            | RequestKind::ListFlows => false,
+            | RequestKind::ListFlows
+            | RequestKind::WatchFlow => false,
             RequestKind::AddSocketToFlow
             | RequestKind::RemoveSocketFromFlow
             | RequestKind::SetFlow
@@ -229,6 +234,8 @@ pub const IOCTL_QOSMARK_SET_TRAFFIC_TABLE: u32 = RequestKind::SetTrafficTable.co
 pub const IOCTL_QOSMARK_LIST_FLOWS: u32 = RequestKind::ListFlows.code();
 /// `IOCTL_QOSMARK_REPLACE_RULES`.
 pub const IOCTL_QOSMARK_REPLACE_RULES: u32 = RequestKind::ReplaceRules.code();
+/// `WatchFlow` (qosmark extension: a flow's state, held until it changes).
+pub const IOCTL_QOSMARK_WATCH_FLOW: u32 = RequestKind::WatchFlow.code();
 
 #[cfg(test)]
 mod tests {
@@ -245,7 +252,7 @@ mod tests {
         // DeviceType 0x12 (FILE_DEVICE_NETWORK), METHOD_BUFFERED 0, FILE_READ_ACCESS 1,
         // FILE_WRITE_ACCESS 2. Hand-computed: 0x12 << 16 = 0x0012_0000; read 1 << 14 = 0x4000;
         // write 2 << 14 = 0x8000; 0x800 << 2 = 0x2000, each further function adds 4.
-        let expected: [(RequestKind, u32, u32); 14] = [
+        let expected: [(RequestKind, u32, u32); 15] = [
             (
                 RequestKind::QueryStatus,
                 formula(0x12, 0x800, 0, 1),
@@ -315,6 +322,11 @@ mod tests {
                 RequestKind::ReplaceRules,
                 formula(0x12, 0x80D, 0, 2),
                 0x0012_A034,
+            ),
+            (
+                RequestKind::WatchFlow,
+                formula(0x12, 0x80E, 0, 1),
+                0x0012_6038,
             ),
         ];
         for (kind, by_formula, literal) in expected {

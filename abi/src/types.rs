@@ -235,6 +235,75 @@ pub enum SetFlow {
     /// `QOSSetOutgoingDSCPValue` = 2. Kept as the caller's `DWORD`: values above 63 are rejected
     /// by the engine with 87, as qWAVE would.
     OutgoingDscp(u32),
+    /// qosmark extension, operation 3 (not in `qos2.h`): the mark of a GQoS sending flowspec
+    /// (`QmSetSocketQos`). The engine maps the service type to its documented default DSCP and
+    /// 802.1p and applies the overrides under the privilege rules of `engine::control`.
+    Service(ServiceMark),
+}
+
+/// The GQoS `SERVICETYPE` values (`qos.h`) that give a sending flow a mark. `NOTRAFFIC` and
+/// `BESTEFFORT` end the flow and `NOCHANGE` keeps it, so they never reach the back end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum ServiceType {
+    /// `SERVICETYPE_CONTROLLEDLOAD` = 2: DSCP 24 (CS3), 802.1p 4.
+    ControlledLoad = 2,
+    /// `SERVICETYPE_GUARANTEED` = 3: DSCP 40 (CS5), 802.1p 5.
+    Guaranteed = 3,
+    /// `SERVICETYPE_NETWORK_CONTROL` = 0xA: DSCP 48 (CS6), 802.1p 7.
+    NetworkControl = 0xA,
+    /// `SERVICETYPE_QUALITATIVE` = 0xD: DSCP 0, 802.1p 0.
+    Qualitative = 0xD,
+}
+
+impl ServiceType {
+    /// The type with this `SERVICETYPE` value.
+    ///
+    /// # Errors
+    /// [`OutOfRange`] for any other value.
+    pub const fn try_from_u32(value: u32) -> Result<Self, OutOfRange> {
+        match value {
+            2 => Ok(ServiceType::ControlledLoad),
+            3 => Ok(ServiceType::Guaranteed),
+            0xA => Ok(ServiceType::NetworkControl),
+            0xD => Ok(ServiceType::Qualitative),
+            _ => Err(OutOfRange),
+        }
+    }
+
+    /// The documented default conforming DSCP and 802.1p of the service type (qos-api.md
+    /// §11.4: `QOS_DS_CLASS` and the Psched `UserPriorityMapping` defaults).
+    #[must_use]
+    pub const fn default_mark(self) -> (Dscp, Pcp) {
+        let (d, p) = match self {
+            ServiceType::Qualitative => (0, 0),
+            ServiceType::ControlledLoad => (24, 4),
+            ServiceType::Guaranteed => (40, 5),
+            ServiceType::NetworkControl => (48, 7),
+        };
+        (Dscp(d), Pcp(p))
+    }
+}
+
+/// [`SetFlow::Service`]: a service type and the optional `QOS_DS_CLASS` / `QOS_TRAFFIC_CLASS`
+/// overrides of its DSCP and 802.1p.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceMark {
+    /// The sending flowspec's service type.
+    pub service: ServiceType,
+    /// `QOS_DS_CLASS.DSField`, if given.
+    pub dscp: Option<Dscp>,
+    /// `QOS_TRAFFIC_CLASS.TrafficClass`, if given.
+    pub pcp: Option<Pcp>,
+}
+
+/// What a flow looks like to [`Request::WatchFlow`]: alive or not, and its mark.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowState {
+    /// The flow exists (and the caller may see it).
+    pub alive: bool,
+    /// Its resolved mark; empty when not alive.
+    pub mark: Mark,
 }
 
 /// `QOS_QUERY_FLOW` operation.
@@ -630,6 +699,18 @@ pub enum Request {
     /// Replace the whole rule set atomically (admin only): every rule is validated first and
     /// on any error nothing changes. Rule counters start again from zero.
     ReplaceRules(alloc::vec::Vec<RuleSpec>),
+    /// qosmark extension (GQoS `FD_QOS`): the state of a flow of the caller's **process** (any
+    /// of its handles; administrators and kernel callers: any flow). With `known: None` the
+    /// back end answers at once. With `known: Some(s)` it answers at once when the state differs
+    /// from `s`, and otherwise **holds** the request until the state changes (the flow ends or
+    /// its mark changes) or the handle closes (995). A flow the caller may not see reads as not
+    /// alive.
+    WatchFlow {
+        /// The flow.
+        flow_id: FlowId,
+        /// The state the caller knows.
+        known: Option<FlowState>,
+    },
 }
 
 /// The local side of a listed socket entry.
@@ -912,6 +993,8 @@ pub enum Response {
     TrafficTable(TrafficTable),
     /// `ListFlows`: one page.
     Flows(FlowPage),
+    /// `WatchFlow`: the flow's state now.
+    FlowState(FlowState),
 }
 
 #[cfg(test)]

@@ -149,7 +149,7 @@ fn header_errors() {
     }
 
     // Unknown kinds.
-    for kind in [0x0000u16, 0x000F, 0x7FFF, 0x8000, 0x800A, 0x80FE, 0xFFFF] {
+    for kind in [0x0000u16, 0x0010, 0x7FFF, 0x8000, 0x800B, 0x80FE, 0xFFFF] {
         let mut b = good.clone();
         b[6..8].copy_from_slice(&kind.to_le_bytes());
         assert_eq!(req(&b), Err(AbiError::BadKind), "kind {kind:#x}");
@@ -264,8 +264,38 @@ fn out_of_range_values_in_requests() {
 
     let set_rate = golden("req_set_flow_outgoing_rate");
     let mut b = set_rate.clone();
-    patch(&mut b, 4, &[3, 0, 0, 0]); // operation 3
+    patch(&mut b, 4, &[4, 0, 0, 0]); // operation 4
     assert_eq!(req(&b), Err(AbiError::BadValue));
+    // Operation 3 (GQoS service): service type, DSCP and 802.1p bounds, presence flags,
+    // absent slots and the reserved tail.
+    let service = golden("req_set_flow_service");
+    for (off, value, err) in [
+        (8usize, &[1u8, 0, 0, 0][..], AbiError::BadValue), // SERVICETYPE_BESTEFFORT
+        (8, &[6, 0, 0, 0], AbiError::BadValue),            // SERVICETYPE_NOCHANGE
+        (8, &[9, 0, 0, 0], AbiError::BadValue),            // SERVICETYPE_NONCONFORMING
+        (12, &[2], AbiError::BadValue),                    // DSCP presence flag
+        (13, &[64], AbiError::BadValue),                   // DSCP 64
+        (14, &[1, 8], AbiError::BadValue),                 // 802.1p 8
+        (15, &[1], AbiError::ReservedNotZero),             // absent 802.1p slot
+        (23, &[1], AbiError::ReservedNotZero),             // reserved tail
+    ] {
+        let mut b = service.clone();
+        patch(&mut b, off, value);
+        assert_eq!(req(&b), Err(err), "Service offset {off}");
+    }
+    let watch = golden("req_watch_flow");
+    for (off, value, err) in [
+        (4usize, &[2u8][..], AbiError::BadValue), // known presence flag
+        (5, &[0], AbiError::BadValue),            // not alive but with a mark
+        (7, &[64], AbiError::BadValue),           // DSCP 64
+        (9, &[9], AbiError::BadValue),            // 802.1p 9
+        (4, &[0], AbiError::ReservedNotZero),     // absent known, slot not zero
+        (15, &[1], AbiError::ReservedNotZero),    // reserved tail
+    ] {
+        let mut b = watch.clone();
+        patch(&mut b, off, value);
+        assert_eq!(req(&b), Err(err), "WatchFlow offset {off}");
+    }
     let mut b = set_rate.clone();
     patch(&mut b, 16, &[3, 0, 0, 0]); // shaping 3
     assert_eq!(req(&b), Err(AbiError::BadValue));

@@ -27,9 +27,10 @@ fn record(kind: u16, payload: &[u8]) -> Vec<u8> {
     b
 }
 
-const KINDS: [u16; 24] = [
+const KINDS: [u16; 26] = [
     0x0001, 0x0002, 0x0003, 0x0004, 0x0005, 0x0006, 0x0007, 0x0008, 0x0009, 0x000A, 0x000B, 0x000C,
-    0x000D, 0x000E, 0x8001, 0x8002, 0x8003, 0x8004, 0x8005, 0x8006, 0x8007, 0x8008, 0x8009, 0x80FF,
+    0x000D, 0x000E, 0x000F, 0x8001, 0x8002, 0x8003, 0x8004, 0x8005, 0x8006, 0x8007, 0x8008, 0x8009,
+    0x800A, 0x80FF,
 ];
 
 /// Decodes `bytes` every way; each success must re-encode to exactly `bytes`.
@@ -110,7 +111,7 @@ proptest! {
     fn flagged_requests(request in common::request(), flags in prop_oneof![Just(0u32), Just(1), any::<u32>()]) {
         let kind = RequestKind::of(&request);
         let allowed = flags == 0
-            || (flags == 1 && matches!(kind, RequestKind::SetFlow | RequestKind::QueryFlow | RequestKind::NotifyFlow));
+            || (flags == 1 && matches!(kind, RequestKind::SetFlow | RequestKind::QueryFlow | RequestKind::NotifyFlow | RequestKind::WatchFlow));
         prop_assert_eq!(codec::flags_allowed(kind, flags), allowed);
         let mut out = Vec::new();
         let r = codec::encode_request_with_flags(&request, flags, &mut out);
@@ -140,7 +141,8 @@ proptest! {
         let r = codec::encode_qos2_answer(&response, &mut out);
         // Written out independently: QOS_PACKET_PRIORITY = 4 x ULONG, the rate a UINT64.
         let expected: Option<Vec<u8>> = match &response {
-            qosmark_abi::Response::Done => Some(vec![]),
+            // A WatchFlow completion is a bare notification, like FD_QOS.
+            qosmark_abi::Response::Done | qosmark_abi::Response::FlowState(_) => Some(vec![]),
             qosmark_abi::Response::PacketPriority(p) => Some(
                 [p.conformant_dscp, p.non_conformant_dscp, p.conformant_l2, p.non_conformant_l2]
                     .iter()

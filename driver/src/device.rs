@@ -372,18 +372,26 @@ unsafe extern "C" fn dispatch_cleanup(_device: PDEVICE_OBJECT, irp: PIRP) -> NTS
     if let (Some(globals), false) = (globals::enter(), file_object.is_null()) {
         // SAFETY: our file object; FsContext holds the id stored by dispatch_create or null.
         let handle = handle_of(unsafe { (*file_object).FsContext });
-        if let Some(handle) = handle {
-            // Every flow of the handle goes with it; the report is diagnostics only. A handle
-            // the engine does not know (impossible unless state was lost) is not an error for
-            // cleanup.
-            let _report = globals.engine.write().close_handle(handle);
-            // SAFETY: as above; the id is not used again.
-            unsafe { (*file_object).FsContext = core::ptr::null_mut() };
-            // Shaping: the handle's flows are gone; their held packets leave at once (the
-            // release timer sends them).
-            crate::wfp::release_dead_shapers();
+        {
+            // Under the engine lock, as `recheck_held` judges held watches: a watch of this
+            // file object is either judged before the handle closes or cancelled here.
+            let mut engine = globals.engine.write();
+            if let Some(handle) = handle {
+                // Every flow of the handle goes with it; the report is diagnostics only. A
+                // handle the engine does not know (impossible unless state was lost) is not an
+                // error for cleanup.
+                let _report = engine.close_handle(handle);
+                // SAFETY: as above; the id is not used again.
+                unsafe { (*file_object).FsContext = core::ptr::null_mut() };
+            }
+            // Held watches of this handle: STATUS_CANCELLED (995). Lock order engine → queue.
+            globals.pending.cancel_file(file_object);
         }
-        globals.pending.cancel_file(file_object);
+        // Shaping: the handle's flows are gone; their held packets leave at once (the release
+        // timer sends them; no lock is held here).
+        crate::wfp::release_dead_shapers();
+        // Watches of other handles on this handle's flows (same process) see them end.
+        recheck_held(&globals);
     }
     // SAFETY: we own the IRP and complete it once.
     unsafe { finish(irp, NtStatus::SUCCESS, 0) }
@@ -481,16 +489,30 @@ unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP)
         // Error completions carry no data.
         return unsafe { finish(irp, completion.status, 0) };
     }
-    let completion = if request::changes_configuration(decoded.kind) {
-        run_and_persist(&globals, handle, &decoded, out_len)
+    let outcome = if request::changes_configuration(decoded.kind) {
+        request::Outcome::Complete(run_and_persist(&globals, handle, &decoded, out_len))
     } else {
         let result = request::execute(&mut globals.engine.write(), handle, &decoded);
-        request::encode(&result, decoded.qos2_answer, out_len)
+        request::finish(&decoded, &result, out_len)
     };
     // Shaping: a request may have removed a flow, a rule or a rate; the held packets of every
     // shaper that went with it leave at once (the release timer sends them; cheap when
     // nothing is held; no lock is held here).
     crate::wfp::release_dead_shapers();
+    let completion = match outcome {
+        request::Outcome::Complete(completion) => completion,
+        request::Outcome::Hold => {
+            // SAFETY: the live IRP of this PASSIVE_LEVEL dispatch routine, not completed; from
+            // here on the queue owns it and this routine does not touch it again.
+            unsafe { globals.pending.pend(irp) };
+            // A change made between `execute` above and the queueing is not missed: every
+            // held watch, this one included, is judged again now.
+            recheck_held(&globals);
+            return NtStatus::PENDING.0;
+        }
+    };
+    // Held watches are judged again after every request that may have changed a flow.
+    let changed = decoded.kind.is_mutation() && completion.status == NtStatus::SUCCESS;
     let count = completion.bytes.len();
     if count > out_len as usize || (count > 0 && system_buffer.is_null()) {
         // Cannot happen (request::encode never exceeds the capacity; a non-zero capacity
@@ -507,7 +529,122 @@ unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP)
     }
     // SAFETY: PASSIVE_LEVEL dispatch routine that owns the IRP; it is completed once, here.
     // Information = bytes copied back (<= OutputBufferLength).
-    unsafe { finish(irp, completion.status, count) }
+    let status = unsafe { finish(irp, completion.status, count) };
+    if changed {
+        recheck_held(&globals);
+    }
+    status
+}
+
+/// What a queued `WatchFlow` IRP says about itself: its control code, input record, output
+/// capacity, system buffer and engine handle (`None` once its file object was cleaned up).
+struct Held<'a> {
+    code: u32,
+    input: &'a [u8],
+    out_len: u32,
+    system_buffer: *mut u8,
+    handle: Option<HandleId>,
+}
+
+/// Reads a queued (or just removed) `WatchFlow` IRP.
+///
+/// # Safety
+/// `irp` is a live IRP this driver queued from `dispatch_device_control` (METHOD_BUFFERED,
+/// one of our codes, its system buffer still holding the input record: nothing is written to
+/// it before completion) and not completed; the result is used only while that holds.
+unsafe fn held<'a>(irp: PIRP) -> Held<'a> {
+    // SAFETY: per the contract, a live IRP of ours.
+    let stack = unsafe { irp::current_stack_location(irp) };
+    // SAFETY: its current stack location is valid while we own it.
+    let stack = unsafe { &*stack };
+    // SAFETY: IRP_MJ_DEVICE_CONTROL: the DeviceIoControl parameters are the valid member.
+    let params = unsafe { stack.Parameters.DeviceIoControl };
+    let file_object = stack.FileObject;
+    let handle = if file_object.is_null() {
+        None
+    } else {
+        // SAFETY: our file object; FsContext is the engine handle id, or null after cleanup
+        // (written under the engine lock, which the callers of this function hold).
+        handle_of(unsafe { (*file_object).FsContext })
+    };
+    // SAFETY: a live IRP of ours (contract).
+    let irp_ref = unsafe { &*irp };
+    // SAFETY: METHOD_BUFFERED (contract): SystemBuffer is the valid union member.
+    let system_buffer: *mut u8 = unsafe { irp_ref.AssociatedIrp.SystemBuffer }.cast();
+    let in_len = params.InputBufferLength as usize;
+    let input: &[u8] = if in_len == 0 || system_buffer.is_null() {
+        &[]
+    } else {
+        // SAFETY: the first InputBufferLength bytes of the system buffer are the input record,
+        // untouched since dispatch (contract).
+        unsafe { core::slice::from_raw_parts(system_buffer, in_len) }
+    };
+    Held {
+        code: params.IoControlCode,
+        input,
+        out_len: params.OutputBufferLength,
+        system_buffer,
+        handle,
+    }
+}
+
+/// Judges every held `WatchFlow` again (`request::recheck`) and completes those whose flow
+/// changed (or whose handle closed). `PASSIVE_LEVEL`.
+///
+/// Under the engine lock: `PendingQueue::remove_first_where` shows each queued IRP to a
+/// predicate (queue spin lock held, `DISPATCH_LEVEL`; `request::recheck` there reads the IRP's
+/// input and runs the engine's `WatchFlow`, which never waits and allocates at most the small
+/// answer record, from non-paged pool, allowed at `DISPATCH_LEVEL`) that selects
+/// one that should complete; it is taken out, its completion computed, and the search starts
+/// again, until no queued IRP is selected. IRPs that keep waiting never leave the queue, so
+/// cancellation stays the CSQ's. The selected IRPs are completed after the lock is released.
+/// A completion list that cannot grow (no memory) ends the round early: the rest are judged
+/// at the next change.
+fn recheck_held(globals: &Globals) {
+    /// A selected IRP with its completion, its system buffer and its output capacity.
+    type Done = (PIRP, request::Completion, *mut u8, u32);
+    let mut done: Vec<Done> = Vec::new();
+    {
+        let mut engine = globals.engine.write();
+        while done.try_reserve(1).is_ok() {
+            let mut accept = |irp: PIRP| {
+                // SAFETY: the queue shows only live IRPs it holds, all queued by
+                // dispatch_device_control as WatchFlow holds (`Outcome::Hold`).
+                let h = unsafe { held(irp) };
+                request::recheck(&mut engine, h.handle, h.code, h.input, h.out_len).is_some()
+            };
+            let Some(irp) = globals.pending.remove_first_where(&mut accept) else {
+                break;
+            };
+            // SAFETY: just removed from the queue: a live IRP of ours, not completed.
+            let h = unsafe { held(irp) };
+            let completion = request::recheck(&mut engine, h.handle, h.code, h.input, h.out_len)
+                // Selected a moment ago under the same engine lock; the state cannot have
+                // gone back. Should it, a spurious notification is harmless (FD_QOS).
+                .unwrap_or_else(|| request::Completion::status_only(NtStatus::SUCCESS));
+            // Reserved above: cannot fail.
+            done.push((irp, completion, h.system_buffer, h.out_len));
+        }
+    }
+    for (irp, completion, system_buffer, out_len) in done {
+        let count = completion.bytes.len();
+        let fits = count <= out_len as usize && (count == 0 || !system_buffer.is_null());
+        let (status, count) = if fits {
+            if count > 0 {
+                // SAFETY: the IRP was removed from the queue above and is ours until completed
+                // below; its system buffer holds at least OutputBufferLength >= count bytes;
+                // nothing reads its input any more; our vector is the source.
+                unsafe {
+                    core::ptr::copy_nonoverlapping(completion.bytes.as_ptr(), system_buffer, count);
+                }
+            }
+            (completion.status, count)
+        } else {
+            (NtStatus::UNSUCCESSFUL, 0)
+        };
+        // SAFETY: ours, completed once, here; Information <= OutputBufferLength.
+        unsafe { irp::complete(irp, status.0, count) };
+    }
 }
 
 /// A configuration-changing request: under the configuration mutex (PASSIVE_LEVEL), apply it

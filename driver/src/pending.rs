@@ -1,9 +1,8 @@
 //! Pending IOCTLs: a cancel-safe IRP queue (`IoCsqInitialize` family).
 //!
-//! No request pends today — the engine answers every request synchronously, `NotifyFlow`
-//! with 50 — but notification requests will, and the completion rules for a pending IRP are
-//! the part that crashes drivers when added late. So the queue exists, is initialised in
-//! `DriverEntry` and is drained for every file object in `IRP_MJ_CLEANUP`:
+//! The held `WatchFlow` requests (GQoS `FD_QOS`, `request::Outcome::Hold`) wait here until
+//! their flow changes; every other request is answered synchronously. The queue is
+//! initialised in `DriverEntry` and drained for every file object in `IRP_MJ_CLEANUP`:
 //!
 //! * [`PendingQueue::pend`] inserts an IRP (marked pending; the dispatch routine then returns
 //!   `STATUS_PENDING`). If the requester cancels it, the I/O manager's cancel routine (the
@@ -13,6 +12,13 @@
 //!   `STATUS_CANCELLED` (`IRP_MJ_CLEANUP`: the handle is closing; the engine's
 //!   `close_handle` aborts with 995 = `ERROR_OPERATION_ABORTED`, which is what
 //!   `STATUS_CANCELLED` maps to).
+//! * [`PendingQueue::remove_first_where`] removes the first queued IRP a predicate accepts
+//!   (the predicate runs under the queue's spin lock, in `IO_CSQ_PEEK_NEXT_IRP`, at
+//!   `DISPATCH_LEVEL`): the re-evaluation of held watches after a change (`device`). It never
+//!   takes an IRP out of the queue that it does not complete, so cancellation stays the CSQ's.
+//!
+//! The peek context handed to `IoCsqRemoveNextIrp` is always a [`Peek`], never a bare file
+//! object.
 //!
 //! The system's CSQ routines handle the cancel race (an IRP is completed exactly once, by
 //! whoever removes it from the queue). The queue is an intrusive list through
@@ -100,10 +106,6 @@ impl PendingQueue {
     ///
     /// `irp` is a live IRP this driver owns, received by a dispatch routine that has not
     /// completed it. `<= DISPATCH_LEVEL`.
-    #[allow(
-        dead_code,
-        reason = "no request pends yet (NotifyFlow answers 50); notifications will use it"
-    )]
     pub(crate) unsafe fn pend(&self, irp: PIRP) {
         // SAFETY: forwarded contract: a live IRP owned by this driver.
         unsafe { irp::mark_pending(irp) };
@@ -116,11 +118,12 @@ impl PendingQueue {
     /// Completes every queued IRP of `file_object` with `STATUS_CANCELLED`.
     /// `<= DISPATCH_LEVEL` (called at `PASSIVE_LEVEL` from `IRP_MJ_CLEANUP`).
     pub(crate) fn cancel_file(&self, file_object: PFILE_OBJECT) {
+        let mut peek = Peek::File(file_object);
         loop {
             // SAFETY: the CSQ was initialised in DriverEntry before the device existed, so
-            // before any IRP_MJ_CLEANUP; the peek context is only compared with queued IRPs'
-            // file objects (`peek_next_irp`), never dereferenced.
-            let irp = unsafe { IoCsqRemoveNextIrp(self.csq.get(), file_object.cast()) };
+            // before any IRP_MJ_CLEANUP; the peek context is our live `Peek`, read only by
+            // `peek_next_irp` during this call.
+            let irp = unsafe { IoCsqRemoveNextIrp(self.csq.get(), (&raw mut peek).cast()) };
             if irp.is_null() {
                 break;
             }
@@ -129,6 +132,31 @@ impl PendingQueue {
             unsafe { irp::complete(irp, NtStatus::CANCELLED.0, 0) };
         }
     }
+}
+
+impl PendingQueue {
+    /// Removes and returns the first queued IRP that `accept` accepts, or `None`. The caller
+    /// owns the returned IRP (its cancel routine is disarmed) and must complete it.
+    ///
+    /// `accept` runs with the queue's spin lock held (`DISPATCH_LEVEL`), once per queued IRP
+    /// it is shown, each a live queued IRP: it may read the IRP, its current stack location
+    /// and its system buffer, must not complete, queue or free anything, nor wait.
+    /// `<= DISPATCH_LEVEL`.
+    pub(crate) fn remove_first_where(&self, accept: &mut dyn FnMut(PIRP) -> bool) -> Option<PIRP> {
+        let mut peek = Peek::Where(accept);
+        // SAFETY: the CSQ was initialised in DriverEntry (before any IRP could be queued);
+        // the peek context is our live `Peek`, used by `peek_next_irp` only during this call.
+        let irp = unsafe { IoCsqRemoveNextIrp(self.csq.get(), (&raw mut peek).cast()) };
+        (!irp.is_null()).then_some(irp)
+    }
+}
+
+/// The peek context of every `IoCsqRemoveNextIrp` call of this module.
+pub(crate) enum Peek<'a> {
+    /// IRPs of this file object.
+    File(PFILE_OBJECT),
+    /// IRPs the predicate accepts.
+    Where(&'a mut dyn FnMut(PIRP) -> bool),
 }
 
 /// The queue an `IO_CSQ` pointer belongs to.
@@ -213,8 +241,8 @@ unsafe extern "C" fn remove_irp(_csq: PIO_CSQ, irp: PIRP) {
 }
 
 /// `IO_CSQ_PEEK_NEXT_IRP`: the first IRP after `irp` (or from the head when `irp` is null)
-/// whose file object is `peek_context`, or any IRP when `peek_context` is null. Called with
-/// the queue lock held.
+/// that the [`Peek`] at `peek_context` selects (any IRP when `peek_context` is null). Called
+/// with the queue lock held.
 unsafe extern "C" fn peek_next_irp(csq: PIO_CSQ, irp: PIRP, peek_context: PVOID) -> PIRP {
     // SAFETY: `csq` is our queue's IO_CSQ; the lock is held.
     let queue = unsafe { &*queue_of(csq) };
@@ -225,20 +253,29 @@ unsafe extern "C" fn peek_next_irp(csq: PIO_CSQ, irp: PIRP, peek_context: PVOID)
         // SAFETY: `irp` is a queued IRP, so its entry is on the list.
         unsafe { entry_of(irp) }
     };
+    let peek = peek_context.cast::<Peek<'_>>();
     // SAFETY: `start` is the head or a queued entry, valid under the lock.
     let mut entry = unsafe { neighbours(start) }.0;
     while entry != head {
         // SAFETY: every entry on the list other than the head is a queued IRP's ListEntry.
         let candidate = unsafe { irp_of(entry) };
-        if peek_context.is_null() {
+        if peek.is_null() {
             return candidate;
         }
-        // SAFETY: the candidate is a live queued IRP.
-        let stack = unsafe { irp::current_stack_location(candidate) };
-        // SAFETY: its current stack location is valid while it is queued.
-        let stack = unsafe { &*stack };
-        let file_object = stack.FileObject;
-        if file_object.cast::<core::ffi::c_void>() == peek_context {
+        // SAFETY: a non-null peek context is always a live `Peek` of the caller of
+        // IoCsqRemoveNextIrp (module docs), which waits for this callback; nothing else uses
+        // it meanwhile.
+        let selected = match unsafe { &mut *peek } {
+            Peek::File(file_object) => {
+                // SAFETY: the candidate is a live queued IRP.
+                let stack = unsafe { irp::current_stack_location(candidate) };
+                // SAFETY: its current stack location is valid while it is queued.
+                let stack = unsafe { &*stack };
+                stack.FileObject == *file_object
+            }
+            Peek::Where(accept) => accept(candidate),
+        };
+        if selected {
             return candidate;
         }
         // SAFETY: `entry` is on the list; its Flink is the next entry or the head.

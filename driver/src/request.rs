@@ -34,6 +34,13 @@
 //!    when it does not fit. An engine error completes with [`ntstatus_for`] of its Win32 code
 //!    and no data.
 //!
+//! 4. `WatchFlow` (GQoS `FD_QOS`): [`finish`] says [`Outcome::Hold`] when the flow's state is
+//!    the one the caller knows; the dispatch routine queues the IRP (`pending`) and returns
+//!    `STATUS_PENDING`. After every request that changed something, after `IRP_MJ_CLEANUP`
+//!    and right after queueing, the driver runs [`recheck`] on each queued IRP (under the
+//!    engine lock) and completes those whose flow ended or changed mark, or whose handle
+//!    closed (`STATUS_CANCELLED`, 995).
+//!
 //! `Information` (the byte count the I/O manager copies back) is always `bytes.len()` of the
 //! returned [`Completion`], and never more than the output capacity: every path is checked by
 //! the tests below.
@@ -111,7 +118,8 @@ pub const fn changes_configuration(kind: RequestKind) -> bool {
         | RequestKind::EnumerateFlows
         | RequestKind::ListRules
         | RequestKind::GetTrafficTable
-        | RequestKind::ListFlows => false,
+        | RequestKind::ListFlows
+        | RequestKind::WatchFlow => false,
     }
 }
 
@@ -165,6 +173,69 @@ pub fn execute(
     decoded: &Decoded,
 ) -> Result<Response, EngineError> {
     engine.apply(handle, &decoded.request)
+}
+
+/// What the dispatch routine does with a request it executed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Complete the IRP with this.
+    Complete(Completion),
+    /// A `WatchFlow` whose state is the one the caller knows ([`would_hold`]): queue the IRP
+    /// in the cancel-safe queue (`pending`) and return `STATUS_PENDING`; [`recheck`] decides
+    /// later, after every request that may change a flow (GQoS `FD_QOS`, `engine::control`
+    /// docs). `IRP_MJ_CLEANUP` and `CancelIoEx` complete it with `STATUS_CANCELLED` (995).
+    Hold,
+}
+
+/// Step 3, with holding: [`Outcome::Hold`] for a `WatchFlow` to hold, else [`encode`].
+#[must_use]
+pub fn finish(
+    decoded: &Decoded,
+    result: &Result<Response, EngineError>,
+    output_capacity: u32,
+) -> Outcome {
+    match result {
+        Ok(response) if would_hold(&decoded.request, response) => Outcome::Hold,
+        _ => Outcome::Complete(encode(result, decoded.qos2_answer, output_capacity)),
+    }
+}
+
+/// Re-evaluates a held `WatchFlow` IRP (the caller holds the engine lock): `code`, `input`
+/// and `output_capacity` are the IRP's (its input record is still at the start of its system
+/// buffer: nothing was written there yet), `handle` its file object's engine handle (`None`
+/// once `IRP_MJ_CLEANUP` ran). `None`: still unchanged, keep holding. `Some`: complete it
+/// with this — the new state, or `STATUS_CANCELLED` for a closed handle.
+#[must_use]
+pub fn recheck(
+    engine: &mut Engine,
+    handle: Option<HandleId>,
+    code: u32,
+    input: &[u8],
+    output_capacity: u32,
+) -> Option<Completion> {
+    let Some(handle) = handle else {
+        return Some(Completion::status_only(NtStatus::CANCELLED));
+    };
+    let decoded = match decode(code, input, output_capacity) {
+        Ok(decoded) => decoded,
+        Err(completion) => return Some(completion),
+    };
+    let result = execute(engine, handle, &decoded);
+    match finish(&decoded, &result, output_capacity) {
+        Outcome::Hold => None,
+        Outcome::Complete(completion) => Some(completion),
+    }
+}
+
+/// Whether `response` (the engine's answer to `request`) is a `WatchFlow` state equal to the
+/// state the caller already knows: a back end that supports held requests keeps such a
+/// request until the state changes.
+#[must_use]
+pub fn would_hold(request: &Request, response: &Response) -> bool {
+    matches!(
+        (request, response),
+        (Request::WatchFlow { known: Some(known), .. }, Response::FlowState(now)) if known == now
+    )
 }
 
 /// Step 3: turns the engine's result into the IRP's completion for an output buffer of
@@ -233,10 +304,12 @@ pub fn process(
     };
     let result = execute(engine, handle, &decoded);
     let changed = result.is_ok() && changes_configuration(decoded.kind);
-    (
-        encode(&result, decoded.qos2_answer, output_capacity),
-        changed,
-    )
+    let completion = match finish(&decoded, &result, output_capacity) {
+        Outcome::Complete(completion) => completion,
+        // The dispatch routine queues the IRP and returns STATUS_PENDING.
+        Outcome::Hold => Completion::status_only(NtStatus::PENDING),
+    };
+    (completion, changed)
 }
 
 /// The status `IRP_MJ_CREATE` completes with when the engine refuses a new handle.
@@ -299,6 +372,8 @@ mod tests {
     const STATUS_OBJECT_NAME_COLLISION: u32 = 0xC000_0035;
     const STATUS_INVALID_HANDLE: u32 = 0xC000_0008;
     const STATUS_NOT_SUPPORTED: u32 = 0xC000_00BB;
+    const STATUS_PENDING: u32 = 0x0000_0103;
+    const STATUS_CANCELLED: u32 = 0xC000_0120;
     const STATUS_NOT_FOUND: u32 = 0xC000_0225;
 
     fn engine_with(privilege: Privilege) -> (Engine, HandleId) {
@@ -667,6 +742,90 @@ mod tests {
         let mut bytes = record(request);
         bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
         bytes
+    }
+
+    /// WatchFlow: a changed (or ended) state answers at once, as a record or, flagged, as a
+    /// 0-byte notification; an unchanged state is held (`STATUS_PENDING` from `process`), and
+    /// `recheck` keeps holding it until the flow's mark changes or the flow ends, and cancels
+    /// it once the handle is closed.
+    #[test]
+    fn watch_flow_answers_changes_and_refuses_to_hold() {
+        use qosmark_abi::{FlowState, Mark};
+        let (mut engine, handle) = engine_with(Privilege::User);
+        let flow = add_udp_flow(&mut engine, handle, 8100);
+        let code = RequestKind::WatchFlow.code();
+        let voice = FlowState {
+            alive: true,
+            mark: Mark {
+                dscp: Some(Dscp::try_new(56).unwrap()),
+                pcp: engine
+                    .socket_lookup(&qosmark_engine::FiveTuple::new(
+                        Protocol::Udp,
+                        "192.0.2.1:40000".parse().unwrap(),
+                        "198.51.100.7:8100".parse().unwrap(),
+                    ))
+                    .unwrap()
+                    .1
+                    .pcp,
+            },
+        };
+        let watch = |known| Request::WatchFlow {
+            flow_id: flow,
+            known,
+        };
+        // No known state: the state now, as a record.
+        let (c, _) = process(&mut engine, handle, code, &record(&watch(None)), 64);
+        assert_eq!(c.status.bits(), STATUS_SUCCESS);
+        assert_eq!(
+            decode_response(RequestKind::WatchFlow, &c.bytes).unwrap(),
+            Reply::Response(Response::FlowState(voice))
+        );
+        // Known = now: held, nothing written.
+        let held = flagged(&watch(Some(voice)));
+        let (c, _) = process(&mut engine, handle, code, &held, 0);
+        assert_eq!(c.status.bits(), STATUS_PENDING);
+        assert!(c.bytes.is_empty());
+        assert_eq!(recheck(&mut engine, Some(handle), code, &held, 0), None);
+        // The mark changes: the recheck completes it, 0 bytes (flagged) or the new state.
+        let set = record(&Request::SetFlow {
+            flow_id: flow,
+            op: qosmark_abi::SetFlow::OutgoingDscp(46),
+        });
+        let admin = engine
+            .open_handle(Caller {
+                pid: 1234,
+                privilege: Privilege::Admin,
+            })
+            .unwrap();
+        // (Another handle cannot set it: the flow is `handle`'s; `handle` is a user's, so the
+        // allow-list opens 46 first.)
+        let mut table = qosmark_engine::traffic::default_table();
+        table.user_dscp_allow = 1 << 46;
+        engine
+            .apply(admin, &Request::SetTrafficTable(table))
+            .unwrap();
+        let (c, _) = process(&mut engine, handle, RequestKind::SetFlow.code(), &set, 64);
+        assert_eq!(c.status.bits(), STATUS_SUCCESS);
+        let done = recheck(&mut engine, Some(handle), code, &held, 0).unwrap();
+        assert_eq!((done.status.bits(), done.bytes.len()), (STATUS_SUCCESS, 0));
+        let unflagged = record(&watch(Some(voice)));
+        let done = recheck(&mut engine, Some(handle), code, &unflagged, 64).unwrap();
+        let Reply::Response(Response::FlowState(now)) =
+            decode_response(RequestKind::WatchFlow, &done.bytes).unwrap()
+        else {
+            panic!("a FlowState record")
+        };
+        assert_eq!(now.mark.dscp.map(Dscp::value), Some(46));
+        // A closed handle: cancelled (995).
+        let c = recheck(&mut engine, None, code, &held, 0).unwrap();
+        assert_eq!(c.status.bits(), STATUS_CANCELLED);
+        // Known differs (ended): at once; flagged → 0 bytes with a 0-byte output buffer.
+        let ended = Some(FlowState::default());
+        let (c, _) = process(&mut engine, handle, code, &flagged(&watch(ended)), 0);
+        assert_eq!(c.status.bits(), STATUS_SUCCESS);
+        assert!(c.bytes.is_empty());
+        assert!(would_hold(&watch(Some(voice)), &Response::FlowState(voice)));
+        assert!(!would_hold(&watch(None), &Response::FlowState(voice)));
     }
 
     #[test]

@@ -429,7 +429,7 @@ fn oversized_and_header_damage() {
                 "{what} flag bit {bit} with decode_request_with_flags"
             );
         }
-        for other in [0u16, 0x000F, 0x0100, 0x7FFF, 0x8001, 0x8007, 0x80FF, 0xFFFF] {
+        for other in [0u16, 0x0010, 0x0100, 0x7FFF, 0x8001, 0x8007, 0x80FF, 0xFFFF] {
             let mut k = good.clone();
             k[6..8].copy_from_slice(&other.to_le_bytes());
             expect_refused(
@@ -562,7 +562,7 @@ fn value_cases() -> Vec<(&'static str, usize, usize, u32, AbiError)> {
         // RemoveSocketFromFlow: presence flag.
         ("RemoveSocketFromFlow", 8, 1, 2, BadValue),
         // SetFlow: operation, traffic type, shaping.
-        ("SetFlow(TrafficType)", 4, 4, 3, BadValue),
+        ("SetFlow(TrafficType)", 4, 4, 4, BadValue),
         ("SetFlow(TrafficType)", 4, 4, u32::MAX, BadValue),
         ("SetFlow(TrafficType)", 8, 4, 6, BadValue),
         ("SetFlow(OutgoingRate)", 16, 4, 3, BadValue),

@@ -20,6 +20,12 @@
 //! the record they came with. Unframeable header → one `Error` (87, or 1306 for a version
 //! mismatch) and close; a framed record that does not decode → `Error` 87, connection stays.
 //!
+//! ## Held requests (`WatchFlow`, GQoS `FD_QOS`)
+//! A `WatchFlow` whose known state is the flow's state now is held by its connection thread
+//! until the state changes ([`crate::changes`]; details at `hold_watch`). That thread answers
+//! nothing else meanwhile, so clients wait on a second connection of the same process
+//! (`docs/linux-transport.md`).
+//!
 //! ## Socket ownership
 //! `AddSocketToFlow` must carry exactly one descriptor: family, protocol, local address and
 //! peer are read from it and replace the record's claims (only the `socket` value is kept).
@@ -35,7 +41,9 @@ use crate::state::{self, State};
 use crate::sys;
 use qosmark_engine::abi::codec::{self, ErrorReply};
 use qosmark_engine::abi::status::Win32Error;
-use qosmark_engine::abi::{Caller, Family, Privilege, Protocol, Request, Response, SocketInfo};
+use qosmark_engine::abi::{
+    Caller, Family, FlowState, Privilege, Protocol, Request, Response, SocketInfo,
+};
 use qosmark_engine::{Engine, EngineError, HandleId};
 use std::io::{self, Write as _};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -354,8 +362,19 @@ fn connection(mut stream: UnixStream, shared: &Shared) {
             }
             ReadOutcome::Record { truncated_fds } => truncated_fds,
         };
-        let reply = handle_record(shared, handle, &buf, &mut fds, truncated_fds);
+        let reply = handle_record(
+            shared,
+            handle,
+            stream.as_fd(),
+            &buf,
+            &mut fds,
+            truncated_fds,
+        );
         registered |= matches!(reply, Ok(Response::FlowId(_)));
+        if reply.is_ok() {
+            // Held WatchFlow requests re-read their flow (`changes`).
+            crate::changes::notify();
+        }
         if buf.capacity() > READ_CHUNK {
             // One large record (a rule list) does not pin its buffer for the connection's life.
             buf = Vec::with_capacity(1024);
@@ -378,6 +397,7 @@ fn connection(mut stream: UnixStream, shared: &Shared) {
     shared.pending.forget_handle(handle);
     shared.registry.forget_handle(handle);
     let closed = shared.engine_mut().close_handle(handle);
+    crate::changes::notify();
     match closed {
         Ok(report) => crate::log(&format!(
             "handle {} closed: {} flows, {} sockets removed",
@@ -427,6 +447,7 @@ fn changes_state(req: &Request) -> bool {
             | Request::ListFlows { .. }
             | Request::ListRules
             | Request::GetTrafficTable
+            | Request::WatchFlow { .. }
     )
 }
 
@@ -441,6 +462,7 @@ fn monotonic_ns() -> u64 {
 fn handle_record(
     shared: &Shared,
     handle: HandleId,
+    stream: BorrowedFd<'_>,
     bytes: &[u8],
     fds: &mut Vec<OwnedFd>,
     truncated_fds: bool,
@@ -488,6 +510,7 @@ fn handle_record(
                     family: info.family,
                     protocol: info.protocol,
                     listed: info.protocol == Protocol::Udp || info.peer.is_some(),
+                    peer: info.peer,
                 },
             ),
             Err(_) => shared.engine_mut().apply(handle, &req),
@@ -506,6 +529,9 @@ fn handle_record(
     if !fds.is_empty() || truncated_fds {
         // Descriptors belong only to AddSocketToFlow; they close when `fds` is cleared.
         return Err(Win32Error::INVALID_PARAMETER);
+    }
+    if let Some(answer) = hold_watch(shared, handle, stream, &request) {
+        return answer;
     }
     if !changes_state(&request) {
         if matches!(request, Request::RemoveSocketFromFlow { .. }) {
@@ -546,6 +572,57 @@ fn handle_record(
         }
     }
     answer.map_err(EngineError::win32)
+}
+
+/// A `WatchFlow` with a known state: answered as soon as the flow's state (as the caller's
+/// process sees it) differs from `known` — at once if it already does — and held until then
+/// (`crate::changes`). While held, this connection answers nothing else (requests sent
+/// meanwhile are answered afterwards, in order): a client that goes on working waits on a
+/// second connection, which the engine allows because `WatchFlow` sees every flow of the
+/// caller's process. A client that hangs up abandons the request (the connection ends; its
+/// handle closes as always).
+/// `None` for any other request.
+fn hold_watch(
+    shared: &Shared,
+    handle: HandleId,
+    stream: BorrowedFd<'_>,
+    request: &Request,
+) -> Option<Result<Response, Win32Error>> {
+    let Request::WatchFlow {
+        flow_id,
+        known: Some(known),
+    } = *request
+    else {
+        return None;
+    };
+    Some(hold_until_changed(shared, handle, stream, flow_id, known))
+}
+
+fn hold_until_changed(
+    shared: &Shared,
+    handle: HandleId,
+    stream: BorrowedFd<'_>,
+    flow_id: qosmark_engine::abi::FlowId,
+    known: FlowState,
+) -> Result<Response, Win32Error> {
+    let ask = Request::WatchFlow {
+        flow_id,
+        known: None,
+    };
+    loop {
+        let seen = crate::changes::current();
+        let now = shared
+            .engine_mut()
+            .apply(handle, &ask)
+            .map_err(EngineError::win32)?;
+        if now != Response::FlowState(known) {
+            return Ok(now);
+        }
+        if sys::peer_hung_up(stream).unwrap_or(true) {
+            return Err(Win32Error::OPERATION_ABORTED);
+        }
+        crate::changes::wait_past(seen, crate::changes::HANG_UP_CHECK);
+    }
 }
 
 /// The persistent part of the engine's state, read through a short-lived administrator

@@ -23,6 +23,7 @@
 //! `unsafe` lives only in [`sys`].
 #![deny(unsafe_code)]
 
+pub mod changes;
 pub mod control;
 pub mod held;
 pub mod iptables;

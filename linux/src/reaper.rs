@@ -16,8 +16,20 @@
 //!   socket and a connected TCP socket count as seen from their registration (the dump always
 //!   lists them); another TCP socket (bound but not yet connected: not in every kernel's dump)
 //!   must first appear in a sweep. A record registered after the dump began is left for the
-//!   next sweep, and nothing is retired for a (family, protocol) whose dump failed. A closed TCP socket stays in the dump (same
-//!   cookie) while it lingers in `FIN_WAIT` / `TIME_WAIT` — its 5-tuple cannot be reused then.
+//!   next sweep, and nothing is retired for a (family, protocol) whose dump failed. A closed
+//!   TCP socket stays in the dump (same cookie) while it lingers in `FIN_WAIT` / `TIME_WAIT`,
+//!   but its sending side has ended (next point), so it is retired all the same.
+//! * **sending side ended** (GQoS: `shutdown(SD_SEND)` and disconnecting end QoS, qos-api.md
+//!   §11.4): the dump also says, per socket, its `INET_DIAG_SHUTDOWN` flags (the kernel puts
+//!   this attribute on every full socket it lists) and its connected remote (`inet_diag_sockid`
+//!   destination address and port). A socket whose send side is shut down (`SEND_SHUTDOWN`,
+//!   bit 1: `shutdown(SHUT_WR)` / `SHUT_RDWR`), a TCP socket in a state after its FIN
+//!   (`FIN_WAIT1`, `FIN_WAIT2`, `TIME_WAIT` — whose entry carries no attributes —, `CLOSE`,
+//!   `LAST_ACK`, `CLOSING`) counts as missing, and so does a socket registered **connected** whose remote is no longer the peer
+//!   it was registered with (UDP `connect(AF_UNSPEC)` or a connect elsewhere; a TCP disconnect
+//!   leaves the established table, so the socket is simply not listed). The same
+//!   [`MISSES_TO_RETIRE`] rule then retires it: within about two sweeps the flow entry goes,
+//!   and held `WatchFlow` requests are woken ([`crate::changes`]).
 //! * **descriptor reuse**: a registration of the same socket value (descriptor number) on the
 //!   same handle with another cookie means the application closed the old socket and the
 //!   number now names a new one. If the old entries stand in the way (the same 5-tuple, or
@@ -31,7 +43,7 @@ use crate::nfq::{messages, NLMSG_ERROR, NLMSG_HDR_LEN};
 use crate::sys;
 use qosmark_engine::abi::{Family, FlowId, Protocol, Request, Response};
 use qosmark_engine::{Engine, EngineError, FiveTuple, HandleId};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io;
 use std::os::fd::AsFd;
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
@@ -48,6 +60,27 @@ const NLMSG_DONE: u16 = 3;
 /// `inet_diag_msg`: family, state, timer, retrans (4), then `inet_diag_sockid`: ports (4),
 /// addresses (32), interface (4), cookie (two host-order u32, low word first).
 const DIAG_COOKIE_AT: usize = 4 + 4 + 32 + 4;
+/// `inet_diag_sockid.idiag_dport` (network order).
+const DIAG_DPORT_AT: usize = 4 + 2;
+/// `inet_diag_sockid.idiag_dst` (16 bytes; an IPv4 address in the first 4).
+const DIAG_DST_AT: usize = 4 + 4 + 16;
+/// Length of `inet_diag_msg`; its attributes (`rtattr`) follow.
+const DIAG_MSG_LEN: usize = 72;
+/// `INET_DIAG_SHUTDOWN`: a `u8` of `sk_shutdown` flags.
+const INET_DIAG_SHUTDOWN: u16 = 8;
+/// `SEND_SHUTDOWN` in `sk_shutdown`.
+const SEND_SHUTDOWN: u8 = 2;
+
+/// What one sweep saw of a listed socket.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Seen {
+    /// `idiag_state` (TCP's state numbers; UDP reports 1 connected, 7 unconnected).
+    pub state: u8,
+    /// Its send side is shut down (`SEND_SHUTDOWN`).
+    pub send_shutdown: bool,
+    /// Its connected remote (`None`: not connected, port 0).
+    pub remote: Option<std::net::SocketAddr>,
+}
 
 /// One registered socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +94,8 @@ struct Record {
     added: Instant,
     seen: bool,
     misses: u8,
+    /// The peer the socket was connected to at registration (`None`: unconnected).
+    peer: Option<std::net::SocketAddr>,
 }
 
 /// What the daemon read from a socket's descriptor at registration.
@@ -76,6 +111,9 @@ pub struct Identity {
     /// socket): it is retired once missing even if it closes before the next sweep.
     /// Otherwise it must be seen in a sweep first.
     pub listed: bool,
+    /// The connected peer at registration: a listed remote other than this one means the
+    /// socket was disconnected (or connected elsewhere), which ends its flow entries.
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 /// The registered sockets of every handle.
@@ -189,6 +227,7 @@ impl Registry {
                     added: Instant::now(),
                     seen: id.listed,
                     misses: 0,
+                    peer: id.peer,
                 });
             }
         }
@@ -228,7 +267,7 @@ impl Registry {
                 kinds.push((r.family, r.protocol));
             }
         }
-        let mut alive = HashSet::new();
+        let mut alive = HashMap::new();
         let mut dumped = Vec::new();
         for (family, protocol) in kinds {
             match socket_cookies(family, protocol, &mut alive) {
@@ -238,7 +277,11 @@ impl Registry {
                 )),
             }
         }
-        self.retire(engine, started, &dumped, &alive)
+        let retired = self.retire(engine, started, &dumped, &alive);
+        if retired > 0 {
+            crate::changes::notify();
+        }
+        retired
     }
 
     /// Updates the records from one set of dumps and retires the dead ones.
@@ -247,7 +290,7 @@ impl Registry {
         engine: &RwLock<Engine>,
         started: Instant,
         dumped: &[(Family, Protocol)],
-        alive: &HashSet<u64>,
+        alive: &HashMap<u64, Seen>,
     ) -> usize {
         let mut list = self.lock();
         let mut guard = None;
@@ -256,10 +299,12 @@ impl Registry {
             if r.added >= started || !dumped.contains(&(r.family, r.protocol)) {
                 return true;
             }
-            if alive.contains(&r.cookie) {
+            if let Some(seen) = alive.get(&r.cookie) {
                 r.seen = true;
-                r.misses = 0;
-                return true;
+                if still_sending(r.protocol, r.peer, *seen) {
+                    r.misses = 0;
+                    return true;
+                }
             }
             if !r.seen {
                 return true;
@@ -297,6 +342,65 @@ impl Registry {
             }
         }
     }
+}
+
+/// Whether a listed socket still sends as registered: its send side is open and, when it was
+/// registered connected, it is still connected to that peer (v4-mapped compared as IPv4).
+fn still_sending(protocol: Protocol, peer: Option<std::net::SocketAddr>, seen: Seen) -> bool {
+    // TCP_FIN_WAIT1 4, TCP_FIN_WAIT2 5, TCP_TIME_WAIT 6, TCP_CLOSE 7, TCP_LAST_ACK 9,
+    // TCP_CLOSING 11: this side has sent its FIN (or is gone).
+    let fin_sent = protocol == Protocol::Tcp && matches!(seen.state, 4..=7 | 9 | 11);
+    if seen.send_shutdown || fin_sent {
+        return false;
+    }
+    let canonical = |a: std::net::SocketAddr| (a.ip().to_canonical(), a.port());
+    match peer {
+        None => true,
+        Some(p) => seen.remote.map(canonical) == Some(canonical(p)),
+    }
+}
+
+/// What an `inet_diag_msg` body says: its cookie and [`Seen`]. `None` when it is too short.
+fn diag_record(family: u8, body: &[u8]) -> Option<(u64, Seen)> {
+    let c = body.get(DIAG_COOKIE_AT..DIAG_COOKIE_AT + 8)?;
+    let lo = u32::from_ne_bytes(c.get(0..4)?.try_into().ok()?);
+    let hi = u32::from_ne_bytes(c.get(4..8)?.try_into().ok()?);
+    let cookie = u64::from(lo) | (u64::from(hi) << 32);
+    let port = u16::from_be_bytes(
+        body.get(DIAG_DPORT_AT..DIAG_DPORT_AT + 2)?
+            .try_into()
+            .ok()?,
+    );
+    let dst: [u8; 16] = body.get(DIAG_DST_AT..DIAG_DST_AT + 16)?.try_into().ok()?;
+    let ip = if i32::from(family) == libc::AF_INET {
+        let v4: [u8; 4] = dst.get(..4)?.try_into().ok()?;
+        std::net::IpAddr::from(v4)
+    } else {
+        std::net::IpAddr::from(dst)
+    };
+    let remote = (port != 0).then_some(std::net::SocketAddr::new(ip, port));
+    // rtattr list: u16 length (header included), u16 type, payload, aligned to 4.
+    let mut send_shutdown = false;
+    let mut at = DIAG_MSG_LEN;
+    while let Some(&[l0, l1, k0, k1]) = body.get(at..at + 4) {
+        let len = usize::from(u16::from_ne_bytes([l0, l1]));
+        let kind = u16::from_ne_bytes([k0, k1]);
+        if len < 4 {
+            break;
+        }
+        if kind == INET_DIAG_SHUTDOWN {
+            send_shutdown = body.get(at + 4).is_some_and(|f| f & SEND_SHUTDOWN != 0);
+        }
+        at = at.saturating_add(len.next_multiple_of(4));
+    }
+    Some((
+        cookie,
+        Seen {
+            state: *body.get(1)?,
+            send_shutdown,
+            remote,
+        },
+    ))
 }
 
 /// The `SOCK_DIAG_BY_FAMILY` dump request for every socket of a family and protocol.
@@ -342,22 +446,19 @@ enum DumpPart {
     Done,
 }
 
-/// Adds the cookies of the `inet_diag_msg` records in `datagram` to `alive`.
-fn parse_dump(datagram: &[u8], alive: &mut HashSet<u64>) -> io::Result<DumpPart> {
+/// Adds the cookies of the `inet_diag_msg` records in `datagram` to `alive`, with what each
+/// record says ([`Seen`]).
+fn parse_dump(datagram: &[u8], alive: &mut HashMap<u64, Seen>) -> io::Result<DumpPart> {
     for msg in messages(datagram) {
         match msg.msg_type {
             SOCK_DIAG_BY_FAMILY => {
-                let cookie = datagram
-                    .get(msg.body..msg.end)
-                    .and_then(|b| b.get(DIAG_COOKIE_AT..DIAG_COOKIE_AT + 8))
-                    .and_then(|c| {
-                        let lo = u32::from_ne_bytes(c.get(0..4)?.try_into().ok()?);
-                        let hi = u32::from_ne_bytes(c.get(4..8)?.try_into().ok()?);
-                        Some(u64::from(lo) | (u64::from(hi) << 32))
-                    });
-                match cookie {
-                    Some(c) => {
-                        alive.insert(c);
+                let record = datagram.get(msg.body..msg.end).and_then(|b| {
+                    let family = *b.first()?;
+                    diag_record(family, b)
+                });
+                match record {
+                    Some((cookie, seen)) => {
+                        alive.insert(cookie, seen);
                     }
                     None => return Err(io::Error::other("short sock_diag record")),
                 }
@@ -379,7 +480,11 @@ fn parse_dump(datagram: &[u8], alive: &mut HashSet<u64>) -> io::Result<DumpPart>
 }
 
 /// Adds the cookie of every `family`/`protocol` socket of this network namespace to `alive`.
-fn socket_cookies(family: Family, protocol: Protocol, alive: &mut HashSet<u64>) -> io::Result<()> {
+fn socket_cookies(
+    family: Family,
+    protocol: Protocol,
+    alive: &mut HashMap<u64, Seen>,
+) -> io::Result<()> {
     let fd = sys::netlink_socket(libc::NETLINK_SOCK_DIAG)?;
     sys::set_recv_timeout(fd.as_fd(), 2000)?;
     sys::send_datagram(fd.as_fd(), &dump_request(family, protocol))?;
@@ -409,21 +514,124 @@ mod tests {
         let tcp = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let cookie = |fd: std::os::fd::BorrowedFd<'_>| sys::socket_cookie(fd).unwrap();
         let (cu, ct) = (cookie(udp.as_fd()), cookie(tcp.as_fd()));
-        let mut alive = HashSet::new();
+        let mut alive = HashMap::new();
         socket_cookies(Family::V4, Protocol::Udp, &mut alive).unwrap();
-        assert!(alive.contains(&cu), "UDP socket missing from the dump");
-        assert!(!alive.contains(&ct), "a TCP socket in the UDP dump");
+        assert!(alive.contains_key(&cu), "UDP socket missing from the dump");
+        assert!(!alive.contains_key(&ct), "a TCP socket in the UDP dump");
         socket_cookies(Family::V4, Protocol::Tcp, &mut alive).unwrap();
-        assert!(alive.contains(&ct), "TCP socket missing from the dump");
+        assert!(alive.contains_key(&ct), "TCP socket missing from the dump");
         if let Some(u6) = &udp6 {
             let c6 = cookie(u6.as_fd());
             socket_cookies(Family::V6, Protocol::Udp, &mut alive).unwrap();
-            assert!(alive.contains(&c6), "UDP6 socket missing from the dump");
+            assert!(alive.contains_key(&c6), "UDP6 socket missing from the dump");
         }
         drop(udp);
-        let mut after = HashSet::new();
+        let mut after = HashMap::new();
         socket_cookies(Family::V4, Protocol::Udp, &mut after).unwrap();
-        assert!(!after.contains(&cu), "a closed UDP socket is still listed");
+        assert!(
+            !after.contains_key(&cu),
+            "a closed UDP socket is still listed"
+        );
+    }
+
+    /// Every cookie listed as alive, sending, unconnected.
+    fn seen_all(cookies: &[u64]) -> HashMap<u64, Seen> {
+        cookies.iter().map(|c| (*c, Seen::default())).collect()
+    }
+
+    /// Oracle: the sockets' own view (`peer_addr`, the shutdown this test did) against what
+    /// the dump says of each: connected remote, and the send side shut down.
+    #[test]
+    fn the_dump_says_who_is_connected_and_who_shut_down_sending() {
+        use std::net::{Shutdown, TcpListener, TcpStream, UdpSocket};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let tcp = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (_accepted, _) = listener.accept().unwrap();
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        udp.connect("127.0.0.1:9").unwrap();
+        let lone = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let cookie = |fd: std::os::fd::BorrowedFd<'_>| sys::socket_cookie(fd).unwrap();
+        let (ct, cu, cl) = (
+            cookie(tcp.as_fd()),
+            cookie(udp.as_fd()),
+            cookie(lone.as_fd()),
+        );
+        let dump = |protocol| {
+            let mut m = HashMap::new();
+            socket_cookies(Family::V4, protocol, &mut m).unwrap();
+            m
+        };
+        let t = dump(Protocol::Tcp)[&ct];
+        assert_eq!(t.remote, Some(tcp.peer_addr().unwrap()));
+        assert!(!t.send_shutdown);
+        assert_eq!(t.state, 1, "TCP_ESTABLISHED");
+        let u = dump(Protocol::Udp);
+        assert_eq!(u[&cu].remote, Some(udp.peer_addr().unwrap()));
+        assert_eq!(
+            u[&cl],
+            Seen {
+                state: 7,
+                ..Seen::default()
+            },
+            "unconnected (TCP_CLOSE), sending"
+        );
+        tcp.shutdown(Shutdown::Write).unwrap();
+        let t = dump(Protocol::Tcp)[&ct];
+        assert!(t.send_shutdown, "SHUT_WR shows as SEND_SHUTDOWN");
+        assert!(matches!(t.state, 4 | 5), "FIN_WAIT1/2, not {}", t.state);
+        assert!(!still_sending(
+            Protocol::Tcp,
+            Some(tcp.peer_addr().unwrap()),
+            t
+        ));
+        assert!(still_sending(Protocol::Udp, None, u[&cl]));
+        assert!(still_sending(
+            Protocol::Udp,
+            Some(udp.peer_addr().unwrap()),
+            u[&cu]
+        ));
+        // Registered connected to one peer, now listed with another (or none): ended.
+        assert!(!still_sending(
+            Protocol::Udp,
+            Some("127.0.0.1:10".parse().unwrap()),
+            u[&cu]
+        ));
+        assert!(!still_sending(
+            Protocol::Udp,
+            Some("127.0.0.1:9".parse().unwrap()),
+            u[&cl]
+        ));
+        // v4-mapped registration of an IPv4 peer is the same peer.
+        assert!(still_sending(
+            Protocol::Udp,
+            Some("[::ffff:127.0.0.1]:9".parse().unwrap()),
+            u[&cu]
+        ));
+        // A TCP socket after its FIN, as a TIME_WAIT entry lists it (no attributes): ended;
+        // established: sending. A UDP socket's "state" 7 (unconnected) means nothing.
+        let timewait = Seen {
+            state: 6,
+            send_shutdown: false,
+            remote: Some(tcp.peer_addr().unwrap()),
+        };
+        assert!(!still_sending(Protocol::Tcp, timewait.remote, timewait));
+        let established = Seen {
+            state: 1,
+            ..timewait
+        };
+        assert!(still_sending(
+            Protocol::Tcp,
+            established.remote,
+            established
+        ));
+        assert!(still_sending(
+            Protocol::Udp,
+            None,
+            Seen {
+                state: 7,
+                ..Seen::default()
+            }
+        ));
     }
 
     fn udp_add(socket: u64, local: &str) -> Request {
@@ -466,6 +674,7 @@ mod tests {
             family: Family::V4,
             protocol: Protocol::Udp,
             listed,
+            peer: None,
         };
         reg.add_socket(&engine, handle, &udp_add(5, "10.0.0.1:4000"), id(50, true))
             .unwrap();
@@ -473,7 +682,7 @@ mod tests {
             .unwrap();
         assert_eq!(flows(&engine), 2);
         let udp = [(Family::V4, Protocol::Udp)];
-        let none = HashSet::new();
+        let none = HashMap::new();
         let now = Instant::now();
         // The dump failed: nothing retired, however often.
         for _ in 0..3 {
@@ -488,7 +697,7 @@ mod tests {
         assert_eq!(reg.retire(&engine, Instant::now(), &udp, &none), 1);
         assert_eq!(flows(&engine), 1);
         // The unlisted one, once seen alive, then missing twice.
-        let alive: HashSet<u64> = [60].into_iter().collect();
+        let alive = seen_all(&[60]);
         assert_eq!(reg.retire(&engine, Instant::now(), &udp, &alive), 0);
         assert_eq!(reg.retire(&engine, Instant::now(), &udp, &none), 0);
         assert_eq!(reg.retire(&engine, Instant::now(), &udp, &none), 1);
@@ -515,7 +724,7 @@ mod tests {
         reg.add_socket(&engine, handle, &udp_add(8, "10.0.0.1:4004"), id(81, true))
             .unwrap();
         assert_eq!(flows(&engine), 3);
-        let alive: HashSet<u64> = [71, 81].into_iter().collect();
+        let alive = seen_all(&[71, 81]);
         assert_eq!(reg.retire(&engine, Instant::now(), &udp, &alive), 1);
         assert_eq!(flows(&engine), 2);
         let tuple = |local: &str| {
@@ -531,6 +740,73 @@ mod tests {
         e.check_control_invariants().unwrap();
     }
 
+    /// A listed socket whose send side is shut down, or whose remote is no longer the peer it
+    /// was registered with, is retired like a missing one (two sweeps).
+    #[test]
+    fn shut_down_or_disconnected_sockets_are_retired() {
+        let engine = RwLock::new(Engine::new(qosmark_engine::Limits::default()));
+        let handle = engine
+            .write()
+            .unwrap()
+            .open_handle(qosmark_engine::abi::Caller {
+                pid: 1,
+                privilege: qosmark_engine::abi::Privilege::User,
+            })
+            .unwrap();
+        let reg = Registry::new();
+        let peer: std::net::SocketAddr = "10.0.0.2:5004".parse().unwrap();
+        let id = |cookie| Identity {
+            cookie,
+            family: Family::V4,
+            protocol: Protocol::Udp,
+            listed: true,
+            peer: Some(peer),
+        };
+        reg.add_socket(&engine, handle, &udp_add(1, "10.0.0.1:4000"), id(10))
+            .unwrap();
+        reg.add_socket(&engine, handle, &udp_add(2, "10.0.0.1:4001"), id(20))
+            .unwrap();
+        reg.add_socket(&engine, handle, &udp_add(3, "10.0.0.1:4002"), id(30))
+            .unwrap();
+        let udp = [(Family::V4, Protocol::Udp)];
+        let alive: HashMap<u64, Seen> = [
+            (
+                10,
+                Seen {
+                    state: 1,
+                    send_shutdown: true,
+                    remote: Some(peer),
+                },
+            ),
+            (
+                20,
+                Seen {
+                    state: 7,
+                    send_shutdown: false,
+                    remote: None,
+                },
+            ),
+            (
+                30,
+                Seen {
+                    state: 1,
+                    send_shutdown: false,
+                    remote: Some(peer),
+                },
+            ),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(reg.retire(&engine, Instant::now(), &udp, &alive), 0);
+        assert_eq!(reg.retire(&engine, Instant::now(), &udp, &alive), 2);
+        assert_eq!(
+            flows(&engine),
+            1,
+            "the still-connected socket keeps its flow"
+        );
+        assert_eq!(reg.len(), 1);
+    }
+
     #[test]
     fn the_request_is_a_dump_of_every_state() {
         let m = dump_request(Family::V6, Protocol::Udp);
@@ -544,7 +820,7 @@ mod tests {
 
     #[test]
     fn malformed_dumps_are_errors_not_panics() {
-        let mut alive = HashSet::new();
+        let mut alive = HashMap::new();
         // A record too short to hold the cookie.
         let mut d = Vec::new();
         d.extend_from_slice(&(16u32 + 8).to_ne_bytes());

@@ -572,6 +572,23 @@ pub fn set_recv_timeout(fd: BorrowedFd<'_>, millis: u32) -> io::Result<()> {
     check(ret).map(|_| ())
 }
 
+/// Whether the peer of the stream socket `fd` hung up (`poll` with no wait: `POLLHUP`,
+/// `POLLRDHUP` or `POLLERR`). Unread data alone is not a hang-up.
+///
+/// # Errors
+/// The `poll` error.
+pub fn peer_hung_up(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one pollfd read and written in place, from a live local; timeout 0 (no wait).
+    let ret = unsafe { libc::poll(&raw mut p, 1, 0) };
+    check(ret)?;
+    Ok(p.revents & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR) != 0)
+}
+
 /// Sends SIGTERM to this process (a fatal error on a worker thread asks the main thread,
 /// which waits for signals, to clean up and exit).
 pub fn terminate_self() {

@@ -5,7 +5,9 @@
 //! Transports ([`Transport`]):
 //! * **in-process** ([`InProcess`]): straight into an `Arc<Mutex<Engine>>` with a given
 //!   [`Caller`], for tests. Every request and answer still goes through the `abi` encoder and
-//!   decoder, so the in-process path exercises the same records as the real ones;
+//!   decoder, so the in-process path exercises the same records as the real ones. It never
+//!   holds a request: a `WatchFlow` that a back end would hold (its state is the one the
+//!   caller knows) answers 997 `ERROR_IO_PENDING`;
 //! * **unix socket** ([`crate::unix::UnixTransport`], Unix): `qosmarkd`, per
 //!   `docs/linux-transport.md`;
 //! * **device** (`crate::windows::DeviceTransport`, Windows): `\\.\QosMark` and
@@ -85,6 +87,14 @@ impl Transport for InProcess {
         codec::encode_request(request, &mut bytes)?;
         let decoded = codec::decode_request(&bytes)?;
         let response = lock(&self.engine).apply(self.handle, &decoded)?;
+        // A back end would hold a WatchFlow whose state has not changed; this transport
+        // cannot (the caller holds no thread of ours), so it says so.
+        if matches!(
+            (&decoded, &response),
+            (Request::WatchFlow { known: Some(k), .. }, Response::FlowState(now)) if k == now
+        ) {
+            return Err(QosError::new(qosmark_abi::status::Win32Error::IO_PENDING));
+        }
         bytes.clear();
         codec::encode_response(&response, &mut bytes)?;
         match codec::decode_response(RequestKind::of(request), &bytes)? {

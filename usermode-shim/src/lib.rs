@@ -4,6 +4,8 @@
 //! the back ends, and the pieces `qosmarkctl` uses.
 //!
 //! * [`qos2`]: the QOS2 API in Rust ([`qos2::QosHandle`]), same semantics and Win32 codes.
+//! * [`gqos`]: GQoS (`FLOWSPEC` / `SIO_SET_QOS` semantics) per socket, on a hidden QOS2 handle
+//!   ([`gqos::GqosSession`]; C: `QmSetSocketQos`, `QmGetSocketQos`, `QmWaitSocketQosChange`).
 //! * [`client`]: [`client::Client`], one request → one response over a [`client::Transport`]
 //!   (in-process engine, `qosmarkd` unix socket, `\\.\QosMark` device); `list_flows`, rules
 //!   and table helpers for `qosmarkctl`.
@@ -22,6 +24,7 @@ pub use ffi::capi;
 pub mod client;
 pub mod error;
 mod ffi;
+pub mod gqos;
 pub mod qos2;
 pub mod replay;
 pub mod rules_file;

@@ -15,10 +15,11 @@ use qosmark_abi::heapless_name::RuleName;
 use qosmark_abi::ioctl::RequestKind;
 use qosmark_abi::status::Win32Error;
 use qosmark_abi::{
-    CounterSnapshot, Dscp, FailOpen, Family, FlowPage, FlowRate, FlowRecord, FlowSocket, Mark,
-    NotifyFlow, PacketPriority, Pcp, PortRange, Prefix, Protocol, QueryFlow, Request, Response,
-    RuleAction, RuleEntry, RuleProtocol, RuleSpec, SetFlow, Shaping, SkipReason, SocketBinding,
-    SocketInfo, StatusInfo, TrafficTable, TrafficType, TrafficTypeMark,
+    CounterSnapshot, Dscp, FailOpen, Family, FlowPage, FlowRate, FlowRecord, FlowSocket, FlowState,
+    Mark, NotifyFlow, PacketPriority, Pcp, PortRange, Prefix, Protocol, QueryFlow, Request,
+    Response, RuleAction, RuleEntry, RuleProtocol, RuleSpec, ServiceMark, ServiceType, SetFlow,
+    Shaping, SkipReason, SocketBinding, SocketInfo, StatusInfo, TrafficTable, TrafficType,
+    TrafficTypeMark,
 };
 
 /// One golden vector: a request, or an answer to a request of the given kind.
@@ -357,6 +358,37 @@ pub fn golden_cases() -> Vec<(&'static str, Golden)> {
             ),
         ),
         (
+            "req_set_flow_service",
+            R(Request::SetFlow {
+                flow_id: 7,
+                op: SetFlow::Service(ServiceMark {
+                    service: ServiceType::ControlledLoad,
+                    dscp: Some(dscp(46)),
+                    pcp: None,
+                }),
+            }),
+        ),
+        (
+            "req_watch_flow",
+            R(Request::WatchFlow {
+                flow_id: 7,
+                known: Some(FlowState {
+                    alive: true,
+                    mark: Mark {
+                        dscp: Some(dscp(24)),
+                        pcp: Some(pcp(4)),
+                    },
+                }),
+            }),
+        ),
+        (
+            "resp_flow_state_ended",
+            A(
+                RequestKind::WatchFlow,
+                Reply::Response(Response::FlowState(FlowState::default())),
+            ),
+        ),
+        (
             "resp_error",
             A(
                 RequestKind::RemoveSocketFromFlow,
@@ -463,6 +495,7 @@ pub fn kind_for(response: &Response) -> RequestKind {
         Response::Rules(_) => RequestKind::ListRules,
         Response::TrafficTable(_) => RequestKind::GetTrafficTable,
         Response::Flows(_) => RequestKind::ListFlows,
+        Response::FlowState(_) => RequestKind::WatchFlow,
     }
 }
 
@@ -638,6 +671,31 @@ fn set_flow() -> impl Strategy<Value = SetFlow> {
                 })
             ),
         any::<u32>().prop_map(SetFlow::OutgoingDscp),
+        (
+            prop_oneof![
+                Just(ServiceType::ControlledLoad),
+                Just(ServiceType::Guaranteed),
+                Just(ServiceType::NetworkControl),
+                Just(ServiceType::Qualitative)
+            ],
+            opt_dscp(),
+            opt_pcp()
+        )
+            .prop_map(|(service, dscp, pcp)| SetFlow::Service(ServiceMark {
+                service,
+                dscp,
+                pcp
+            })),
+    ]
+}
+
+pub fn flow_state() -> impl Strategy<Value = FlowState> {
+    prop_oneof![
+        Just(FlowState::default()),
+        (opt_dscp(), opt_pcp()).prop_map(|(dscp, pcp)| FlowState {
+            alive: true,
+            mark: Mark { dscp, pcp },
+        }),
     ]
 }
 
@@ -694,6 +752,8 @@ pub fn request() -> impl Strategy<Value = Request> {
         traffic_table().prop_map(Request::SetTrafficTable),
         any::<u32>().prop_map(|after| Request::ListFlows { after }),
         proptest::collection::vec(rule_spec(), 0..5).prop_map(Request::ReplaceRules),
+        (any::<u32>(), proptest::option::of(flow_state()))
+            .prop_map(|(flow_id, known)| Request::WatchFlow { flow_id, known }),
     ]
 }
 
@@ -825,6 +885,7 @@ pub fn response() -> impl Strategy<Value = Response> {
         .prop_map(Response::Rules),
         traffic_table().prop_map(Response::TrafficTable),
         flow_page().prop_map(Response::Flows),
+        flow_state().prop_map(Response::FlowState),
     ]
 }
 

@@ -64,8 +64,8 @@ use foldhash::fast::RandomState;
 use hashbrown::HashMap;
 use qosmark_abi::kernel::{KernelFlow, KernelMark, MarkClass};
 use qosmark_abi::{
-    Caller, Dscp, Family, FlowId, Mark, Pcp, Privilege, Protocol, SocketInfo, TrafficTable,
-    TrafficType, QOS_NON_ADAPTIVE_FLOW,
+    Caller, Dscp, Family, FlowId, FlowState, Mark, Pcp, Privilege, Protocol, ServiceMark,
+    SocketInfo, TrafficTable, TrafficType, QOS_NON_ADAPTIVE_FLOW,
 };
 
 type Map<K, V> = HashMap<K, V, RandomState>;
@@ -308,7 +308,8 @@ pub(crate) struct Flow {
     /// the flow dies.
     custom_dscp: Option<Dscp>,
     /// A kernel flow's explicit 802.1p, overriding the table's (kernel flows are non-adaptive,
-    /// so without it they request none). Always `None` for socket flows.
+    /// so without it they request none). For socket flows only a GQoS service mark
+    /// ([`ControlState::set_service`]) sets it.
     custom_pcp: Option<Pcp>,
     /// Cached result of [`resolve`].
     mark: Mark,
@@ -1008,6 +1009,50 @@ impl ControlState {
         flow.custom_dscp = Some(dscp);
         flow.mark = resolve_flow(&table, flow);
         Ok(())
+    }
+
+    /// `SetFlow(Service)` (GQoS, `engine::control` docs): the service type's documented default
+    /// DSCP and 802.1p, each replaced by its override when given. The defaults are open to
+    /// every caller; an override that differs from its default follows the
+    /// `QOSSetOutgoingDSCPValue` rule for DSCP (administrators, kernel, or an allow-listed
+    /// value; else 5) and the rule of rules and kernel marks for 802.1p (administrators and
+    /// kernel only; else 5). Both are then the flow's custom DSCP and 802.1p until the flow dies
+    /// or another `Service` replaces them.
+    pub(crate) fn set_service(
+        &mut self,
+        handle: HandleId,
+        caller: Caller,
+        id: FlowId,
+        service: ServiceMark,
+    ) -> Result<(), EngineError> {
+        let table = self.table;
+        let flow = self.own_flow_mut(handle, id)?;
+        let (default_dscp, default_pcp) = service.service.default_mark();
+        let dscp = service.dscp.unwrap_or(default_dscp);
+        let pcp = service.pcp.unwrap_or(default_pcp);
+        if dscp != default_dscp && !privileged(caller) && !user_may_set(&table, dscp) {
+            return Err(EngineError::AccessDenied);
+        }
+        if pcp != default_pcp && !privileged(caller) {
+            return Err(EngineError::AccessDenied);
+        }
+        flow.custom_dscp = Some(dscp);
+        flow.custom_pcp = Some(pcp);
+        flow.mark = resolve_flow(&table, flow);
+        Ok(())
+    }
+
+    /// The state of flow `id` as `caller` may see it (`WatchFlow`): administrators and kernel
+    /// callers see every flow, others the flows of their own process (any handle, as
+    /// `EnumerateFlows`); anything else reads as not alive.
+    pub(crate) fn watch_state(&self, caller: Caller, id: FlowId) -> FlowState {
+        match self.flows.get(&id) {
+            Some(f) if privileged(caller) || f.pid == caller.pid => FlowState {
+                alive: true,
+                mark: f.mark,
+            },
+            _ => FlowState::default(),
+        }
     }
 
     /// The resolved mark of a flow of `handle`.

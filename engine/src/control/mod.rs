@@ -63,6 +63,25 @@
 //!   (qos-api.md documents no answer for this; 232 is in `QOSQueryFlow`'s documented error
 //!   list and means "nothing to return", where 1168 would read "no such flow" and 50 "not
 //!   supported").
+//! * `SetFlow(Service)` (qosmark extension for GQoS `QmSetSocketQos`): the service type's
+//!   documented default DSCP / 802.1p (Qualitative 0/0, `ControlledLoad` 24/4, Guaranteed 40/5,
+//!   `NetworkControl` 48/7, qos-api.md §11.4) become the flow's custom DSCP and 802.1p, so they
+//!   hold whatever the table, the traffic type or the flow's adaptivity say. The defaults are
+//!   open to every caller, as qWAVE's traffic types are: they are fixed, documented values
+//!   (the GQoS admin requirement on Vista+ is UNCONFIRMED, §11.4, and GQoS on XP marked for
+//!   ordinary users). A `QOS_DS_CLASS` override that differs from the default follows the
+//!   `QOSSetOutgoingDSCPValue` rule (administrators, kernel, or a value on the table's user
+//!   allow-list; else 5); a `QOS_TRAFFIC_CLASS` override that differs from the default needs an
+//!   administrator or kernel caller (5), as an explicit 802.1p in rules and kernel marks does.
+//!   A later `SetFlow(OutgoingDscp)` replaces the DSCP, `SetFlow(TrafficType)` changes nothing
+//!   of the mark (the custom values win).
+//! * `WatchFlow { flow_id, known }` (GQoS `FD_QOS`): the flow's state now (alive + resolved
+//!   mark). Unlike the calls above it is not limited to the handle's own flows: a flow of the
+//!   caller's **process** (any handle; administrators and kernel: any flow) is visible, so a
+//!   client can wait on a second handle while it goes on using the first; any other id reads
+//!   as not alive (nothing is revealed). The engine never holds it: a back end that gets
+//!   `known == Some(state now)` holds the request until its state changes or the handle
+//!   closes (995) — `docs/linux-transport.md`, the driver's `request` module.
 //! * `QueryFlow(PacketPriority)`: the resolved mark; "not added" is reported as 0. The
 //!   non-conformant values are the traffic table's (`non_conformant_dscp`, and
 //!   `non_conformant_pcp` when the flow requests 802.1p) while the flow's shaping is
@@ -359,6 +378,10 @@ impl Engine {
                     .control
                     .set_dscp(handle, caller, *flow_id, *v)
                     .map(|()| Response::Done),
+                SetFlow::Service(m) => self
+                    .control
+                    .set_service(handle, caller, *flow_id, *m)
+                    .map(|()| Response::Done),
                 SetFlow::OutgoingRate(rate) => self
                     .control
                     .set_flow_rate(
@@ -416,6 +439,11 @@ impl Engine {
                     .replace(specs, &mut self.shapers)
                     .map(|()| Response::Done)
             }
+            // The engine answers with the state now; holding the request while the state
+            // equals `known` is the back end's part (module docs).
+            Request::WatchFlow { flow_id, .. } => Ok(Response::FlowState(
+                self.control.watch_state(caller, *flow_id),
+            )),
         }
     }
 

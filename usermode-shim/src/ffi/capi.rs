@@ -29,6 +29,9 @@
 //!   end → 1068 `ERROR_SERVICE_DEPENDENCY_FAIL`, qWAVE's code for "the QoS service could not
 //!   start" (no `\\.\QosMark` device / no `qosmarkd` socket).
 //!
+//! The GQoS functions (`QmSetSocketQos`, `QmGetSocketQos`, `QmWaitSocketQosChange`,
+//! `QmGetSocketQosHandle`) follow the same conventions; they live in `capi_gqos.rs`.
+//!
 //! With the cargo feature `test-hooks` (test builds only), `QmTestUseInProcessEngine(int
 //! admin)` makes later `QOSCreateHandle` calls open handles on one in-process engine per
 //! process, as an administrator (`admin` ≠ 0) or a user, so C tests run without a daemon.
@@ -85,6 +88,13 @@ pub struct QOS_VERSION {
     /// Must be 0.
     pub MinorVersion: u16,
 }
+
+#[path = "capi_gqos.rs"]
+mod gqos;
+pub use gqos::{
+    QmGetSocketQos, QmGetSocketQosHandle, QmSetSocketQos, QmWaitSocketQosChange, FLOWSPEC, QOS,
+    WSABUF,
+};
 
 // ------------------------------------------------------------------------------------------
 // Last error
@@ -237,6 +247,8 @@ pub extern "system" fn QmTestUseInProcessEngine(admin: i32) {
         |(e, _)| e,
     );
     *slot = Some((engine, admin != 0));
+    drop(slot);
+    gqos::reset_session();
 }
 
 fn open_client() -> crate::error::Result<crate::client::Client> {

@@ -9,7 +9,9 @@
 #  3. include/qosmark.h against mingw-w64's qos2.h (the independent oracle): every enumerator,
 #     enum size, structure size and field offset, compared at compile time (qos2_values.c,
 #     qos2_assert.c); the eleven prototypes (gcc -aux-info, qos2_signatures.c); and
-#     qosmark.dll exports every function qos2.h declares;
+#     qosmark.dll exports every function qos2.h declares; qosmark.h's own GQoS definitions
+#     (non-Windows, host gcc) against mingw-w64's qos.h / qossp.h / traffic.h / winsock2.h
+#     (gqos_values.c, gqos_facts.h: every constant, size and offset), and the 4 GQoS exports;
 #  4. a C program (create_handle.c) built with x86_64-w64-mingw32-gcc against qosmark.h and
 #     libqosmark.dll.a;
 #  5. under Wine (64-bit, no qosmark driver): `qosmarkctl.exe status` exits 3 with the
@@ -17,7 +19,8 @@
 #     QOSCreateHandle / QOSCloseHandle error-path checks pass;
 #  6. under Wine, inprocess.c against a test-hooks qosmark.dll (in-process engine): the QOS2
 #     calls with real Winsock sockets (socket facts, DestAddr rules, dual stack, last error
-#     kept on success). The shipped qosmark.dll must not export the test hook;
+#     kept on success); gqos_inprocess.c: the GQoS calls with the system's QOS / QOS_DESTADDR
+#     / RSVP_STATUS_INFO types. The shipped qosmark.dll must not export the test hook;
 #  7. qosmark-shim's unit tests built for x86_64-pc-windows-gnu, run under Wine.
 #
 # Needs: rustup targets x86_64-pc-windows-msvc and x86_64-pc-windows-gnu; apt packages
@@ -131,6 +134,32 @@ missing="$(comm -23 "$out/qos2-functions.txt" "$out/exports.txt")"
 [ -z "$missing" ] || fail "qosmark.dll does not export: $missing"
 echo "qosmark.dll exports all 11 QOS2 functions"
 
+step "qosmark.h GQoS definitions against mingw-w64 qos.h / qossp.h / traffic.h / winsock2.h"
+# The oracle: mingw-w64's headers (x86_64-w64-mingw32). Ours: qosmark.h's own definitions for
+# systems other than Windows, compiled by the host's x86_64 gcc (the header Linux programs
+# include). Same values, sizes and offsets expected.
+gqos_facts() { # gqos_facts <compiler...>: "expression = value" lines of gqos_facts.h
+  "$@" -std=c11 -O1 -Wall -Wextra -Werror -S -o - -I"$here" -I"$include" "$here/gqos_values.c" |
+    sed -n 's/^[[:space:]]*#QMFACT \(.*\)$/\1/p'
+}
+gqos_facts x86_64-w64-mingw32-gcc -DQM_ORACLE >"$out/gqos-oracle.txt"
+gqos_facts gcc >"$out/gqos-ours.txt"
+n_gqos="$(grep -c '^QM_FACT(' "$here/gqos_facts.h")"
+[ "$(wc -l <"$out/gqos-oracle.txt")" -eq "$n_gqos" ] ||
+  fail "oracle gave $(wc -l <"$out/gqos-oracle.txt") of $n_gqos GQoS facts"
+[ "$(wc -l <"$out/gqos-ours.txt")" -eq "$n_gqos" ] ||
+  fail "qosmark.h gave $(wc -l <"$out/gqos-ours.txt") of $n_gqos GQoS facts"
+diff -u "$out/gqos-oracle.txt" "$out/gqos-ours.txt" || fail "qosmark.h GQoS definitions differ (above)"
+sed '1s/= \([0-9-]*\)$/= 1\1/' "$out/gqos-ours.txt" >"$out/broken/gqos-ours.txt"
+if diff -q "$out/gqos-oracle.txt" "$out/broken/gqos-ours.txt" >/dev/null; then
+  fail "a changed GQoS value compared equal: the GQoS comparison cannot fail"
+fi
+echo "$n_gqos GQoS facts equal"
+for f in QmSetSocketQos QmGetSocketQos QmWaitSocketQosChange QmGetSocketQosHandle; do
+  grep -qx "$f" "$out/exports.txt" || fail "qosmark.dll does not export $f"
+done
+echo "qosmark.dll exports the 4 GQoS functions"
+
 step "C program against qosmark.h + libqosmark.dll.a"
 "${cc[@]}" -o "$out/create_handle.exe" -I"$include" "$here/create_handle.c" \
   "$gnu/libqosmark.dll.a" -lws2_32
@@ -187,6 +216,9 @@ step "QOS2 with Winsock sockets under Wine (test-hooks qosmark.dll, in-process e
 "${cc[@]}" -o "$out/hooks/inprocess.exe" -I"$include" "$here/inprocess.c" \
   "$out/hooks/libqosmark.dll.a" -lws2_32
 wine "$out/hooks/inprocess.exe" || fail "inprocess.exe failed under Wine"
+"${cc[@]}" -o "$out/hooks/gqos_inprocess.exe" -I"$include" "$here/gqos_inprocess.c" \
+  "$out/hooks/libqosmark.dll.a" -lws2_32
+wine "$out/hooks/gqos_inprocess.exe" || fail "gqos_inprocess.exe failed under Wine"
 
 step "qosmark-shim unit tests for x86_64-pc-windows-gnu under Wine"
 # The library's own tests with the Windows code compiled in (transport helpers, socket facts).

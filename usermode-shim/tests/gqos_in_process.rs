@@ -1,0 +1,409 @@
+//! GQoS ([`GqosSession`]) through the in-process transport, with real sockets on
+//! `127.0.0.1` (no traffic is sent): every service-type mapping, the overrides and their
+//! privileges, `QOS_DESTADDR`, `NOCHANGE`, per-direction ending, the report `get` gives, the
+//! wait's "would hold" / "changed" answers, and every invalid flowspec / object with its
+//! `WSA_QOS_*` code and an unchanged engine (`control_snapshot` before and after).
+//!
+//! The expected marks and codes are written out as numbers (qos-api.md §11), not taken from
+//! the code under test.
+#![cfg(unix)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::too_many_lines,
+    clippy::many_single_char_names,
+    clippy::single_match_else,
+    reason = "test code: a failure is a test failure; short names for engine, session, sockets; \
+              the shaping test reads best as a match on both back-end kinds"
+)]
+
+use qosmark::client::Client;
+use qosmark::gqos::{Flowspec, GqosSession, ProviderObject, Qos, QosReport};
+use qosmark_abi::{Caller, FlowState, Privilege, Protocol};
+use qosmark_engine::{Engine, FiveTuple, Limits};
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
+
+const USER: Caller = Caller {
+    pid: 1000,
+    privilege: Privilege::User,
+};
+const ADMIN: Caller = Caller {
+    pid: 3000,
+    privilege: Privilege::Admin,
+};
+const NOT_SPECIFIED: u32 = 0xFFFF_FFFF;
+
+fn engine() -> Arc<Mutex<Engine>> {
+    Arc::new(Mutex::new(Engine::new(Limits::default())))
+}
+
+fn session(e: &Arc<Mutex<Engine>>, caller: Caller) -> GqosSession {
+    let waits = Arc::clone(e);
+    GqosSession::with_client(
+        Client::in_process(Arc::clone(e), caller).unwrap(),
+        Box::new(move || Client::in_process(Arc::clone(&waits), caller)),
+    )
+}
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn qos(service: u32, objects: Vec<ProviderObject>) -> Qos {
+    Qos {
+        sending: Flowspec::unspecified(service),
+        receiving: Flowspec::unspecified(6),
+        objects,
+    }
+}
+
+/// The (DSCP, 802.1p) the engine applies to `local` → `remote` UDP packets, if any.
+fn marks(e: &Arc<Mutex<Engine>>, local: SocketAddr, remote: &str) -> Option<(u8, u8)> {
+    let t = FiveTuple::new(Protocol::Udp, local, sa(remote));
+    e.lock().unwrap().socket_lookup(&t).map(|(_, m)| {
+        (
+            m.dscp.map_or(255, qosmark_abi::Dscp::value),
+            m.pcp.map_or(255, qosmark_abi::Pcp::value),
+        )
+    })
+}
+
+#[test]
+fn service_types_map_to_their_documented_marks() {
+    // qos-api.md §11.4.
+    let cases = [
+        (0xD, (0, 0)),
+        (2, (24, 4)),
+        (3, (40, 5)),
+        (0xA, (48, 7)),
+        // SERVICE_NO_QOS_SIGNALING or-ed in changes nothing.
+        (0x4000_0003, (40, 5)),
+    ];
+    let e = engine();
+    let g = session(&e, USER);
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let local = s.local_addr().unwrap();
+    for (st, want) in cases {
+        g.set(
+            &s,
+            &qos(st, vec![ProviderObject::DestAddr(sa("192.0.2.1:5004"))]),
+        )
+        .unwrap();
+        assert_eq!(marks(&e, local, "192.0.2.1:5004"), Some(want), "{st:#x}");
+        let r = g.get(s.as_raw_fd()).unwrap();
+        assert_eq!(r.sending.service_type, st);
+        assert_eq!(r.status_code, 11009, "REQUEST_CONFIRMED while marking");
+        assert_eq!((r.dscp, r.pcp), (u32::from(want.0), u32::from(want.1)));
+        assert_eq!(r.receiving, Flowspec::unspecified(6), "receiving: NOCHANGE");
+    }
+    // Still one flow: each set re-marks the socket's flow.
+    assert_eq!(e.lock().unwrap().flow_details().unwrap().len(), 1);
+}
+
+#[test]
+fn destaddr_adds_destinations_and_a_connected_socket_needs_none() {
+    let e = engine();
+    let g = session(&e, USER);
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let local = s.local_addr().unwrap();
+    // Unconnected without QOS_DESTADDR: the engine's 87, nothing registered.
+    let before = e.lock().unwrap().control_snapshot().unwrap();
+    assert_eq!(g.set(&s, &qos(2, vec![])).unwrap_err().raw(), 87);
+    assert_eq!(e.lock().unwrap().control_snapshot().unwrap(), before);
+    for dest in ["192.0.2.1:5004", "192.0.2.2:5006", "198.51.100.3:7000"] {
+        g.set(&s, &qos(2, vec![ProviderObject::DestAddr(sa(dest))]))
+            .unwrap();
+    }
+    for dest in ["192.0.2.1:5004", "192.0.2.2:5006", "198.51.100.3:7000"] {
+        assert_eq!(marks(&e, local, dest), Some((24, 4)), "{dest}");
+    }
+    assert_eq!(marks(&e, local, "192.0.2.9:5004"), None);
+    // Changing the service re-marks every destination.
+    g.set(&s, &qos(0xA, vec![])).unwrap();
+    assert_eq!(marks(&e, local, "192.0.2.2:5006"), Some((48, 7)));
+    // A connected socket: its peer.
+    let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+    c.connect("127.0.0.2:9000").unwrap();
+    g.set(&c, &qos(3, vec![])).unwrap();
+    assert_eq!(
+        marks(&e, c.local_addr().unwrap(), "127.0.0.2:9000"),
+        Some((40, 5))
+    );
+}
+
+#[test]
+fn nochange_keeps_and_notraffic_or_besteffort_end_sending_only() {
+    let e = engine();
+    let g = session(&e, USER);
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let local = s.local_addr().unwrap();
+    let dest = vec![ProviderObject::DestAddr(sa("192.0.2.1:5004"))];
+    for ender in [0u32, 1] {
+        g.set(&s, &qos(3, dest.clone())).unwrap();
+        // NOCHANGE on sending (whatever the receiving side says) keeps the mark.
+        let mut keep = qos(6, vec![]);
+        keep.receiving.service_type = 2;
+        g.set(&s, &keep).unwrap();
+        assert_eq!(marks(&e, local, "192.0.2.1:5004"), Some((40, 5)));
+        // NOTRAFFIC / BESTEFFORT end marking: no flow left, get says so.
+        g.set(&s, &qos(ender, vec![])).unwrap();
+        assert_eq!(marks(&e, local, "192.0.2.1:5004"), None);
+        assert!(e.lock().unwrap().flow_details().unwrap().is_empty());
+        let r = g.get(s.as_raw_fd()).unwrap();
+        assert_eq!(r.sending.service_type, ender);
+        assert_eq!(r.status_code, 11008, "NO_RECEIVERS once ended");
+        assert_eq!((r.dscp, r.pcp), (0, 0));
+        // Ending again is harmless.
+        g.set(&s, &qos(ender, vec![])).unwrap();
+    }
+    // A socket never set reads as NOTRAFFIC, everything else unspecified.
+    let other = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let r = g.get(other.as_raw_fd()).unwrap();
+    assert_eq!(
+        r,
+        QosReport {
+            sending: Flowspec::unspecified(0),
+            receiving: Flowspec::unspecified(6),
+            status_code: 11008,
+            dscp: 0,
+            pcp: 0,
+        }
+    );
+}
+
+#[test]
+fn overrides_and_their_privileges() {
+    let e = engine();
+    let dest = ProviderObject::DestAddr(sa("192.0.2.1:5004"));
+    // A user: an override equal to the default is fine; EF or another 802.1p → 5, nothing
+    // changes (not even a flow is left behind).
+    let g = session(&e, USER);
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let local = s.local_addr().unwrap();
+    g.set(
+        &s,
+        &qos(
+            2,
+            vec![
+                dest,
+                ProviderObject::DsClass(24),
+                ProviderObject::TrafficClass(4),
+            ],
+        ),
+    )
+    .unwrap();
+    assert_eq!(marks(&e, local, "192.0.2.1:5004"), Some((24, 4)));
+    let before = e.lock().unwrap().control_snapshot().unwrap();
+    for objects in [
+        vec![ProviderObject::DsClass(46)],
+        vec![ProviderObject::TrafficClass(6)],
+    ] {
+        assert_eq!(g.set(&s, &qos(2, objects)).unwrap_err().raw(), 5);
+        assert_eq!(e.lock().unwrap().control_snapshot().unwrap(), before);
+    }
+    let fresh = UdpSocket::bind("127.0.0.1:0").unwrap();
+    assert_eq!(
+        g.set(&fresh, &qos(2, vec![dest, ProviderObject::DsClass(46)]))
+            .unwrap_err()
+            .raw(),
+        5
+    );
+    assert_eq!(
+        e.lock().unwrap().control_snapshot().unwrap(),
+        before,
+        "the new flow was removed again"
+    );
+    // An administrator: both overrides.
+    let a = session(&e, ADMIN);
+    let t = UdpSocket::bind("127.0.0.1:0").unwrap();
+    a.set(
+        &t,
+        &qos(
+            3,
+            vec![
+                dest,
+                ProviderObject::DsClass(46),
+                ProviderObject::TrafficClass(6),
+            ],
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        marks(&e, t.local_addr().unwrap(), "192.0.2.1:5004"),
+        Some((46, 6))
+    );
+}
+
+#[test]
+fn invalid_flowspecs_and_objects_change_nothing() {
+    use ProviderObject::{DestAddr, DsClass, SdMode, ShapingRate, TrafficClass};
+    let e = engine();
+    let g = session(&e, USER);
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dest = DestAddr(sa("192.0.2.1:5004"));
+    g.set(&s, &qos(2, vec![dest])).unwrap();
+    let before = e.lock().unwrap().control_snapshot().unwrap();
+    let shaped = |rate: u32, objects: Vec<ProviderObject>| {
+        let mut q = qos(3, objects);
+        q.sending.token_rate = rate;
+        q
+    };
+    let mut peak = qos(3, vec![]);
+    peak.sending.token_rate = 8000;
+    peak.sending.peak_bandwidth = 7999;
+    let mut bad_receiving = qos(3, vec![]);
+    bad_receiving.receiving.service_type = 9;
+    let cases: Vec<(Qos, u32)> = vec![
+        (qos(4, vec![]), 11016),
+        (qos(9, vec![]), 11016),
+        (qos(0x77, vec![]), 11016),
+        (bad_receiving, 11016),
+        (shaped(0, vec![SdMode(1)]), 11017),
+        (shaped(NOT_SPECIFIED, vec![SdMode(1)]), 11017),
+        (peak, 11017),
+        (shaped(1000, vec![SdMode(2)]), 11029),
+        (shaped(1000, vec![SdMode(7)]), 11029),
+        (shaped(1000, vec![SdMode(1), ShapingRate(0)]), 11030),
+        (qos(3, vec![DsClass(64)]), 11013),
+        (qos(3, vec![TrafficClass(8)]), 11013),
+        (qos(3, vec![dest, dest]), 11013),
+        (qos(6, vec![DsClass(64)]), 11013),
+    ];
+    for (q, code) in cases {
+        assert_eq!(g.set(&s, &q).unwrap_err().raw(), code, "{q:?}");
+        assert_eq!(
+            e.lock().unwrap().control_snapshot().unwrap(),
+            before,
+            "{q:?} changed the engine"
+        );
+    }
+    assert_eq!(g.get(s.as_raw_fd()).unwrap().sending.service_type, 2);
+}
+
+#[test]
+fn shaping_without_a_shaping_back_end_is_a_traffic_control_error_and_is_undone() {
+    use ProviderObject::{DestAddr, SdMode};
+    let e = engine();
+    let g = session(&e, USER);
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let local = s.local_addr().unwrap();
+    let dest = DestAddr(sa("192.0.2.1:5004"));
+    let mut q = qos(3, vec![dest, SdMode(1)]);
+    q.sending.token_rate = 125_000;
+    // The engine answers SetFlow(OutgoingRate) with 50 until shaping lands (then this
+    // set succeeds and the flow is shaped; either way nothing is half-done).
+    match g.set(&s, &q) {
+        Err(err) => {
+            assert_eq!(err.raw(), 11014);
+            assert!(e.lock().unwrap().flow_details().unwrap().is_empty());
+            // An existing flow keeps its mark when the shaped set fails.
+            g.set(&s, &qos(2, vec![dest])).unwrap();
+            let before = e.lock().unwrap().control_snapshot().unwrap();
+            assert_eq!(g.set(&s, &q).unwrap_err().raw(), 11014);
+            assert_eq!(e.lock().unwrap().control_snapshot().unwrap(), before);
+            assert_eq!(marks(&e, local, "192.0.2.1:5004"), Some((24, 4)));
+            assert_eq!(g.get(s.as_raw_fd()).unwrap().sending.service_type, 2);
+        }
+        Ok(()) => {
+            // The engine shapes: the flow is marked and carries the rate (bit/s at IP level).
+            assert_eq!(marks(&e, local, "192.0.2.1:5004"), Some((40, 5)));
+            let flow = e.lock().unwrap().flow_details().unwrap()[0].id;
+            let h = e.lock().unwrap().handle_details().unwrap()[0].id;
+            let rate = e.lock().unwrap().apply(
+                h,
+                &qosmark_abi::Request::QueryFlow {
+                    flow_id: flow,
+                    op: qosmark_abi::QueryFlow::OutgoingRate,
+                },
+            );
+            assert_eq!(rate, Ok(qosmark_abi::Response::OutgoingRate(1_000_000)));
+            // A rate the shaper refuses (100 bytes/s = 800 bit/s): WSA_QOS_EFLOWSPEC, and
+            // nothing changes.
+            let before = e.lock().unwrap().control_snapshot().unwrap();
+            let mut slow = q.clone();
+            slow.sending.token_rate = 100;
+            assert_eq!(g.set(&s, &slow).unwrap_err().raw(), 11017);
+            assert_eq!(e.lock().unwrap().control_snapshot().unwrap(), before);
+        }
+    }
+}
+
+#[test]
+fn waits_answer_changes_and_would_hold_otherwise() {
+    let e = engine();
+    let g = session(&e, USER);
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    // Nothing to wait for: 1168.
+    assert_eq!(g.wait_change(s.as_raw_fd()).unwrap_err().raw(), 1168);
+    g.set(
+        &s,
+        &qos(2, vec![ProviderObject::DestAddr(sa("192.0.2.1:5004"))]),
+    )
+    .unwrap();
+    // Unchanged: a back end would hold it; the in-process transport answers 997.
+    assert_eq!(g.wait_change(s.as_raw_fd()).unwrap_err().raw(), 997);
+    // The state the wait compares against is the engine's now, as another handle of the same
+    // process sees it...
+    let flow = e.lock().unwrap().flow_details().unwrap()[0].id;
+    let other = Client::in_process(Arc::clone(&e), USER).unwrap();
+    let watched = other
+        .request(&qosmark_abi::Request::WatchFlow {
+            flow_id: flow,
+            known: None,
+        })
+        .unwrap();
+    assert_eq!(
+        watched,
+        qosmark_abi::Response::FlowState(FlowState {
+            alive: true,
+            mark: qosmark_abi::Mark {
+                dscp: Some(qosmark_abi::Dscp::try_new(24).unwrap()),
+                pcp: Some(qosmark_abi::Pcp::try_new(4).unwrap()),
+            },
+        })
+    );
+    // ...and another user's process sees nothing.
+    let stranger = Client::in_process(
+        Arc::clone(&e),
+        Caller {
+            pid: 2000,
+            privilege: Privilege::User,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        stranger
+            .request(&qosmark_abi::Request::WatchFlow {
+                flow_id: flow,
+                known: None,
+            })
+            .unwrap(),
+        qosmark_abi::Response::FlowState(FlowState::default())
+    );
+    // The flow ends behind the session's back (as the back end's reaper does): get reports
+    // NOTRAFFIC and there is nothing to wait for any more.
+    let h = e.lock().unwrap().handle_details().unwrap()[0].id;
+    e.lock()
+        .unwrap()
+        .apply(
+            h,
+            &qosmark_abi::Request::RemoveSocketFromFlow {
+                socket: None,
+                flow_id: flow,
+            },
+        )
+        .unwrap();
+    let r = g.get(s.as_raw_fd()).unwrap();
+    assert_eq!((r.sending.service_type, r.status_code), (0, 11008));
+    assert_eq!(g.wait_change(s.as_raw_fd()).unwrap_err().raw(), 1168);
+    // Set again: a new flow marks again.
+    g.set(
+        &s,
+        &qos(0xA, vec![ProviderObject::DestAddr(sa("192.0.2.1:5004"))]),
+    )
+    .unwrap();
+    assert_eq!(g.get(s.as_raw_fd()).unwrap().dscp, 48);
+}

@@ -16,7 +16,7 @@
 //! ## The loop (one thread)
 //! 1. `recvmmsg(MSG_WAITFORONE)` into [`BATCH`] preallocated buffers: blocks for the first
 //!    packet, then takes everything already queued.
-//! 2. Under the engine's **shared** lock, each packet is classified; a `Mark` verdict is
+//! 2. Under the engine lock ([`crate::lock`], once per batch), each packet is classified; a `Mark` verdict is
 //!    applied in place in the receive buffer with [`Engine::rewrite`] (ECN kept, IPv4
 //!    checksum recomputed).
 //! 3. Verdicts are written in packet-id order into one preallocated send buffer and sent with
@@ -56,13 +56,14 @@
 //! accepted with a plain verdict). The iptables rules use `--queue-bypass`, so with no daemon
 //! bound packets pass unmarked, and `F_FAIL_OPEN` covers a full queue.
 
+use crate::lock::EngineLock;
 use crate::pending::{self, PendingTcp};
 use crate::sys;
 use qosmark_engine::abi::FailOpen;
 use qosmark_engine::{Engine, PacketMeta, Verdict};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 pub(crate) const NLMSG_HDR_LEN: usize = 16;
@@ -531,7 +532,7 @@ pub struct LoopStats {
 /// The packet loop's preallocated state.
 pub struct PacketLoop {
     queue: Queue,
-    engine: Arc<RwLock<Engine>>,
+    engine: Arc<EngineLock>,
     pending: Arc<PendingTcp>,
     drain: Arc<Drain>,
     start: Instant,
@@ -551,7 +552,7 @@ impl PacketLoop {
     #[must_use]
     pub fn new(
         queue: Queue,
-        engine: Arc<RwLock<Engine>>,
+        engine: Arc<EngineLock>,
         pending: Arc<PendingTcp>,
         drain: Arc<Drain>,
     ) -> Self {
@@ -622,12 +623,8 @@ impl PacketLoop {
         }
         let now_ns = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
         {
-            // A poisoned lock means a control thread panicked mid-request (a bug); packets
-            // must still flow, and the engine's state changes are all-or-nothing.
-            let engine = self
-                .engine
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // The engine lock (`crate::lock`): a holder runs at our priority while we wait.
+            let engine = self.engine.read();
             for slot in 0..n {
                 let len = self.lens.get(slot).copied().unwrap_or(0);
                 let cut = self.truncated.get(slot).copied().unwrap_or(true);
@@ -777,7 +774,7 @@ fn write_verdicts(
 /// packet in it counts as `VerdictFailed`.
 fn flush(
     queue: &Queue,
-    engine: &RwLock<Engine>,
+    engine: &EngineLock,
     stats: &mut LoopStats,
     out: &mut Vec<u8>,
     chunk: Chunk,
@@ -790,9 +787,7 @@ fn flush(
     out.clear();
     push_batch_accept(out, queue.num, chunk.last_id);
     let _ = sys::send_datagram(queue.fd.as_fd(), out);
-    let engine = engine
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let engine = engine.read();
     for _ in 0..chunk.replaced {
         engine.record_fail_open(FailOpen::VerdictFailed);
     }

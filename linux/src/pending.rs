@@ -23,13 +23,14 @@
 //! unprivileged client cannot make the daemon hold thousands of descriptors (each pending socket
 //! is one open descriptor in the daemon) or make every SYN cost thousands of system calls.
 
+use crate::lock::{EngineLock, Holder};
 use crate::sys;
 use qosmark_engine::wire::{self, TcpPacket, Transport};
-use qosmark_engine::{Engine, HandleId};
+use qosmark_engine::HandleId;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 /// How long an unbound TCP socket's descriptor is kept waiting for its local port.
@@ -173,7 +174,7 @@ impl PendingTcp {
     /// Packet path: a SYN to `dest` is about to be classified. Every pending socket registered
     /// for that destination (or without one) that now has a local port is pinned in the engine
     /// and leaves the list. Returns how many were pinned.
-    pub fn resolve_syn(&self, engine: &RwLock<Engine>, dest: SocketAddr) -> usize {
+    pub fn resolve_syn(&self, engine: &EngineLock, dest: SocketAddr) -> usize {
         let dest = unmapped(dest);
         self.resolve(engine, Instant::now(), |p| p.dest.is_none_or(|d| d == dest))
     }
@@ -183,7 +184,7 @@ impl PendingTcp {
     /// engine's write lock only if something is to be pinned.
     fn resolve(
         &self,
-        engine: &RwLock<Engine>,
+        engine: &EngineLock,
         now: Instant,
         which: impl Fn(&Pending) -> bool,
     ) -> usize {
@@ -196,9 +197,7 @@ impl PendingTcp {
             }
             match sys::local_address(p.fd.as_fd()) {
                 Ok(Some(local)) if local.port() != 0 => {
-                    let engine = guard.get_or_insert_with(|| {
-                        engine.write().unwrap_or_else(PoisonError::into_inner)
-                    });
+                    let engine = guard.get_or_insert_with(|| engine.write_as(Holder::Pin));
                     match engine.socket_bound(p.handle, p.socket, local) {
                         Ok(_) => pinned += 1,
                         Err(e) => crate::log(&format!(
@@ -227,7 +226,7 @@ impl PendingTcp {
     }
 
     /// The watcher: polls every pending socket every 50 ms (pinning, expiring). Runs forever.
-    pub fn watch(&self, engine: &RwLock<Engine>) {
+    pub fn watch(&self, engine: &EngineLock) {
         loop {
             {
                 let mut list = self.lock();
@@ -308,7 +307,7 @@ mod tests {
     use qosmark_engine::abi::{
         Caller, Family, Privilege, Protocol, Request, SocketInfo, TrafficType,
     };
-    use qosmark_engine::{FiveTuple, Limits};
+    use qosmark_engine::{Engine, FiveTuple, Limits};
     use std::os::fd::{AsRawFd, FromRawFd};
 
     fn unbound_tcp4() -> OwnedFd {
@@ -349,10 +348,9 @@ mod tests {
     fn a_syn_to_the_destination_pins_the_connected_socket() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let dest = listener.local_addr().unwrap();
-        let engine = RwLock::new(Engine::new(Limits::default()));
+        let engine = EngineLock::new(Engine::new(Limits::default())).unwrap();
         let handle = engine
             .write()
-            .unwrap()
             .open_handle(Caller {
                 pid: 1,
                 privilege: Privilege::User,
@@ -372,7 +370,7 @@ mod tests {
             flags: 0,
             flow_id: 0,
         };
-        engine.write().unwrap().apply(handle, &add).unwrap();
+        engine.write().apply(handle, &add).unwrap();
         let pending = PendingTcp::new();
         pending.room_for(handle).unwrap();
         // The same socket (a duplicate descriptor), to connect it and read its address.
@@ -391,15 +389,15 @@ mod tests {
         connect4(&probe, dest);
         let local = sys::local_address(probe.as_fd()).unwrap().unwrap();
         let tuple = FiveTuple::new(Protocol::Tcp, local, dest);
-        assert!(engine.read().unwrap().socket_lookup(&tuple).is_none());
+        assert!(engine.read().socket_lookup(&tuple).is_none());
         let elsewhere: SocketAddr = "127.0.0.1:1".parse().unwrap();
         assert_eq!(pending.resolve_syn(&engine, elsewhere), 0);
         assert_eq!(pending.len(), 1, "a SYN elsewhere leaves it pending");
         assert_eq!(pending.resolve_syn(&engine, dest), 1);
         assert!(pending.is_empty());
-        let (_, mark) = engine.read().unwrap().socket_lookup(&tuple).unwrap();
+        let (_, mark) = engine.read().socket_lookup(&tuple).unwrap();
         assert_eq!(mark.dscp.map(qosmark_engine::abi::Dscp::value), Some(56));
-        engine.read().unwrap().check_control_invariants().unwrap();
+        engine.read().check_control_invariants().unwrap();
     }
 
     #[test]

@@ -284,7 +284,10 @@ fn start_workers(
     listener: UnixListener,
     fatal: &Arc<AtomicBool>,
 ) -> Result<(), String> {
-    let pending = Arc::new(pending::PendingTcp::new());
+    let pending = Arc::new(
+        pending::PendingTcp::new()
+            .map_err(|e| format!("cannot create the pending-socket list's lock: {e}"))?,
+    );
     let registry = Arc::new(reaper::Registry::new());
     let drain = Arc::new(nfq::Drain::new());
     let mut shared = control::Shared::new(

@@ -17,7 +17,8 @@
 //!
 //! Both remove an entry and pin it while holding the list's lock, so a socket that has left the
 //! list is already pinned (no window in which neither the list nor the engine knows its port).
-//! Lock order: this list, then the engine. Nothing takes them the other way round.
+//! Lock order: this list, then the engine. Nothing takes them the other way round. Both are
+//! priority-inheritance mutexes ([`crate::lock`]), since the packet thread takes both.
 //!
 //! Bounds: [`MAX_PENDING`] sockets in all and [`MAX_PENDING_PER_HANDLE`] per connection, so an
 //! unprivileged client cannot make the daemon hold thousands of descriptors (each pending socket
@@ -25,12 +26,13 @@
 
 use crate::lock::{EngineLock, Holder};
 use crate::sys;
+use crate::sys::{PiGuard, PiMutex};
 use qosmark_engine::wire::{self, TcpPacket, Transport};
 use qosmark_engine::HandleId;
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 /// How long an unbound TCP socket's descriptor is kept waiting for its local port.
@@ -72,12 +74,14 @@ pub enum Full {
 }
 
 /// The pending list, shared by the control threads, the watcher and the packet thread.
-#[derive(Default)]
+///
+/// The list's lock is a priority-inheritance mutex like the engine's ([`crate::lock`]): the
+/// `SCHED_FIFO` packet thread takes it when a SYN arrives while sockets are pending, and must
+/// not wait for a control thread or the watcher that the machine's load keeps off the CPU.
 pub struct PendingTcp {
-    list: Mutex<Vec<Pending>>,
+    list: PiMutex<Vec<Pending>>,
     /// `list.len()`, readable without the lock (the packet path's "anything pending?").
     count: AtomicUsize,
-    wake: Condvar,
 }
 
 /// `a` with an IPv4-mapped IPv6 address turned into IPv4 (how packets carry it).
@@ -109,13 +113,18 @@ pub fn syn_destination(packet: &[u8]) -> Option<SocketAddr> {
 
 impl PendingTcp {
     /// An empty list.
-    #[must_use]
-    pub fn new() -> Self {
-        Self::default()
+    ///
+    /// # Errors
+    /// The list's priority-inheritance mutex could not be created ([`PiMutex::new`]).
+    pub fn new() -> io::Result<Self> {
+        Ok(PendingTcp {
+            list: PiMutex::new(Vec::new())?,
+            count: AtomicUsize::new(0),
+        })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Vec<Pending>> {
-        self.list.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> PiGuard<'_, Vec<Pending>> {
+        self.list.lock()
     }
 
     fn publish(&self, list: &[Pending]) {
@@ -161,7 +170,6 @@ impl PendingTcp {
         list.retain(|p| !(p.handle == pending.handle && p.socket == pending.socket));
         list.push(pending);
         self.publish(&list);
-        self.wake.notify_one();
     }
 
     /// Forgets (and closes) every socket of `handle` (its connection ended).
@@ -225,16 +233,13 @@ impl PendingTcp {
         pinned
     }
 
-    /// The watcher: polls every pending socket every 50 ms (pinning, expiring). Runs forever.
+    /// The watcher: polls every pending socket every 50 ms (pinning, expiring); with nothing
+    /// pending, one atomic load per 50 ms. Runs forever.
     pub fn watch(&self, engine: &EngineLock) {
         loop {
-            {
-                let mut list = self.lock();
-                while list.is_empty() {
-                    list = self.wake.wait(list).unwrap_or_else(PoisonError::into_inner);
-                }
+            if self.any() {
+                self.resolve(engine, Instant::now(), |_| true);
             }
-            self.resolve(engine, Instant::now(), |_| true);
             std::thread::sleep(PENDING_POLL);
         }
     }
@@ -371,7 +376,7 @@ mod tests {
             flow_id: 0,
         };
         engine.write().apply(handle, &add).unwrap();
-        let pending = PendingTcp::new();
+        let pending = PendingTcp::new().unwrap();
         pending.room_for(handle).unwrap();
         // The same socket (a duplicate descriptor), to connect it and read its address.
         let probe = fd.try_clone().unwrap();
@@ -402,7 +407,7 @@ mod tests {
 
     #[test]
     fn the_list_is_bounded_per_handle() {
-        let pending = PendingTcp::new();
+        let pending = PendingTcp::new().unwrap();
         let (a, b) = (HandleId(1), HandleId(2));
         for socket in 0..MAX_PENDING_PER_HANDLE as u64 {
             pending.room_for(a).unwrap();

@@ -5,13 +5,19 @@
 //! Flagged requests (`FLAG_QOS2_ANSWER`) go through `decode_request_with_flags` too.
 //!
 //! Seed corpus: `corpus/abi_decode/` = the golden vectors of `abi/golden/`.
-#![no_main]
+// Built by cargo-fuzz (`--cfg fuzzing`) as a libFuzzer binary; included as a module by
+// `tests/tests/fuzz_regressions.rs`, which runs `check` on every committed input.
+#![cfg_attr(fuzzing, no_main)]
 
-use libfuzzer_sys::fuzz_target;
 use qosmark_abi::codec;
 use qosmark_abi::ioctl::RequestKind;
 
-fuzz_target!(|data: &[u8]| {
+#[cfg(fuzzing)]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| check(data));
+
+/// The target's checks on one input (panics on a violation). The fuzzer calls it, and so does
+/// `cargo test` for every file of `fuzz/corpus/<target>/` and `fuzz/regressions/<target>/`.
+pub fn check(data: &[u8]) {
     if let Ok(request) = codec::decode_request(data) {
         let mut out = Vec::new();
         codec::encode_request(&request, &mut out).expect("a decoded request must encode");
@@ -42,4 +48,4 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(codec::record_len(data).ok(), u32::try_from(data.len()).ok());
         }
     }
-});
+}

@@ -12,9 +12,10 @@
 //!
 //! Input: a byte string read as a sequence of operations (one selector byte, then the fields
 //! the operation needs); running out of bytes ends the sequence. Seeds: `corpus/control_sequence`.
-#![no_main]
+// Built by cargo-fuzz (`--cfg fuzzing`) as a libFuzzer binary; included as a module by
+// `tests/tests/fuzz_regressions.rs`, which runs `check` on every committed input.
+#![cfg_attr(fuzzing, no_main)]
 
-use libfuzzer_sys::fuzz_target;
 use qosmark_engine::abi::{
     heapless_name::RuleName, Caller, Dscp, Family, FlowId, FlowRate, Mark, NotifyFlow, Pcp,
     PortRange, Privilege, Protocol, QueryFlow, Request, Response, RuleAction, RuleProtocol,
@@ -409,7 +410,12 @@ fn packet_of(key: MKey) -> Option<(Protocol, SocketAddr, SocketAddr)> {
     }
 }
 
-fuzz_target!(|data: &[u8]| {
+#[cfg(fuzzing)]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| check(data));
+
+/// The target's checks on one input (panics on a violation). The fuzzer calls it, and so does
+/// `cargo test` for every file of `fuzz/corpus/<target>/` and `fuzz/regressions/<target>/`.
+pub fn check(data: &[u8]) {
     let mut input = Input { data, done: false };
     let mut e = Engine::new(LIMITS);
     let mut m = Model {
@@ -1009,4 +1015,4 @@ fuzz_target!(|data: &[u8]| {
         }
         e.check_control_invariants().expect("engine invariants");
     }
-});
+}

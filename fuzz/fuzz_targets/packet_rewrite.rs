@@ -13,9 +13,10 @@
 //!
 //! The DSCP and PCP to write are derived from the input (the wrapping sum of its bytes), so
 //! the corpus files stay plain packets.
-#![no_main]
+// Built by cargo-fuzz (`--cfg fuzzing`) as a libFuzzer binary; included as a module by
+// `tests/tests/fuzz_regressions.rs`, which runs `check` on every committed input.
+#![cfg_attr(fuzzing, no_main)]
 
-use libfuzzer_sys::fuzz_target;
 use qosmark_engine::abi::{
     heapless_name::RuleName, Caller, Dscp, Pcp, Privilege, Request, RuleAction, RuleProtocol,
     RuleSpec,
@@ -154,7 +155,12 @@ fn check_engine_path(data: &[u8], dscp: Dscp) {
     }
 }
 
-fuzz_target!(|data: &[u8]| {
+#[cfg(fuzzing)]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| check(data));
+
+/// The target's checks on one input (panics on a violation). The fuzzer calls it, and so does
+/// `cargo test` for every file of `fuzz/corpus/<target>/` and `fuzz/regressions/<target>/`.
+pub fn check(data: &[u8]) {
     let sum = data.iter().fold(0u8, |acc, &b| acc.wrapping_add(b));
     let dscp = Dscp::try_new(sum % 64).expect("value below 64");
     let pcp = Pcp::try_new(sum % 8).expect("value below 8");
@@ -165,4 +171,4 @@ fuzz_target!(|data: &[u8]| {
     check_dscp_rewrite(data, dscp);
     check_pcp_rewrite(data, pcp);
     check_engine_path(data, dscp);
-});
+}

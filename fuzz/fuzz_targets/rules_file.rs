@@ -3,12 +3,18 @@
 //! the engine's own validation and survive `to_toml` and a second parse unchanged.
 //!
 //! Seed corpus: `corpus/rules_file/` = the rules files of `tests/captures/`.
-#![no_main]
+// Built by cargo-fuzz (`--cfg fuzzing`) as a libFuzzer binary; included as a module by
+// `tests/tests/fuzz_regressions.rs`, which runs `check` on every committed input.
+#![cfg_attr(fuzzing, no_main)]
 
-use libfuzzer_sys::fuzz_target;
 use qosmark::rules_file;
 
-fuzz_target!(|data: &[u8]| {
+#[cfg(fuzzing)]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| check(data));
+
+/// The target's checks on one input (panics on a violation). The fuzzer calls it, and so does
+/// `cargo test` for every file of `fuzz/corpus/<target>/` and `fuzz/regressions/<target>/`.
+pub fn check(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
@@ -23,7 +29,12 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(e) => {
             let lines = text.lines().count().max(1);
-            assert!(e.line >= 1 && e.line <= lines + 1, "error line {} outside 1..={}", e.line, lines + 1);
+            assert!(
+                e.line >= 1 && e.line <= lines + 1,
+                "error line {} outside 1..={}",
+                e.line,
+                lines + 1
+            );
         }
     }
-});
+}

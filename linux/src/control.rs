@@ -35,6 +35,7 @@
 //! bounds the registration fails with 1450. Every other descriptor is closed when the request
 //! is answered.
 
+use crate::lock::{EngineLock, Holder, WriteGuard};
 use crate::pending::{Pending, PendingTcp, PENDING_TCP_LIMIT};
 use crate::reaper::{Identity, Registry};
 use crate::state::{self, State};
@@ -50,7 +51,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// `CAP_NET_ADMIN`'s bit in the capability sets.
@@ -66,7 +67,7 @@ const CONNECTION_STACK: usize = 128 * 1024;
 /// Everything the control threads share.
 pub struct Shared {
     /// The engine: shared lock on the packet path, exclusive for requests.
-    pub engine: Arc<RwLock<Engine>>,
+    pub engine: Arc<EngineLock>,
     /// Where administrators' changes are saved (`None`: not persisted).
     pub state_path: Option<PathBuf>,
     /// Connection bound.
@@ -88,7 +89,7 @@ impl Shared {
     /// Shared state for the server.
     #[must_use]
     pub fn new(
-        engine: Arc<RwLock<Engine>>,
+        engine: Arc<EngineLock>,
         state_path: Option<PathBuf>,
         max_clients: usize,
         pending: Arc<PendingTcp>,
@@ -113,8 +114,8 @@ impl Shared {
         }
     }
 
-    fn engine_mut(&self) -> std::sync::RwLockWriteGuard<'_, Engine> {
-        self.engine.write().unwrap_or_else(PoisonError::into_inner)
+    fn engine_mut(&self, holder: Holder) -> WriteGuard<'_> {
+        self.engine.write_as(holder)
     }
 }
 
@@ -312,7 +313,7 @@ fn connection(mut stream: UnixStream, shared: &Shared) {
         Privilege::User
     };
     let caller = Caller { pid, privilege };
-    let opened = shared.engine_mut().open_handle(caller);
+    let opened = shared.engine_mut(Holder::Open).open_handle(caller);
     let handle = match opened {
         Ok(h) => h,
         Err(e) => {
@@ -396,7 +397,7 @@ fn connection(mut stream: UnixStream, shared: &Shared) {
     }
     shared.pending.forget_handle(handle);
     shared.registry.forget_handle(handle);
-    let closed = shared.engine_mut().close_handle(handle);
+    let closed = shared.engine_mut(Holder::Close).close_handle(handle);
     crate::changes::notify();
     match closed {
         Ok(report) => crate::log(&format!(
@@ -472,7 +473,7 @@ fn handle_record(
     // (`Engine::charge_request`; 1450 when spent, nothing changes; descriptors that came
     // with it are closed by the caller as for any refusal).
     shared
-        .engine_mut()
+        .engine_mut(Holder::Charge)
         .charge_request(handle, monotonic_ns())
         .map_err(EngineError::win32)?;
     if let Request::AddSocketToFlow {
@@ -513,7 +514,7 @@ fn handle_record(
                     peer: info.peer,
                 },
             ),
-            Err(_) => shared.engine_mut().apply(handle, &req),
+            Err(_) => shared.engine_mut(Holder::AddSocket).apply(handle, &req),
         };
         if answer.is_ok() && unbound {
             shared.pending.add(Pending {
@@ -538,7 +539,7 @@ fn handle_record(
             // Packets sent before the removal keep their mark.
             shared.wait_for_queue();
         }
-        let answer = shared.engine_mut().apply(handle, &request);
+        let answer = shared.engine_mut(Holder::Request).apply(handle, &request);
         if let (Ok(_), Request::RemoveSocketFromFlow { socket, flow_id }) = (&answer, &request) {
             shared.registry.removed(handle, *socket, *flow_id);
         }
@@ -549,7 +550,7 @@ fn handle_record(
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
     let (answer, snapshot) = {
-        let mut engine = shared.engine_mut();
+        let mut engine = shared.engine_mut(Holder::Persist);
         let answer = engine.apply(handle, &request);
         let snapshot = if answer.is_ok() {
             snapshot_state(&mut engine)
@@ -612,7 +613,7 @@ fn hold_until_changed(
     loop {
         let seen = crate::changes::current();
         let now = shared
-            .engine_mut()
+            .engine_mut(Holder::Request)
             .apply(handle, &ask)
             .map_err(EngineError::win32)?;
         if now != Response::FlowState(known) {

@@ -9,16 +9,23 @@
 //!   taken with `sigwait`) and shuts down: iptables rules first, so no new packet is queued,
 //!   then every packet held for shaping is sent ([`held::ShapeShared`]), then a short drain,
 //!   then the socket file.
-//! * **packets**: the [`nfq::PacketLoop`] (shared engine lock); it also releases the packets
-//!   it holds for shaping, by a `ppoll` timer ([`nfq`], *Shaping*).
+//! * **packets**: the [`nfq::PacketLoop`] (`SCHED_FIFO`; takes the engine lock once per batch);
+//!   it also releases the packets it holds for shaping, by a `ppoll` timer ([`nfq`], *Shaping*).
 //! * **accept** + one thread per client connection ([`control::serve`], bounded).
 //! * **bind watcher**: TCP sockets registered before `connect` ([`pending::PendingTcp::watch`];
 //!   the packet thread pins them itself when their SYN is queued).
 //! * **reaper**: every second, retires registered sockets the application closed without
 //!   removing them ([`reaper::Registry::run`]).
 //!
-//! The engine sits in an `Arc<RwLock<Engine>>`: the packet thread reads (classify is `&self`),
-//! control requests write.
+//! ## Engine lock
+//! The engine sits in an `Arc<`[`lock::EngineLock`]`>`: a mutex with priority inheritance,
+//! taken by the packet thread once per batch ([`lock::EngineLock::read`]: `&Engine`, classify
+//! is `&self`) and by every control-side change ([`lock::EngineLock::write_as`]). Not a
+//! reader/writer lock: the packet thread is the only reader, it runs `SCHED_FIFO`, and with a
+//! `RwLock` it slept behind control threads that the machine's other work kept off the CPU
+//! while they held the write side (a priority inversion: the kernel queue filled and failed
+//! open). With inheritance the holder runs at the packet thread's priority while it waits.
+//! Why, the evidence and the rules for holders: [`lock`].
 //!
 //! `unsafe` lives only in [`sys`].
 #![deny(unsafe_code)]
@@ -27,6 +34,7 @@ pub mod changes;
 pub mod control;
 pub mod held;
 pub mod iptables;
+pub mod lock;
 pub mod nfq;
 pub mod pending;
 pub mod reaper;
@@ -39,7 +47,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Default control socket.
@@ -339,12 +347,15 @@ fn remove_rules(num: u16, when: &str) {
 fn start_workers(
     config: &Config,
     queue: nfq::Queue,
-    engine: &Arc<RwLock<Engine>>,
+    engine: &Arc<lock::EngineLock>,
     listener: UnixListener,
     fatal: &Arc<AtomicBool>,
     shape: &Arc<held::ShapeShared>,
 ) -> Result<(), String> {
-    let pending = Arc::new(pending::PendingTcp::new());
+    let pending = Arc::new(
+        pending::PendingTcp::new()
+            .map_err(|e| format!("cannot create the pending-socket list's lock: {e}"))?,
+    );
     let registry = Arc::new(reaper::Registry::new());
     let drain = Arc::new(nfq::Drain::new());
     let mut shared = control::Shared::new(
@@ -426,7 +437,10 @@ pub fn run(config: &Config) -> Result<(), String> {
         Ok(_) => {}
         Err(e) => log(&format!("cannot raise the open-file limit: {e}")),
     }
-    let engine = Arc::new(RwLock::new(build_engine(config)?));
+    let engine = Arc::new(
+        lock::EngineLock::new(build_engine(config)?)
+            .map_err(|e| format!("cannot create the engine lock (priority inheritance): {e}"))?,
+    );
     let listener = bind_socket(&config.socket)?;
     let cleanup_socket = |path: &Path| {
         let _ = std::fs::remove_file(path);
@@ -487,13 +501,12 @@ pub fn run(config: &Config) -> Result<(), String> {
     std::thread::sleep(Duration::from_millis(100));
     cleanup_socket(&config.socket);
     let status = {
-        let mut engine = engine
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut engine = engine.write_as(lock::Holder::Daemon);
         final_status(&mut engine)
     };
     log(&status);
     log(&shape.summary());
+    log(&engine.stats().to_string());
     if fatal.load(Ordering::SeqCst) {
         Err("stopped after a fatal packet-loop error".to_owned())
     } else {

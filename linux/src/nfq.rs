@@ -16,7 +16,7 @@
 //! ## The loop (one thread)
 //! 1. `recvmmsg(MSG_WAITFORONE)` into [`BATCH`] preallocated buffers: blocks for the first
 //!    packet, then takes everything already queued.
-//! 2. Under the engine's **shared** lock, each packet is classified; a `Mark` verdict is
+//! 2. Under the engine lock ([`crate::lock`], once per batch), each packet is classified; a `Mark` verdict is
 //!    applied in place in the receive buffer with [`Engine::rewrite`] (ECN kept, IPv4
 //!    checksum recomputed).
 //! 3. Verdicts are written in packet-id order into one preallocated send buffer and sent with
@@ -97,6 +97,7 @@
 //! bound packets pass unmarked, and `F_FAIL_OPEN` covers a full queue.
 
 use crate::held::{Payloads, ShapeShared, Stored};
+use crate::lock::EngineLock;
 use crate::pending::{self, PendingTcp};
 use crate::sys;
 use qosmark_engine::abi::FailOpen;
@@ -105,7 +106,7 @@ use qosmark_engine::{Engine, PacketMeta, Verdict};
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 pub(crate) const NLMSG_HDR_LEN: usize = 16;
@@ -753,7 +754,7 @@ impl Holding {
 /// The packet loop's preallocated state.
 pub struct PacketLoop {
     queue: Queue,
-    engine: Arc<RwLock<Engine>>,
+    engine: Arc<EngineLock>,
     pending: Arc<PendingTcp>,
     drain: Arc<Drain>,
     buffers: Vec<Vec<u8>>,
@@ -775,7 +776,7 @@ impl PacketLoop {
     /// The held-packet queue could not be allocated.
     pub fn new(
         queue: Queue,
-        engine: Arc<RwLock<Engine>>,
+        engine: Arc<EngineLock>,
         pending: Arc<PendingTcp>,
         drain: Arc<Drain>,
         hold: HoldLimits,
@@ -874,9 +875,8 @@ impl PacketLoop {
     /// `all`: every held packet (shutdown).
     fn release(&mut self, all: bool) {
         let engine = Arc::clone(&self.engine);
-        let engine = engine
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // The engine lock (`crate::lock`): a holder runs at our priority while we wait.
+        let engine = engine.read();
         let num = self.queue.num;
         let Self {
             holding,
@@ -962,12 +962,8 @@ impl PacketLoop {
         // Held packets of earlier batches forbid batch verdicts (`write_verdicts`).
         let held_before = !self.holding.queue.is_empty();
         {
-            // A poisoned lock means a control thread panicked mid-request (a bug); packets
-            // must still flow, and the engine's state changes are all-or-nothing.
-            let engine = self
-                .engine
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // The engine lock (`crate::lock`): a holder runs at our priority while we wait.
+            let engine = self.engine.read();
             for slot in 0..n {
                 let len = self.lens.get(slot).copied().unwrap_or(0);
                 let cut = self.truncated.get(slot).copied().unwrap_or(true);
@@ -1172,7 +1168,7 @@ fn write_verdicts(
 /// counts as `VerdictFailed`.
 fn flush(
     queue: &Queue,
-    engine: &RwLock<Engine>,
+    engine: &EngineLock,
     stats: &mut LoopStats,
     out: &mut Vec<u8>,
     chunk: Chunk,
@@ -1187,9 +1183,7 @@ fn flush(
     out.clear();
     fallback_accepts(queue.num, chunk, items, refused, out);
     let _ = sys::send_datagram(queue.fd.as_fd(), out);
-    let engine = engine
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let engine = engine.read();
     for _ in 0..chunk.replaced {
         engine.record_fail_open(FailOpen::VerdictFailed);
     }

@@ -17,19 +17,22 @@
 //!
 //! Both remove an entry and pin it while holding the list's lock, so a socket that has left the
 //! list is already pinned (no window in which neither the list nor the engine knows its port).
-//! Lock order: this list, then the engine. Nothing takes them the other way round.
+//! Lock order: this list, then the engine. Nothing takes them the other way round. Both are
+//! priority-inheritance mutexes ([`crate::lock`]), since the packet thread takes both.
 //!
 //! Bounds: [`MAX_PENDING`] sockets in all and [`MAX_PENDING_PER_HANDLE`] per connection, so an
 //! unprivileged client cannot make the daemon hold thousands of descriptors (each pending socket
 //! is one open descriptor in the daemon) or make every SYN cost thousands of system calls.
 
+use crate::lock::{EngineLock, Holder};
 use crate::sys;
+use crate::sys::{PiGuard, PiMutex};
 use qosmark_engine::wire::{self, TcpPacket, Transport};
-use qosmark_engine::{Engine, HandleId};
+use qosmark_engine::HandleId;
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 /// How long an unbound TCP socket's descriptor is kept waiting for its local port.
@@ -71,12 +74,14 @@ pub enum Full {
 }
 
 /// The pending list, shared by the control threads, the watcher and the packet thread.
-#[derive(Default)]
+///
+/// The list's lock is a priority-inheritance mutex like the engine's ([`crate::lock`]): the
+/// `SCHED_FIFO` packet thread takes it when a SYN arrives while sockets are pending, and must
+/// not wait for a control thread or the watcher that the machine's load keeps off the CPU.
 pub struct PendingTcp {
-    list: Mutex<Vec<Pending>>,
+    list: PiMutex<Vec<Pending>>,
     /// `list.len()`, readable without the lock (the packet path's "anything pending?").
     count: AtomicUsize,
-    wake: Condvar,
 }
 
 /// `a` with an IPv4-mapped IPv6 address turned into IPv4 (how packets carry it).
@@ -108,13 +113,18 @@ pub fn syn_destination(packet: &[u8]) -> Option<SocketAddr> {
 
 impl PendingTcp {
     /// An empty list.
-    #[must_use]
-    pub fn new() -> Self {
-        Self::default()
+    ///
+    /// # Errors
+    /// The list's priority-inheritance mutex could not be created ([`PiMutex::new`]).
+    pub fn new() -> io::Result<Self> {
+        Ok(PendingTcp {
+            list: PiMutex::new(Vec::new())?,
+            count: AtomicUsize::new(0),
+        })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Vec<Pending>> {
-        self.list.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> PiGuard<'_, Vec<Pending>> {
+        self.list.lock()
     }
 
     fn publish(&self, list: &[Pending]) {
@@ -160,7 +170,6 @@ impl PendingTcp {
         list.retain(|p| !(p.handle == pending.handle && p.socket == pending.socket));
         list.push(pending);
         self.publish(&list);
-        self.wake.notify_one();
     }
 
     /// Forgets (and closes) every socket of `handle` (its connection ended).
@@ -173,7 +182,7 @@ impl PendingTcp {
     /// Packet path: a SYN to `dest` is about to be classified. Every pending socket registered
     /// for that destination (or without one) that now has a local port is pinned in the engine
     /// and leaves the list. Returns how many were pinned.
-    pub fn resolve_syn(&self, engine: &RwLock<Engine>, dest: SocketAddr) -> usize {
+    pub fn resolve_syn(&self, engine: &EngineLock, dest: SocketAddr) -> usize {
         let dest = unmapped(dest);
         self.resolve(engine, Instant::now(), |p| p.dest.is_none_or(|d| d == dest))
     }
@@ -183,7 +192,7 @@ impl PendingTcp {
     /// engine's write lock only if something is to be pinned.
     fn resolve(
         &self,
-        engine: &RwLock<Engine>,
+        engine: &EngineLock,
         now: Instant,
         which: impl Fn(&Pending) -> bool,
     ) -> usize {
@@ -196,9 +205,7 @@ impl PendingTcp {
             }
             match sys::local_address(p.fd.as_fd()) {
                 Ok(Some(local)) if local.port() != 0 => {
-                    let engine = guard.get_or_insert_with(|| {
-                        engine.write().unwrap_or_else(PoisonError::into_inner)
-                    });
+                    let engine = guard.get_or_insert_with(|| engine.write_as(Holder::Pin));
                     match engine.socket_bound(p.handle, p.socket, local) {
                         Ok(_) => pinned += 1,
                         Err(e) => crate::log(&format!(
@@ -226,16 +233,13 @@ impl PendingTcp {
         pinned
     }
 
-    /// The watcher: polls every pending socket every 50 ms (pinning, expiring). Runs forever.
-    pub fn watch(&self, engine: &RwLock<Engine>) {
+    /// The watcher: polls every pending socket every 50 ms (pinning, expiring); with nothing
+    /// pending, one atomic load per 50 ms. Runs forever.
+    pub fn watch(&self, engine: &EngineLock) {
         loop {
-            {
-                let mut list = self.lock();
-                while list.is_empty() {
-                    list = self.wake.wait(list).unwrap_or_else(PoisonError::into_inner);
-                }
+            if self.any() {
+                self.resolve(engine, Instant::now(), |_| true);
             }
-            self.resolve(engine, Instant::now(), |_| true);
             std::thread::sleep(PENDING_POLL);
         }
     }
@@ -308,7 +312,7 @@ mod tests {
     use qosmark_engine::abi::{
         Caller, Family, Privilege, Protocol, Request, SocketInfo, TrafficType,
     };
-    use qosmark_engine::{FiveTuple, Limits};
+    use qosmark_engine::{Engine, FiveTuple, Limits};
     use std::os::fd::{AsRawFd, FromRawFd};
 
     fn unbound_tcp4() -> OwnedFd {
@@ -349,10 +353,9 @@ mod tests {
     fn a_syn_to_the_destination_pins_the_connected_socket() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let dest = listener.local_addr().unwrap();
-        let engine = RwLock::new(Engine::new(Limits::default()));
+        let engine = EngineLock::new(Engine::new(Limits::default())).unwrap();
         let handle = engine
             .write()
-            .unwrap()
             .open_handle(Caller {
                 pid: 1,
                 privilege: Privilege::User,
@@ -372,8 +375,8 @@ mod tests {
             flags: 0,
             flow_id: 0,
         };
-        engine.write().unwrap().apply(handle, &add).unwrap();
-        let pending = PendingTcp::new();
+        engine.write().apply(handle, &add).unwrap();
+        let pending = PendingTcp::new().unwrap();
         pending.room_for(handle).unwrap();
         // The same socket (a duplicate descriptor), to connect it and read its address.
         let probe = fd.try_clone().unwrap();
@@ -391,20 +394,20 @@ mod tests {
         connect4(&probe, dest);
         let local = sys::local_address(probe.as_fd()).unwrap().unwrap();
         let tuple = FiveTuple::new(Protocol::Tcp, local, dest);
-        assert!(engine.read().unwrap().socket_lookup(&tuple).is_none());
+        assert!(engine.read().socket_lookup(&tuple).is_none());
         let elsewhere: SocketAddr = "127.0.0.1:1".parse().unwrap();
         assert_eq!(pending.resolve_syn(&engine, elsewhere), 0);
         assert_eq!(pending.len(), 1, "a SYN elsewhere leaves it pending");
         assert_eq!(pending.resolve_syn(&engine, dest), 1);
         assert!(pending.is_empty());
-        let (_, mark) = engine.read().unwrap().socket_lookup(&tuple).unwrap();
+        let (_, mark) = engine.read().socket_lookup(&tuple).unwrap();
         assert_eq!(mark.dscp.map(qosmark_engine::abi::Dscp::value), Some(56));
-        engine.read().unwrap().check_control_invariants().unwrap();
+        engine.read().check_control_invariants().unwrap();
     }
 
     #[test]
     fn the_list_is_bounded_per_handle() {
-        let pending = PendingTcp::new();
+        let pending = PendingTcp::new().unwrap();
         let (a, b) = (HandleId(1), HandleId(2));
         for socket in 0..MAX_PENDING_PER_HANDLE as u64 {
             pending.room_for(a).unwrap();

@@ -39,14 +39,15 @@
 //!
 //! Lock order: this registry, then the engine.
 
+use crate::lock::{EngineLock, Holder};
 use crate::nfq::{messages, NLMSG_ERROR, NLMSG_HDR_LEN};
 use crate::sys;
 use qosmark_engine::abi::{Family, FlowId, Protocol, Request, Response};
-use qosmark_engine::{Engine, EngineError, FiveTuple, HandleId};
+use qosmark_engine::{EngineError, FiveTuple, HandleId};
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::AsFd;
-use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 /// How often the sockets are checked.
@@ -122,10 +123,6 @@ pub struct Registry {
     list: Mutex<Vec<Record>>,
 }
 
-fn write_engine(engine: &RwLock<Engine>) -> std::sync::RwLockWriteGuard<'_, Engine> {
-    engine.write().unwrap_or_else(PoisonError::into_inner)
-}
-
 impl Registry {
     /// An empty registry.
     #[must_use]
@@ -145,14 +142,14 @@ impl Registry {
     /// The engine's answer.
     pub fn add_socket(
         &self,
-        engine: &RwLock<Engine>,
+        engine: &EngineLock,
         handle: HandleId,
         req: &Request,
         id: Identity,
     ) -> Result<Response, EngineError> {
         let cookie = id.cookie;
         let Request::AddSocketToFlow { socket, .. } = req else {
-            return write_engine(engine).apply(handle, req);
+            return engine.write_as(Holder::AddSocket).apply(handle, req);
         };
         let info = *socket;
         let socket = info.socket;
@@ -161,7 +158,7 @@ impl Registry {
             _ => (0, None),
         };
         let mut list = self.lock();
-        let mut engine = write_engine(engine);
+        let mut engine = engine.write_as(Holder::AddSocket);
         let is_stale = |r: &Record| r.handle == handle && r.socket == socket && r.cookie != cookie;
         // The number now names another socket, so the old one was closed. Its entries stay
         // until the next sweep (packets it sent just before closing may still wait in the
@@ -259,7 +256,7 @@ impl Registry {
     }
 
     /// One sweep (module docs); returns how many sockets were retired.
-    pub fn sweep(&self, engine: &RwLock<Engine>) -> usize {
+    pub fn sweep(&self, engine: &EngineLock) -> usize {
         let started = Instant::now();
         let mut kinds: Vec<(Family, Protocol)> = Vec::new();
         for r in self.lock().iter() {
@@ -287,7 +284,7 @@ impl Registry {
     /// Updates the records from one set of dumps and retires the dead ones.
     fn retire(
         &self,
-        engine: &RwLock<Engine>,
+        engine: &EngineLock,
         started: Instant,
         dumped: &[(Family, Protocol)],
         alive: &HashMap<u64, Seen>,
@@ -313,7 +310,7 @@ impl Registry {
             if r.misses < MISSES_TO_RETIRE {
                 return true;
             }
-            let engine = guard.get_or_insert_with(|| write_engine(engine));
+            let engine = guard.get_or_insert_with(|| engine.write_as(Holder::Reaper));
             let result = engine.apply(
                 r.handle,
                 &Request::RemoveSocketFromFlow {
@@ -334,7 +331,7 @@ impl Registry {
     }
 
     /// Sweeps every [`SWEEP_EVERY`] while sockets are recorded. Runs forever.
-    pub fn run(&self, engine: &RwLock<Engine>) {
+    pub fn run(&self, engine: &EngineLock) {
         loop {
             std::thread::sleep(SWEEP_EVERY);
             if !self.is_empty() {
@@ -504,6 +501,7 @@ fn socket_cookies(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "test code")]
     use super::*;
+    use qosmark_engine::Engine;
 
     /// Oracle: the kernel's own `SO_COOKIE` of sockets this test holds, against the dump.
     #[test]
@@ -650,8 +648,8 @@ mod tests {
         }
     }
 
-    fn flows(engine: &RwLock<Engine>) -> usize {
-        engine.read().unwrap().flow_details().unwrap().len()
+    fn flows(engine: &EngineLock) -> usize {
+        engine.read().flow_details().unwrap().len()
     }
 
     /// The retirement rules, with the dump's answer given: two misses in a row; not when the
@@ -659,10 +657,9 @@ mod tests {
     /// the dump; a reused socket number replaces the old socket at once.
     #[test]
     fn retirement_rules() {
-        let engine = RwLock::new(Engine::new(qosmark_engine::Limits::default()));
+        let engine = EngineLock::new(Engine::new(qosmark_engine::Limits::default())).unwrap();
         let handle = engine
             .write()
-            .unwrap()
             .open_handle(qosmark_engine::abi::Caller {
                 pid: 1,
                 privilege: qosmark_engine::abi::Privilege::User,
@@ -734,7 +731,7 @@ mod tests {
                 "10.0.0.2:5004".parse().unwrap(),
             )
         };
-        let e = engine.read().unwrap();
+        let e = engine.read();
         assert!(e.socket_lookup(&tuple("10.0.0.1:4003")).is_none());
         assert!(e.socket_lookup(&tuple("10.0.0.1:4004")).is_some());
         e.check_control_invariants().unwrap();
@@ -744,10 +741,9 @@ mod tests {
     /// was registered with, is retired like a missing one (two sweeps).
     #[test]
     fn shut_down_or_disconnected_sockets_are_retired() {
-        let engine = RwLock::new(Engine::new(qosmark_engine::Limits::default()));
+        let engine = EngineLock::new(Engine::new(qosmark_engine::Limits::default())).unwrap();
         let handle = engine
             .write()
-            .unwrap()
             .open_handle(qosmark_engine::abi::Caller {
                 pid: 1,
                 privilege: qosmark_engine::abi::Privilege::User,

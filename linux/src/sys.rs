@@ -654,3 +654,169 @@ pub fn raise_fd_limit() -> io::Result<(u64, u64)> {
     }
     Ok((old, lim.rlim_cur))
 }
+
+/// A mutual-exclusion lock with **priority inheritance** (`pthread_mutex_t` with
+/// `PTHREAD_PRIO_INHERIT`, a PI futex in the kernel) that owns its data.
+///
+/// While a higher-priority thread (the `SCHED_FIFO` packet thread) waits for it, the kernel
+/// runs the holder at the waiter's priority, so a holder of normal priority that other
+/// runnable threads would keep off the CPU finishes its section at once. Not recursive: a
+/// thread that locks it twice deadlocks (the engine lock never does; see `crate::lock`).
+///
+/// The `pthread_mutex_t` lives in its own heap allocation: POSIX forbids moving an
+/// initialised mutex, and the lock itself may move (into an `Arc`, for instance).
+pub struct PiMutex<T> {
+    raw: Box<std::cell::UnsafeCell<libc::pthread_mutex_t>>,
+    data: std::cell::UnsafeCell<T>,
+}
+
+// SAFETY: the lock hands out `&T`/`&mut T` only to the one thread holding the mutex, so
+// sharing it between threads is sound exactly when `T` may be sent between them (as for
+// `std::sync::Mutex`). The raw mutex is made for sharing between threads.
+unsafe impl<T: Send> Sync for PiMutex<T> {}
+// SAFETY: moving the lock moves `T` (hence `T: Send`); the raw mutex is boxed and does not
+// move, and no guard can exist while the lock is moved (a guard borrows it).
+unsafe impl<T: Send> Send for PiMutex<T> {}
+
+/// Exclusive access to a [`PiMutex`]'s data until dropped. Not `Send`: a PI mutex must be
+/// unlocked by the thread that locked it.
+#[must_use = "the lock is released when the guard is dropped"]
+pub struct PiGuard<'a, T> {
+    lock: &'a PiMutex<T>,
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl<T> PiMutex<T> {
+    /// A new, unlocked priority-inheritance mutex owning `value`.
+    ///
+    /// # Errors
+    /// The `pthread_mutexattr_*` / `pthread_mutex_init` error (a kernel without PI futexes
+    /// gives `ENOTSUP` here).
+    pub fn new(value: T) -> io::Result<Self> {
+        let mut attr = MaybeUninit::<libc::pthread_mutexattr_t>::uninit();
+        // SAFETY: `attr` is writable storage of the right type for the call to initialise.
+        let ret = unsafe { libc::pthread_mutexattr_init(attr.as_mut_ptr()) };
+        if ret != 0 {
+            return Err(io::Error::from_raw_os_error(ret));
+        }
+        let attr = attr.as_mut_ptr();
+        // SAFETY: `attr` was initialised by pthread_mutexattr_init above.
+        let ret = unsafe { libc::pthread_mutexattr_setprotocol(attr, libc::PTHREAD_PRIO_INHERIT) };
+        let raw = Box::new(std::cell::UnsafeCell::new(libc::PTHREAD_MUTEX_INITIALIZER));
+        let ret = if ret == 0 {
+            // SAFETY: `raw` is boxed storage for a mutex that nobody uses yet and that never
+            // moves afterwards; `attr` is an initialised attribute object.
+            unsafe { libc::pthread_mutex_init(raw.get(), attr) }
+        } else {
+            ret
+        };
+        // SAFETY: `attr` is initialised and no longer needed (the mutex copied what it needs).
+        let _ = unsafe { libc::pthread_mutexattr_destroy(attr) };
+        if ret != 0 {
+            return Err(io::Error::from_raw_os_error(ret));
+        }
+        Ok(PiMutex {
+            raw,
+            data: std::cell::UnsafeCell::new(value),
+        })
+    }
+
+    /// Takes the lock, waiting for it (the holder inherits our priority meanwhile).
+    ///
+    /// The only errors `pthread_mutex_lock` can give for this mutex (not robust, not
+    /// error-checking, initialised) mean a bug here — a relock by the holder, memory
+    /// corruption — so they end the process (packets then pass through `--queue-bypass`).
+    pub fn lock(&self) -> PiGuard<'_, T> {
+        // SAFETY: the mutex was initialised in `new` and lives (boxed, unmoved) as long as
+        // `self`, which outlives the guard that will unlock it.
+        let ret = unsafe { libc::pthread_mutex_lock(self.raw.get()) };
+        if ret != 0 {
+            crate::log(&format!(
+                "FATAL: pthread_mutex_lock on the engine lock failed: {}",
+                io::Error::from_raw_os_error(ret)
+            ));
+            std::process::abort();
+        }
+        PiGuard {
+            lock: self,
+            _not_send: std::marker::PhantomData,
+        }
+    }
+
+    /// Takes the lock if it is free at once.
+    pub fn try_lock(&self) -> Option<PiGuard<'_, T>> {
+        // SAFETY: as in `lock`; trylock never blocks.
+        let ret = unsafe { libc::pthread_mutex_trylock(self.raw.get()) };
+        // Lazily: a guard built for a failed attempt would unlock the holder's mutex on drop.
+        (ret == 0).then(|| PiGuard {
+            lock: self,
+            _not_send: std::marker::PhantomData,
+        })
+    }
+}
+
+impl<T> Drop for PiMutex<T> {
+    fn drop(&mut self) {
+        // SAFETY: `&mut self` proves no guard exists, so the mutex is unlocked and unused; it
+        // is destroyed once, here.
+        let _ = unsafe { libc::pthread_mutex_destroy(self.raw.get()) };
+    }
+}
+
+impl<T> std::ops::Deref for PiGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: this guard holds the mutex, so no other reference to the data exists
+        // except through this guard, whose borrow rules `&self` follows.
+        unsafe { &*self.lock.data.get() }
+    }
+}
+
+impl<T> std::ops::DerefMut for PiGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as in `deref`; `&mut self` makes this the only reference.
+        unsafe { &mut *self.lock.data.get() }
+    }
+}
+
+impl<T> Drop for PiGuard<'_, T> {
+    fn drop(&mut self) {
+        // SAFETY: this guard locked the mutex on this thread (guards are not `Send`), and
+        // unlocks it exactly once.
+        let ret = unsafe { libc::pthread_mutex_unlock(self.lock.raw.get()) };
+        debug_assert_eq!(ret, 0, "pthread_mutex_unlock of a held PI mutex");
+    }
+}
+
+/// Pins the calling thread to CPU `cpu` (tests that need threads to compete for one CPU).
+///
+/// # Errors
+/// The `sched_setaffinity` error.
+pub fn pin_thread_to_cpu(cpu: usize) -> io::Result<()> {
+    // SAFETY: an all-zero cpu_set_t is a valid empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: CPU_SET writes one bit of `set`, a valid cpu_set_t; out-of-range numbers are
+    // ignored by libc's implementation (it checks against the set's size).
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: `set` is a valid cpu_set_t of the size given; pid 0 names the calling thread.
+    let ret = unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set) };
+    check(ret).map(|_| ())
+}
+
+/// CPU time the calling thread has used (`CLOCK_THREAD_CPUTIME_ID`).
+#[must_use]
+pub fn thread_cpu_time() -> std::time::Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a writable timespec; the clock id is a valid constant.
+    let ret = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
+    if ret != 0 {
+        return std::time::Duration::ZERO;
+    }
+    std::time::Duration::new(
+        u64::try_from(ts.tv_sec).unwrap_or(0),
+        u32::try_from(ts.tv_nsec).unwrap_or(0),
+    )
+}

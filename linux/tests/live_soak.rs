@@ -73,13 +73,19 @@ const FILLER_RULES: u16 = 100;
 const RSS_GROWTH_KB: u64 = 2048;
 /// How long the receiver may take to deliver what was sent before a change.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a flow stays in each state of a churn cycle.
-const HOLD: Duration = Duration::from_millis(100);
 
 fn seconds() -> u64 {
     std::env::var("QOSMARK_SOAK_SECONDS")
         .ok()
         .map_or(120, |s| s.parse().expect("QOSMARK_SOAK_SECONDS: seconds"))
+}
+
+/// How long a flow stays in each state of a churn cycle: `QOSMARK_SOAK_HOLD_MS`, default 100
+/// (smaller = more churn per second, for diagnosis).
+fn hold() -> Duration {
+    Duration::from_millis(std::env::var("QOSMARK_SOAK_HOLD_MS").ok().map_or(100, |s| {
+        s.parse().expect("QOSMARK_SOAK_HOLD_MS: milliseconds")
+    }))
 }
 
 /// Registration and DSCP of stable flow `i`.
@@ -332,7 +338,7 @@ impl Controller {
             slot.expect = ecn(f);
             slot.sock = Some(sock);
         }
-        std::thread::sleep(HOLD);
+        std::thread::sleep(hold());
         let mut handle = Client::connect(&self.socket);
         let types = [
             TrafficType::Voice,
@@ -357,7 +363,7 @@ impl Controller {
             }
             expect
         });
-        std::thread::sleep(HOLD);
+        std::thread::sleep(hold());
         self.transition(&[f0], |_| {
             handle
                 .done(&Request::SetFlow {
@@ -367,7 +373,7 @@ impl Controller {
                 .unwrap();
             vec![tos(46, f0)]
         });
-        std::thread::sleep(HOLD);
+        std::thread::sleep(hold());
         let fd1 = self.slots.get(f1).sock.as_ref().unwrap().as_raw_fd();
         self.transition(&[f1], |_| {
             handle
@@ -378,7 +384,7 @@ impl Controller {
                 .unwrap();
             vec![ecn(f1)]
         });
-        std::thread::sleep(HOLD);
+        std::thread::sleep(hold());
         self.transition(&[f1], |c| {
             let slot = c.slots.get(f1);
             handle
@@ -386,7 +392,7 @@ impl Controller {
                 .unwrap();
             vec![tos(56, f1)]
         });
-        std::thread::sleep(HOLD);
+        std::thread::sleep(hold());
         self.transition(&[f2], |_| {
             handle
                 .done(&Request::RemoveSocketFromFlow {
@@ -396,7 +402,7 @@ impl Controller {
                 .unwrap();
             vec![ecn(f2)]
         });
-        std::thread::sleep(HOLD);
+        std::thread::sleep(hold());
         self.transition(&[f3], |_| {
             handle
                 .done(&Request::SetFlow {
@@ -406,16 +412,16 @@ impl Controller {
                 .unwrap();
             vec![tos(8, f3)]
         });
-        std::thread::sleep(HOLD);
+        std::thread::sleep(hold());
         self.reload_rules();
-        std::thread::sleep(HOLD);
+        std::thread::sleep(hold());
         // Close the handle: the daemon removes its flows (no answer: poll the status).
         self.transition(&flows, |c| {
             drop(handle);
             c.wait_quiet();
             flows.iter().map(|&f| ecn(f)).collect()
         });
-        std::thread::sleep(HOLD);
+        std::thread::sleep(hold());
         // Close the sockets once all they sent has arrived.
         self.transition(&flows, |c| {
             for &f in &flows {
@@ -539,6 +545,7 @@ fn soak_churn_under_thousand_call_traffic() {
     assert_eq!(s0.rules, u32::from(FILLER_RULES) + 1, "{s0:?}");
     let start = Instant::now();
     let before = sample(pid, start);
+    let cpu_before = traffic::cpu_ticks(pid);
 
     // Memory sampler.
     let sampling = Arc::new(AtomicBool::new(true));
@@ -643,6 +650,8 @@ fn soak_churn_under_thousand_call_traffic() {
     let mut admin = controller.admin;
     let status = admin.status();
     let after = sample(pid, start);
+    let cpu_after = traffic::cpu_ticks(pid);
+    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     sampling.store(false, Ordering::SeqCst);
     let samples = sampler.join().unwrap();
     stop.store(true, Ordering::SeqCst);
@@ -686,6 +695,28 @@ fn soak_churn_under_thousand_call_traffic() {
         .collect();
     eprintln!("soak: VmRSS kB series {}", series.join(" "));
     eprintln!("soak: status {status:?}");
+    let (user, system) = (cpu_after.0 - cpu_before.0, cpu_after.1 - cpu_before.1);
+    let hz = traffic::clock_hz();
+    eprintln!(
+        "soak: daemon CPU {:.1} % of one core (user {:.1} %, system {:.1} %); load average at the end {}",
+        (user + system) as f64 / hz / send_time.as_secs_f64() * 100.0,
+        user as f64 / hz / send_time.as_secs_f64() * 100.0,
+        system as f64 / hz / send_time.as_secs_f64() * 100.0,
+        loadavg.trim()
+    );
+    // Every datagram sent must have been seen (classified) by the daemon. One it never saw
+    // went out through the kernel queue's fail-open (`NFQA_CFG_F_FAIL_OPEN`, queue full):
+    // unmarked, a wrong mark for a registered flow even if the TOS check above was not
+    // judging it (an "unchecked" datagram in a transition).
+    let seen = status.packets - s0.packets;
+    let log = daemon.log_text();
+    for line in log.lines().filter(|l| l.contains("engine lock")) {
+        eprintln!("soak: daemon log: {line}");
+    }
+    eprintln!(
+        "soak: datagrams sent {total}, seen by the daemon {seen}, kernel fail-open {}",
+        total.saturating_sub(seen)
+    );
     let examples = tally.examples.lock().unwrap().clone();
     // Unmarked arrivals with no fail-open in the daemon's own counters are the kernel's
     // fail-open: the queue held --queue-maxlen packets (the packet thread stalled).
@@ -712,6 +743,11 @@ fn soak_churn_under_thousand_call_traffic() {
         );
     }
     assert!(controller.cycles > 0, "no churn cycle ran");
+    assert!(
+        seen >= total,
+        "{} datagrams left through the kernel queue's fail-open without being classified",
+        total - seen
+    );
     assert_eq!(status.fail_open.iter().sum::<u64>(), 0, "{status:?}");
     assert_eq!(status.handles, s0.handles, "{status:?}");
     assert_eq!(status.flows as usize, STABLE, "{status:?}");
@@ -727,5 +763,11 @@ fn soak_churn_under_thousand_call_traffic() {
     );
     drop(admin);
     drop(stable);
-    daemon.stop();
+    let log = daemon.stop();
+    for line in log
+        .lines()
+        .filter(|l| l.contains("engine lock: packet thread") || l.contains("final counters"))
+    {
+        eprintln!("soak: at exit: {line}");
+    }
 }

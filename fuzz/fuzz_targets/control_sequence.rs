@@ -630,7 +630,13 @@ pub fn check(data: &[u8]) {
                         4 => {
                             let bandwidth = match input.byte() % 4 {
                                 0 => u64::from(input.u32()),
-                                1 => input.pick(&[0, 11_999, 12_000, 100_000_000_000, 100_000_000_001]),
+                                1 => input.pick(&[
+                                    0,
+                                    11_999,
+                                    12_000,
+                                    100_000_000_000,
+                                    100_000_000_001,
+                                ]),
                                 _ => 12_000 + u64::from(input.u32() % 10_000_000),
                             };
                             let shaping = input.pick(&[
@@ -668,10 +674,11 @@ pub fn check(data: &[u8]) {
                             base.map(Some),
                         ),
                         7 => {
-                            let op = input.pick(&[QueryFlow::Fundamentals, QueryFlow::OutgoingRate]);
+                            let op =
+                                input.pick(&[QueryFlow::Fundamentals, QueryFlow::OutgoingRate]);
                             let want = match op {
-                                QueryFlow::OutgoingRate => base.and_then(|_| {
-                                    match m.flows[&flow_id].rate {
+                                QueryFlow::OutgoingRate => {
+                                    base.and_then(|_| match m.flows[&flow_id].rate {
                                         Some((bw, _)) => {
                                             assert_eq!(
                                                 e.apply(hid, &Request::QueryFlow { flow_id, op }),
@@ -681,8 +688,8 @@ pub fn check(data: &[u8]) {
                                             Ok(None)
                                         }
                                         None => Err(E_NO_DATA),
-                                    }
-                                }),
+                                    })
+                                }
                                 _ => base.and(Err(E_NOT_SUPPORTED)),
                             };
                             (Request::QueryFlow { flow_id, op }, want)
@@ -724,13 +731,21 @@ pub fn check(data: &[u8]) {
                         let nc = m.flows[&flow_id]
                             .rate
                             .is_some_and(|r| r.1 == Shaping::UseNonConformantMarkings);
-                        let nc_dscp = if nc { u32::from(m.table.non_conformant_dscp.value()) } else { 0 };
+                        let nc_dscp = if nc {
+                            u32::from(m.table.non_conformant_dscp.value())
+                        } else {
+                            0
+                        };
                         let nc_l2 = if nc && mark.pcp.is_some() {
                             u32::from(m.table.non_conformant_pcp.value())
                         } else {
                             0
                         };
-                        assert_eq!((p.non_conformant_dscp, p.non_conformant_l2), (nc_dscp, nc_l2), "step {step}");
+                        assert_eq!(
+                            (p.non_conformant_dscp, p.non_conformant_l2),
+                            (nc_dscp, nc_l2),
+                            "step {step}"
+                        );
                     }
                     (Ok(None), Ok(Response::OutgoingRate(_))) => {}
                     _ => assert_eq!(code(&got), want.map(|_| ()), "step {step}: {req:?}"),
@@ -975,10 +990,13 @@ pub fn check(data: &[u8]) {
                     // itself is checked against a reference in engine/tests/shaper_*.rs.
                     let nc = qosmark_engine::traffic::non_conformant_mark(&m.table, mark);
                     let held = match v {
-                        Verdict::Delay { mark: dm, shaper, .. } => {
+                        Verdict::Delay {
+                            mark: dm, shaper, ..
+                        } => {
                             assert!(e.shaper_live(shaper), "step {step}");
                             assert!(
-                                dm == mark || (shaping == Shaping::UseNonConformantMarkings && dm == nc),
+                                dm == mark
+                                    || (shaping == Shaping::UseNonConformantMarkings && dm == nc),
                                 "step {step}: {v:?}"
                             );
                             e.shaper_released(shaper, qosmark_engine::shaper::held_bytes(&p));
@@ -987,7 +1005,12 @@ pub fn check(data: &[u8]) {
                         _ => false,
                     };
                     assert!(
-                        held || matches!(v, Verdict::Mark(_) | Verdict::AlreadyMarked | Verdict::Skip(SkipReason::NoMarkConfigured)),
+                        held || matches!(
+                            v,
+                            Verdict::Mark(_)
+                                | Verdict::AlreadyMarked
+                                | Verdict::Skip(SkipReason::NoMarkConfigured)
+                        ),
                         "step {step}: {v:?}"
                     );
                     continue;

@@ -1,7 +1,7 @@
 //! TCP sockets registered before `connect`, waiting for their local port.
 //!
 //! A TCP socket registered with local port 0 has engine entries that match no packet until
-//! [`Engine::socket_bound`] pins them to the port `connect` picks. The daemon keeps such a
+//! [`Engine::socket_bound`](qosmark_engine::Engine::socket_bound) pins them to the port `connect` picks. The daemon keeps such a
 //! socket's descriptor here (at most [`PENDING_TCP_LIMIT`]) and pins it in two places:
 //!
 //! * **on the packet path, exactly**: the first packet a connecting TCP socket sends is its SYN,

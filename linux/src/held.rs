@@ -174,7 +174,7 @@ pub struct ShapeShared {
     /// Held packets sent at their departure time.
     pub released: AtomicU64,
     /// Held packets sent early because their shaper went away (flow or rule removed, handle
-    /// closed, rate cleared).
+    /// closed).
     pub released_early: AtomicU64,
     /// Held packets sent at shutdown.
     pub released_at_exit: AtomicU64,

@@ -61,7 +61,7 @@
 //!   every wake sends everything due, in (departure, arrival) order, so each flow keeps its
 //!   order; each sent packet returns its room with `Engine::shaper_released`;
 //! * **early**, at once, when its shaper is gone (`Engine::shaper_live` false: flow removed,
-//!   handle closed, rule removed, rate cleared), checked after every wake for the shapers that
+//!   handle closed, rule removed), checked after every wake for the shapers that
 //!   hold packets ("removing the flow releases the queue");
 //! * **at shutdown** (SIGTERM/SIGINT): after the iptables rules are removed the main thread
 //!   asks the packet thread to send every held packet (then it holds nothing more) and waits
@@ -630,7 +630,7 @@ enum Polled {
 enum Release {
     /// Its departure time came.
     Due,
-    /// Its shaper went away (flow, handle or rule removed, rate cleared).
+    /// Its shaper went away (flow, handle or rule removed).
     ShaperGone,
     /// The daemon is stopping.
     Exit,

@@ -162,6 +162,9 @@ pub(crate) fn create(parameters_path: Vec<u16>, seed: u64) -> Result<GlobalsBox,
         engine: SpinRwLock::new(Engine::with_seed(
             Limits {
                 check_owner: true,
+                // Held clones leave within `MAX_HOLD_NS`; a later departure is refused by
+                // the engine before it charges the bucket (docs/packet-path.md §10).
+                shaper_max_delay_ns: crate::wfp::shaping::MAX_HOLD_NS,
                 ..Limits::default()
             },
             seed,

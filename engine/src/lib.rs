@@ -104,6 +104,10 @@ pub struct Limits {
     pub held_packets_total: u64,
     /// Bytes all shapers together may hold (default 64 MiB).
     pub held_bytes_total: u64,
+    /// Longest a back end can hold a delayed packet, in ns (default `u64::MAX`: no cap). A
+    /// packet whose departure would be later is sent at once (`FailOpen::ShaperQueueFull`)
+    /// without using up the rate. The Windows driver sets 1 s (clones must not be held long).
+    pub shaper_max_delay_ns: u64,
 }
 
 impl Default for Limits {
@@ -123,6 +127,7 @@ impl Default for Limits {
             shaper_queue_bytes: 16 << 20,
             held_packets_total: 32_768,
             held_bytes_total: 64 << 20,
+            shaper_max_delay_ns: u64::MAX,
         }
     }
 }
@@ -182,6 +187,7 @@ impl Engine {
                     bytes_per_shaper: limits.shaper_queue_bytes,
                     packets_total: limits.held_packets_total,
                     bytes_total: limits.held_bytes_total,
+                    max_delay_ns: limits.shaper_max_delay_ns,
                 },
             ),
         }

@@ -763,6 +763,7 @@ mod tests {
                 bytes_per_shaper: 0,
                 packets_total: 0,
                 bytes_total: 0,
+                max_delay_ns: u64::MAX,
             },
         )
     }

@@ -248,6 +248,10 @@ pub struct QueueLimits {
     pub packets_total: u64,
     /// Held bytes over all shapers.
     pub bytes_total: u64,
+    /// Longest delay a back end can hold a packet for (ns): a packet whose departure would be
+    /// later is answered `NoRoom` before the bucket is touched, so a packet the back end could
+    /// not hold never uses up the rate. `u64::MAX` = no cap.
+    pub max_delay_ns: u64,
 }
 
 /// What the shaper decided for one packet.
@@ -532,6 +536,14 @@ impl ShaperTable {
             } else {
                 tat
             };
+            if hold && earliest.saturating_sub(now) > self.limits.max_delay_ns {
+                // Beyond what the back end can hold: fail open without charging the bucket.
+                if reserved {
+                    self.unreserve(slot, held_bytes);
+                }
+                slot.no_room.fetch_add(1, Ordering::Relaxed);
+                return Admit::NoRoom;
+            }
             if hold && !reserved {
                 if !self.reserve(slot, held_bytes) {
                     slot.no_room.fetch_add(1, Ordering::Relaxed);
@@ -761,6 +773,7 @@ mod tests {
             bytes_per_shaper: bytes,
             packets_total: packets * 2,
             bytes_total: bytes * 2,
+            max_delay_ns: u64::MAX,
         }
     }
 
@@ -880,6 +893,52 @@ mod tests {
         assert_eq!(t.admit(id, 1500, 1500, now), Admit::NoRoom);
         assert_eq!(t.slots[0].tat.load(Ordering::Relaxed), tat);
         assert_eq!(t.stats(id).unwrap().no_room, 1);
+    }
+
+    /// A delay beyond `max_delay_ns` is `NoRoom` and leaves the bucket and the queue room
+    /// untouched, so sustained overload beyond the cap cannot push the flow's later packets
+    /// further and further out (the back end sends such packets at once).
+    #[test]
+    fn a_delay_beyond_the_cap_fails_open_without_charging() {
+        let mut l = limits(100, 1_000_000);
+        l.max_delay_ns = 20 * MS;
+        let mut t = ShaperTable::new(1, l);
+        let id = t
+            .create(ShaperConfig::new(1_000_000, Behaviour::Shape).unwrap())
+            .unwrap();
+        let now = 10 * MS;
+        // Two at once, then 12 ms per 1500-byte packet: +12 ms, +24 ms (beyond the cap).
+        assert_eq!(
+            t.admit(id, 1500, 1500, now),
+            Admit::Now { conformant: true }
+        );
+        assert_eq!(
+            t.admit(id, 1500, 1500, now),
+            Admit::Now { conformant: true }
+        );
+        assert_eq!(
+            t.admit(id, 1500, 1500, now),
+            Admit::Hold {
+                until_ns: now + 12 * MS,
+                conformant: true
+            }
+        );
+        let tat = t.slots[0].tat.load(Ordering::Relaxed);
+        let held = t.held();
+        for _ in 0..100 {
+            assert_eq!(t.admit(id, 1500, 1500, now), Admit::NoRoom);
+        }
+        assert_eq!(t.slots[0].tat.load(Ordering::Relaxed), tat);
+        assert_eq!(t.held(), held);
+        assert_eq!(t.stats(id).unwrap().no_room, 100);
+        // Once time passes, the next packet is held again right after the last held one.
+        assert_eq!(
+            t.admit(id, 1500, 1500, now + 5 * MS),
+            Admit::Hold {
+                until_ns: now + 24 * MS,
+                conformant: true
+            }
+        );
     }
 
     #[test]

@@ -42,6 +42,7 @@ const LIMITS: Limits = Limits {
     shaper_queue_bytes: 4096,
     held_packets_total: 8,
     held_bytes_total: 8192,
+    shaper_max_delay_ns: u64::MAX,
 };
 
 // Win32 codes (qos-api.md §7).

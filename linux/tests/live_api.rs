@@ -22,7 +22,6 @@ use qosmark_engine::abi::{QueryFlow, SetFlow, TrafficType, QOS_NON_ADAPTIVE_FLOW
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -158,26 +157,6 @@ fn rust_api_against_qosmarkd() {
     daemon.stop();
 }
 
-/// Builds the ordinary `libqosmark.so` (no test hooks) into its own target directory (the
-/// running `cargo test` holds the main one) and returns the directory holding it.
-fn build_library() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let target = exe.ancestors().nth(3).unwrap().to_path_buf();
-    let target_dir = target.join("capi-live");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "-p", "qosmark-capi"])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .unwrap();
-    assert!(status.success(), "building libqosmark.so failed");
-    let dir = target_dir.join("debug");
-    assert!(dir.join("libqosmark.so").exists(), "{}", dir.display());
-    dir
-}
-
 /// The C ABI: `tests/c/live_client.c` compiled against `qosmark.h` and `libqosmark.so`, run in
 /// the sender namespace (see the C file for what it sends and expects): UDP and TCP on both
 /// families, one unconnected socket with two destinations under one flow id, a dual-stack
@@ -188,30 +167,8 @@ fn c_api_against_qosmarkd() {
     if !live() {
         return;
     }
-    let lib = build_library();
     let net = Net::new();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let exe = net.dir.join("live_client");
-    let status = Command::new("cc")
-        .args([
-            "-std=c11",
-            "-D_POSIX_C_SOURCE=200809L",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-        ])
-        .arg("-I")
-        .arg(root.join("../usermode-shim/include"))
-        .arg(root.join("tests/c/live_client.c"))
-        .arg("-L")
-        .arg(&lib)
-        .arg("-lqosmark")
-        .arg(format!("-Wl,-rpath,{}", lib.display()))
-        .arg("-o")
-        .arg(&exe)
-        .status()
-        .expect("cc (the system C compiler) is needed for this test");
-    assert!(status.success(), "compiling live_client.c failed");
+    let exe = common::build_c_client(&net, "live_client", "-D_POSIX_C_SOURCE=200809L");
     let daemon = Daemon::start(&net, &DaemonOptions::default());
     let base = 8100u16;
     let udp4 = net.receiver_addr(false, base);

@@ -67,46 +67,9 @@ fn mono_ns() -> u64 {
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
-/// Builds the ordinary `libqosmark.so` into its own target directory (the running `cargo
-/// test` holds the main one; same directory as `live_api.rs`, cargo serialises the builds)
-/// and compiles `tests/c/live_shape.c` against it into `net.dir`.
+/// `tests/c/live_shape.c` built against `libqosmark.so` into `net.dir`.
 fn build_client(net: &Net) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let target = exe.ancestors().nth(3).unwrap().to_path_buf();
-    let target_dir = target.join("capi-live");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "-p", "qosmark-capi"])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .unwrap();
-    assert!(status.success(), "building libqosmark.so failed");
-    let lib = target_dir.join("debug");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = net.dir.join("live_shape");
-    let status = Command::new("cc")
-        .args([
-            "-std=c11",
-            "-D_DEFAULT_SOURCE",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-        ])
-        .arg("-I")
-        .arg(root.join("../usermode-shim/include"))
-        .arg(root.join("tests/c/live_shape.c"))
-        .arg("-L")
-        .arg(&lib)
-        .arg("-lqosmark")
-        .arg(format!("-Wl,-rpath,{}", lib.display()))
-        .arg("-o")
-        .arg(&out)
-        .status()
-        .expect("cc (the system C compiler) is needed for this test");
-    assert!(status.success(), "compiling live_shape.c failed");
-    out
+    common::build_c_client(net, "live_shape", "-D_DEFAULT_SOURCE")
 }
 
 /// One received datagram.

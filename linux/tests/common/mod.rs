@@ -1306,3 +1306,41 @@ pub fn unmapped(a: SocketAddr) -> SocketAddr {
         SocketAddr::V4(_) => a,
     }
 }
+
+/// Builds the ordinary `libqosmark.so` (no test hooks) into its own target directory (the
+/// running `cargo test` holds the main one; cargo serialises builds into it) and compiles
+/// `tests/c/<name>.c` against `qosmark.h` and that library into `net.dir`, with the feature
+/// macro `feature` (e.g. `-D_DEFAULT_SOURCE`). Returns the program's path.
+pub fn build_c_client(net: &Net, name: &str, feature: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let target = exe.ancestors().nth(3).unwrap().to_path_buf();
+    let target_dir = target.join("capi-live");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "-p", "qosmark-capi"])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "building libqosmark.so failed");
+    let lib = target_dir.join("debug");
+    assert!(lib.join("libqosmark.so").exists(), "{}", lib.display());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = net.dir.join(name);
+    let status = Command::new("cc")
+        .args(["-std=c11", feature, "-Wall", "-Wextra", "-Werror"])
+        .arg("-I")
+        .arg(root.join("../usermode-shim/include"))
+        .arg(root.join(format!("tests/c/{name}.c")))
+        .arg("-L")
+        .arg(&lib)
+        .arg("-lqosmark")
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .arg("-o")
+        .arg(&out)
+        .status()
+        .expect("cc (the system C compiler) is needed for this test");
+    assert!(status.success(), "compiling {name}.c failed");
+    out
+}

@@ -866,14 +866,15 @@ mod tests {
         assert_eq!(t.held(), (0, 0));
     }
 
-    #[test]
-    fn no_room_fails_open_without_charging() {
-        let mut t = ShaperTable::new(1, limits(1, 1_000_000));
+    /// A 1 Mbit/s shaper under `l`, fed three 1500-byte packets at 10 ms: depth = one
+    /// 1500-byte packet, so two go at once and the third waits 12 ms (asserted). Returns the
+    /// table, the shaper and the arrival time.
+    fn three_at_once(l: QueueLimits) -> (ShaperTable, ShaperId, u64) {
+        let mut t = ShaperTable::new(1, l);
         let id = t
             .create(ShaperConfig::new(1_000_000, Behaviour::Shape).unwrap())
             .unwrap();
         let now = 10 * MS;
-        // Depth = one 1500-byte packet: two go at once, the third waits 12 ms.
         assert_eq!(
             t.admit(id, 1500, 1500, now),
             Admit::Now { conformant: true }
@@ -889,6 +890,12 @@ mod tests {
                 conformant: true
             }
         );
+        (t, id, now)
+    }
+
+    #[test]
+    fn no_room_fails_open_without_charging() {
+        let (t, id, now) = three_at_once(limits(1, 1_000_000));
         let tat = t.slots[0].tat.load(Ordering::Relaxed);
         assert_eq!(t.admit(id, 1500, 1500, now), Admit::NoRoom);
         assert_eq!(t.slots[0].tat.load(Ordering::Relaxed), tat);
@@ -902,27 +909,8 @@ mod tests {
     fn a_delay_beyond_the_cap_fails_open_without_charging() {
         let mut l = limits(100, 1_000_000);
         l.max_delay_ns = 20 * MS;
-        let mut t = ShaperTable::new(1, l);
-        let id = t
-            .create(ShaperConfig::new(1_000_000, Behaviour::Shape).unwrap())
-            .unwrap();
-        let now = 10 * MS;
-        // Two at once, then 12 ms per 1500-byte packet: +12 ms, +24 ms (beyond the cap).
-        assert_eq!(
-            t.admit(id, 1500, 1500, now),
-            Admit::Now { conformant: true }
-        );
-        assert_eq!(
-            t.admit(id, 1500, 1500, now),
-            Admit::Now { conformant: true }
-        );
-        assert_eq!(
-            t.admit(id, 1500, 1500, now),
-            Admit::Hold {
-                until_ns: now + 12 * MS,
-                conformant: true
-            }
-        );
+        // +12 ms held; the next would be +24 ms, beyond the cap.
+        let (t, id, now) = three_at_once(l);
         let tat = t.slots[0].tat.load(Ordering::Relaxed);
         let held = t.held();
         for _ in 0..100 {

@@ -62,6 +62,9 @@ pub struct Pcp(u8);
 impl Pcp {
     /// Priority 0 (best effort).
     pub const ZERO: Pcp = Pcp(0);
+    /// Priority 1 (802.1D background): the Windows packet scheduler's 802.1p for packets that
+    /// do not conform to their flow's rate (qos-api.md §11.4).
+    pub const ONE: Pcp = Pcp(1);
 
     /// A PCP from its 3-bit value.
     ///
@@ -604,7 +607,8 @@ pub struct TrafficTable {
     /// (`QOS_PACKET_PRIORITY.NonConformantDSCPValue`). Default 0 (best effort).
     pub non_conformant_dscp: Dscp,
     /// 802.1p of those packets, requested only when the flow's conformant mark requests one
-    /// (`QOS_PACKET_PRIORITY.NonConformantL2Value`). Default 0.
+    /// (`QOS_PACKET_PRIORITY.NonConformantL2Value`). Default 1 (the Windows packet scheduler's
+    /// non-conforming 802.1p, qos-api.md §11.4).
     pub non_conformant_pcp: Pcp,
 }
 

@@ -434,8 +434,9 @@ fn out_of_range_values_in_tables_and_answers() {
         patch(&mut b, *off, value);
         assert_eq!(req(&b), Err(*err), "SetTrafficTable offset {off}");
     }
-    // A table written before the non-conformant bytes existed (zeros there) decodes with the
-    // defaults, DSCP 0 and 802.1p 0; in range, they decode as written.
+    // A table written before the non-conformant bytes existed (zeros there) decodes as
+    // written, DSCP 0 and 802.1p 0 (the codec has no defaults: the table on the wire is
+    // whole); in range, they decode as written.
     let mut b = table.clone();
     patch(&mut b, 33, &[0, 0]);
     match req(&b) {

@@ -46,7 +46,10 @@ pub fn default_table() -> TrafficTable {
         user_dscp_allow: 0,
         tag_adaptive_flows: true,
         non_conformant_dscp: Dscp::CS0,
-        non_conformant_pcp: Pcp::ZERO,
+        // Psched's `UserPriorityMapping\ServiceTypeNonConforming` default (qos-api.md §11.4,
+        // [PSCHED-REG]): the Pacer that carries QOS2 and GQoS flows on Windows tags packets
+        // above a flow's rate with 802.1p 1 (and DSCP 0, `DiffservByteMappingNonConforming`).
+        non_conformant_pcp: Pcp::ONE,
     }
 }
 
@@ -125,6 +128,9 @@ mod tests {
         }
         assert_eq!(t.user_dscp_allow, 0);
         assert!(t.tag_adaptive_flows);
+        // Psched's non-conforming defaults (qos-api.md §11.4): DSCP 0, 802.1p 1.
+        assert_eq!(t.non_conformant_dscp.value(), 0);
+        assert_eq!(t.non_conformant_pcp.value(), 1);
     }
 
     #[test]

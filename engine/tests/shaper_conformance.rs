@@ -286,7 +286,7 @@ fn compare(rate: u64, shaping: Shaping, limits: Limits, arrivals: &[(u64, u16)],
     let mut w = world(rate, shaping, limits);
     let nc = Mark {
         dscp: Some(Dscp::CS0),
-        pcp: Some(Pcp::ZERO),
+        pcp: Some(Pcp::ONE),
     };
     let got = run_engine(&w, arrivals, nc);
     let shape = shaping != Shaping::UseNonConformantMarkings;

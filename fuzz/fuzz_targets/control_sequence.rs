@@ -144,7 +144,8 @@ fn doc_table() -> TrafficTable {
         user_dscp_allow: 0,
         tag_adaptive_flows: true,
         non_conformant_dscp: Dscp::CS0,
-        non_conformant_pcp: Pcp::ZERO,
+        // Psched's non-conforming 802.1p (qos-api.md §11.4).
+        non_conformant_pcp: Pcp::try_new(1).expect("3 bits"),
     }
 }
 

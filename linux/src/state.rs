@@ -18,7 +18,7 @@
 //! user_dscp_allow = [46]           # DSCP values ordinary users may set
 //! tag_adaptive_flows = true
 //! non_conformant_dscp = 0          # marks of packets above a QOSUseNonConformantMarkings
-//! non_conformant_8021p = 0         # rate (absent: 0 and 0)
+//! non_conformant_8021p = 1         # rate (absent: the defaults, 0 and 1)
 //! [traffic_type.voice]             # best-effort, background, excellent-effort,
 //! dscp = 56                        # audio-video, voice, control; absent key = "not added"
 //! priority_8021p = 7
@@ -333,7 +333,7 @@ mod tests {
         let s = parse("version = 1\ntag_adaptive_flows = true\n", default_table()).unwrap();
         assert_eq!(
             (s.table.non_conformant_dscp, s.table.non_conformant_pcp),
-            (Dscp::CS0, Pcp::ZERO)
+            (Dscp::CS0, Pcp::ONE)
         );
         assert!(parse("[[rule]]\nname = \"x\"\n", default_table())
             .unwrap_err()

@@ -32,7 +32,7 @@
  *   - QOSSetFlow(QOSSetOutgoingRate) shapes the flow: Bandwidth in bit/s at the IP level,
  *     12000 ..= 100000000000, else ERROR_INVALID_PARAMETER (87); QOSShapeOnly and
  *     QOSShapeAndMark delay the excess (treated alike), QOSUseNonConformantMarkings sends it
- *     at once with the non-conformant marks (DSCP 0 / 802.1p 0 unless the administrator's
+ *     at once with the non-conformant marks (DSCP 0 / 802.1p 1 unless the administrator's
  *     table says otherwise; QOSQueryPacketPriority reports them). The bucket holds one
  *     1500-byte packet. QOSQueryFlow(QOSQueryOutgoingRate) returns the rate, or fails with
  *     ERROR_NO_DATA (232) when none was set;

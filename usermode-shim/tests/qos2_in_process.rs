@@ -318,14 +318,15 @@ fn set_query_notify_and_unknown_flows() {
         h.query_flow(f, QueryFlow::OutgoingRate).unwrap(),
         FlowQuery::OutgoingRate(1_000_000)
     );
-    // Excess marks (table defaults 0 / 0) are reported under QOSUseNonConformantMarkings.
+    // Excess marks (table defaults DSCP 0 / 802.1p 1) are reported under
+    // QOSUseNonConformantMarkings.
     assert_eq!(
         h.query_flow(f, QueryFlow::PacketPriority).unwrap(),
         FlowQuery::PacketPriority(PacketPriority {
             conformant_dscp: 8,
             non_conformant_dscp: 0,
             conformant_l2: 2,
-            non_conformant_l2: 0
+            non_conformant_l2: 1
         })
     );
     assert_eq!(code(h.set_flow(f, rate(0, Shaping::ShapeOnly))), 87);

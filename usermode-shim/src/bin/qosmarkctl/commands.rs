@@ -469,13 +469,13 @@ mod tests {
         let t = apply_table(d, &table_cmd("table set non-conformant --dscp cs1"));
         assert_eq!(
             (t.non_conformant_dscp.value(), t.non_conformant_pcp.value()),
-            (8, 0)
+            (8, 1)
         );
         assert_eq!(t.marks, d.marks, "traffic types untouched");
-        let t = apply_table(t, &table_cmd("table set non-conformant --pcp=1"));
+        let t = apply_table(t, &table_cmd("table set non-conformant --pcp=0"));
         assert_eq!(
             (t.non_conformant_dscp.value(), t.non_conformant_pcp.value()),
-            (8, 1)
+            (8, 0)
         );
     }
 

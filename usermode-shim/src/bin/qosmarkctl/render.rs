@@ -675,18 +675,18 @@ mod tests {
         assert_eq!(j["traffic_types"][1]["pcp"], 2);
         assert_eq!(j["user_dscp_allow"], json!([34, 46]));
         assert_eq!(j["tag_adaptive_flows"], true);
-        assert_eq!(j["non_conformant"], json!({"dscp": 0, "pcp": 0}));
+        assert_eq!(j["non_conformant"], json!({"dscp": 0, "pcp": 1}));
         assert!(
             s.contains(
-                "non-conformant (above a QOSUseNonConformantMarkings rate): dscp 0, 802.1p 0"
+                "non-conformant (above a QOSUseNonConformantMarkings rate): dscp 0, 802.1p 1"
             ),
             "{s}"
         );
         t.non_conformant_dscp = Dscp::try_new(8).unwrap();
-        t.non_conformant_pcp = Pcp::try_new(1).unwrap();
+        t.non_conformant_pcp = Pcp::try_new(3).unwrap();
         assert_eq!(
             json(&Output::Table(t))["non_conformant"],
-            json!({"dscp": 8, "pcp": 1})
+            json!({"dscp": 8, "pcp": 3})
         );
         let s = text(&Output::Table(qosmark_engine::traffic::default_table()));
         assert!(s.contains("none (administrators only, as qWAVE)"), "{s}");

@@ -102,6 +102,7 @@
 //!   op 3 Service (qosmark extension, GQoS): 8 u32 SERVICETYPE (2, 3, 0xA or 0xD)
 //!                              12 u8 DSCP present  13 u8 DSCP (0..=63)
 //!                              14 u8 802.1p present  15 u8 802.1p (0..=7)  16 zero [8]
+//!   op 4 ClearOutgoingRate (qosmark extension, GQoS): 8 zero [16]
 //!
 //! 0x0005 QueryFlow (8):   0 u32 flow id   4 u32 operation (QOS_QUERY_FLOW, 0..=2)
 //!
@@ -816,6 +817,10 @@ impl Writer<'_> {
                 self.flag(m.pcp.is_some());
                 self.u8(m.pcp.map_or(0, Pcp::value));
                 self.zeros(8);
+            }
+            SetFlow::ClearOutgoingRate => {
+                self.u32(4);
+                self.zeros(16);
             }
         }
     }
@@ -1728,6 +1733,10 @@ impl<'a> Reader<'a> {
                 let pcp = self.optional_byte(pcp_present, Pcp::try_new)?;
                 self.zeros(8)?;
                 SetFlow::Service(ServiceMark { service, dscp, pcp })
+            }
+            4 => {
+                self.zeros(16)?;
+                SetFlow::ClearOutgoingRate
             }
             _ => return Err(AbiError::BadValue),
         };

@@ -242,6 +242,11 @@ pub enum SetFlow {
     /// (`QmSetSocketQos`). The engine maps the service type to its documented default DSCP and
     /// 802.1p and applies the overrides under the privilege rules of `engine::control`.
     Service(ServiceMark),
+    /// qosmark extension, operation 4 (not in `qos2.h`, which has no way to take a rate back):
+    /// the flow stops being shaped and its shaper is removed (held packets leave at once). A
+    /// flow without a rate is left as it is. GQoS needs it: a `QmSetSocketQos` without
+    /// `QOS_SD_MODE` ends shaping, and a failed set must restore a flow that had no rate.
+    ClearOutgoingRate,
 }
 
 /// The GQoS `SERVICETYPE` values (`qos.h`) that give a sending flow a mark. `NOTRAFFIC` and

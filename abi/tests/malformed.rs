@@ -264,8 +264,10 @@ fn out_of_range_values_in_requests() {
 
     let set_rate = golden("req_set_flow_outgoing_rate");
     let mut b = set_rate.clone();
-    patch(&mut b, 4, &[4, 0, 0, 0]); // operation 4
+    patch(&mut b, 4, &[5, 0, 0, 0]); // operation 5
     assert_eq!(req(&b), Err(AbiError::BadValue));
+    patch(&mut b, 4, &[4, 0, 0, 0]); // operation 4 (clear the rate) with a rate's bytes
+    assert_eq!(req(&b), Err(AbiError::ReservedNotZero));
     // Operation 3 (GQoS service): service type, DSCP and 802.1p bounds, presence flags,
     // absent slots and the reserved tail.
     let service = golden("req_set_flow_service");
@@ -283,6 +285,20 @@ fn out_of_range_values_in_requests() {
         patch(&mut b, off, value);
         assert_eq!(req(&b), Err(err), "Service offset {off}");
     }
+    // Operation 4 (clear the rate): everything after the operation is reserved.
+    let clear = golden("req_set_flow_clear_rate");
+    for off in [8usize, 15, 23] {
+        let mut b = clear.clone();
+        patch(&mut b, off, &[1]);
+        assert_eq!(
+            req(&b),
+            Err(AbiError::ReservedNotZero),
+            "ClearOutgoingRate offset {off}"
+        );
+    }
+    let mut b = clear.clone();
+    patch(&mut b, 4, &[5]);
+    assert_eq!(req(&b), Err(AbiError::BadValue), "operation 5");
     let watch = golden("req_watch_flow");
     for (off, value, err) in [
         (4usize, &[2u8][..], AbiError::BadValue), // known presence flag

@@ -562,7 +562,7 @@ fn value_cases() -> Vec<(&'static str, usize, usize, u32, AbiError)> {
         // RemoveSocketFromFlow: presence flag.
         ("RemoveSocketFromFlow", 8, 1, 2, BadValue),
         // SetFlow: operation, traffic type, shaping.
-        ("SetFlow(TrafficType)", 4, 4, 4, BadValue),
+        ("SetFlow(TrafficType)", 4, 4, 5, BadValue),
         ("SetFlow(TrafficType)", 4, 4, u32::MAX, BadValue),
         ("SetFlow(TrafficType)", 8, 4, 6, BadValue),
         ("SetFlow(OutgoingRate)", 16, 4, 3, BadValue),

@@ -33,8 +33,8 @@
 
 use proptest::prelude::*;
 use qosmark_engine::abi::{
-    Caller, Dscp, FailOpen, Family, FlowRate, Mark, Pcp, Privilege, Protocol, Request, Response,
-    SetFlow, Shaping, SocketInfo, StatusInfo, TrafficType,
+    Caller, Dscp, FailOpen, Family, FlowRate, Mark, Pcp, Privilege, Protocol, QueryFlow, Request,
+    Response, SetFlow, Shaping, SocketInfo, StatusInfo, TrafficType,
 };
 use qosmark_engine::shaper::{depth_ns, held_bytes, HeldQueue};
 use qosmark_engine::{Engine, EngineError, HandleId, Limits, PacketMeta, ShaperId, Verdict};
@@ -893,6 +893,55 @@ fn removal_and_close_kill_the_shaper_and_return_its_room() {
         assert_eq!(q.len(), 1);
         w.e.check_control_invariants().unwrap();
     }
+}
+
+/// `SetFlow(ClearOutgoingRate)` (GQoS): the shaper dies as on removal (room returned, held
+/// packets drained by the back end), the flow lives on unshaped with its mark, 232 for the
+/// rate; clearing a flow without a rate or another handle's flow changes nothing.
+#[test]
+fn clearing_the_rate_kills_the_shaper_and_keeps_the_flow() {
+    let mut w = world(1_000_000, Shaping::ShapeOnly, big_queue());
+    let p = packet(1500);
+    let meta = PacketMeta::default();
+    let mut held = vec![];
+    for _ in 0..6 {
+        if let Verdict::Delay { shaper, .. } = w.e.classify(&p, &meta, T0) {
+            held.push(shaper);
+        }
+    }
+    assert_eq!(held.len(), 4);
+    let shaper = held[0];
+    let clear = Request::SetFlow {
+        flow_id: w.flow,
+        op: SetFlow::ClearOutgoingRate,
+    };
+    // Another handle (same user) may not clear it: 1168, and the shaper lives on.
+    let other = w.e.open_handle(USER).unwrap();
+    assert_eq!(w.e.apply(other, &clear), Err(EngineError::NotFound));
+    assert!(w.e.shaper_live(shaper));
+    assert_eq!(w.e.shaper_held(), (4, 6000));
+    assert_eq!(w.e.apply(w.h, &clear), Ok(Response::Done));
+    assert!(!w.e.shaper_live(shaper));
+    assert_eq!(w.e.shaper_held(), (0, 0));
+    let query = Request::QueryFlow {
+        flow_id: w.flow,
+        op: QueryFlow::OutgoingRate,
+    };
+    assert_eq!(w.e.apply(w.h, &query), Err(EngineError::NoData));
+    // The flow is still there and marks without delay, far beyond the old rate.
+    for _ in 0..20 {
+        assert_eq!(w.e.classify(&p, &meta, T0 + 1), Verdict::Mark(conformant()));
+    }
+    assert_eq!(w.e.flow_details().unwrap()[0].shaper, None);
+    // Clearing again (no rate now) is not an error and changes nothing.
+    assert_eq!(w.e.apply(w.h, &clear), Ok(Response::Done));
+    // A new rate makes a new, live shaper.
+    w.e.apply(w.h, &set_rate(1_000_000, Shaping::ShapeOnly, w.flow))
+        .unwrap();
+    let new = w.e.flow_details().unwrap()[0].shaper.unwrap();
+    assert!(w.e.shaper_live(new));
+    assert!(!w.e.shaper_live(shaper));
+    w.e.check_control_invariants().unwrap();
 }
 
 /// A rate change keeps the id and the order of what is already scheduled.

@@ -369,6 +369,13 @@ pub fn golden_cases() -> Vec<(&'static str, Golden)> {
             }),
         ),
         (
+            "req_set_flow_clear_rate",
+            R(Request::SetFlow {
+                flow_id: 7,
+                op: SetFlow::ClearOutgoingRate,
+            }),
+        ),
+        (
             "req_watch_flow",
             R(Request::WatchFlow {
                 flow_id: 7,
@@ -686,6 +693,7 @@ fn set_flow() -> impl Strategy<Value = SetFlow> {
                 dscp,
                 pcp
             })),
+        Just(SetFlow::ClearOutgoingRate),
     ]
 }
 

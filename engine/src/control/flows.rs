@@ -1089,6 +1089,22 @@ impl ControlState {
         Ok(())
     }
 
+    /// `SetFlow(ClearOutgoingRate)` (qosmark extension): 1168 for a flow that is not
+    /// `handle`'s; else the flow's shaper, if any, is removed (its held packets leave at once,
+    /// `ShaperTable::remove`) and the flow is no longer shaped. Never fails otherwise.
+    pub(crate) fn clear_flow_rate(
+        &mut self,
+        handle: HandleId,
+        id: FlowId,
+        shapers: &mut ShaperTable,
+    ) -> Result<(), EngineError> {
+        let flow = self.own_flow_mut(handle, id)?;
+        if let Some(shaper) = flow.shaper.take() {
+            shapers.remove(shaper);
+        }
+        Ok(())
+    }
+
     /// Flow ids visible to `caller`: all for administrators and kernel callers, else the flows
     /// of the caller's process (§8). Ascending.
     pub(crate) fn enumerate(&self, caller: Caller) -> Result<Vec<FlowId>, EngineError> {

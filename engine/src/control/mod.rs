@@ -59,6 +59,9 @@
 //!   (`Limits::max_shapers`) → 1450, no memory → 8; nothing changes on error. The shaper dies
 //!   with the flow (removal of the flow or its last socket, `QOSCloseHandle`). Any caller may
 //!   set a rate on its own flow (qos-api.md §8: no privilege documented).
+//! * `SetFlow(ClearOutgoingRate)` (qosmark extension, for GQoS): the flow's shaper is removed
+//!   (held packets leave at once, as when the flow dies) and the flow is no longer shaped;
+//!   a flow without a rate stays as it is. Any caller, on its own flow.
 //! * `QueryFlow(OutgoingRate)`: the rate set, or **232 `ERROR_NO_DATA`** when none was
 //!   (qos-api.md documents no answer for this; 232 is in `QOSQueryFlow`'s documented error
 //!   list and means "nothing to return", where 1168 would read "no such flow" and 50 "not
@@ -341,6 +344,31 @@ impl Engine {
         self.control.set_rate(rate);
     }
 
+    /// `SetFlow` (module docs): one operation on a flow of `handle`.
+    fn set_flow(
+        &mut self,
+        handle: HandleId,
+        caller: Caller,
+        flow_id: FlowId,
+        op: &SetFlow,
+    ) -> Result<(), EngineError> {
+        match op {
+            SetFlow::TrafficType(tt) => self.control.set_traffic_type(handle, flow_id, *tt),
+            SetFlow::OutgoingDscp(v) => self.control.set_dscp(handle, caller, flow_id, *v),
+            SetFlow::Service(m) => self.control.set_service(handle, caller, flow_id, *m),
+            SetFlow::OutgoingRate(rate) => self.control.set_flow_rate(
+                handle,
+                flow_id,
+                ShaperConfig::from_flow_rate(rate),
+                &mut self.shapers,
+            ),
+            SetFlow::ClearOutgoingRate => {
+                self.control
+                    .clear_flow_rate(handle, flow_id, &mut self.shapers)
+            }
+        }
+    }
+
     /// Applies one control request on behalf of `handle` (module docs for every rule).
     ///
     /// # Errors
@@ -369,29 +397,9 @@ impl Engine {
                 .control
                 .remove_socket(handle, *socket, *flow_id, &mut self.shapers)
                 .map(|()| Response::Done),
-            Request::SetFlow { flow_id, op } => match op {
-                SetFlow::TrafficType(tt) => self
-                    .control
-                    .set_traffic_type(handle, *flow_id, *tt)
-                    .map(|()| Response::Done),
-                SetFlow::OutgoingDscp(v) => self
-                    .control
-                    .set_dscp(handle, caller, *flow_id, *v)
-                    .map(|()| Response::Done),
-                SetFlow::Service(m) => self
-                    .control
-                    .set_service(handle, caller, *flow_id, *m)
-                    .map(|()| Response::Done),
-                SetFlow::OutgoingRate(rate) => self
-                    .control
-                    .set_flow_rate(
-                        handle,
-                        *flow_id,
-                        ShaperConfig::from_flow_rate(rate),
-                        &mut self.shapers,
-                    )
-                    .map(|()| Response::Done),
-            },
+            Request::SetFlow { flow_id, op } => self
+                .set_flow(handle, caller, *flow_id, op)
+                .map(|()| Response::Done),
             Request::QueryFlow { flow_id, op } => self.query_flow(handle, *flow_id, *op),
             Request::NotifyFlow {
                 flow_id,

@@ -194,8 +194,8 @@ QOSMARK_API BOOL WINAPI QOSCancel(HANDLE QOSHandle, LPOVERLAPPED Overlapped);
  *     SERVICETYPE_QUALITATIVE 0/0, SERVICETYPE_CONTROLLEDLOAD 24/4, SERVICETYPE_GUARANTEED 40/5,
  *     SERVICETYPE_NETWORK_CONTROL 48/7 (or-ing in SERVICE_NO_QOS_SIGNALING changes nothing);
  *     SERVICETYPE_NOTRAFFIC or SERVICETYPE_BESTEFFORT end marking of what the socket sends;
- *     SERVICETYPE_NOCHANGE leaves it as it is. The receiving FLOWSPEC is checked, not used
- *     (qosmark marks what a host sends).
+ *     SERVICETYPE_NOCHANGE leaves it as it is (and takes no objects). The receiving FLOWSPEC
+ *     is checked, not used (qosmark marks what a host sends).
  *   ProviderSpecific (one buffer of objects, each QOS_OBJECT_HDR + data, ObjectLength with
  *   the header, up to len or QOS_OBJECT_END_OF_LIST):
  *     QOS_DS_CLASS (DSField 0..63) / QOS_TRAFFIC_CLASS (TrafficClass 0..7): override the DSCP
@@ -204,19 +204,23 @@ QOSMARK_API BOOL WINAPI QOSCancel(HANDLE QOSHandle, LPOVERLAPPED Overlapped);
  *       else ERROR_ACCESS_DENIED (5). The defaults are open to every user.
  *     QOS_DESTADDR: destination of an unconnected UDP sender; each call with one adds that
  *       destination (earlier ones stay). A connected socket needs none.
- *     QOS_SD_MODE TC_NONCONF_SHAPE (or TC_NONCONF_BORROW): shape to TokenRate bytes/s (or
- *       QOS_SHAPING_RATE's ShapingRate). A back end without shaping fails the whole call with
- *       WSA_QOS_TRAFFIC_CTRL_ERROR (11014) and nothing changes.
+ *     QOS_SD_MODE TC_NONCONF_SHAPE: shape to TokenRate bytes/s (or QOS_SHAPING_RATE's
+ *       ShapingRate), excess delayed; TC_NONCONF_BORROW: excess sent at once with the
+ *       non-conforming marks, DSCP 0 / 802.1p 1 (the administrator's table may change them).
+ *       A call without QOS_SD_MODE ends shaping. A back end without shaping fails the whole
+ *       call with WSA_QOS_TRAFFIC_CTRL_ERROR (11014) and nothing changes.
  *   Errors (nothing changes): WSA_QOS_ESERVICETYPE 11016 (unknown ServiceType, either
- *   direction), WSA_QOS_EFLOWSPEC 11017 (shaping with TokenRate 0 / QOS_NOT_SPECIFIED;
- *   PeakBandwidth below TokenRate), WSA_QOS_EPROVSPECBUF 11018 (len without buf; a truncated
+ *   direction), WSA_QOS_EFLOWSPEC 11017 (shaping with TokenRate 0, even with
+ *   QOS_SHAPING_RATE, or with no rate at all; PeakBandwidth below TokenRate), WSA_QOS_EPROVSPECBUF 11018 (len without buf; a truncated
  *   header), WSA_QOS_EOBJLENGTH 11022 (ObjectLength too small, too large, or not the object's
  *   size), WSA_QOS_EUNKOWNPSOBJ 11024 (unknown ObjectType), WSA_QOS_ESDMODEOBJ 11029
  *   (TC_NONCONF_DISCARD, TC_NONCONF_BORROW_PLUS, other modes), WSA_QOS_ESHAPERATEOBJ 11030
- *   (ShapingRate 0), WSA_QOS_BAD_OBJECT 11013 (an object twice, DSField > 63,
- *   TrafficClass > 7, a bad QOS_DESTADDR); ERROR_INVALID_PARAMETER 87 (qos NULL; an
+ *   (ShapingRate 0), WSA_QOS_BAD_OBJECT 11013 (an object with SERVICETYPE_NOCHANGE, an
+ *   object twice, DSField > 63, TrafficClass > 7, a bad QOS_DESTADDR); ERROR_INVALID_PARAMETER 87 (qos NULL; an
  *   unconnected socket without QOS_DESTADDR); the QOS2 codes of the back end (5, 183, 1450,
  *   1068 = no back end, 1164 = reconnect).
+ *   On a socket that already marks, a failed call restores the previous mark and rate and
+ *   adds no destination: every error leaves the socket as it was.
  *   Marking also ends when the socket is closed, shut down for sending (shutdown(SD_SEND /
  *   SHUT_WR)) or disconnected: the back end notices within about two seconds.
  *

@@ -19,7 +19,7 @@
 //! | `SERVICETYPE_GUARANTEED` (3) | DSCP 40, 802.1p 5 |
 //! | `SERVICETYPE_NETWORK_CONTROL` (0xA) | DSCP 48, 802.1p 7 |
 //! | `SERVICETYPE_BESTEFFORT` (1), `SERVICETYPE_NOTRAFFIC` (0) | sending QoS ends: the flow is removed (GQoS "closing QoS", qos-api.md §11.4) |
-//! | `SERVICETYPE_NOCHANGE` (6) | sending side untouched (objects are still validated) |
+//! | `SERVICETYPE_NOCHANGE` (6) | sending side untouched (with objects: `WSA_QOS_BAD_OBJECT`) |
 //!
 //! `SERVICE_NO_QOS_SIGNALING` (`0x4000_0000`) may be or-ed in and is ignored (qosmark does no
 //! signalling). The receiving flowspec is validated and otherwise ignored: qosmark marks only
@@ -47,30 +47,51 @@
 //!   shapes, the same call succeeds; nothing here depends on which one runs. A rate the
 //!   shaper refuses (87: outside its range, 12 000 bit/s ..= 100 Gbit/s today, i.e. a
 //!   `TokenRate` below 1 500 bytes/s) is `WSA_QOS_EFLOWSPEC`, also undone.
-//! * A later `set` without `QOS_SD_MODE` keeps a rate set before: QOS2 has no request that
-//!   takes a flow's rate away. `SERVICETYPE_NOTRAFFIC` first, then the new `set`, starts over
-//!   (a new flow; its `QOS_DESTADDR` destinations must be given again).
+//! * Each `set` replaces the sending side's shaping: one without `QOS_SD_MODE` ends it (the
+//!   flow's shaper is removed with `SetFlow(ClearOutgoingRate)`, a qosmark extension; packets
+//!   it held leave at once).
 //! * Under `TC_NONCONF_BORROW` the non-conforming packets get the back end's non-conformant
-//!   mark (the traffic table's, default DSCP 0 / 802.1p 0), not GQoS's documented 0 / 1: the
-//!   engine has no per-flow non-conformant mark yet (an administrator can set the table's
-//!   non-conformant 802.1p to 1).
+//!   mark: the traffic table's, by default DSCP 0 / 802.1p 1 — GQoS's documented
+//!   non-conforming values and the Windows packet scheduler's defaults (qos-api.md §11.4). An
+//!   administrator may change them for every flow (`qosmarkctl table set non-conformant`).
+//! * `SERVICETYPE_NOTRAFFIC` / `SERVICETYPE_BESTEFFORT` end the sending side whatever objects
+//!   come with them (they are validated, then have nothing left to act on).
+//!
+//! # A `set` on a socket that already marks
+//!
+//! The steps that can be taken back come first: the service mark, then a new rate; then the
+//! registration (a new `QOS_DESTADDR` joins the flow, and the wire can remove a socket only
+//! with all of its destinations); last, when the new `set` asks for no shaping, the rate is
+//! cleared (the shaper and the packets it holds go, so this too cannot be taken back). When a
+//! step fails, the mark and rate the flow had are restored, so a failed `set` leaves the socket
+//! as it was; a `set` on a socket without a live flow that fails removes the flow it made. The
+//! clearing step can fail only when the flow or the back end went away meanwhile.
+//!
+//! # Which socket
+//!
+//! The session keys its state by socket value and also records which socket the value named
+//! (Linux: `SO_COOKIE`; Windows cannot tell and only checks that the value is still a socket).
+//! A value that was closed — or, on Linux, closed and given to another socket — reads as never
+//! set, and records of closed sockets are dropped whenever the record map has doubled since
+//! the last sweep, so it stays within about twice the number of open sockets.
 //!
 //! # Errors (checked before anything is sent; nothing changes on error)
 //!
 //! | input | code |
 //! |---|---|
 //! | a `ServiceType` (sending or receiving) other than 0, 1, 2, 3, 6, 0xA, 0xD (with or without `SERVICE_NO_QOS_SIGNALING`) | `WSA_QOS_ESERVICETYPE` 11016 |
-//! | shaping asked (`QOS_SD_MODE` shape/borrow) with a rate of 0 or `QOS_NOT_SPECIFIED`; `PeakBandwidth` below `TokenRate` (both specified, `PeakBandwidth` not `POSITIVE_INFINITY_RATE`), in either flowspec | `WSA_QOS_EFLOWSPEC` 11017 |
+//! | shaping asked (`QOS_SD_MODE` shape/borrow) with a sending `TokenRate` of 0 (even when `QOS_SHAPING_RATE` names the rate), or with no rate (`TokenRate` `QOS_NOT_SPECIFIED` and no `QOS_SHAPING_RATE`); `PeakBandwidth` below `TokenRate` (both specified, `PeakBandwidth` not `POSITIVE_INFINITY_RATE`), in either flowspec | `WSA_QOS_EFLOWSPEC` 11017 |
 //! | `ProviderSpecific` with a length but no buffer, or fewer bytes left than a header | `WSA_QOS_EPROVSPECBUF` 11018 |
 //! | an `ObjectLength` below the header, beyond the buffer, or not the object's size | `WSA_QOS_EOBJLENGTH` 11022 |
 //! | an unknown `ObjectType` | `WSA_QOS_EUNKOWNPSOBJ` 11024 (sic) |
 //! | `ShapeDiscardMode` above 3, or 2 / 3 (not supported) | `WSA_QOS_ESDMODEOBJ` 11029 |
 //! | `ShapingRate` 0 or `QOS_NOT_SPECIFIED` | `WSA_QOS_ESHAPERATEOBJ` 11030 |
-//! | the same object twice; `DSField` above 63; `TrafficClass` above 7; a `QOS_DESTADDR` that is not an `AF_INET` / `AF_INET6` address of its stated length | `WSA_QOS_BAD_OBJECT` 11013 |
+//! | any object with a sending `SERVICETYPE_NOCHANGE` (every object describes the sending side, which NOCHANGE leaves alone); the same object twice; `DSField` above 63; `TrafficClass` above 7; a `QOS_DESTADDR` that is not an `AF_INET` / `AF_INET6` address of its stated length | `WSA_QOS_BAD_OBJECT` 11013 |
 //!
 //! Errors of the back end pass through with their QOS2 codes (87 for an unconnected socket
 //! without `QOS_DESTADDR`, 5 for an override the caller may not use, 183, 1450, 1068 when no
-//! back end runs, ...); a `set` that fails after the flow was created removes it again.
+//! back end runs, ...); nothing changes on them either (see "A `set` on a socket that
+//! already marks").
 //!
 //! # Reading the state back ([`GqosSession::get`])
 //!
@@ -94,6 +115,7 @@
 
 use crate::client::Client;
 use crate::error::{QosError, Result};
+use crate::ffi::SocketIdentity;
 use crate::qos2::QosHandle;
 use crate::socket::{self, AsQosSocket, RawSock};
 use core::net::SocketAddr;
@@ -490,8 +512,13 @@ pub fn plan(qos: &Qos) -> Result<SendPlan> {
     let rate = match shaping {
         None => None,
         Some(shaping) => {
+            // A zero TokenRate in a sending flowspec that asks for shaping is invalid even
+            // when QOS_SHAPING_RATE names the rate (qos-api.md §11.3: sending TokenRate ≠ 0).
+            if qos.sending.token_rate == 0 {
+                return Err(err(WSA_QOS_EFLOWSPEC));
+            }
             let bytes = shaping_rate.unwrap_or(qos.sending.token_rate);
-            if bytes == 0 || !specified(bytes) {
+            if !specified(bytes) {
                 return Err(err(WSA_QOS_EFLOWSPEC));
             }
             Some(FlowRate {
@@ -502,6 +529,8 @@ pub fn plan(qos: &Qos) -> Result<SendPlan> {
         }
     };
     let service = match qos.sending.base_service() {
+        // The objects all describe the sending side, which NOCHANGE says to leave alone.
+        SERVICETYPE_NOCHANGE if !qos.objects.is_empty() => return Err(err(WSA_QOS_BAD_OBJECT)),
         SERVICETYPE_NOCHANGE => return Ok(SendPlan::Keep),
         st @ (SERVICETYPE_NOTRAFFIC | SERVICETYPE_BESTEFFORT) => return Ok(SendPlan::End(st)),
         st => ServiceType::try_from_u32(st).map_err(|_| err(WSA_QOS_ESERVICETYPE))?,
@@ -556,12 +585,61 @@ impl QosReport {
 /// What the session remembers of one socket.
 #[derive(Clone, Copy, Debug)]
 struct SocketQos {
+    /// The socket value, as the application named it.
+    raw: RawSock,
+    /// Which socket that value named at the last `set` (a value closed and reused for another
+    /// socket is a new socket, module docs).
+    identity: SocketIdentity,
     /// The flow, while qosmark marks for the socket (as far as this session knows).
     flow: Option<FlowId>,
     /// The sending flowspec last set (its service type says how it ended).
     sending: Flowspec,
     /// The service mark last applied to `flow`.
     service: Option<ServiceMark>,
+    /// The rate last applied to `flow` (`None`: not shaped).
+    rate: Option<FlowRate>,
+}
+
+impl SocketQos {
+    /// Still the socket `raw` names now (not closed, not replaced by another socket).
+    fn current(&self) -> bool {
+        self.identity.same_as(socket::identity(self.raw))
+    }
+}
+
+/// The session's sockets, swept of closed ones as the map grows (module docs).
+#[derive(Debug, Default)]
+struct Sockets {
+    map: HashMap<u64, SocketQos>,
+    /// Sweep when the map reaches this size.
+    sweep_at: usize,
+}
+
+/// The smallest size at which the socket map is swept.
+const SWEEP_MIN: usize = 64;
+
+impl Sockets {
+    /// The record of `key` if it still names the same socket; a stale one is dropped.
+    fn get(&mut self, key: u64) -> Option<SocketQos> {
+        let known = self.map.get(&key).copied()?;
+        if known.current() {
+            Some(known)
+        } else {
+            self.map.remove(&key);
+            None
+        }
+    }
+
+    /// Records `q` for `key`, first dropping every record whose socket is gone once the map
+    /// has doubled since the last sweep (so each `set` costs O(1) system calls on average,
+    /// and the map holds at most about twice the sockets that are open).
+    fn insert(&mut self, key: u64, q: SocketQos) {
+        if self.map.len() >= self.sweep_at.max(SWEEP_MIN) {
+            self.map.retain(|_, k| k.current());
+            self.sweep_at = self.map.len().saturating_mul(2);
+        }
+        self.map.insert(key, q);
+    }
 }
 
 /// Opens another client of the same back end, for waits.
@@ -571,13 +649,21 @@ pub type Connector = Box<dyn Fn() -> Result<Client> + Send + Sync>;
 pub struct GqosSession {
     handle: QosHandle,
     connect: Connector,
-    sockets: Mutex<HashMap<u64, SocketQos>>,
+    sockets: Mutex<Sockets>,
 }
 
 impl core::fmt::Debug for GqosSession {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("GqosSession").finish_non_exhaustive()
     }
+}
+
+/// What `mark` is asked to make of the socket's flow.
+#[derive(Clone, Copy, Debug)]
+struct Target {
+    service: ServiceMark,
+    dest: Option<SocketAddr>,
+    rate: Option<FlowRate>,
 }
 
 impl GqosSession {
@@ -599,7 +685,7 @@ impl GqosSession {
         GqosSession {
             handle: QosHandle::with_client(client),
             connect,
-            sockets: Mutex::new(HashMap::new()),
+            sockets: Mutex::new(Sockets::default()),
         }
     }
 
@@ -607,6 +693,13 @@ impl GqosSession {
     #[must_use]
     pub fn handle(&self) -> &QosHandle {
         &self.handle
+    }
+
+    /// How many sockets the session remembers (closed ones go at the next sweep, module
+    /// docs).
+    #[must_use]
+    pub fn remembered(&self) -> usize {
+        crate::client::lock(&self.sockets).map.len()
     }
 
     /// `QmSetSocketQos` for a Rust socket.
@@ -626,12 +719,13 @@ impl GqosSession {
         let plan = plan(qos)?;
         let key = socket::socket_value(raw);
         let mut sockets = crate::client::lock(&self.sockets);
-        let known = sockets.get(&key).copied();
+        let known = sockets.get(key);
         // A flow this session made may have been ended by the back end meanwhile.
         let live_flow = match known.and_then(|k| k.flow) {
             Some(f) if self.state(f)?.alive => Some(f),
             _ => None,
         };
+        let identity = socket::identity(raw);
         match plan {
             SendPlan::Keep => Ok(()),
             SendPlan::End(st) => {
@@ -648,9 +742,12 @@ impl GqosSession {
                 sockets.insert(
                     key,
                     SocketQos {
+                        raw,
+                        identity,
                         flow: None,
                         sending,
                         service: None,
+                        rate: None,
                     },
                 );
                 Ok(())
@@ -660,16 +757,24 @@ impl GqosSession {
                 dest,
                 rate,
             } => {
-                let previous = known
-                    .and_then(|k| k.service)
-                    .filter(|_| live_flow.is_some());
-                let flow = self.mark(raw, live_flow, previous, service, dest, rate)?;
+                let target = Target {
+                    service,
+                    dest,
+                    rate,
+                };
+                let flow = match (live_flow, known) {
+                    (Some(f), Some(k)) => self.remark(raw, f, &k, target)?,
+                    _ => self.create(raw, target)?,
+                };
                 sockets.insert(
                     key,
                     SocketQos {
+                        raw,
+                        identity,
                         flow: Some(flow),
                         sending: qos.sending,
                         service: Some(service),
+                        rate,
                     },
                 );
                 Ok(())
@@ -677,70 +782,106 @@ impl GqosSession {
         }
     }
 
-    /// Registers (or extends) the socket's flow and sets its service mark and rate; undoes
-    /// what it did when a step fails.
-    fn mark(
-        &self,
-        raw: RawSock,
-        live_flow: Option<FlowId>,
-        previous: Option<ServiceMark>,
-        service: ServiceMark,
-        dest: Option<SocketAddr>,
-        rate: Option<FlowRate>,
-    ) -> Result<FlowId> {
+    /// The code a refused `SetFlow(OutgoingRate)` gives the GQoS caller.
+    fn rate_error(e: QosError) -> QosError {
+        match e.code() {
+            Win32Error::NOT_SUPPORTED => err(WSA_QOS_TRAFFIC_CTRL_ERROR),
+            // A rate the shaper does not take (out of its range).
+            Win32Error::INVALID_PARAMETER => err(WSA_QOS_EFLOWSPEC),
+            _ => e,
+        }
+    }
+
+    /// Sets `flow`'s rate to `rate`: `None` clears it.
+    fn apply_rate(&self, flow: FlowId, rate: Option<FlowRate>) -> Result<()> {
+        match rate {
+            Some(r) => self.handle.set_flow(flow, SetFlow::OutgoingRate(r)),
+            None => self.handle.set_flow(flow, SetFlow::ClearOutgoingRate),
+        }
+    }
+
+    /// A new flow for the socket: registered, then its service mark and rate; on any error
+    /// the flow is removed again, so nothing is left.
+    fn create(&self, raw: RawSock, t: Target) -> Result<FlowId> {
         let h = &self.handle;
-        let (flow, created) = match live_flow {
-            // Registered again in its flow: a new destination joins it, the same socket and
-            // destination again is a no-op, and a socket number the application reused for
-            // another connected socket (before the back end retired the old one) is added. An
-            // unconnected socket without a new QOS_DESTADDR (87) keeps its destinations.
-            Some(f) => match h.add_raw_socket_to_flow(
-                raw,
-                dest,
-                TrafficType::BestEffort,
-                QOS_NON_ADAPTIVE_FLOW,
-                f,
-            ) {
-                Ok(id) => (id, false),
-                Err(e) if dest.is_none() && e.code() == Win32Error::INVALID_PARAMETER => (f, false),
-                Err(e) => return Err(e),
-            },
-            None => (
-                h.add_raw_socket_to_flow(
-                    raw,
-                    dest,
-                    TrafficType::BestEffort,
-                    QOS_NON_ADAPTIVE_FLOW,
-                    0,
-                )?,
-                true,
-            ),
-        };
-        let undo = |e: QosError| -> QosError {
-            if created {
-                // Best effort: the flow is ours and new; if this fails too, the handle's
-                // close removes it.
-                let _ = h.remove_raw_socket_from_flow(None, flow);
-            }
-            e
-        };
-        h.set_flow(flow, SetFlow::Service(service)).map_err(undo)?;
-        if let Some(rate) = rate {
-            if let Err(e) = h.set_flow(flow, SetFlow::OutgoingRate(rate)) {
-                let e = match e.code() {
-                    Win32Error::NOT_SUPPORTED => err(WSA_QOS_TRAFFIC_CTRL_ERROR),
-                    // A rate the shaper does not take (out of its range).
-                    Win32Error::INVALID_PARAMETER => err(WSA_QOS_EFLOWSPEC),
-                    _ => e,
-                };
-                if let Some(previous) = previous {
-                    // Best effort, as above: the previous mark was accepted before.
-                    let _ = h.set_flow(flow, SetFlow::Service(previous));
-                }
-                return Err(undo(e));
-            }
+        let flow = h.add_raw_socket_to_flow(
+            raw,
+            t.dest,
+            TrafficType::BestEffort,
+            QOS_NON_ADAPTIVE_FLOW,
+            0,
+        )?;
+        let result = h
+            .set_flow(flow, SetFlow::Service(t.service))
+            .and_then(|()| match t.rate {
+                Some(r) => h
+                    .set_flow(flow, SetFlow::OutgoingRate(r))
+                    .map_err(Self::rate_error),
+                None => Ok(()),
+            });
+        if let Err(e) = result {
+            // Best effort: the flow is ours and new; if this fails too, the handle's close
+            // removes it.
+            let _ = h.remove_raw_socket_from_flow(None, flow);
+            return Err(e);
         }
         Ok(flow)
+    }
+
+    /// A new `set` on the socket's live flow `flow` (last set as `k`). The steps that can be
+    /// taken back come first: the service mark, then a new rate; then the registration,
+    /// which cannot be taken back in part (a destination is added, and the wire removes a
+    /// socket only with all of its destinations); last, when the new `set` asks for no
+    /// shaping, the rate is cleared (which cannot be taken back either: the shaper and the
+    /// packets it holds go). A failed step restores the mark and rate the flow had, so an
+    /// error leaves the socket as it was.
+    fn remark(&self, raw: RawSock, flow: FlowId, k: &SocketQos, t: Target) -> Result<FlowId> {
+        let h = &self.handle;
+        let restore = |service_changed: bool, rate_changed: bool| {
+            // Best effort: both were accepted for this flow before.
+            if rate_changed {
+                let _ = self.apply_rate(flow, k.rate);
+            }
+            if service_changed {
+                if let Some(previous) = k.service {
+                    let _ = h.set_flow(flow, SetFlow::Service(previous));
+                }
+            }
+        };
+        let service_changed = k.service != Some(t.service);
+        if service_changed {
+            h.set_flow(flow, SetFlow::Service(t.service))?;
+        }
+        let new_rate = t.rate.filter(|r| k.rate != Some(*r));
+        if let Some(r) = new_rate {
+            if let Err(e) = h.set_flow(flow, SetFlow::OutgoingRate(r)) {
+                restore(service_changed, false);
+                return Err(Self::rate_error(e));
+            }
+        }
+        // Registered again in its flow: a new destination joins it, the same socket and
+        // destination again is a no-op, and a socket number the application reused for
+        // another connected socket (before the back end retired the old one) is added. An
+        // unconnected socket without a new QOS_DESTADDR (87) keeps its destinations.
+        let id = match h.add_raw_socket_to_flow(
+            raw,
+            t.dest,
+            TrafficType::BestEffort,
+            QOS_NON_ADAPTIVE_FLOW,
+            flow,
+        ) {
+            Ok(id) => id,
+            Err(e) if t.dest.is_none() && e.code() == Win32Error::INVALID_PARAMETER => flow,
+            Err(e) => {
+                restore(service_changed, new_rate.is_some());
+                return Err(e);
+            }
+        };
+        if t.rate.is_none() && k.rate.is_some() {
+            // Fails only when the flow is gone meanwhile (1168) or the back end is.
+            h.set_flow(flow, SetFlow::ClearOutgoingRate)?;
+        }
+        Ok(id)
     }
 
     /// The state of `flow` now (`WatchFlow` without a known state).
@@ -754,10 +895,11 @@ impl GqosSession {
         }
     }
 
-    /// The socket's flow and state now; `None` flow when it has none (never set, ended).
+    /// The socket's flow and state now; `None` flow when it has none (never set, ended, or
+    /// the value names another socket now).
     fn current(&self, raw: RawSock) -> Result<(Option<FlowId>, Flowspec, FlowState)> {
         let key = socket::socket_value(raw);
-        let known = crate::client::lock(&self.sockets).get(&key).copied();
+        let known = crate::client::lock(&self.sockets).get(key);
         let Some(known) = known else {
             return Ok((
                 None,
@@ -812,6 +954,7 @@ impl GqosSession {
             return Err(QosError::GEN_FAILURE);
         };
         let sending = crate::client::lock(&self.sockets)
+            .map
             .get(&key)
             .map_or(Flowspec::unspecified(SERVICETYPE_NOTRAFFIC), |k| k.sending);
         Ok(QosReport::new(sending, now))
@@ -1003,7 +1146,28 @@ mod tests {
         assert_eq!(plan(&qos(0, vec![])), Ok(SendPlan::End(0)));
         assert_eq!(plan(&qos(1, vec![])), Ok(SendPlan::End(1)));
         assert_eq!(plan(&qos(6, vec![])), Ok(SendPlan::Keep));
-        // Objects are validated even when the sending side does not change.
+        // Objects are validated even when the sending side does not change, and a valid one
+        // is refused there too: it would change the side NOCHANGE keeps.
         assert_eq!(code_of(&qos(6, vec![DsClass(99)])), WSA_QOS_BAD_OBJECT);
+        assert_eq!(code_of(&qos(6, vec![DsClass(46)])), WSA_QOS_BAD_OBJECT);
+        assert_eq!(code_of(&qos(6, vec![TrafficClass(5)])), WSA_QOS_BAD_OBJECT);
+        // Ending ignores valid objects.
+        assert_eq!(plan(&qos(1, vec![DsClass(46)])), Ok(SendPlan::End(1)));
+        // A zero TokenRate asking for shaping is invalid even when QOS_SHAPING_RATE gives the
+        // rate; an unspecified one is not.
+        let mut z = qos(3, vec![SdMode(1), ShapingRate(1000)]);
+        z.sending.token_rate = 0;
+        assert_eq!(code_of(&z), WSA_QOS_EFLOWSPEC);
+        z.sending.token_rate = QOS_NOT_SPECIFIED;
+        assert!(matches!(
+            plan(&z),
+            Ok(SendPlan::Mark {
+                rate: Some(FlowRate {
+                    bandwidth: 8000,
+                    ..
+                }),
+                ..
+            })
+        ));
     }
 }

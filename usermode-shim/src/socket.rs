@@ -74,6 +74,11 @@ pub fn socket_value(raw: RawSock) -> u64 {
     }
 }
 
+/// Which socket `raw` names now (`ffi::SocketIdentity`).
+pub(crate) fn identity(raw: RawSock) -> crate::ffi::SocketIdentity {
+    os::socket_identity(raw)
+}
+
 /// Reads what `raw` says about itself and builds the [`SocketInfo`] of an `AddSocketToFlow`.
 ///
 /// # Errors

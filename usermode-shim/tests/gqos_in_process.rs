@@ -393,3 +393,182 @@ fn waits_answer_changes_and_would_hold_otherwise() {
     .unwrap();
     assert_eq!(g.get(s.as_raw_fd()).unwrap().dscp, 48);
 }
+
+/// The rate `e`'s first handle reads for `flow` (bit/s), `None` for 232 (no rate).
+fn rate_of(e: &Arc<Mutex<Engine>>, flow: u32) -> Option<u64> {
+    let mut e = e.lock().unwrap();
+    let h = e.handle_details().unwrap()[0].id;
+    match e.apply(
+        h,
+        &qosmark_abi::Request::QueryFlow {
+            flow_id: flow,
+            op: qosmark_abi::QueryFlow::OutgoingRate,
+        },
+    ) {
+        Ok(qosmark_abi::Response::OutgoingRate(r)) => Some(r),
+        Err(err) if err.win32().0 == 232 => None,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A `set` on a socket that already marks fails in each of its three steps — the service
+/// override (5), the rate (11017), the registration of a new destination (87) — and each time
+/// the engine is exactly as before: no new destination, the old mark, the old rate (also when
+/// the old state had no rate, which the failed set had to clear again).
+#[test]
+fn a_failed_set_on_a_marking_socket_changes_nothing() {
+    use ProviderObject::{DestAddr, DsClass, SdMode};
+    let e = engine();
+    let g = session(&e, USER);
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let local = s.local_addr().unwrap();
+    let one = DestAddr(sa("192.0.2.1:5004"));
+    let two = DestAddr(sa("192.0.2.2:5004"));
+    let v6 = DestAddr(sa("[2001:db8::1]:5004"));
+    let shaped = |service: u32, token_rate: u32, objects: Vec<ProviderObject>| {
+        let mut q = qos(service, objects);
+        q.sending.token_rate = token_rate;
+        q
+    };
+    for with_rate in [true, false] {
+        let first = if with_rate {
+            shaped(2, 125_000, vec![one, SdMode(1)])
+        } else {
+            qos(2, vec![one])
+        };
+        g.set(&s, &first).unwrap();
+        let flow = e.lock().unwrap().flow_details().unwrap()[0].id;
+        let rate = rate_of(&e, flow);
+        assert_eq!(rate, with_rate.then_some(1_000_000));
+        let before = e.lock().unwrap().control_snapshot().unwrap();
+        let failing: [(Qos, u32); 4] = [
+            // Step 1: EF is the user's to set only when the administrator allows it.
+            (qos(2, vec![two, DsClass(46)]), 5),
+            // Step 2: a new service type is set, then a rate the shaper refuses (800 bit/s).
+            (shaped(3, 100, vec![two, SdMode(1)]), 11017),
+            // Step 3: a new service type and rate are set, then an IPv6 destination for an
+            // IPv4 socket is refused.
+            (shaped(3, 250_000, vec![v6, SdMode(0)]), 87),
+            // Step 3 without shaping asked: the rate (if any) was cleared before it.
+            (qos(0xA, vec![v6]), 87),
+        ];
+        for (q, code) in failing {
+            assert_eq!(g.set(&s, &q).unwrap_err().raw(), code, "{q:?}");
+            assert_eq!(
+                e.lock().unwrap().control_snapshot().unwrap(),
+                before,
+                "{q:?} changed the engine"
+            );
+            assert_eq!(rate_of(&e, flow), rate, "{q:?} changed the rate");
+            assert_eq!(marks(&e, local, "192.0.2.1:5004"), Some((24, 4)), "{q:?}");
+            assert_eq!(marks(&e, local, "192.0.2.2:5004"), None, "{q:?}");
+            let r = g.get(s.as_raw_fd()).unwrap();
+            assert_eq!(r.sending, first.sending, "{q:?}");
+            assert_eq!((r.dscp, r.pcp), (24, 4), "{q:?}");
+        }
+        g.set(&s, &qos(0, vec![])).unwrap();
+    }
+}
+
+/// Each `set` replaces the shaping: without `QOS_SD_MODE` the rate goes (232 again), with
+/// it a new one comes; `TC_NONCONF_BORROW` reports GQoS's non-conforming 0 / 1.
+#[test]
+fn a_set_without_sd_mode_ends_shaping_and_borrow_reports_0_and_1() {
+    use ProviderObject::{DestAddr, SdMode, ShapingRate};
+    let e = engine();
+    let g = session(&e, USER);
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dest = DestAddr(sa("192.0.2.1:5004"));
+    let mut borrow = qos(3, vec![dest, SdMode(0)]);
+    borrow.sending.token_rate = 125_000;
+    g.set(&s, &borrow).unwrap();
+    let flow = e.lock().unwrap().flow_details().unwrap()[0].id;
+    assert_eq!(rate_of(&e, flow), Some(1_000_000));
+    let priority = {
+        let mut e = e.lock().unwrap();
+        let h = e.handle_details().unwrap()[0].id;
+        e.apply(
+            h,
+            &qosmark_abi::Request::QueryFlow {
+                flow_id: flow,
+                op: qosmark_abi::QueryFlow::PacketPriority,
+            },
+        )
+    };
+    assert_eq!(
+        priority,
+        Ok(qosmark_abi::Response::PacketPriority(
+            qosmark_abi::PacketPriority {
+                conformant_dscp: 40,
+                non_conformant_dscp: 0,
+                conformant_l2: 5,
+                non_conformant_l2: 1,
+            }
+        ))
+    );
+    g.set(&s, &qos(3, vec![])).unwrap();
+    assert_eq!(rate_of(&e, flow), None, "no QOS_SD_MODE: not shaped");
+    assert!(e.lock().unwrap().flow_details().unwrap()[0]
+        .shaper
+        .is_none());
+    // QOS_SHAPING_RATE names the rate; TokenRate may be unspecified but not 0.
+    let mut by_object = qos(3, vec![SdMode(1), ShapingRate(250_000)]);
+    g.set(&s, &by_object).unwrap();
+    assert_eq!(rate_of(&e, flow), Some(2_000_000));
+    let before = e.lock().unwrap().control_snapshot().unwrap();
+    by_object.sending.token_rate = 0;
+    assert_eq!(g.set(&s, &by_object).unwrap_err().raw(), 11017);
+    assert_eq!(e.lock().unwrap().control_snapshot().unwrap(), before);
+    // NOCHANGE with an object: the object would change the sending side.
+    assert_eq!(
+        g.set(&s, &qos(6, vec![dest])).unwrap_err().raw(),
+        11013,
+        "NOCHANGE + QOS_DESTADDR"
+    );
+    assert_eq!(e.lock().unwrap().control_snapshot().unwrap(), before);
+    assert_eq!(rate_of(&e, flow), Some(2_000_000));
+}
+
+/// A socket value that was closed reads as never set, also when the system hands it to a new
+/// socket (Linux `SO_COOKIE`); the records of closed sockets are swept as the map grows.
+#[test]
+fn closed_and_reused_socket_values_start_over_and_are_swept() {
+    let e = engine();
+    let g = session(&e, USER);
+    let dest = vec![ProviderObject::DestAddr(sa("192.0.2.1:5004"))];
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let fd = s.as_raw_fd();
+    g.set(&s, &qos(2, dest.clone())).unwrap();
+    g.set(&s, &qos(1, vec![])).unwrap();
+    assert_eq!(
+        g.get(fd).unwrap().sending.service_type,
+        1,
+        "ended by BESTEFFORT"
+    );
+    // Another socket takes over the value: dup2 closes the first one and puts the second
+    // in its place, so the value now names a different socket.
+    let t = UdpSocket::bind("127.0.0.1:0").unwrap();
+    // SAFETY: both are open descriptors this test owns; `fd` stays owned by `s`, which now
+    // holds the duplicate of `t` and closes it when dropped.
+    assert_eq!(unsafe { libc::dup2(t.as_raw_fd(), fd) }, fd);
+    assert_eq!(
+        g.get(fd).unwrap().sending,
+        Flowspec::unspecified(0),
+        "a new socket under the old value reads as never set"
+    );
+    // The same for a value that is simply closed.
+    let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let ufd = u.as_raw_fd();
+    g.set(&u, &qos(2, dest.clone())).unwrap();
+    g.set(&u, &qos(0, vec![])).unwrap();
+    drop(u);
+    assert_eq!(g.get(ufd).unwrap().sending, Flowspec::unspecified(0));
+    // Many sockets set, ended and closed: the map does not keep them.
+    for _ in 0..300 {
+        let v = UdpSocket::bind("127.0.0.1:0").unwrap();
+        g.set(&v, &qos(2, dest.clone())).unwrap();
+        g.set(&v, &qos(0, vec![])).unwrap();
+    }
+    assert!(g.remembered() <= 130, "{} records kept", g.remembered());
+    assert!(e.lock().unwrap().flow_details().unwrap().is_empty());
+}

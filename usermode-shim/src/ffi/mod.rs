@@ -18,6 +18,39 @@ pub(crate) mod os_windows;
 #[cfg(windows)]
 pub(crate) use os_windows as os;
 
+/// Which socket a socket value names now, so that a value the application closed and got
+/// again for another socket is not taken for the first one (GQoS keeps per-socket state).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SocketIdentity {
+    /// A socket with this unique identity (Linux: `SO_COOKIE`, never reused while the
+    /// system runs; other Unix: the socket's inode number).
+    #[cfg_attr(
+        windows,
+        allow(dead_code, reason = "Winsock gives a socket no identity to read")
+    )]
+    Id(u64),
+    /// A socket whose identity the system does not tell (Windows).
+    #[cfg_attr(
+        not(windows),
+        allow(dead_code, reason = "only Windows sockets have no identity to read")
+    )]
+    Open,
+    /// Not a socket (closed, or never one).
+    Closed,
+}
+
+impl SocketIdentity {
+    /// Whether a socket seen as `self` earlier may be the one seen as `now`: never once the
+    /// value is closed, never when both identities are known and differ.
+    pub(crate) fn same_as(self, now: SocketIdentity) -> bool {
+        match (self, now) {
+            (_, SocketIdentity::Closed) | (SocketIdentity::Closed, _) => false,
+            (SocketIdentity::Id(a), SocketIdentity::Id(b)) => a == b,
+            _ => true,
+        }
+    }
+}
+
 /// What a socket says about itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct SocketFacts {
@@ -30,4 +63,20 @@ pub(crate) struct SocketFacts {
     pub(crate) local: Option<SocketAddr>,
     /// Connected peer.
     pub(crate) peer: Option<SocketAddr>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SocketIdentity::{Closed, Id, Open};
+
+    #[test]
+    fn identities_match_only_when_nothing_says_otherwise() {
+        assert!(Id(7).same_as(Id(7)));
+        assert!(!Id(7).same_as(Id(8)));
+        assert!(Open.same_as(Open));
+        assert!(Open.same_as(Id(3)) && Id(3).same_as(Open));
+        for a in [Id(7), Open, Closed] {
+            assert!(!a.same_as(Closed) && !Closed.same_as(a));
+        }
+    }
 }

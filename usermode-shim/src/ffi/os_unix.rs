@@ -1,7 +1,7 @@
 //! Unix system calls: what a socket descriptor says about itself, and `sendmsg` with
 //! `SCM_RIGHTS`.
 
-use super::SocketFacts;
+use super::{SocketFacts, SocketIdentity};
 use crate::error::{QosError, Result};
 use core::mem::{size_of, MaybeUninit};
 use core::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -112,6 +112,44 @@ pub(crate) fn socket_facts(fd: RawFd) -> Result<SocketFacts> {
         local: Some(local),
         peer,
     })
+}
+
+/// Which socket `fd` is now (`SocketIdentity`): Linux's `SO_COOKIE` (a 64-bit number the
+/// kernel gives each socket once, socket(7)), elsewhere the inode of the descriptor when it is
+/// a socket; `Closed` when `fd` is not a socket.
+pub(crate) fn socket_identity(fd: RawFd) -> SocketIdentity {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        let mut cookie: u64 = 0;
+        let mut len = size_of::<u64>() as libc::socklen_t;
+        // SAFETY: `cookie` is a writable u64 and `len` its size.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_COOKIE,
+                (&raw mut cookie).cast(),
+                &raw mut len,
+            )
+        };
+        if rc == 0 && len as usize == size_of::<u64>() {
+            return SocketIdentity::Id(cookie);
+        }
+        if rc != 0 && io::Error::last_os_error().raw_os_error() != Some(libc::ENOPROTOOPT) {
+            return SocketIdentity::Closed;
+        }
+    }
+    // SAFETY: an all-zero `stat` is a valid value; `fstat` fills it when it succeeds.
+    let mut st: libc::stat = unsafe { core::mem::zeroed() };
+    // SAFETY: `st` is a writable `stat`.
+    if unsafe { libc::fstat(fd, &raw mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return SocketIdentity::Closed;
+    }
+    #[allow(
+        clippy::useless_conversion,
+        reason = "st_ino is u64 on Linux, narrower on some other Unix systems"
+    )]
+    SocketIdentity::Id(u64::from(st.st_ino))
 }
 
 /// Sends all of `bytes` on the stream socket `fd`; the first `sendmsg` carries `attach` as

@@ -7,7 +7,7 @@
 //! packet for this operation (abi codec docs, *I/O completion ports*), so the application
 //! never dequeues a packet for an `OVERLAPPED` it does not own.
 
-use super::SocketFacts;
+use super::{SocketFacts, SocketIdentity};
 use crate::error::{QosError, Result};
 use core::ffi::c_void;
 use core::mem::size_of;
@@ -20,8 +20,8 @@ use windows_sys::Win32::Foundation::{
 };
 use windows_sys::Win32::Networking::WinSock::{
     getpeername, getsockname, getsockopt, WSAGetLastError, AF_INET, AF_INET6, SOCKADDR,
-    SOCKADDR_STORAGE, SOCK_DGRAM, SOCK_STREAM, SOL_SOCKET, SO_PROTOCOL_INFOW, WSAEINVAL,
-    WSAENOTCONN, WSAPROTOCOL_INFOW,
+    SOCKADDR_STORAGE, SOCK_DGRAM, SOCK_STREAM, SOL_SOCKET, SO_PROTOCOL_INFOW, SO_TYPE, WSAEINVAL,
+    WSAENOTCONN, WSAENOTSOCK, WSAPROTOCOL_INFOW,
 };
 use windows_sys::Win32::Storage::FileSystem::{
     CreateFileW, FILE_FLAG_OVERLAPPED, FILE_SHARE_READ, FILE_SHARE_WRITE, OPEN_EXISTING,
@@ -118,6 +118,32 @@ pub(crate) fn socket_facts(s: RawSocket) -> Result<SocketFacts> {
         local,
         peer,
     })
+}
+
+/// Which socket `s` is now (`SocketIdentity`): Winsock gives a socket no identity beyond its
+/// value, so an open socket is `Open` and a value `getsockopt` calls `WSAENOTSOCK` (closed)
+/// is `Closed`. A value closed and handed out again for another socket is not detected.
+pub(crate) fn socket_identity(s: RawSocket) -> SocketIdentity {
+    let Ok(socket) = usize::try_from(s) else {
+        return SocketIdentity::Closed;
+    };
+    let mut kind: i32 = 0;
+    let mut len = i32::try_from(size_of::<i32>()).unwrap_or(i32::MAX);
+    // SAFETY: `kind` is a writable i32 and `len` its size.
+    let rc = unsafe {
+        getsockopt(
+            socket,
+            SOL_SOCKET,
+            SO_TYPE,
+            (&raw mut kind).cast(),
+            &raw mut len,
+        )
+    };
+    if rc != 0 && wsa_error() == WSAENOTSOCK {
+        SocketIdentity::Closed
+    } else {
+        SocketIdentity::Open
+    }
 }
 
 /// Size of `SOCKADDR_IN` / `SOCKADDR_IN6` for `family`.

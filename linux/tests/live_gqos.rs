@@ -7,6 +7,9 @@
 //!   (and completing a held wait), a connected UDP socket whose disconnect ends its flow (the
 //!   reaper, the wait completes), and a TCP sender whose `shutdown(SHUT_WR)` ends its flow
 //!   (the wait completes, `get` reads `SERVICETYPE_NOTRAFFIC`);
+//! * shaping ended by a `set` without `QOS_SD_MODE` (held packets freed at once), and refused
+//!   `set`s on a marking socket (a rate out of range, an IPv6 destination for an IPv4 socket)
+//!   that leave its mark and destinations as they were;
 //! * the C ABI (`qosmark::capi`, what `libqosmark.so` exports): `QmSetSocketQos` with a `QOS`
 //!   carrying a `QOS_DESTADDR`, the `WSAENOBUFS` size protocol of `QmGetSocketQos`, and
 //!   `SERVICETYPE_BESTEFFORT` ending the marking.
@@ -246,6 +249,129 @@ fn gqos_rust_api_against_qosmarkd() {
         common::tcp_stream_bytes(&seen, tcp_src, tcp_addr),
         vec![0x47; 1000]
     );
+    drop(g);
+    daemon.stop();
+}
+
+/// Datagrams per burst: 1 028 IP bytes each, 30 840 bytes = 2.5 s at 12 500 bytes/s
+/// (the bucket lets about the first one and a half through at once).
+const BURST: u32 = 30;
+/// Sends `BURST` datagrams `TAG:i....` padded to 1 000 bytes, 1 ms apart.
+fn send_big(u: &UdpSocket, to: SocketAddr, tag: &str) {
+    for i in 0..BURST {
+        let mut msg = format!("{tag}:{i}").into_bytes();
+        msg.resize(1000, b'.');
+        u.send_to(&msg, to).unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Shaping ends with a `set` that has no `QOS_SD_MODE`: the packets the shaper held leave at
+/// once and later ones are not delayed. A `set` the back end refuses after it changed the mark
+/// (a rate out of range; an IPv6 destination for an IPv4 socket) leaves the socket as it was:
+/// the old destination keeps DSCP 24, the new one is not marked. Judged by the receiver's
+/// arrival times and capture.
+#[test]
+fn gqos_shaping_ends_and_failed_sets_change_nothing_against_qosmarkd() {
+    use ProviderObject::{DestAddr, SdMode};
+    if !live() {
+        return;
+    }
+    let net = Net::new();
+    let daemon = Daemon::start(&net, &DaemonOptions::default());
+    let d0 = net.receiver_addr(false, 8310);
+    let d1 = net.receiver_addr(false, 8311);
+    let sink = UdpSink::start(&net, &[d0, d1]);
+    let capture = Capture::start(&net);
+    let bind4 = net.sender_addr(false, 0);
+    let u = in_ns(&net.sender, move || UdpSocket::bind(bind4).unwrap());
+    let g = session(&daemon);
+
+    // ControlledLoad (24) shaped to 12 500 bytes/s (100 kbit/s).
+    let mut shaped = qos(2, vec![DestAddr(d0), SdMode(1)]);
+    shaped.sending.token_rate = 12_500;
+    g.set(&u, &shaped).unwrap();
+    send_big(&u, d0, "g-held");
+    // Most of the burst is held now; a set without QOS_SD_MODE ends shaping and frees them.
+    let held_before = BURST - u32::try_from(sink.count("g-held")).unwrap();
+    assert!(held_before > BURST / 2, "only {held_before} held");
+    let cleared = Instant::now();
+    g.set(&u, &qos(2, vec![DestAddr(d0)])).unwrap();
+    assert_eq!(sink.wait_for("g-held", u64::from(BURST)), u64::from(BURST));
+    let released_in = cleared.elapsed();
+    assert!(
+        released_in < Duration::from_millis(700),
+        "held packets took {released_in:?} after shaping ended (shaped: ~2.5 s)"
+    );
+    let start = Instant::now();
+    send_big(&u, d0, "g-unshaped");
+    assert_eq!(
+        sink.wait_for("g-unshaped", u64::from(BURST)),
+        u64::from(BURST)
+    );
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_millis(900),
+        "an unshaped burst took {took:?} (shaped: ~2.5 s)"
+    );
+
+    // Refused sets with a new destination change nothing.
+    let mut too_slow = qos(3, vec![DestAddr(d1), SdMode(1)]);
+    too_slow.sending.token_rate = 100;
+    assert_eq!(g.set(&u, &too_slow).unwrap_err().raw(), 11017);
+    let v6 = net.receiver_addr(true, 8312);
+    assert_eq!(
+        g.set(&u, &qos(0xA, vec![DestAddr(v6)])).unwrap_err().raw(),
+        87
+    );
+    let r = g.get(u.as_raw_fd()).unwrap();
+    assert_eq!(
+        (r.sending.service_type, r.status_code, r.dscp),
+        (2, 11009, 24)
+    );
+    send_tagged(&u, Some(d0), "g-kept-0", PACKETS);
+    send_tagged(&u, Some(d1), "g-kept-1", PACKETS);
+    for (tag, n) in [
+        ("g-held", BURST),
+        ("g-unshaped", BURST),
+        ("g-kept-0", PACKETS),
+        ("g-kept-1", PACKETS),
+    ] {
+        assert_eq!(sink.wait_for(tag, u64::from(n)), u64::from(n), "{tag}");
+    }
+    let seen = capture.finish();
+    let src = net.sender_addr(false, 0).ip();
+    // The padded bursts (common::check_udp wants the short payloads of send_tagged): each
+    // datagram once, DSCP 24 with ECN 0, a valid IPv4 header checksum.
+    for tag in ["g-held", "g-unshaped"] {
+        let prefix = format!("{tag}:");
+        let mut indices = std::collections::BTreeSet::new();
+        for p in seen
+            .iter()
+            .filter(|p| p.payload.starts_with(prefix.as_bytes()))
+        {
+            assert!(p.checksum_ok, "{tag}: IPv4 header checksum");
+            assert_eq!(p.tos, 24 << 2, "{tag}: TOS");
+            assert_eq!(p.payload.len(), 1000, "{tag}: length");
+            let index: String = p.payload[prefix.len()..]
+                .iter()
+                .take_while(|b| b.is_ascii_digit())
+                .map(|b| char::from(*b))
+                .collect();
+            assert!(indices.insert(index), "{tag}: a datagram twice");
+        }
+        assert_eq!(indices.len(), BURST as usize, "{tag}: captured");
+    }
+    for (tag, n, e, dst) in [
+        ("g-kept-0", PACKETS, Expect::Dscp(24), d0),
+        ("g-kept-1", PACKETS, Expect::Untouched, d1),
+    ] {
+        assert_eq!(
+            check_udp_between(&seen, tag, 0, e, src, dst),
+            u64::from(n),
+            "{tag}"
+        );
+    }
     drop(g);
     daemon.stop();
 }

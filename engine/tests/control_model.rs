@@ -477,6 +477,10 @@ enum Op {
         threshold: bool,
     },
     Enumerate(usize),
+    ClearRate {
+        h: usize,
+        flow: usize,
+    },
     SetTable {
         h: usize,
         table: usize,
@@ -505,6 +509,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (h.clone(), flow.clone(), 0usize..3).prop_map(|(h, flow, op)| Op::Query { h, flow, op }),
         1 => (h.clone(), flow.clone(), 0usize..3, any::<bool>()).prop_map(|(h, flow, op, threshold)| Op::Notify { h, flow, op, threshold }),
         1 => h.clone().prop_map(Op::Enumerate),
+        1 => (h.clone(), flow.clone()).prop_map(|(h, flow)| Op::ClearRate { h, flow }),
         1 => (h.clone(), 0usize..3).prop_map(|(h, table)| Op::SetTable { h, table }),
         2 => (h, 0usize..SOCKETS, 0usize..6).prop_map(|(h, sock, local)| Op::Bound { h, sock, local }),
     ]
@@ -751,6 +756,25 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                     Ok(()) => {
                         prop_assert_eq!(got, Ok(Response::Done));
                         m.flows.get_mut(&flow).unwrap().rate = Some((bandwidth, shaping as u32));
+                    }
+                }
+            }
+            Op::ClearRate { h, flow } => {
+                let h = hpick(&seen_handles, h);
+                let flow = seen_flows[flow % seen_flows.len()];
+                let got = e.apply(
+                    HandleId(h),
+                    &Request::SetFlow {
+                        flow_id: flow,
+                        op: SetFlow::ClearOutgoingRate,
+                    },
+                );
+                // 1168 for a flow that is not the handle's; else the rate (if any) is gone.
+                match m.caller(h).and_then(|_| m.own(h, flow)) {
+                    Err(err) => prop_assert_eq!(got, Err(err)),
+                    Ok(_) => {
+                        prop_assert_eq!(got, Ok(Response::Done));
+                        m.flows.get_mut(&flow).unwrap().rate = None;
                     }
                 }
             }

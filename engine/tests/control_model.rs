@@ -459,11 +459,14 @@ enum Op {
         flow: usize,
         value: u32,
     },
+    /// `recent`: on the flow added last, through its handle, when there is one (random picks
+    /// rarely meet a handle's own flow).
     SetRate {
         h: usize,
         flow: usize,
         bandwidth: u64,
         shaping: Shaping,
+        recent: bool,
     },
     Query {
         h: usize,
@@ -477,9 +480,12 @@ enum Op {
         threshold: bool,
     },
     Enumerate(usize),
+    /// `recent`: the handle and flow of the last rate set, when there is one (random picks
+    /// rarely meet a flow with a rate).
     ClearRate {
         h: usize,
         flow: usize,
+        recent: bool,
     },
     SetTable {
         h: usize,
@@ -505,11 +511,14 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (h.clone(), flow.clone(), prop::sample::select(vec![0u32, 46, 63, 10, 64, 300])).prop_map(|(h, flow, value)| Op::SetDscp { h, flow, value }),
         2 => (h.clone(), flow.clone(), prop::sample::select(vec![0u64, 1, 11_999, 12_000, 1_000_000, 100_000_000_000, 100_000_000_001, u64::MAX]),
               prop::sample::select(vec![Shaping::ShapeOnly, Shaping::ShapeAndMark, Shaping::UseNonConformantMarkings]))
-            .prop_map(|(h, flow, bandwidth, shaping)| Op::SetRate { h, flow, bandwidth, shaping }),
+            .prop_map(|(h, flow, bandwidth, shaping)| Op::SetRate { h, flow, bandwidth, shaping, recent: false }),
+        2 => (prop::sample::select(vec![12_000u64, 1_000_000, 100_000_000_000, 0]),
+              prop::sample::select(vec![Shaping::ShapeOnly, Shaping::UseNonConformantMarkings]))
+            .prop_map(|(bandwidth, shaping)| Op::SetRate { h: 0, flow: 0, bandwidth, shaping, recent: true }),
         2 => (h.clone(), flow.clone(), 0usize..3).prop_map(|(h, flow, op)| Op::Query { h, flow, op }),
         1 => (h.clone(), flow.clone(), 0usize..3, any::<bool>()).prop_map(|(h, flow, op, threshold)| Op::Notify { h, flow, op, threshold }),
         1 => h.clone().prop_map(Op::Enumerate),
-        1 => (h.clone(), flow.clone()).prop_map(|(h, flow)| Op::ClearRate { h, flow }),
+        2 => (h.clone(), flow.clone(), any::<bool>()).prop_map(|(h, flow, recent)| Op::ClearRate { h, flow, recent }),
         1 => (h.clone(), 0usize..3).prop_map(|(h, table)| Op::SetTable { h, table }),
         2 => (h, 0usize..SOCKETS, 0usize..6).prop_map(|(h, sock, local)| Op::Bound { h, sock, local }),
     ]
@@ -537,6 +546,8 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
         (sockets(), dests(), bound_locals(), tables(), probes());
     let mut seen_handles: Vec<u32> = vec![0xdead];
     let mut seen_flows: Vec<FlowId> = vec![0, 0xbeef];
+    let mut last_rated: Option<(u32, FlowId)> = None;
+    let mut last_added: Option<(u32, FlowId)> = None;
     let hpick = |seen: &Vec<u32>, i: usize| seen[i % seen.len()];
     for op in ops {
         match *op {
@@ -641,6 +652,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                             },
                         );
                         seen_flows.push(id);
+                        last_added = Some((h, id));
                     }
                 }
             }
@@ -729,9 +741,12 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 flow,
                 bandwidth,
                 shaping,
+                recent,
             } => {
-                let h = hpick(&seen_handles, h);
-                let flow = seen_flows[flow % seen_flows.len()];
+                let (h, flow) = match last_added {
+                    Some(pair) if recent => pair,
+                    _ => (hpick(&seen_handles, h), seen_flows[flow % seen_flows.len()]),
+                };
                 let got = e.apply(
                     HandleId(h),
                     &Request::SetFlow {
@@ -756,12 +771,15 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                     Ok(()) => {
                         prop_assert_eq!(got, Ok(Response::Done));
                         m.flows.get_mut(&flow).unwrap().rate = Some((bandwidth, shaping as u32));
+                        last_rated = Some((h, flow));
                     }
                 }
             }
-            Op::ClearRate { h, flow } => {
-                let h = hpick(&seen_handles, h);
-                let flow = seen_flows[flow % seen_flows.len()];
+            Op::ClearRate { h, flow, recent } => {
+                let (h, flow) = match last_rated {
+                    Some(pair) if recent => pair,
+                    _ => (hpick(&seen_handles, h), seen_flows[flow % seen_flows.len()]),
+                };
                 let got = e.apply(
                     HandleId(h),
                     &Request::SetFlow {

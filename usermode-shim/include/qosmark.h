@@ -211,14 +211,16 @@ QOSMARK_API BOOL WINAPI QOSCancel(HANDLE QOSHandle, LPOVERLAPPED Overlapped);
  *       call with WSA_QOS_TRAFFIC_CTRL_ERROR (11014) and nothing changes.
  *   Errors (nothing changes): WSA_QOS_ESERVICETYPE 11016 (unknown ServiceType, either
  *   direction), WSA_QOS_EFLOWSPEC 11017 (shaping with TokenRate 0, even with
- *   QOS_SHAPING_RATE, or with no rate at all; PeakBandwidth below TokenRate), WSA_QOS_EPROVSPECBUF 11018 (len without buf; a truncated
- *   header), WSA_QOS_EOBJLENGTH 11022 (ObjectLength too small, too large, or not the object's
- *   size), WSA_QOS_EUNKOWNPSOBJ 11024 (unknown ObjectType), WSA_QOS_ESDMODEOBJ 11029
- *   (TC_NONCONF_DISCARD, TC_NONCONF_BORROW_PLUS, other modes), WSA_QOS_ESHAPERATEOBJ 11030
- *   (ShapingRate 0), WSA_QOS_BAD_OBJECT 11013 (an object with SERVICETYPE_NOCHANGE, an
- *   object twice, DSField > 63, TrafficClass > 7, a bad QOS_DESTADDR); ERROR_INVALID_PARAMETER 87 (qos NULL; an
- *   unconnected socket without QOS_DESTADDR); the QOS2 codes of the back end (5, 183, 1450,
- *   1068 = no back end, 1164 = reconnect).
+ *   QOS_SHAPING_RATE, or with no rate at all; PeakBandwidth below TokenRate),
+ *   WSA_QOS_EPROVSPECBUF 11018 (len without buf; a truncated header; fewer than 8 zero bytes
+ *   after the last object are struct padding and ignored), WSA_QOS_EOBJLENGTH 11022
+ *   (ObjectLength too small, too large, or not the object's size), WSA_QOS_EUNKOWNPSOBJ 11024
+ *   (unknown ObjectType), WSA_QOS_ESDMODEOBJ 11029 (TC_NONCONF_DISCARD,
+ *   TC_NONCONF_BORROW_PLUS, other modes), WSA_QOS_ESHAPERATEOBJ 11030 (ShapingRate 0),
+ *   WSA_QOS_BAD_OBJECT 11013 (an object with SERVICETYPE_NOCHANGE, an object twice,
+ *   DSField > 63, TrafficClass > 7, a bad QOS_DESTADDR); ERROR_INVALID_PARAMETER 87 (qos NULL;
+ *   an unconnected socket without QOS_DESTADDR); the QOS2 codes of the back end (5, 183,
+ *   1450, 1068 = no back end, 1164 = reconnect).
  *   On a socket that already marks, a failed call restores the previous mark and rate and
  *   adds no destination: every error leaves the socket as it was.
  *   Marking also ends when the socket is closed, shut down for sending (shutdown(SD_SEND /

@@ -81,7 +81,7 @@
 //! |---|---|
 //! | a `ServiceType` (sending or receiving) other than 0, 1, 2, 3, 6, 0xA, 0xD (with or without `SERVICE_NO_QOS_SIGNALING`) | `WSA_QOS_ESERVICETYPE` 11016 |
 //! | shaping asked (`QOS_SD_MODE` shape/borrow) with a sending `TokenRate` of 0 (even when `QOS_SHAPING_RATE` names the rate), or with no rate (`TokenRate` `QOS_NOT_SPECIFIED` and no `QOS_SHAPING_RATE`); `PeakBandwidth` below `TokenRate` (both specified, `PeakBandwidth` not `POSITIVE_INFINITY_RATE`), in either flowspec | `WSA_QOS_EFLOWSPEC` 11017 |
-//! | `ProviderSpecific` with a length but no buffer, or fewer bytes left than a header | `WSA_QOS_EPROVSPECBUF` 11018 |
+//! | `ProviderSpecific` with a length but no buffer, or fewer bytes left than a header that are not all zero (zeros there are struct padding and end the list) | `WSA_QOS_EPROVSPECBUF` 11018 |
 //! | an `ObjectLength` below the header, beyond the buffer, or not the object's size | `WSA_QOS_EOBJLENGTH` 11022 |
 //! | an unknown `ObjectType` | `WSA_QOS_EUNKOWNPSOBJ` 11024 (sic) |
 //! | `ShapeDiscardMode` above 3, or 2 / 3 (not supported) | `WSA_QOS_ESDMODEOBJ` 11029 |
@@ -349,6 +349,12 @@ pub fn parse_provider_specific(bytes: &[u8], pointer_bytes: usize) -> Result<Vec
     while at < bytes.len() {
         let rest = bytes.get(at..).unwrap_or_default();
         if rest.len() < OBJECT_HDR_LEN {
+            // Zeros shorter than a header are the padding a C compiler puts after a struct of
+            // objects that ends with a 12-byte one (64-bit: structs align to 8) when the
+            // caller passes `sizeof` the struct; anything else there is a cut-off header.
+            if rest.iter().all(|b| *b == 0) {
+                break;
+            }
             return Err(err(WSA_QOS_EPROVSPECBUF));
         }
         let kind = u32_at(rest, 0).ok_or_else(|| err(WSA_QOS_EPROVSPECBUF))?;
@@ -1059,6 +1065,16 @@ mod tests {
         assert!(parse_provider_specific(&obj(QOS_OBJECT_DESTADDR, &[0; 8]), 4).is_ok());
         // Fewer bytes than a header.
         assert_eq!(code(&[1, 2, 3]), WSA_QOS_EPROVSPECBUF);
+        // ... unless they are zeros: the padding after a C struct of objects that ends with a
+        // 12-byte one (sizeof rounds it up to 8 on 64-bit).
+        let mut padded = obj(QOS_OBJECT_DS_CLASS, &46u32.to_ne_bytes());
+        padded.extend_from_slice(&[0; 4]);
+        assert_eq!(
+            parse_provider_specific(&padded, 8).unwrap(),
+            vec![RawObject::Object(ProviderObject::DsClass(46))]
+        );
+        *padded.last_mut().unwrap() = 1;
+        assert_eq!(code(&padded), WSA_QOS_EPROVSPECBUF);
         assert_eq!(parse_provider_specific(&[], 8).unwrap(), vec![]);
     }
 

@@ -221,16 +221,44 @@ int main(void) {
     QOS_DS_CLASS ef = {{QOS_OBJECT_DS_CLASS, sizeof(QOS_DS_CLASS)}, 46};
     bad = make_qos(SERVICETYPE_GUARANTEED, &ef, sizeof ef);
     EXPECT_FAIL(QmSetSocketQos((SOCKET)s, &bad), 5);
-    /* Shaping without a shaping back end: 11014, undone. (Once shaping lands, this succeeds.) */
+    /* Shaping (the engine shapes): GUARANTEED 40 / 5 at 125000 bytes/s. */
     QOS shaped = make_qos(SERVICETYPE_GUARANTEED, &shape, sizeof shape);
     shaped.SendingFlowspec.TokenRate = 125000;
-    if (!QmSetSocketQos((SOCKET)s, &shaped)) {
-        CHECK(QOSGetLastError() == WSA_QOS_TRAFFIC_CTRL_ERROR);
-    }
+    EXPECT_OK(QmSetSocketQos((SOCKET)s, &shaped));
     info = get(s, &st);
-    CHECK(info.ExtendedStatus1 == 40 || info.ExtendedStatus1 == 48);
-    /* After all the refusals, still NETWORK_CONTROL (unless the shaped set succeeded). */
-    CHECK(st == SERVICETYPE_NETWORK_CONTROL || st == SERVICETYPE_GUARANTEED);
+    CHECK(st == SERVICETYPE_GUARANTEED && info.ExtendedStatus1 == 40 && info.ExtendedStatus2 == 5);
+    /* A zero TokenRate asking for shaping fails even when QOS_SHAPING_RATE gives the rate. */
+    struct {
+        QOS_SD_MODE mode;
+        QOS_SHAPING_RATE rate;
+    } by_rate = {{{QOS_OBJECT_SD_MODE, sizeof(QOS_SD_MODE)}, TC_NONCONF_SHAPE},
+                 {{QOS_OBJECT_SHAPING_RATE, sizeof(QOS_SHAPING_RATE)}, 100000}};
+    bad = make_qos(SERVICETYPE_GUARANTEED, &by_rate, sizeof by_rate);
+    bad.SendingFlowspec.TokenRate = 0;
+    EXPECT_FAIL(QmSetSocketQos((SOCKET)s, &bad), WSA_QOS_EFLOWSPEC);
+    /* NOCHANGE with an object: the object would change the side NOCHANGE keeps. */
+    bad = make_qos(SERVICETYPE_NOCHANGE, &o1, sizeof o1);
+    EXPECT_FAIL(QmSetSocketQos((SOCKET)s, &bad), WSA_QOS_BAD_OBJECT);
+    /* A refused set with a new destination (EF is not the user's): the socket keeps its
+       service, mark and single flow. */
+    struct sockaddr_in d3 = v4("192.0.2.3", 5008);
+    struct {
+        QOS_DESTADDR dest;
+        QOS_DS_CLASS ds;
+    } o2 = {{{QOS_OBJECT_DESTADDR, sizeof(QOS_DESTADDR)}, (const struct sockaddr *)&d3, sizeof d3},
+            {{QOS_OBJECT_DS_CLASS, sizeof(QOS_DS_CLASS)}, 46}};
+    bad = make_qos(SERVICETYPE_CONTROLLEDLOAD, &o2, sizeof o2);
+    EXPECT_FAIL(QmSetSocketQos((SOCKET)s, &bad), 5);
+    info = get(s, &st);
+    CHECK(st == SERVICETYPE_GUARANTEED && info.ExtendedStatus1 == 40 && info.ExtendedStatus2 == 5);
+    size = 0;
+    EXPECT_FAIL(QOSEnumerateFlows(h, &size, NULL), 122);
+    CHECK(size == sizeof(QOS_FLOWID));
+    /* A set without QOS_SD_MODE ends shaping and keeps marking. */
+    q = make_qos(SERVICETYPE_NETWORK_CONTROL, NULL, 0);
+    EXPECT_OK(QmSetSocketQos((SOCKET)s, &q));
+    info = get(s, &st);
+    CHECK(st == SERVICETYPE_NETWORK_CONTROL && info.ExtendedStatus1 == 48);
 
     /* NOCHANGE keeps; the in-process engine cannot hold a wait (997); an OVERLAPPED → 50. */
     q = make_qos(SERVICETYPE_NOCHANGE, NULL, 0);

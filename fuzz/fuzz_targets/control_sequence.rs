@@ -17,9 +17,10 @@
 #![cfg_attr(fuzzing, no_main)]
 
 use qosmark_engine::abi::{
-    heapless_name::RuleName, Caller, Dscp, Family, FlowId, FlowRate, Mark, NotifyFlow, Pcp,
-    PortRange, Privilege, Protocol, QueryFlow, Request, Response, RuleAction, RuleProtocol,
-    RuleSpec, SetFlow, Shaping, SkipReason, SocketInfo, TrafficTable, TrafficType, TrafficTypeMark,
+    heapless_name::RuleName, Caller, Dscp, Family, FlowId, FlowRate, FlowState, Mark, NotifyFlow,
+    Pcp, PortRange, Privilege, Protocol, QueryFlow, Request, Response, RuleAction, RuleProtocol,
+    RuleSpec, ServiceMark, ServiceType, SetFlow, Shaping, SkipReason, SocketInfo, TrafficTable,
+    TrafficType, TrafficTypeMark,
 };
 use qosmark_engine::{Engine, EngineError, HandleId, Limits, PacketMeta, Verdict};
 use std::collections::BTreeMap;
@@ -110,6 +111,9 @@ struct MFlow {
     tt: TrafficType,
     adaptive: bool,
     custom: Option<u8>,
+    /// The 802.1p of a GQoS service mark (`SetFlow(Service)`), which holds whatever the
+    /// table and the flow's adaptivity say.
+    custom_pcp: Option<u8>,
     /// `QOSSetOutgoingRate`: bit/s and shaping.
     rate: Option<(u64, Shaping)>,
     /// (socket, key) in registration order.
@@ -161,10 +165,10 @@ impl Model {
                 Some(d) => Dscp::try_new(d).ok(),
                 None => row.dscp,
             },
-            pcp: if f.adaptive && self.table.tag_adaptive_flows {
-                row.pcp
-            } else {
-                None
+            pcp: match f.custom_pcp {
+                Some(p) => Pcp::try_new(p).ok(),
+                None if f.adaptive && self.table.tag_adaptive_flows => row.pcp,
+                None => None,
             },
         }
     }
@@ -192,6 +196,24 @@ impl Model {
 
     fn all_entries(&self) -> usize {
         self.flows.values().map(|f| f.entries.len()).sum()
+    }
+
+    /// `WatchFlow`: alive with its mark for a flow the caller may see (administrators and
+    /// kernel: any; users: their process's), else not alive with no mark.
+    fn watch(&self, c: Caller, id: FlowId) -> FlowState {
+        match self.flows.get(&id) {
+            Some(f) if privileged(c) || f.pid == c.pid => FlowState {
+                alive: true,
+                mark: self.mark(f),
+            },
+            _ => FlowState {
+                alive: false,
+                mark: Mark {
+                    dscp: None,
+                    pcp: None,
+                },
+            },
+        }
     }
 
     fn visible(&self, c: Caller) -> Vec<FlowId> {
@@ -529,6 +551,7 @@ pub fn check(data: &[u8]) {
                                 tt,
                                 adaptive: flags & 2 == 0,
                                 custom: None,
+                                custom_pcp: None,
                                 rate: None,
                                 entries: vec![(socket.socket, key)],
                             },
@@ -583,7 +606,7 @@ pub fn check(data: &[u8]) {
                 } else {
                     input.pick(&existing)
                 };
-                let which = input.byte() % 9;
+                let which = input.byte() % 12;
                 let (req, want): (Request, Result<Option<Mark>, u32>) = {
                     let base = if !m.handles.contains_key(&h) {
                         Err(E_HANDLE)
@@ -696,6 +719,71 @@ pub fn check(data: &[u8]) {
                             };
                             (Request::QueryFlow { flow_id, op }, want)
                         }
+                        9 | 10 => {
+                            // GQoS service mark: qos-api.md §11.4's defaults, written out.
+                            let (service, default_dscp, default_pcp) = input.pick(&[
+                                (ServiceType::ControlledLoad, 24u8, 4u8),
+                                (ServiceType::Guaranteed, 40, 5),
+                                (ServiceType::NetworkControl, 48, 7),
+                                (ServiceType::Qualitative, 0, 0),
+                            ]);
+                            let dscp = match input.byte() % 4 {
+                                0 => Some(default_dscp),
+                                1 => Some(input.byte() % 64),
+                                _ => None,
+                            };
+                            let pcp = match input.byte() % 4 {
+                                0 => Some(default_pcp),
+                                1 => Some(input.byte() % 8),
+                                _ => None,
+                            };
+                            // An override other than the default: DSCP for administrators,
+                            // kernel callers and allow-listed values; 802.1p for
+                            // administrators and kernel callers; else 5.
+                            let want = base.and_then(|_| {
+                                let caller = m.handles[&h];
+                                let d = dscp.unwrap_or(default_dscp);
+                                let p = pcp.unwrap_or(default_pcp);
+                                if d != default_dscp
+                                    && !privileged(caller)
+                                    && (m.table.user_dscp_allow >> d) & 1 == 0
+                                {
+                                    return Err(E_ACCESS);
+                                }
+                                if p != default_pcp && !privileged(caller) {
+                                    return Err(E_ACCESS);
+                                }
+                                let f = m.flows.get_mut(&flow_id).expect("own");
+                                f.custom = Some(d);
+                                f.custom_pcp = Some(p);
+                                Ok(None)
+                            });
+                            (
+                                Request::SetFlow {
+                                    flow_id,
+                                    op: SetFlow::Service(ServiceMark {
+                                        service,
+                                        dscp: dscp.map(|d| Dscp::try_new(d).expect("below 64")),
+                                        pcp: pcp.map(|p| Pcp::try_new(p).expect("below 8")),
+                                    }),
+                                },
+                                want,
+                            )
+                        }
+                        11 => {
+                            // qosmark extension: the rate (if any) goes, the flow stays.
+                            let want = base.map(|_| {
+                                m.flows.get_mut(&flow_id).expect("own").rate = None;
+                                None
+                            });
+                            (
+                                Request::SetFlow {
+                                    flow_id,
+                                    op: SetFlow::ClearOutgoingRate,
+                                },
+                                want,
+                            )
+                        }
                         _ => {
                             let op = input.pick(&[
                                 NotifyFlow::Congested,
@@ -753,11 +841,41 @@ pub fn check(data: &[u8]) {
                     _ => assert_eq!(code(&got), want.map(|_| ()), "step {step}: {req:?}"),
                 }
             }
-            10 => {
+            10 if input.byte().is_multiple_of(2) => {
                 let got = e.apply(hid, &Request::EnumerateFlows);
                 match m.handles.get(&h) {
                     None => assert_eq!(code(&got), Err(E_HANDLE)),
                     Some(c) => assert_eq!(got, Ok(Response::FlowIds(m.visible(*c))), "step {step}"),
+                }
+            }
+            10 => {
+                // WatchFlow (GQoS FD_QOS): the state now, whatever state the caller says it
+                // knows (holding the request is the back end's business).
+                let existing: Vec<FlowId> = m.flows.keys().copied().collect();
+                let flow_id = if existing.is_empty() || input.byte().is_multiple_of(4) {
+                    input.u32() % 16
+                } else {
+                    input.pick(&existing)
+                };
+                let known = match (input.byte() % 3, m.handles.get(&h)) {
+                    (0, _) | (_, None) => None,
+                    (1, Some(c)) => Some(m.watch(*c, flow_id)),
+                    (_, Some(_)) => Some(FlowState {
+                        alive: true,
+                        mark: Mark {
+                            dscp: Some(Dscp::EF),
+                            pcp: None,
+                        },
+                    }),
+                };
+                let got = e.apply(hid, &Request::WatchFlow { flow_id, known });
+                match m.handles.get(&h) {
+                    None => assert_eq!(code(&got), Err(E_HANDLE), "step {step}"),
+                    Some(c) => assert_eq!(
+                        got,
+                        Ok(Response::FlowState(m.watch(*c, flow_id))),
+                        "step {step}: watch {flow_id}"
+                    ),
                 }
             }
             11 => {

@@ -19,45 +19,10 @@
 
 #define QOSMARK_TEST_HOOKS 1
 #include "qosmark.h"
+#include "qm_check.h"
 
 /* Weak, so that a library without the hook fails with a message instead of a link error. */
 #pragma weak QmTestUseInProcessEngine
-
-static int failures = 0;
-static int checks = 0;
-
-#define CHECK(cond)                                                                        \
-    do {                                                                                   \
-        checks++;                                                                          \
-        if (!(cond)) {                                                                     \
-            fprintf(stderr, "%s:%d: CHECK failed: %s (last error %u)\n", __FILE__, __LINE__, \
-                    #cond, (unsigned)QOSGetLastError());                                   \
-            failures++;                                                                    \
-        }                                                                                  \
-    } while (0)
-
-#define EXPECT_FAIL(call, code)                                                            \
-    do {                                                                                   \
-        BOOL ok_ = (call);                                                                 \
-        DWORD e_ = QOSGetLastError();                                                      \
-        checks++;                                                                          \
-        if (ok_ || e_ != (DWORD)(code)) {                                                  \
-            fprintf(stderr, "%s:%d: %s: expected FALSE/%u, got %s/%u\n", __FILE__, __LINE__, \
-                    #call, (unsigned)(code), ok_ ? "TRUE" : "FALSE", (unsigned)e_);        \
-            failures++;                                                                    \
-        }                                                                                  \
-    } while (0)
-
-#define EXPECT_OK(call)                                                                    \
-    do {                                                                                   \
-        BOOL ok_ = (call);                                                                 \
-        checks++;                                                                          \
-        if (!ok_) {                                                                        \
-            fprintf(stderr, "%s:%d: %s failed with %u\n", __FILE__, __LINE__, #call,       \
-                    (unsigned)QOSGetLastError());                                          \
-            failures++;                                                                    \
-        }                                                                                  \
-    } while (0)
 
 static int udp_socket(void) {
     int s = socket(AF_INET, SOCK_DGRAM, 0);
@@ -281,6 +246,5 @@ int main(void) {
 
     EXPECT_OK(QOSCloseHandle(h));
     close(s);
-    printf("gqos_test: %d checks, %d failures\n", checks, failures);
-    return failures == 0 ? 0 : 1;
+    return QM_FINISH("gqos_test");
 }

@@ -23,46 +23,10 @@
 
 #define QOSMARK_TEST_HOOKS 1
 #include "qosmark.h"
+#include "qm_check.h"
 
 /* Weak, so the program also links against a library without the test hook (daemon mode). */
 #pragma weak QmTestUseInProcessEngine
-
-static int failures = 0;
-static int checks = 0;
-
-#define CHECK(cond)                                                                        \
-    do {                                                                                   \
-        checks++;                                                                          \
-        if (!(cond)) {                                                                     \
-            fprintf(stderr, "%s:%d: CHECK failed: %s (last error %u)\n", __FILE__, __LINE__, \
-                    #cond, (unsigned)QOSGetLastError());                                   \
-            failures++;                                                                    \
-        }                                                                                  \
-    } while (0)
-
-/* The call must return FALSE with this last error. */
-#define EXPECT_FAIL(call, code)                                                            \
-    do {                                                                                   \
-        BOOL ok_ = (call);                                                                 \
-        DWORD e_ = QOSGetLastError();                                                      \
-        checks++;                                                                          \
-        if (ok_ || e_ != (DWORD)(code)) {                                                  \
-            fprintf(stderr, "%s:%d: %s: expected FALSE/%u, got %s/%u\n", __FILE__, __LINE__, \
-                    #call, (unsigned)(code), ok_ ? "TRUE" : "FALSE", (unsigned)e_);        \
-            failures++;                                                                    \
-        }                                                                                  \
-    } while (0)
-
-#define EXPECT_OK(call)                                                                    \
-    do {                                                                                   \
-        BOOL ok_ = (call);                                                                 \
-        checks++;                                                                          \
-        if (!ok_) {                                                                        \
-            fprintf(stderr, "%s:%d: %s failed with %u\n", __FILE__, __LINE__, #call,       \
-                    (unsigned)QOSGetLastError());                                          \
-            failures++;                                                                    \
-        }                                                                                  \
-    } while (0)
 
 static int udp_socket(int family, const char *addr) {
     int s = socket(family, SOCK_DGRAM, 0);
@@ -390,6 +354,5 @@ int main(void) {
     close(d6);
     close(l6);
     close(conn);
-    printf("qos2_test: %d checks, %d failures\n", checks, failures);
-    return failures == 0 ? 0 : 1;
+    return QM_FINISH("qos2_test");
 }

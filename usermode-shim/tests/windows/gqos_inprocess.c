@@ -16,44 +16,7 @@
 
 #define QOSMARK_TEST_HOOKS 1
 #include "qosmark.h"
-
-static int failures, checks;
-
-#define CHECK(cond)                                                                        \
-    do {                                                                                   \
-        checks++;                                                                          \
-        if (!(cond)) {                                                                     \
-            printf("FAIL line %d: %s (GetLastError() = %lu)\n", __LINE__, #cond,           \
-                   (unsigned long)GetLastError());                                         \
-            failures++;                                                                    \
-        }                                                                                  \
-    } while (0)
-
-#define EXPECT_FAIL(call, code)                                                            \
-    do {                                                                                   \
-        BOOL ok_ = (call);                                                                 \
-        DWORD e_ = GetLastError();                                                         \
-        checks++;                                                                          \
-        if (ok_ || e_ != (DWORD)(code)) {                                                  \
-            printf("FAIL line %d: %s: expected FALSE/%lu, got %s/%lu\n", __LINE__, #call,   \
-                   (unsigned long)(code), ok_ ? "TRUE" : "FALSE", (unsigned long)e_);      \
-            failures++;                                                                    \
-        }                                                                                  \
-    } while (0)
-
-/* TRUE, and GetLastError() still holds the marker set before the call. */
-#define EXPECT_OK(call)                                                                    \
-    do {                                                                                   \
-        SetLastError(0x5eed);                                                              \
-        BOOL ok_ = (call);                                                                 \
-        DWORD e_ = GetLastError();                                                         \
-        checks++;                                                                          \
-        if (!ok_ || e_ != 0x5eed) {                                                        \
-            printf("FAIL line %d: %s: expected TRUE with the last error kept, got %s/%lu\n", \
-                   __LINE__, #call, ok_ ? "TRUE" : "FALSE", (unsigned long)e_);            \
-            failures++;                                                                    \
-        }                                                                                  \
-    } while (0)
+#include "../c/qm_check.h"
 
 static FLOWSPEC flowspec(SERVICETYPE st)
 {
@@ -154,6 +117,5 @@ int main(void)
 
     closesocket(s);
     WSACleanup();
-    printf("gqos_inprocess: %d checks, %d failures\n", checks, failures);
-    return failures == 0 ? 0 : 1;
+    return QM_FINISH("gqos_inprocess");
 }

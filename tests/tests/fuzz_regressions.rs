@@ -15,66 +15,55 @@
 // pedantic lint discipline; nightly, so newer std APIs than the workspace MSRV, e.g.
 // `is_multiple_of`, 1.87): a panic in them is exactly the failure this test reports, and this
 // test crate is built with the current stable toolchain.
-#[path = "../../fuzz/fuzz_targets/abi_decode.rs"]
-#[allow(
-    dead_code,
-    clippy::pedantic,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::incompatible_msrv,
-    reason = "fuzz target code included verbatim (see above)"
-)]
-mod abi_decode;
-#[path = "../../fuzz/fuzz_targets/capture_replay.rs"]
-#[allow(
-    dead_code,
-    clippy::pedantic,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::incompatible_msrv,
-    reason = "fuzz target code included verbatim (see above)"
-)]
-mod capture_replay;
-#[path = "../../fuzz/fuzz_targets/control_sequence.rs"]
-#[allow(
-    dead_code,
-    clippy::pedantic,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::incompatible_msrv,
-    reason = "fuzz target code included verbatim (see above)"
-)]
-mod control_sequence;
-#[path = "../../fuzz/fuzz_targets/packet_rewrite.rs"]
-#[allow(
-    dead_code,
-    clippy::pedantic,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::incompatible_msrv,
-    reason = "fuzz target code included verbatim (see above)"
-)]
-mod packet_rewrite;
-#[path = "../../fuzz/fuzz_targets/rules_file.rs"]
-#[allow(
-    dead_code,
-    clippy::pedantic,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::incompatible_msrv,
-    reason = "fuzz target code included verbatim (see above)"
-)]
-mod rules_file;
+/// Includes the fuzz target `$name` (file `fuzz/fuzz_targets/$name.rs`) as a module, and a
+/// test that replays its inputs through its `check`.
+macro_rules! fuzz_target {
+    ($name:ident, $file:literal, $test:ident) => {
+        #[path = $file]
+        #[allow(
+            dead_code,
+            clippy::pedantic,
+            clippy::unwrap_used,
+            clippy::expect_used,
+            clippy::panic,
+            clippy::indexing_slicing,
+            clippy::incompatible_msrv,
+            reason = "fuzz target code included verbatim (see above)"
+        )]
+        mod $name;
+
+        #[test]
+        fn $test() {
+            assert!(replay(stringify!($name), $name::check) > 0);
+        }
+    };
+}
+
+fuzz_target!(
+    abi_decode,
+    "../../fuzz/fuzz_targets/abi_decode.rs",
+    abi_decode_inputs_pass
+);
+fuzz_target!(
+    capture_replay,
+    "../../fuzz/fuzz_targets/capture_replay.rs",
+    capture_replay_inputs_pass
+);
+fuzz_target!(
+    control_sequence,
+    "../../fuzz/fuzz_targets/control_sequence.rs",
+    control_sequence_inputs_pass
+);
+fuzz_target!(
+    packet_rewrite,
+    "../../fuzz/fuzz_targets/packet_rewrite.rs",
+    packet_rewrite_inputs_pass
+);
+fuzz_target!(
+    rules_file,
+    "../../fuzz/fuzz_targets/rules_file.rs",
+    rules_file_inputs_pass
+);
 
 use std::path::{Path, PathBuf};
 
@@ -131,31 +120,6 @@ fn replay(target: &str, check: fn(&[u8])) -> usize {
         failed.join("\n")
     );
     files.len()
-}
-
-#[test]
-fn packet_rewrite_inputs_pass() {
-    assert!(replay("packet_rewrite", packet_rewrite::check) > 0);
-}
-
-#[test]
-fn abi_decode_inputs_pass() {
-    assert!(replay("abi_decode", abi_decode::check) > 0);
-}
-
-#[test]
-fn rules_file_inputs_pass() {
-    assert!(replay("rules_file", rules_file::check) > 0);
-}
-
-#[test]
-fn capture_replay_inputs_pass() {
-    assert!(replay("capture_replay", capture_replay::check) > 0);
-}
-
-#[test]
-fn control_sequence_inputs_pass() {
-    assert!(replay("control_sequence", control_sequence::check) > 0);
 }
 
 /// The mechanism itself: a check that fails on some input makes `replay` fail and name it.

@@ -17,7 +17,7 @@
 // test crate is built with the current stable toolchain.
 /// Includes the fuzz target `$name` (file `fuzz/fuzz_targets/$name.rs`) as a module, and a
 /// test that replays its inputs through its `check`.
-macro_rules! fuzz_target {
+macro_rules! replayed_target {
     ($name:ident, $file:literal, $test:ident) => {
         #[path = $file]
         #[allow(
@@ -39,27 +39,27 @@ macro_rules! fuzz_target {
     };
 }
 
-fuzz_target!(
+replayed_target!(
     abi_decode,
     "../../fuzz/fuzz_targets/abi_decode.rs",
     abi_decode_inputs_pass
 );
-fuzz_target!(
+replayed_target!(
     capture_replay,
     "../../fuzz/fuzz_targets/capture_replay.rs",
     capture_replay_inputs_pass
 );
-fuzz_target!(
+replayed_target!(
     control_sequence,
     "../../fuzz/fuzz_targets/control_sequence.rs",
     control_sequence_inputs_pass
 );
-fuzz_target!(
+replayed_target!(
     packet_rewrite,
     "../../fuzz/fuzz_targets/packet_rewrite.rs",
     packet_rewrite_inputs_pass
 );
-fuzz_target!(
+replayed_target!(
     rules_file,
     "../../fuzz/fuzz_targets/rules_file.rs",
     rules_file_inputs_pass

@@ -83,7 +83,14 @@ pub struct Config {
     pub shape_held_packets: u64,
     /// Shaping: bytes held at once in all (the held-packet store's size).
     pub shape_held_bytes: u64,
+    /// Shaping: the longest a packet may be held, in milliseconds; a packet that would wait
+    /// longer is sent at once with its mark, counted as a shaping fail-open, and does not
+    /// count against its flow's rate (`Limits::shaper_max_delay_ns`). `None`: no cap.
+    pub shape_max_delay_ms: Option<u64>,
 }
+
+/// Largest `--shape-max-delay-ms`: one hour.
+pub const MAX_SHAPE_MAX_DELAY_MS: u64 = 3_600_000;
 
 /// Default of `--shape-held-packets`: a quarter of the default kernel queue.
 pub const DEFAULT_SHAPE_HELD_PACKETS: u64 = 16_384;
@@ -103,6 +110,7 @@ impl Default for Config {
             shape_queue_bytes: Limits::default().shaper_queue_bytes,
             shape_held_packets: DEFAULT_SHAPE_HELD_PACKETS,
             shape_held_bytes: Limits::default().held_bytes_total,
+            shape_max_delay_ms: None,
         }
     }
 }
@@ -131,6 +139,9 @@ options:
   --shape-held-packets N   packets held in all; they stay in the kernel queue, so at most
                        half of --queue-maxlen (default 16384)
   --shape-held-bytes N     bytes held in all (default 67108864, at most 1073741824)
+  --shape-max-delay-ms N   hold no packet longer than N ms (1..=3600000): one that would
+                       wait longer is sent at once, marked, counted as a shaping fail-open,
+                       and does not count against its rate (default: no limit)
   -h, --help           this text
   -V, --version        version
 
@@ -172,7 +183,8 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, St
             | "--shape-queue-packets"
             | "--shape-queue-bytes"
             | "--shape-held-packets"
-            | "--shape-held-bytes" => {
+            | "--shape-held-bytes"
+            | "--shape-max-delay-ms" => {
                 if seen.contains(&name) {
                     return Err(format!("{name} given twice"));
                 }
@@ -213,6 +225,14 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, St
                             "--shape-queue-packets" => config.shape_queue_packets = v,
                             "--shape-queue-bytes" => config.shape_queue_bytes = v,
                             "--shape-held-packets" => config.shape_held_packets = v,
+                            "--shape-max-delay-ms" => {
+                                if v > MAX_SHAPE_MAX_DELAY_MS {
+                                    return Err(format!(
+                                        "--shape-max-delay-ms: {v} is more than {MAX_SHAPE_MAX_DELAY_MS} (one hour)"
+                                    ));
+                                }
+                                config.shape_max_delay_ms = Some(v);
+                            }
                             _ => config.shape_held_bytes = v,
                         }
                     }
@@ -254,6 +274,10 @@ fn build_engine(config: &Config) -> Result<Engine, String> {
         shaper_queue_bytes: config.shape_queue_bytes,
         held_packets_total: config.shape_held_packets,
         held_bytes_total: config.shape_held_bytes,
+        // At most one hour: the product fits in u64.
+        shaper_max_delay_ns: config
+            .shape_max_delay_ms
+            .map_or(u64::MAX, |ms| ms.saturating_mul(1_000_000)),
         ..Limits::default()
     };
     let mut engine = Engine::with_seed(limits, random_seed());
@@ -600,6 +624,20 @@ mod tests {
                 c.shape_held_bytes
             ),
             (100, 2000, 300, 4000)
+        );
+        // The longest hold: 1 ms .. one hour; none by default.
+        let Command::Run(c) = parse_args(args("--shape-max-delay-ms=250")).unwrap() else {
+            unreachable!("run")
+        };
+        assert_eq!(c.shape_max_delay_ms, Some(250));
+        assert_eq!(Config::default().shape_max_delay_ms, None);
+        for bad in ["0", "-5", "1.5", ""] {
+            let err = parse_args(args(&format!("--shape-max-delay-ms={bad}"))).unwrap_err();
+            assert!(err.starts_with("--shape-max-delay-ms"), "{bad}: {err}");
+        }
+        assert_eq!(
+            parse_args(args("--shape-max-delay-ms 3600001")).unwrap_err(),
+            "--shape-max-delay-ms: 3600001 is more than 3600000 (one hour)"
         );
         let d = Config::default();
         assert_eq!(d.shape_held_packets, 16_384);

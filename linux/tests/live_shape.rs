@@ -521,6 +521,85 @@ fn full_queue_fails_open_marked_never_dropped() {
     assert!(failed as f64 > 0.5 * sent.count as f64, "{log}");
 }
 
+/// `--shape-max-delay-ms 300`: at ten times the rate for 2 s, no datagram waits much longer
+/// than 300 ms; one that would is sent at once with the flow's DSCP and counted as a shaping
+/// fail-open; and those refused do not count against the rate, so the held share still leaves
+/// at the rate (were they charged, the bucket would run seconds ahead and after the first
+/// 300 ms nothing would be held at all).
+#[test]
+fn max_delay_sends_at_once_without_charging_the_rate() {
+    if !live() {
+        return;
+    }
+    let seconds = 2.0;
+    let cap = Duration::from_millis(300);
+    let net = Net::new();
+    let exe = build_client(&net);
+    let daemon = Daemon::start_with(
+        &net,
+        &DaemonOptions::default(),
+        &["--shape-max-delay-ms", "300"],
+    );
+    let port = 8304;
+    let rx = Receiver::start(&net, net.receiver_addr(false, port));
+    let mut client = CClient::start(&net, &exe, &daemon, port, 0, seconds);
+    let sent = sent(&client.expect("SENT ", Duration::from_secs(20)));
+    no_failures(&client);
+    // Nothing waits past the cap: all of it arrives within it (and some slack) of the end.
+    assert!(
+        rx.wait_for(sent.count, cap + Duration::from_secs(1)),
+        "only {} of {} arrived",
+        rx.snapshot().len(),
+        sent.count
+    );
+    let all = rx.snapshot();
+    let mut seqs: Vec<u32> = all.iter().map(|r| r.seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(
+        seqs,
+        (0..sent.count as u32).collect::<Vec<_>>(),
+        "each once"
+    );
+    assert!(all.iter().all(|r| r.tos == Some(VOICE << 2)), "all marked");
+    let delays: Vec<u64> = all.iter().map(|r| r.recv_ns - r.sent_ns).collect();
+    let longest = delays.iter().copied().max().unwrap_or(0);
+    // The cap plus scheduling slack on a shared machine.
+    assert!(
+        longest < (cap + Duration::from_millis(200)).as_nanos() as u64,
+        "a datagram waited {} ms",
+        longest / 1_000_000
+    );
+    // Held (> 20 ms late) datagrams leave at the rate: ~47 per second over the send window
+    // and the cap after it.
+    let held = delays.iter().filter(|d| **d > 20_000_000).count() as f64;
+    let per_second = RATE as f64 / BITS;
+    let window = (sent.last_ns - sent.first_ns) as f64 / 1e9;
+    assert!(
+        held >= 0.8 * per_second * window && held <= 1.3 * per_second * (window + 0.3),
+        "{held} held in {window:.2} s at {per_second:.1}/s"
+    );
+    client.command("remove");
+    client.expect("REMOVED ", Duration::from_secs(5));
+    client.finish();
+    let log = daemon.stop();
+    let finals: Vec<u64> = log
+        .lines()
+        .find_map(|l| l.strip_prefix("qosmarkd: final counters: "))
+        .unwrap_or_else(|| panic!("no final counters:\n{log}"))
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|w| !w.is_empty())
+        .map(|w| w.parse().unwrap())
+        .collect();
+    let failed = finals[4];
+    eprintln!(
+        "max delay 300 ms: {} sent, {held} held, {failed} sent at once past the cap, longest wait {} ms",
+        sent.count,
+        longest / 1_000_000
+    );
+    // At ten times the rate most datagrams would wait longer than the cap.
+    assert!(failed as f64 > 0.5 * sent.count as f64, "{log}");
+}
+
 /// An administrator rule with `throttle_bps` (rules file) shapes an application that never
 /// called the QOS2 API: a plain UDP socket sending at 10× the rule's rate to a port of the
 /// rule's range is received at the rate ± 5 %, in order, every datagram with the rule's DSCP;

@@ -14,6 +14,14 @@
 //! * `rules/<r>/<kind>/<class>`: `r` ∈ {1, 100, 1000} admin rules, no socket flows.
 //! * `class`: `marked` (the packet matches and needs the rewrite), `already` (it already carries
 //!   the mark: classify says `AlreadyMarked`, nothing is written), `unmatched` (no flow, no rule).
+//! * `shaped/1000/<kind>/<shaping>`: 1 000 flows as above, each with an outgoing rate
+//!   (`QOSSetOutgoingRate`, issue 7): `conformant` (1 Gbit/s, far above the offered load:
+//!   `Verdict::Mark`), `delayed` (`QOSShapeOnly` at 12 kbit/s: `Verdict::Delay`, the bucket
+//!   arithmetic and the queue-room reservation; the harness returns the room at once with
+//!   `shaper_released`, as a back end does when it sends the packet), `nonconformant`
+//!   (`QOSUseNonConformantMarkings` at 12 kbit/s: the excess gets the non-conformant mark).
+//!   The clock advances 1 ms per packet for `conformant` and 1 µs for the other two; setup
+//!   checks that every packet of a second pass takes the named path.
 //!
 //! Each case has two functions: `engine` (classify, then rewrite when told to) and `baseline`
 //! (`set_dscp` with the DSCP the engine would write, or EF for unmatched packets).
@@ -43,12 +51,13 @@
     reason = "benchmark harness: inputs are built here, a panic is a broken benchmark"
 )]
 
+use core::cell::Cell;
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use criterion::{black_box, BatchSize, Criterion, Throughput};
 use qosmark_engine::abi::{
-    heapless_name::RuleName, Caller, Dscp, Family, Mark, PortRange, Prefix, Privilege, Protocol,
-    Request, Response, RuleAction, RuleProtocol, RuleSpec, SkipReason, SocketInfo, TrafficType,
-    QOS_NON_ADAPTIVE_FLOW,
+    heapless_name::RuleName, Caller, Dscp, Family, FlowRate, Mark, PortRange, Prefix, Privilege,
+    Protocol, Request, Response, RuleAction, RuleProtocol, RuleSpec, SetFlow, Shaping, SkipReason,
+    SocketInfo, TrafficType, QOS_NON_ADAPTIVE_FLOW,
 };
 use qosmark_engine::{wire, Engine, Limits, PacketMeta, Verdict};
 use std::time::Duration;
@@ -492,6 +501,181 @@ fn rules_case(r: usize, kind: Kind, class: Class) -> Case {
     })
 }
 
+/// How a shaped case's flows are shaped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    Conformant,
+    Delayed,
+    NonConformant,
+}
+
+impl Shape {
+    const ALL: [Shape; 3] = [Shape::Conformant, Shape::Delayed, Shape::NonConformant];
+    fn name(self) -> &'static str {
+        match self {
+            Shape::Conformant => "conformant",
+            Shape::Delayed => "delayed",
+            Shape::NonConformant => "nonconformant",
+        }
+    }
+    /// Rate (bit/s), shaping, and the fake clock's step per packet (ns).
+    fn setting(self) -> (u64, Shaping, u64) {
+        match self {
+            Shape::Conformant => (1_000_000_000, Shaping::ShapeOnly, 1_000_000),
+            Shape::Delayed => (12_000, Shaping::ShapeOnly, 1_000),
+            Shape::NonConformant => (12_000, Shaping::UseNonConformantMarkings, 1_000),
+        }
+    }
+}
+
+/// A case of rate-limited flows: the engine, the packets, the DSCP the engine writes, and the
+/// fake clock (ns) the measured loop advances.
+struct ShapedCase {
+    case: Case,
+    step_ns: u64,
+    clock: Cell<u64>,
+}
+
+/// 1 000 Voice flows of `kind`, each with the rate of `shape`.
+fn shaped_case(kind: Kind, shape: Shape) -> ShapedCase {
+    let mut rng = Rng(0x51_7cc1_b727_220a ^ kind as u64 ^ (shape as u64) << 4);
+    let (mut engine, tuples) = engine_with_flows(1_000, kind, &mut rng);
+    let (bandwidth, shaping, step_ns) = shape.setting();
+    let h = engine.handle_details().unwrap()[0].id;
+    // The excess gets CS1, so that its mark is written too (DSCP 0 on these TOS-0 packets
+    // would be `AlreadyMarked`).
+    let cs1 = Dscp::try_new(8).unwrap();
+    let admin = engine.open_handle(ADMIN).unwrap();
+    let mut table = qosmark_engine::traffic::default_table();
+    table.non_conformant_dscp = cs1;
+    assert_eq!(
+        engine.apply(admin, &Request::SetTrafficTable(table)),
+        Ok(Response::Done)
+    );
+    for f in engine.flow_details().unwrap() {
+        let rate = Request::SetFlow {
+            flow_id: f.id,
+            op: SetFlow::OutgoingRate(FlowRate {
+                bandwidth,
+                shaping,
+                reason: 0,
+            }),
+        };
+        assert_eq!(engine.apply(h, &rate), Ok(Response::Done));
+    }
+    let mut packets = Vec::with_capacity(BATCH);
+    while packets.len() < BATCH {
+        let (local, remote) = tuples[rng.below(tuples.len())];
+        packets.push(packet(kind.protocol(), local, remote));
+    }
+    let case = ShapedCase {
+        case: Case {
+            engine,
+            target: vec![
+                if shape == Shape::NonConformant {
+                    cs1
+                } else {
+                    Dscp::try_new(56).unwrap()
+                };
+                BATCH
+            ],
+            packets,
+        },
+        step_ns,
+        clock: Cell::new(0),
+    };
+    // A flow's bucket starts with one 1 500-byte packet of credit (≈ 16 of these packets):
+    // 20 passes use it up, then every packet of a check pass must take the named path (under
+    // `QOSUseNonConformantMarkings` a packet conforms again now and then as the clock catches
+    // up: at least 95 % non-conformant).
+    let nc = Mark {
+        dscp: Some(cs1),
+        pcp: None,
+    };
+    let meta = PacketMeta::default();
+    let mut nonconformant = 0;
+    for pass in 0..=20 {
+        for p in &case.case.packets {
+            let now = case.clock.get() + case.step_ns;
+            case.clock.set(now);
+            let v = case.case.engine.classify(p, &meta, now);
+            if let Verdict::Delay { shaper, .. } = v {
+                case.case
+                    .engine
+                    .shaper_released(shaper, qosmark_engine::shaper::held_bytes(p));
+            }
+            if pass < 20 {
+                continue;
+            }
+            let voice = Verdict::Mark(Mark {
+                dscp: Some(Dscp::try_new(56).unwrap()),
+                pcp: None,
+            });
+            let ok = match shape {
+                Shape::Conformant => v == voice,
+                Shape::Delayed => matches!(v, Verdict::Delay { .. }),
+                Shape::NonConformant => {
+                    nonconformant += usize::from(v == Verdict::Mark(nc));
+                    v == Verdict::Mark(nc) || v == voice
+                }
+            };
+            assert!(ok, "{kind:?} {shape:?}: unexpected verdict {v:?}");
+        }
+    }
+    if shape == Shape::NonConformant {
+        assert!(
+            nonconformant * 100 >= BATCH * 95,
+            "{nonconformant} of {BATCH}"
+        );
+    }
+    case
+}
+
+/// The measured shaped path: classify at the case's clock, rewrite with the verdict's mark
+/// (held or not), return a held packet's queue room at once.
+#[inline(never)]
+fn run_shaped(case: &ShapedCase, packets: &mut [Vec<u8>]) -> usize {
+    let meta = PacketMeta::default();
+    let engine = &case.case.engine;
+    let mut changed = 0;
+    for p in packets.iter_mut() {
+        let now = case.clock.get() + case.step_ns;
+        case.clock.set(now);
+        let mark = match engine.classify(p, &meta, now) {
+            Verdict::Mark(m) => m,
+            Verdict::Delay { mark, shaper, .. } => {
+                engine.shaper_released(shaper, qosmark_engine::shaper::held_bytes(p));
+                mark
+            }
+            _ => continue,
+        };
+        if Engine::rewrite(p, mark) == Ok(wire::Rewrite::Changed) {
+            changed += 1;
+        }
+    }
+    changed
+}
+
+fn measure_shaped(c: &mut Criterion, id: &str, case: &ShapedCase) {
+    let mut group = c.benchmark_group(id);
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.bench_function("engine", |b| {
+        b.iter_batched_ref(
+            || case.case.packets.clone(),
+            |p| black_box(run_shaped(case, p)),
+            BatchSize::SmallInput,
+        );
+    });
+    group.bench_function("baseline", |b| {
+        b.iter_batched_ref(
+            || case.case.packets.clone(),
+            |p| black_box(run_baseline(p, &case.case.target)),
+            BatchSize::SmallInput,
+        );
+    });
+    group.finish();
+}
+
 /// The measured packet path: classify, rewrite when told to.
 #[inline(never)]
 fn run_engine(engine: &Engine, packets: &mut [Vec<u8>]) -> usize {
@@ -568,6 +752,22 @@ fn cases() -> Vec<(String, Box<dyn Fn() -> Case>)> {
 
 /// Callgrind mode: run one case's loops a fixed number of times.
 fn count(id: &str) {
+    for kind in [Kind::V4Udp, Kind::V6Udp] {
+        for shape in Shape::ALL {
+            if id == format!("shaped/1000/{}/{}", kind.name(), shape.name()) {
+                let case = shaped_case(kind, shape);
+                let mut total = 0;
+                for _ in 0..COUNT_ROUNDS {
+                    let mut p = case.case.packets.clone();
+                    total += run_shaped(&case, &mut p);
+                    let mut p = case.case.packets.clone();
+                    total += run_baseline(&mut p, &case.case.target);
+                }
+                println!("{id}: {COUNT_ROUNDS} rounds x {BATCH} packets, {total} rewrites");
+                return;
+            }
+        }
+    }
     let (_, build) = cases()
         .into_iter()
         .find(|(name, _)| name == id)
@@ -600,6 +800,14 @@ fn main() {
         }
         let case = build();
         measure(&mut c, &id, &case);
+    }
+    for kind in [Kind::V4Udp, Kind::V6Udp] {
+        for shape in Shape::ALL {
+            let id = format!("shaped/1000/{}/{}", kind.name(), shape.name());
+            if filter_matches(&id) {
+                measure_shaped(&mut c, &id, &shaped_case(kind, shape));
+            }
+        }
     }
     c.final_summary();
 }

@@ -589,7 +589,12 @@ unsafe fn held<'a>(irp: PIRP) -> Held<'a> {
 }
 
 /// Judges every held `WatchFlow` again (`request::recheck`) and completes those whose flow
-/// changed (or whose handle closed). `PASSIVE_LEVEL`.
+/// changed (or whose handle closed). `IRQL <= DISPATCH_LEVEL`: called at `PASSIVE_LEVEL` after
+/// control requests and at up to `DISPATCH_LEVEL` from `flowDeleteFn` when a TCP socket's
+/// connection ended (`wfp::callouts::flow_delete`). Everything it does is allowed there: spin
+/// locks (engine, cancel-safe queue), allocation from non-paged pool (`wdk-alloc` uses
+/// `ExAllocatePool2(POOL_FLAG_NON_PAGED)`), copies into METHOD_BUFFERED system buffers
+/// (non-paged), and `IoCompleteRequest` (`IRQL <= DISPATCH_LEVEL`, its reference page).
 ///
 /// Under the engine lock: `PendingQueue::remove_first_where` shows each queued IRP to a
 /// predicate (queue spin lock held, `DISPATCH_LEVEL`; `request::recheck` there reads the IRP's
@@ -600,7 +605,7 @@ unsafe fn held<'a>(irp: PIRP) -> Held<'a> {
 /// cancellation stays the CSQ's. The selected IRPs are completed after the lock is released.
 /// A completion list that cannot grow (no memory) ends the round early: the rest are judged
 /// at the next change.
-fn recheck_held(globals: &Globals) {
+pub(crate) fn recheck_held(globals: &Globals) {
     /// A selected IRP with its completion, its system buffer and its output capacity.
     type Done = (PIRP, request::Completion, *mut u8, u32);
     let mut done: Vec<Done> = Vec::new();

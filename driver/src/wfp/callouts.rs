@@ -494,7 +494,16 @@ pub(super) unsafe extern "system" fn classify_continue(
 }
 
 /// flowDeleteFn of the flow-delete callouts: the flow ended (or unload removed the
-/// context). Retires the owner entry. `IRQL <= DISPATCH`.
+/// context). Retires the owner entry; when the flow was a TCP connection that WFP ended, the
+/// socket registered for it leaves its flow (`flows` module docs, `Engine::connection_closed`):
+/// then the held packets of a shaper that went with it are released and held `WatchFlow`s
+/// (GQoS `FD_QOS`) are judged again, so a wait completes when its TCP socket is closed.
+/// `IRQL <= DISPATCH`. Locks one at a time, none across a call out: the registry (spin),
+/// then the engine (spin; shared, then exclusive), then `release_dead_shapers` and
+/// `recheck_held` take what they take themselves (both `<= DISPATCH_LEVEL`). WFP may call
+/// this synchronously from `FwpsFlowRemoveContext0` (only at unload, with no lock of ours
+/// held) or from its own flow teardown; no classify of ours holds an engine lock while it
+/// calls into WFP (module docs), so the exclusive lock cannot wait on this CPU.
 pub(super) unsafe extern "system" fn flow_delete(
     _layer_id: u16,
     _callout_id: u32,
@@ -503,9 +512,22 @@ pub(super) unsafe extern "system" fn flow_delete(
     let Some(shared) = shared() else {
         return;
     };
-    let entry = shared.flows.write().remove(flow_context);
-    if let Some(e) = entry {
-        let _ = shared.globals.engine.read().retire_flow(&e.tuple, e.pid);
+    let taken = shared.flows.write().take(flow_context);
+    let Some((e, connection_ended)) = taken else {
+        return;
+    };
+    let _ = shared.globals.engine.read().retire_flow(&e.tuple, e.pid);
+    if !connection_ended {
+        return;
+    }
+    let left = shared
+        .globals
+        .engine
+        .write()
+        .connection_closed(&e.tuple, e.pid);
+    if left.is_some() {
+        crate::wfp::release_dead_shapers();
+        crate::device::recheck_held(shared.globals);
     }
 }
 

@@ -15,6 +15,18 @@
 //! `gDriverUnloading` under the flow-list lock and checks it there before
 //! `FwpsFlowAssociateContext`, for the same reason). A classify that inserted just before the
 //! close still associates; unload's removal loop catches it on its next pass.
+//!
+//! A context also tells when a registered socket's connection ended ([`FlowRegistry::take`]):
+//! a TCP ALE flow lives exactly as long as its connected socket (Microsoft's "ALE Stateful
+//! Filtering" page, learn.microsoft.com/windows/win32/fwp/ale-stateful-filtering), so WFP
+//! ending one means the socket was closed or the connection torn down, and the engine drops
+//! the socket from its QOS2 / GQoS flow (`Engine::connection_closed`), as `qosmarkd` does on
+//! Linux. UDP ALE flows end after an idle timeout that callouts may change ("ALE Flow
+//! Customization", `FWP_CLASSIFY_OPTION_UNICAST_LIFETIME`), not when the socket closes, so
+//! their end says nothing about the socket and is not passed on. Nor is a context that unload
+//! removed: the connection lives on.
+
+use qosmark_abi::Protocol;
 
 use alloc::vec::Vec;
 
@@ -102,6 +114,15 @@ impl FlowRegistry {
         Some(entry)
     }
 
+    /// Removes the entry of `context` (as [`FlowRegistry::remove`]) for `flowDeleteFn`, and
+    /// says whether its end is the end of a registered socket's connection (module docs): a
+    /// TCP flow, ended by WFP rather than removed by our unload (the registry is closed then).
+    pub(crate) fn take(&mut self, context: u64) -> Option<(FlowEntry, bool)> {
+        let entry = self.remove(context)?;
+        let connection_ended = !self.closed && entry.tuple.protocol == Protocol::Tcp;
+        Some((entry, connection_ended))
+    }
+
     /// Refuses every later `insert` (unload). Removing still works.
     pub(crate) fn close(&mut self) {
         self.closed = true;
@@ -122,7 +143,6 @@ impl FlowRegistry {
 mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
     use super::*;
-    use qosmark_abi::Protocol;
 
     fn entry(flow_id: u64) -> FlowEntry {
         FlowEntry {
@@ -167,6 +187,26 @@ mod tests {
     #[test]
     fn slot_size_is_as_documented() {
         assert_eq!(core::mem::size_of::<Slot>(), 96);
+    }
+
+    #[test]
+    fn only_a_tcp_flow_ended_by_wfp_ends_a_connection() {
+        let mut r = FlowRegistry::with_capacity(4).unwrap();
+        let tcp = r.insert(entry(1)).unwrap();
+        let mut u = entry(2);
+        u.tuple.protocol = Protocol::Udp;
+        let udp = r.insert(u).unwrap();
+        let late = r.insert(entry(3)).unwrap();
+        assert_eq!(r.take(tcp), Some((entry(1), true)));
+        assert_eq!(r.take(tcp), None, "twice");
+        assert_eq!(
+            r.take(udp),
+            Some((u, false)),
+            "UDP flows end on idle timeouts"
+        );
+        r.close();
+        assert_eq!(r.take(late), Some((entry(3), false)), "removed by unload");
+        assert_eq!(r.len(), 0);
     }
 
     #[test]

@@ -974,6 +974,41 @@ impl ControlState {
         Ok(())
     }
 
+    /// A connection of process `pid` ended (the Windows driver: its TCP ALE flow was
+    /// deleted, which happens when the connected socket is closed or the connection torn
+    /// down). The socket registered for exactly this 5-tuple in a flow of that process is
+    /// removed as `QOSRemoveSocketFromFlow` would (a flow left empty dies, with its shaper).
+    /// Only exact (tier 1) entries: an any-address or unbound entry is not one connection.
+    /// Returns the flow the socket left, `None` when nothing matched (another process's
+    /// tuple, a socket never registered, one already removed).
+    pub(crate) fn connection_closed(
+        &mut self,
+        tuple: &FiveTuple,
+        pid: u32,
+        shapers: &mut ShaperTable,
+    ) -> Option<FlowId> {
+        let local = normalize(tuple.local);
+        let remote = normalize(tuple.remote);
+        let key = ExactKey {
+            protocol: tuple.protocol,
+            local_port: local.port(),
+            remote_port: remote.port(),
+            local: local.ip(),
+            remote: remote.ip(),
+        };
+        let id = *self.index.exact.get(&key)?;
+        let flow = self.flows.get(&id).filter(|f| f.pid == pid)?;
+        let socket = flow
+            .entries
+            .iter()
+            .find(|e| e.key == EntryKey::Exact(key))?
+            .socket;
+        let handle = flow.handle;
+        self.remove_socket(handle, Some(socket), id, shapers)
+            .ok()
+            .map(|()| id)
+    }
+
     /// `QOSSetFlow(QOSSetTrafficType)`: live change, mark re-resolved.
     pub(crate) fn set_traffic_type(
         &mut self,

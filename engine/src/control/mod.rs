@@ -604,6 +604,18 @@ impl Engine {
         })
     }
 
+    /// A connection of process `pid` ended: the socket registered for exactly `tuple` by a
+    /// flow of that process leaves its flow, as `QOSRemoveSocketFromFlow` would (a flow left
+    /// empty is destroyed, its shaper with it). The Windows driver calls this when a TCP ALE
+    /// flow is deleted (a TCP ALE flow lives as long as its connected socket), so closing or
+    /// disconnecting a registered TCP socket ends its marking there as on Linux, where
+    /// `qosmarkd` retires closed sockets itself. Returns the flow the socket left, `None`
+    /// when nothing matched.
+    pub fn connection_closed(&mut self, tuple: &FiveTuple, pid: u32) -> Option<FlowId> {
+        self.control
+            .connection_closed(tuple, pid, &mut self.shapers)
+    }
+
     /// The shaper of the admin rule called `name`, if it throttles (`throttle_bps`): one bucket
     /// for all the traffic the rule matches. Dies when the rule is removed or replaced.
     #[must_use]

@@ -190,3 +190,132 @@ fn only_the_closed_socket_of_a_shared_flow_goes_and_mapped_addresses_match() {
     assert!(e.flow_details().unwrap().iter().any(|d| d.id == u));
     e.check_control_invariants().unwrap();
 }
+
+#[test]
+fn a_closed_endpoint_takes_its_socket_out_of_every_flow_and_nothing_else() {
+    let mut e = engine();
+    let h = e.open_handle(USER).unwrap();
+    // An unconnected UDP sender bound to 0.0.0.0:5004 with two destinations (one flow), a
+    // second UDP socket on another port, and two accepted TCP connections sharing their
+    // local port 5060.
+    let media = add_ok(
+        &mut e,
+        h,
+        &add(
+            udp(1, Family::V4, "0.0.0.0:5004"),
+            Some("192.0.2.1:6000"),
+            TrafficType::Voice,
+            NON_ADAPTIVE,
+            0,
+        ),
+    );
+    add_ok(
+        &mut e,
+        h,
+        &add(
+            udp(1, Family::V4, "0.0.0.0:5004"),
+            Some("192.0.2.2:6000"),
+            TrafficType::Voice,
+            NON_ADAPTIVE,
+            media,
+        ),
+    );
+    let other = add_ok(
+        &mut e,
+        h,
+        &add(
+            udp(2, Family::V4, "10.0.0.1:5006"),
+            Some("192.0.2.1:6002"),
+            TrafficType::Voice,
+            NON_ADAPTIVE,
+            0,
+        ),
+    );
+    let sip_a = add_ok(
+        &mut e,
+        h,
+        &add(
+            tcp(3, Family::V4, "10.0.0.1:5060", Some("192.0.2.5:40000")),
+            None,
+            TrafficType::Control,
+            0,
+            0,
+        ),
+    );
+    let sip_b = add_ok(
+        &mut e,
+        h,
+        &add(
+            tcp(4, Family::V4, "10.0.0.1:5060", Some("192.0.2.6:40000")),
+            None,
+            TrafficType::Control,
+            0,
+            0,
+        ),
+    );
+    let ids = |e: &Engine| -> Vec<u32> { e.flow_details().unwrap().iter().map(|f| f.id).collect() };
+    // Another process's closure, a closure on another port, an unbound report: nothing.
+    let before = e.control_snapshot().unwrap();
+    assert_eq!(
+        e.endpoint_closed(Protocol::Udp, sa("0.0.0.0:5004"), None, USER2.pid),
+        0
+    );
+    assert_eq!(
+        e.endpoint_closed(Protocol::Udp, sa("10.0.0.1:5008"), None, USER.pid),
+        0
+    );
+    assert_eq!(
+        e.endpoint_closed(Protocol::Tcp, sa("10.0.0.1:5004"), None, USER.pid),
+        0,
+        "TCP closure for a UDP port"
+    );
+    assert_eq!(
+        e.endpoint_closed(Protocol::Udp, sa("0.0.0.0:0"), None, USER.pid),
+        0
+    );
+    assert_eq!(e.control_snapshot().unwrap(), before);
+    // One accepted TCP connection closes (remote given): only it goes.
+    assert_eq!(
+        e.endpoint_closed(
+            Protocol::Tcp,
+            sa("10.0.0.1:5060"),
+            Some(sa("192.0.2.5:40000")),
+            USER.pid
+        ),
+        1
+    );
+    assert_eq!(ids(&e), [media, other, sip_b]);
+    assert_eq!(
+        hit(
+            &e,
+            &tuple(Protocol::Tcp, "10.0.0.1:5060", "192.0.2.6:40000")
+        ),
+        Some(sip_b)
+    );
+    assert_eq!(
+        hit(
+            &e,
+            &tuple(Protocol::Tcp, "10.0.0.1:5060", "192.0.2.5:40000")
+        ),
+        None,
+        "flow {sip_a} is gone"
+    );
+    // The media socket closes (reported with its concrete local address, no remote): both
+    // destinations go, with their flow; the other UDP socket stays.
+    assert_eq!(
+        e.endpoint_closed(Protocol::Udp, sa("10.0.0.1:5004"), None, USER.pid),
+        2
+    );
+    assert_eq!(ids(&e), [other, sip_b]);
+    assert_eq!(
+        hit(&e, &tuple(Protocol::Udp, "10.0.0.1:5004", "192.0.2.2:6000")),
+        None
+    );
+    // Closing again finds nothing.
+    assert_eq!(
+        e.endpoint_closed(Protocol::Udp, sa("10.0.0.1:5004"), None, USER.pid),
+        0
+    );
+    assert_eq!(e.handle_details().unwrap()[0].sockets, 2);
+    e.check_control_invariants().unwrap();
+}

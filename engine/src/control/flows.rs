@@ -1009,6 +1009,72 @@ impl ControlState {
             .map(|()| id)
     }
 
+    /// A socket of process `pid` was closed (the Windows driver's `ALE_ENDPOINT_CLOSURE`
+    /// callout): every socket entry of that process's flows for this endpoint is removed, as
+    /// `QOSRemoveSocketFromFlow` would (flows left empty die, with their shapers). The
+    /// endpoint: `protocol`, the local address and port (an unspecified address on either
+    /// side matches any), and for a connected socket (`remote` with a non-zero port) the
+    /// remote address and port too — accepted TCP sockets share their local port. Unbound
+    /// entries (TCP registered before `connect`, port 0) are not an endpoint and stay. Returns
+    /// the number of entries removed.
+    pub(crate) fn endpoint_closed(
+        &mut self,
+        protocol: Protocol,
+        local: SocketAddr,
+        remote: Option<SocketAddr>,
+        pid: u32,
+        shapers: &mut ShaperTable,
+    ) -> usize {
+        let local = normalize(local);
+        let remote = remote.map(normalize).filter(|r| r.port() != 0);
+        if local.port() == 0 {
+            return 0;
+        }
+        let addr_matches =
+            |a: IpAddr| local.ip().is_unspecified() || a.is_unspecified() || a == local.ip();
+        let matches = |key: &EntryKey| match *key {
+            EntryKey::Exact(k) => {
+                k.protocol == protocol
+                    && k.local_port == local.port()
+                    && addr_matches(k.local)
+                    && remote.is_none_or(|r| r.port() == k.remote_port && r.ip() == k.remote)
+            }
+            EntryKey::AnyLocal(k) => {
+                k.protocol == protocol
+                    && k.local_port == local.port()
+                    && remote.is_none_or(|r| r.port() == k.remote_port && r.ip() == k.remote)
+            }
+            EntryKey::Unbound(_) | EntryKey::Local(_) => false,
+        };
+        // (flow, handle, socket) of every matching entry; then each socket leaves its flow.
+        let mut gone: Vec<(FlowId, HandleId, u64)> = Vec::new();
+        for (id, f) in &self.flows {
+            if f.pid != pid {
+                continue;
+            }
+            for e in f.entries.iter().filter(|e| matches(&e.key)) {
+                if gone.try_reserve(1).is_err() {
+                    break;
+                }
+                if !gone.contains(&(*id, f.handle, e.socket)) {
+                    gone.push((*id, f.handle, e.socket));
+                }
+            }
+        }
+        let mut removed = 0;
+        for (id, handle, socket) in gone {
+            let before = self.flows.get(&id).map_or(0, |f| f.entries.len());
+            if self
+                .remove_socket(handle, Some(socket), id, shapers)
+                .is_ok()
+            {
+                let after = self.flows.get(&id).map_or(0, |f| f.entries.len());
+                removed += before - after;
+            }
+        }
+        removed
+    }
+
     /// `QOSSetFlow(QOSSetTrafficType)`: live change, mark re-resolved.
     pub(crate) fn set_traffic_type(
         &mut self,

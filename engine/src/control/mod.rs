@@ -616,6 +616,23 @@ impl Engine {
             .connection_closed(tuple, pid, &mut self.shapers)
     }
 
+    /// A socket of process `pid` bound to `local` (connected to `remote`, if given) was
+    /// closed: its entries leave their flows, as `QOSRemoveSocketFromFlow` would (flows left
+    /// empty are destroyed with their shapers). The Windows driver calls this from its
+    /// `ALE_ENDPOINT_CLOSURE` callout, so closing a registered UDP or TCP socket ends its
+    /// marking there as on Linux. Matching rules: `control::flows` (`endpoint_closed`). Returns
+    /// the number of socket entries removed.
+    pub fn endpoint_closed(
+        &mut self,
+        protocol: qosmark_abi::Protocol,
+        local: core::net::SocketAddr,
+        remote: Option<core::net::SocketAddr>,
+        pid: u32,
+    ) -> usize {
+        self.control
+            .endpoint_closed(protocol, local, remote, pid, &mut self.shapers)
+    }
+
     /// The shaper of the admin rule called `name`, if it throttles (`throttle_bps`): one bucket
     /// for all the traffic the rule matches. Dies when the rule is removed or replaced.
     #[must_use]

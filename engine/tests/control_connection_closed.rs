@@ -6,7 +6,8 @@
     clippy::unwrap_used,
     clippy::indexing_slicing,
     clippy::panic,
-    reason = "test code: a panic is a failed test"
+    clippy::too_many_lines,
+    reason = "test code: a panic is a failed test; each test is one scenario step by step"
 )]
 
 mod control_common;

@@ -225,9 +225,8 @@ QOSMARK_API BOOL WINAPI QOSCancel(HANDLE QOSHandle, LPOVERLAPPED Overlapped);
  *   adds no destination: every error leaves the socket as it was.
  *   Marking also ends when the socket is closed, shut down for sending (shutdown(SD_SEND /
  *   SHUT_WR)) or disconnected: on Linux the back end notices within about two seconds; on
- *   Windows the driver notices a TCP socket's close or disconnect (the end of its WFP
- *   connection), not yet a UDP socket's close or disconnect nor shutdown(SD_SEND): end those
- *   with SERVICETYPE_NOTRAFFIC.
+ *   Windows the driver notices a socket's close and a TCP disconnect, not yet
+ *   shutdown(SD_SEND) nor a UDP disconnect: end those with SERVICETYPE_NOTRAFFIC.
  *
  * BOOL QmGetSocketQos(SOCKET s, QOS *qos, DWORD size, DWORD *needed)   (for SIO_GET_QOS)
  *   Writes the QOS and, right behind it in the same buffer, one RSVP_STATUS_INFO that

@@ -98,7 +98,7 @@
 //! The answer has the sending flowspec as last set, whose `ServiceType` reads
 //! `SERVICETYPE_NOTRAFFIC` once the back end ended the flow (socket closed, `shutdown` of the
 //! sending side, TCP or UDP disconnect — each detected by `qosmarkd` on Linux; the Windows
-//! driver detects a TCP socket's close or disconnect, not yet UDP's nor `shutdown`) and
+//! driver detects a close and a TCP disconnect, not yet `shutdown` nor a UDP disconnect) and
 //! `SERVICETYPE_BESTEFFORT` / `SERVICETYPE_NOTRAFFIC` after the application ended it itself.
 //! The receiving flowspec carries `SERVICETYPE_NOCHANGE` (GQoS: one direction per answer;
 //! qosmark only ever reports the sending one) and `QOS_NOT_SPECIFIED` elsewhere. The

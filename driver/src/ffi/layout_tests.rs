@@ -63,6 +63,14 @@ fn guids_match_windows_sys() {
             ours::FWPM_LAYER_ALE_FLOW_ESTABLISHED_V6,
             ws::FWPM_LAYER_ALE_FLOW_ESTABLISHED_V6,
         ),
+        (
+            ours::FWPM_LAYER_ALE_ENDPOINT_CLOSURE_V4,
+            ws::FWPM_LAYER_ALE_ENDPOINT_CLOSURE_V4,
+        ),
+        (
+            ours::FWPM_LAYER_ALE_ENDPOINT_CLOSURE_V6,
+            ws::FWPM_LAYER_ALE_ENDPOINT_CLOSURE_V6,
+        ),
         (ours::FWPM_CONDITION_FLAGS, ws::FWPM_CONDITION_FLAGS),
     ];
     for (i, (a, b)) in pairs.iter().enumerate() {

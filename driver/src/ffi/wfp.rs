@@ -141,10 +141,10 @@ pub(crate) mod layer_id {
     pub(crate) const ALE_FLOW_ESTABLISHED_V6: u16 = 54;
 }
 
-/// Incoming-value indexes shared by `FWPS_FIELDS_ALE_AUTH_CONNECT_V4/V6` and
-/// `FWPS_FIELDS_ALE_FLOW_ESTABLISHED_V4/V6`: all four enums start
-/// `ALE_APP_ID, ALE_USER_ID, IP_LOCAL_ADDRESS, IP_LOCAL_ADDRESS_TYPE, IP_LOCAL_PORT,
-/// IP_PROTOCOL, IP_REMOTE_ADDRESS, IP_REMOTE_PORT`.
+/// Incoming-value indexes shared by `FWPS_FIELDS_ALE_AUTH_CONNECT_V4/V6`,
+/// `FWPS_FIELDS_ALE_FLOW_ESTABLISHED_V4/V6` and `FWPS_FIELDS_ALE_ENDPOINT_CLOSURE_V4/V6`: all
+/// six enums start `ALE_APP_ID, ALE_USER_ID, IP_LOCAL_ADDRESS, IP_LOCAL_ADDRESS_TYPE,
+/// IP_LOCAL_PORT, IP_PROTOCOL, IP_REMOTE_ADDRESS, IP_REMOTE_PORT` (their reference pages).
 pub(crate) mod ale_field {
     /// `..._IP_LOCAL_ADDRESS` (UINT32 host order for V4, `FWP_BYTE_ARRAY16` for V6).
     pub(crate) const IP_LOCAL_ADDRESS: usize = 2;
@@ -178,6 +178,13 @@ pub(crate) const FWPM_LAYER_OUTBOUND_TRANSPORT_V4: Guid =
 /// `FWPM_LAYER_OUTBOUND_TRANSPORT_V6`.
 pub(crate) const FWPM_LAYER_OUTBOUND_TRANSPORT_V6: Guid =
     Guid::from_u128(0xe1735bde_013f_4655_b351_a49e15762df0);
+/// `FWPM_LAYER_ALE_ENDPOINT_CLOSURE_V4` (fwpmu.h; the same value in Microsoft's Win32
+/// metadata, as the `windows-sys` crate carries it).
+pub(crate) const FWPM_LAYER_ALE_ENDPOINT_CLOSURE_V4: Guid =
+    Guid::from_u128(0xb476_6427_e2a2_467a_bd7e_dbcd_1bd8_5a09);
+/// `FWPM_LAYER_ALE_ENDPOINT_CLOSURE_V6` (as above).
+pub(crate) const FWPM_LAYER_ALE_ENDPOINT_CLOSURE_V6: Guid =
+    Guid::from_u128(0xbb53_6ccd_4755_4ba9_9ff7_f9ed_f869_9c7b);
 /// `FWPM_LAYER_ALE_AUTH_CONNECT_V4`.
 pub(crate) const FWPM_LAYER_ALE_AUTH_CONNECT_V4: Guid =
     Guid::from_u128(0xc38d57d1_05a7_4c33_904f_7fbceee60e82);

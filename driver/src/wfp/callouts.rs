@@ -455,7 +455,10 @@ unsafe fn report_owner(
     if callout_id == 0 {
         return;
     }
-    let layer = spec.layer_id;
+    // The flow-delete callouts' layer (a run-time id every flow-delete spec carries).
+    let Some(layer) = spec.layer_id else {
+        return;
+    };
     let entry = FlowEntry {
         flow_id: meta.flowHandle,
         layer_id: layer,
@@ -474,6 +477,91 @@ unsafe fn report_owner(
         // Not attached (e.g. STATUS_OBJECT_NAME_EXISTS): forget our slot; the owner entry
         // stays until evicted or replaced.
         let _ = shared.flows.write().remove(context);
+    }
+}
+
+/// classifyFn of the endpoint-closure callouts (`ALE_ENDPOINT_CLOSURE_V4/V6`): a socket of the
+/// process in the `PROCESS_ID` metadata was closed; its entries leave their flows
+/// (`Engine::endpoint_closed`: protocol, local address and port, and the remote when the
+/// socket was connected). If any did, held packets of a shaper that went with them are
+/// released and held `WatchFlow`s are judged again. Never blocks or changes the classify
+/// (inspection: `FWP_ACTION_CONTINUE`). `IRQL <= DISPATCH`; the engine's exclusive lock is
+/// taken with no other lock of ours held, and no classify of ours holds it across a call into
+/// WFP (module docs), so it cannot wait on this CPU.
+pub(super) unsafe extern "system" fn classify_closure<const V6: bool>(
+    in_fixed_values: *const FWPS_INCOMING_VALUES0,
+    in_meta_values: *const FWPS_INCOMING_METADATA_VALUES0_PREFIX,
+    _layer_data: *mut c_void,
+    _classify_context: *const c_void,
+    _filter: *const FWPS_FILTER3,
+    _flow_context: u64,
+    classify_out: *mut FWPS_CLASSIFY_OUT0,
+) {
+    // SAFETY: WFP passes valid (or null) incoming values for the duration of the call.
+    let values = unsafe { in_fixed_values.as_ref() };
+    // SAFETY: likewise the metadata, of which we read the declared prefix.
+    let meta = unsafe { in_meta_values.as_ref() };
+    if let (Some(shared), Some(values), Some(meta)) = (shared(), values, meta) {
+        // SAFETY: `values` is valid for the call.
+        unsafe { endpoint_closed(shared, values, meta) };
+    }
+    // SAFETY: WFP passes a valid classifyOut that only this call writes.
+    if let Some(out) = unsafe { classify_out.as_mut() } {
+        write_inspection_out(out);
+    }
+}
+
+/// # Safety
+/// `values` is the classify's `inFixedValues`, valid for the call; `<= DISPATCH_LEVEL`.
+unsafe fn endpoint_closed(
+    shared: &Shared,
+    values: &FWPS_INCOMING_VALUES0,
+    meta: &FWPS_INCOMING_METADATA_VALUES0_PREFIX,
+) {
+    if !present(meta, FWPS_METADATA_FIELD_PROCESS_ID) {
+        return;
+    }
+    let Ok(pid) = u32::try_from(meta.processId) else {
+        return;
+    };
+    // SAFETY: `values` is this classify's `inFixedValues`, valid for the call; the readers
+    // bounds-check the index against `valueCount` and check each value's type tag before
+    // reading the union (the same holds for the next four reads). The endpoint-closure
+    // fields have the indexes of `ale_field` (its docs).
+    let proto = unsafe { ale_small(values, ale_field::IP_PROTOCOL) };
+    // SAFETY: as above.
+    let local = unsafe { ale_addr(values, ale_field::IP_LOCAL_ADDRESS) };
+    // SAFETY: as above.
+    let lport = unsafe { ale_small(values, ale_field::IP_LOCAL_PORT) };
+    // SAFETY: as above. An unconnected socket has no remote (absent, or zero).
+    let remote = unsafe { ale_addr(values, ale_field::IP_REMOTE_ADDRESS) };
+    // SAFETY: as above.
+    let rport = unsafe { ale_small(values, ale_field::IP_REMOTE_PORT) };
+    let (Some(proto), Some(local), Some(lport)) = (proto, local, lport) else {
+        return;
+    };
+    let zero = if matches!(local, AleAddr::V6(_)) {
+        AleAddr::V6([0; 16])
+    } else {
+        AleAddr::V4(0)
+    };
+    let (remote, rport) = match (remote, rport) {
+        (Some(r), Some(p)) => (r, p),
+        _ => (zero, 0),
+    };
+    let Some(tuple) = ale_tuple(proto as u8, local, lport, remote, rport) else {
+        return;
+    };
+    let remote = (tuple.remote.port() != 0).then_some(tuple.remote);
+    let removed =
+        shared
+            .globals
+            .engine
+            .write()
+            .endpoint_closed(tuple.protocol, tuple.local, remote, pid);
+    if removed > 0 {
+        crate::wfp::release_dead_shapers();
+        crate::device::recheck_held(shared.globals);
     }
 }
 

@@ -322,6 +322,8 @@ fn classify_fn(spec: &CalloutSpec) -> FWPS_CALLOUT_CLASSIFY_FN3 {
         (Role::EstablishedOwner, Family::V4) => callouts::classify_owner::<true, false>,
         (Role::EstablishedOwner, Family::V6) => callouts::classify_owner::<true, true>,
         (Role::FlowDelete, _) => callouts::classify_continue,
+        (Role::EndpointClosure, Family::V4) => callouts::classify_closure::<false>,
+        (Role::EndpointClosure, Family::V6) => callouts::classify_closure::<true>,
     }
 }
 
@@ -334,7 +336,9 @@ fn register_callout(device: *mut c_void, spec: &CalloutSpec) -> Result<u32, NtSt
         notifyFn: Some(callouts::notify),
         flowDeleteFn: match spec.role {
             Role::FlowDelete => Some(callouts::flow_delete),
-            Role::Mark | Role::ConnectOwner | Role::EstablishedOwner => None,
+            Role::Mark | Role::ConnectOwner | Role::EstablishedOwner | Role::EndpointClosure => {
+                None
+            }
         },
     };
     let mut id = 0u32;

@@ -9,6 +9,7 @@
 //! | connect-owner v4/v6 | `ALE_AUTH_CONNECT_V4/V6` | `CALLOUT_INSPECTION` | 0 | not loopback | 0 |
 //! | established-owner v4/v6 | `ALE_FLOW_ESTABLISHED_V4/V6` | `CALLOUT_INSPECTION` | 0 | not loopback | 0 |
 //! | flow-delete v4/v6 | `OUTBOUND_TRANSPORT_V4/V6` | `CALLOUT_INSPECTION` | 0 | not loopback | `CONDITIONAL_ON_FLOW` |
+//! | endpoint-closure v4/v6 | `ALE_ENDPOINT_CLOSURE_V4/V6` | `CALLOUT_INSPECTION` | 0 | none | 0 |
 //!
 //! "Not loopback" is the condition `FWPM_CONDITION_FLAGS` / `FWP_MATCH_FLAGS_NONE_SET` /
 //! `FWP_CONDITION_FLAG_IS_LOOPBACK`. No callout sets `FWP_CALLOUT_FLAG_ALLOW_USO`, `_URO` or
@@ -16,10 +17,14 @@
 //! The flow-delete callouts exist to own the flow contexts the established-owner callouts
 //! attach, so that their `flowDeleteFn` retires the owner-table entry when the flow ends; with
 //! `CONDITIONAL_ON_FLOW` they are classified only for flows that carry one of our contexts.
+//! The endpoint-closure callouts see every socket close (no condition: a registered loopback
+//! socket leaves its flow too) and tell the engine (`Engine::endpoint_closed`); they need no
+//! run-time layer id (their classify functions are per family), so theirs is `None`.
 
 use crate::ffi::wfp::{
     layer_id, FWPM_FILTER_FLAG_PERMIT_IF_CALLOUT_UNREGISTERED, FWPM_LAYER_ALE_AUTH_CONNECT_V4,
-    FWPM_LAYER_ALE_AUTH_CONNECT_V6, FWPM_LAYER_ALE_FLOW_ESTABLISHED_V4,
+    FWPM_LAYER_ALE_AUTH_CONNECT_V6, FWPM_LAYER_ALE_ENDPOINT_CLOSURE_V4,
+    FWPM_LAYER_ALE_ENDPOINT_CLOSURE_V6, FWPM_LAYER_ALE_FLOW_ESTABLISHED_V4,
     FWPM_LAYER_ALE_FLOW_ESTABLISHED_V6, FWPM_LAYER_OUTBOUND_IPPACKET_V4,
     FWPM_LAYER_OUTBOUND_IPPACKET_V6, FWPM_LAYER_OUTBOUND_TRANSPORT_V4,
     FWPM_LAYER_OUTBOUND_TRANSPORT_V6, FWP_ACTION_CALLOUT_INSPECTION,
@@ -38,6 +43,8 @@ pub(crate) enum Role {
     EstablishedOwner,
     /// Owns the flow contexts; its `flowDeleteFn` retires the owner entry.
     FlowDelete,
+    /// A socket was closed: its entries leave their flows (`Engine::endpoint_closed`).
+    EndpointClosure,
 }
 
 /// IP version of a layer.
@@ -62,8 +69,9 @@ pub(crate) struct CalloutSpec {
     pub(crate) key: Guid,
     /// `applicableLayer` / the filter's `layerKey`.
     pub(crate) layer_key: Guid,
-    /// Run-time id of that layer (`FWPS_LAYER_*`).
-    pub(crate) layer_id: u16,
+    /// Run-time id of that layer (`FWPS_LAYER_*`), where the driver needs it (flow contexts
+    /// name the layer); `None` for the endpoint-closure callouts.
+    pub(crate) layer_id: Option<u16>,
     /// `FWPS_CALLOUT3.flags`.
     pub(crate) callout_flags: u32,
     /// The filter's `filterKey` (ours, fixed).
@@ -97,49 +105,51 @@ const fn spec(
     let (layer_key, layer_id) = match (role, family) {
         (Role::Mark, Family::V4) => (
             FWPM_LAYER_OUTBOUND_IPPACKET_V4,
-            layer_id::OUTBOUND_IPPACKET_V4,
+            Some(layer_id::OUTBOUND_IPPACKET_V4),
         ),
         (Role::Mark, Family::V6) => (
             FWPM_LAYER_OUTBOUND_IPPACKET_V6,
-            layer_id::OUTBOUND_IPPACKET_V6,
+            Some(layer_id::OUTBOUND_IPPACKET_V6),
         ),
         (Role::ConnectOwner, Family::V4) => (
             FWPM_LAYER_ALE_AUTH_CONNECT_V4,
-            layer_id::ALE_AUTH_CONNECT_V4,
+            Some(layer_id::ALE_AUTH_CONNECT_V4),
         ),
         (Role::ConnectOwner, Family::V6) => (
             FWPM_LAYER_ALE_AUTH_CONNECT_V6,
-            layer_id::ALE_AUTH_CONNECT_V6,
+            Some(layer_id::ALE_AUTH_CONNECT_V6),
         ),
         (Role::EstablishedOwner, Family::V4) => (
             FWPM_LAYER_ALE_FLOW_ESTABLISHED_V4,
-            layer_id::ALE_FLOW_ESTABLISHED_V4,
+            Some(layer_id::ALE_FLOW_ESTABLISHED_V4),
         ),
         (Role::EstablishedOwner, Family::V6) => (
             FWPM_LAYER_ALE_FLOW_ESTABLISHED_V6,
-            layer_id::ALE_FLOW_ESTABLISHED_V6,
+            Some(layer_id::ALE_FLOW_ESTABLISHED_V6),
         ),
         (Role::FlowDelete, Family::V4) => (
             FWPM_LAYER_OUTBOUND_TRANSPORT_V4,
-            layer_id::OUTBOUND_TRANSPORT_V4,
+            Some(layer_id::OUTBOUND_TRANSPORT_V4),
         ),
         (Role::FlowDelete, Family::V6) => (
             FWPM_LAYER_OUTBOUND_TRANSPORT_V6,
-            layer_id::OUTBOUND_TRANSPORT_V6,
+            Some(layer_id::OUTBOUND_TRANSPORT_V6),
         ),
+        (Role::EndpointClosure, Family::V4) => (FWPM_LAYER_ALE_ENDPOINT_CLOSURE_V4, None),
+        (Role::EndpointClosure, Family::V6) => (FWPM_LAYER_ALE_ENDPOINT_CLOSURE_V6, None),
     };
     let (filter_action, filter_flags) = match role {
         Role::Mark => (
             FWP_ACTION_CALLOUT_TERMINATING,
             FWPM_FILTER_FLAG_PERMIT_IF_CALLOUT_UNREGISTERED,
         ),
-        Role::ConnectOwner | Role::EstablishedOwner | Role::FlowDelete => {
+        Role::ConnectOwner | Role::EstablishedOwner | Role::FlowDelete | Role::EndpointClosure => {
             (FWP_ACTION_CALLOUT_INSPECTION, 0)
         }
     };
     let callout_flags = match role {
         Role::FlowDelete => FWP_CALLOUT_FLAG_CONDITIONAL_ON_FLOW,
-        Role::Mark | Role::ConnectOwner | Role::EstablishedOwner => 0,
+        Role::Mark | Role::ConnectOwner | Role::EstablishedOwner | Role::EndpointClosure => 0,
     };
     CalloutSpec {
         index,
@@ -152,13 +162,13 @@ const fn spec(
         filter_key: Guid::from_u128(filter_key),
         filter_action,
         filter_flags,
-        exclude_loopback: true,
+        exclude_loopback: !matches!(role, Role::EndpointClosure),
         name,
     }
 }
 
 /// Number of callouts.
-pub(crate) const CALLOUT_COUNT: usize = 8;
+pub(crate) const CALLOUT_COUNT: usize = 10;
 
 /// Every callout, in registration order. Keys are random GUIDs generated for qosmark.
 pub(crate) const CALLOUTS: [CalloutSpec; CALLOUT_COUNT] = [
@@ -226,6 +236,22 @@ pub(crate) const CALLOUTS: [CalloutSpec; CALLOUT_COUNT] = [
         0x3f6b_1a40_2d7e_4f0e_8b1c_51d0_f000_0008,
         "qosmark flow end (IPv6 transport)",
     ),
+    spec(
+        8,
+        Role::EndpointClosure,
+        Family::V4,
+        0x3f6b_1a40_2d7e_4f0e_8b1c_51d0_0000_0009,
+        0x3f6b_1a40_2d7e_4f0e_8b1c_51d0_f000_0009,
+        "qosmark socket closed (IPv4)",
+    ),
+    spec(
+        9,
+        Role::EndpointClosure,
+        Family::V6,
+        0x3f6b_1a40_2d7e_4f0e_8b1c_51d0_0000_000a,
+        0x3f6b_1a40_2d7e_4f0e_8b1c_51d0_f000_000a,
+        "qosmark socket closed (IPv6)",
+    ),
 ];
 
 /// The callout of `role` and `family`.
@@ -263,7 +289,9 @@ mod tests {
             assert_eq!(c.index, i);
             let mut buf = [0u16; MAX_NAME_UNITS];
             assert!(widen(c.name, &mut buf).is_some(), "{}", c.name);
-            assert!(c.exclude_loopback);
+            assert_eq!(c.exclude_loopback, c.role != Role::EndpointClosure);
+            // Run-time layer ids where flow contexts need them, and only there.
+            assert_eq!(c.layer_id.is_none(), c.role == Role::EndpointClosure);
             // No segmentation-offload opt-ins, ever.
             assert_eq!(c.callout_flags & (0x40 | 0x100 | 0x200), 0);
         }
@@ -283,6 +311,7 @@ mod tests {
             Role::ConnectOwner,
             Role::EstablishedOwner,
             Role::FlowDelete,
+            Role::EndpointClosure,
         ] {
             for family in [Family::V4, Family::V6] {
                 assert_eq!(
@@ -309,12 +338,17 @@ mod tests {
         }
         let c = callout(Role::Mark, Family::V6).unwrap();
         assert_eq!(c.layer_key, FWPM_LAYER_OUTBOUND_IPPACKET_V6);
-        assert_eq!(c.layer_id, layer_id::OUTBOUND_IPPACKET_V6);
+        assert_eq!(c.layer_id, Some(layer_id::OUTBOUND_IPPACKET_V6));
     }
 
     #[test]
     fn owner_callouts_only_inspect() {
-        for role in [Role::ConnectOwner, Role::EstablishedOwner, Role::FlowDelete] {
+        for role in [
+            Role::ConnectOwner,
+            Role::EstablishedOwner,
+            Role::FlowDelete,
+            Role::EndpointClosure,
+        ] {
             for family in [Family::V4, Family::V6] {
                 let c = callout(role, family).unwrap();
                 assert_eq!(c.filter_action, FWP_ACTION_CALLOUT_INSPECTION);
@@ -333,8 +367,11 @@ mod tests {
         );
         assert_eq!(
             callout(Role::ConnectOwner, Family::V6).unwrap().layer_id,
-            layer_id::ALE_AUTH_CONNECT_V6
+            Some(layer_id::ALE_AUTH_CONNECT_V6)
         );
+        let closure = callout(Role::EndpointClosure, Family::V6).unwrap();
+        assert_eq!(closure.layer_key, FWPM_LAYER_ALE_ENDPOINT_CLOSURE_V6);
+        assert_eq!(closure.callout_flags, 0);
     }
 
     #[test]

@@ -488,7 +488,7 @@ unsafe fn report_owner(
 /// (inspection: `FWP_ACTION_CONTINUE`). `IRQL <= DISPATCH`; the engine's exclusive lock is
 /// taken with no other lock of ours held, and no classify of ours holds it across a call into
 /// WFP (module docs), so it cannot wait on this CPU.
-pub(super) unsafe extern "system" fn classify_closure<const V6: bool>(
+pub(super) unsafe extern "system" fn classify_closure(
     in_fixed_values: *const FWPS_INCOMING_VALUES0,
     in_meta_values: *const FWPS_INCOMING_METADATA_VALUES0_PREFIX,
     _layer_data: *mut c_void,

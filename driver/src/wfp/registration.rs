@@ -322,8 +322,8 @@ fn classify_fn(spec: &CalloutSpec) -> FWPS_CALLOUT_CLASSIFY_FN3 {
         (Role::EstablishedOwner, Family::V4) => callouts::classify_owner::<true, false>,
         (Role::EstablishedOwner, Family::V6) => callouts::classify_owner::<true, true>,
         (Role::FlowDelete, _) => callouts::classify_continue,
-        (Role::EndpointClosure, Family::V4) => callouts::classify_closure::<false>,
-        (Role::EndpointClosure, Family::V6) => callouts::classify_closure::<true>,
+        // One function for both families: the incoming values carry the address family.
+        (Role::EndpointClosure, _) => callouts::classify_closure,
     }
 }
 

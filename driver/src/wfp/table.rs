@@ -19,7 +19,7 @@
 //! `CONDITIONAL_ON_FLOW` they are classified only for flows that carry one of our contexts.
 //! The endpoint-closure callouts see every socket close (no condition: a registered loopback
 //! socket leaves its flow too) and tell the engine (`Engine::endpoint_closed`); they need no
-//! run-time layer id (their classify functions are per family), so theirs is `None`.
+//! run-time layer id (nothing they do names their layer), so theirs is `None`.
 
 use crate::ffi::wfp::{
     layer_id, FWPM_FILTER_FLAG_PERMIT_IF_CALLOUT_UNREGISTERED, FWPM_LAYER_ALE_AUTH_CONNECT_V4,

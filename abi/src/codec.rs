@@ -75,7 +75,8 @@
 //!  32 u8 tag adaptive flows (0|1)
 //!  33 u8 non-conformant DSCP (0..=63)   34 u8 non-conformant 802.1p (0..=7)   35 zero [5]
 //!     (the marks of packets above a `QOSUseNonConformantMarkings` rate; a table written
-//!     before these existed has 0 here, which decodes as the default DSCP 0 / 802.1p 0)
+//!     before these existed has 0 here and decodes as DSCP 0 / 802.1p 0; the codec has no
+//!     defaults — the engine's default table says DSCP 0 / 802.1p 1)
 //! ```
 //!
 //! # Requests (payload after the header)

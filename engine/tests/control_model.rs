@@ -393,7 +393,7 @@ fn tables() -> Vec<TrafficTable> {
         pcp: Pcp::try_new(1).ok(),
     };
     custom.non_conformant_dscp = Dscp::try_new(8).unwrap();
-    custom.non_conformant_pcp = Pcp::try_new(1).unwrap();
+    custom.non_conformant_pcp = Pcp::try_new(3).unwrap();
     vec![d, open, custom]
 }
 

@@ -930,7 +930,7 @@ fn rates_are_set_and_queried_probing_and_notifications_are_50() {
     // adaptive (flags 0), so it requests 802.1p and its excess gets the table's 802.1p.
     let mut table = default_table();
     table.non_conformant_dscp = Dscp::try_new(8).unwrap();
-    table.non_conformant_pcp = Pcp::try_new(1).unwrap();
+    table.non_conformant_pcp = Pcp::try_new(3).unwrap();
     let a = e.open_handle(ADMIN).unwrap();
     e.apply(a, &Request::SetTrafficTable(table)).unwrap();
     let p = priority(&mut e, h, id);
@@ -941,7 +941,7 @@ fn rates_are_set_and_queried_probing_and_notifications_are_50() {
             p.conformant_l2,
             p.non_conformant_l2
         ),
-        (56, 8, 7, 1)
+        (56, 8, 7, 3)
     );
     assert_eq!(e.apply(h, &rate(2_000_000, ShapeOnly)), Ok(Response::Done));
     let p = priority(&mut e, h, id);

@@ -462,11 +462,11 @@ fn non_conformant_marking_uses_the_table() {
     let a = w.e.open_handle(ADMIN).unwrap();
     let mut table = qosmark_engine::traffic::default_table();
     table.non_conformant_dscp = Dscp::try_new(10).unwrap();
-    table.non_conformant_pcp = Pcp::try_new(1).unwrap();
+    table.non_conformant_pcp = Pcp::try_new(3).unwrap();
     w.e.apply(a, &Request::SetTrafficTable(table)).unwrap();
     let nc = Mark {
         dscp: Some(Dscp::try_new(10).unwrap()),
-        pcp: Some(Pcp::try_new(1).unwrap()),
+        pcp: Some(Pcp::try_new(3).unwrap()),
     };
     let p = packet(1500);
     let got: Vec<Verdict> = (0..4)

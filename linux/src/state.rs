@@ -274,7 +274,7 @@ mod tests {
             pcp: None,
         };
         table.non_conformant_dscp = Dscp::try_new(8).unwrap();
-        table.non_conformant_pcp = Pcp::try_new(1).unwrap();
+        table.non_conformant_pcp = Pcp::try_new(3).unwrap();
         let rules = rules_file::parse_rules(
             "[[rule]]\nname = \"voip\"\nprotocol = \"udp\"\nremote_port = \"5000-5100\"\ndscp = 46\n\
              [[rule]]\nname = \"bulk\"\nlocal_address = \"10.0.0.0/8\"\ntraffic_type = \"background\"\npriority_8021p = 1\nthrottle_bps = 2000000\n",

@@ -222,7 +222,11 @@ QOSMARK_API BOOL WINAPI QOSCancel(HANDLE QOSHandle, LPOVERLAPPED Overlapped);
  *   an unconnected socket without QOS_DESTADDR); the QOS2 codes of the back end (5, 183,
  *   1450, 1068 = no back end, 1164 = reconnect).
  *   On a socket that already marks, a failed call restores the previous mark and rate and
- *   adds no destination: every error leaves the socket as it was.
+ *   adds no destination, so an error leaves the socket as it was, unless the back end also
+ *   refuses the restoring request (request budget spent, 1450; back end gone); the next
+ *   successful call then applies in full. Objects with SERVICETYPE_NOCHANGE are refused (a
+ *   qosmark choice: they all describe the sending side). A socket value that was closed (on
+ *   Linux: or closed and given to a new socket) reads as never set.
  *   Marking also ends when the socket is closed, shut down for sending (shutdown(SD_SEND /
  *   SHUT_WR)) or disconnected: on Linux the back end notices within about two seconds; on
  *   Windows the driver notices a socket's close and a TCP disconnect, not yet

@@ -54,18 +54,26 @@
 //!   mark: the traffic table's, by default DSCP 0 / 802.1p 1 — GQoS's documented
 //!   non-conforming values and the Windows packet scheduler's defaults (qos-api.md §11.4). An
 //!   administrator may change them for every flow (`qosmarkctl table set non-conformant`).
+//! * With `SERVICETYPE_NOCHANGE` every object is refused (`WSA_QOS_BAD_OBJECT`): they all
+//!   describe the sending side, which NOCHANGE keeps (a qosmark choice; GQoS documents no
+//!   rule).
 //! * `SERVICETYPE_NOTRAFFIC` / `SERVICETYPE_BESTEFFORT` end the sending side whatever objects
 //!   come with them (they are validated, then have nothing left to act on).
 //!
 //! # A `set` on a socket that already marks
 //!
-//! The steps that can be taken back come first: the service mark, then a new rate; then the
-//! registration (a new `QOS_DESTADDR` joins the flow, and the wire can remove a socket only
-//! with all of its destinations); last, when the new `set` asks for no shaping, the rate is
-//! cleared (the shaper and the packets it holds go, so this too cannot be taken back). When a
-//! step fails, the mark and rate the flow had are restored, so a failed `set` leaves the socket
-//! as it was; a `set` on a socket without a live flow that fails removes the flow it made. The
-//! clearing step can fail only when the flow or the back end went away meanwhile.
+//! The steps: the service mark; the rate (set, or cleared when the `set` has no
+//! `QOS_SD_MODE` and the flow has one); last the registration, the one step that cannot be
+//! taken back (a new `QOS_DESTADDR` joins the flow, and the wire can remove a socket only
+//! with all of its destinations). A refused step changes nothing in the back end, and the
+//! steps before it are restored: the previous mark, the previous rate (a rate the failed
+//! `set` had cleared comes back as a new shaper of the same rate; packets the old one held
+//! have then left early). So a refused `set` leaves the socket as it was — unless a
+//! restoring request is refused too (the process's hidden handle out of request budget,
+//! 1450, or the back end gone): the session then records what the flow really has, and the
+//! next `set` applies in full. A flow that ended just before the `set` (1168) is started
+//! over, as GQoS does once QoS has ended. A failed `set` on a socket without a live flow
+//! removes the flow it made.
 //!
 //! # Which socket
 //!
@@ -665,7 +673,7 @@ impl core::fmt::Debug for GqosSession {
     }
 }
 
-/// What `mark` is asked to make of the socket's flow.
+/// What `create` / `remark` are asked to make of the socket's flow.
 #[derive(Clone, Copy, Debug)]
 struct Target {
     service: ServiceMark,
@@ -770,7 +778,22 @@ impl GqosSession {
                     rate,
                 };
                 let flow = match (live_flow, known) {
-                    (Some(f), Some(k)) => self.remark(raw, f, &k, target)?,
+                    (Some(f), Some(k)) => {
+                        let mut now = k;
+                        match self.remark(raw, f, &mut now, target) {
+                            Ok(Some(id)) => id,
+                            // The flow ended between the check and the first step: start
+                            // over, as GQoS does once QoS has ended.
+                            Ok(None) => self.create(raw, target)?,
+                            Err(e) => {
+                                // What the flow has now (all restored, unless a restoring
+                                // request failed too), so the next `set` starts from the
+                                // truth.
+                                sockets.insert(key, now);
+                                return Err(e);
+                            }
+                        }
+                    }
                     _ => self.create(raw, target)?,
                 };
                 sockets.insert(
@@ -835,60 +858,77 @@ impl GqosSession {
         Ok(flow)
     }
 
-    /// A new `set` on the socket's live flow `flow` (last set as `k`). The steps that can be
-    /// taken back come first: the service mark, then a new rate; then the registration,
-    /// which cannot be taken back in part (a destination is added, and the wire removes a
-    /// socket only with all of its destinations); last, when the new `set` asks for no
-    /// shaping, the rate is cleared (which cannot be taken back either: the shaper and the
-    /// packets it holds go). A failed step restores the mark and rate the flow had, so an
-    /// error leaves the socket as it was.
-    fn remark(&self, raw: RawSock, flow: FlowId, k: &SocketQos, t: Target) -> Result<FlowId> {
+    /// A new `set` on the socket's live flow `flow`, whose record is `k`. Steps: the service
+    /// mark, then the rate (set, or cleared when the new `set` asks for no shaping and the
+    /// flow has one), then the registration — last, because it is the one step that cannot be
+    /// taken back (a destination is added, and the wire removes a socket only with all of its
+    /// destinations). A refused step changes nothing in the back end; the steps before it are
+    /// then restored (the previous mark; the previous rate — a rate that had been cleared comes
+    /// back as a new shaper, so packets the cleared one held have left). `k` follows what the
+    /// flow really has after every request, including a restoring request that failed, so the
+    /// caller can record it and a later `set` starts from the truth.
+    ///
+    /// `Ok(None)`: the flow ended before the first step (1168); nothing was changed.
+    fn remark(
+        &self,
+        raw: RawSock,
+        flow: FlowId,
+        k: &mut SocketQos,
+        t: Target,
+    ) -> Result<Option<FlowId>> {
         let h = &self.handle;
-        let restore = |service_changed: bool, rate_changed: bool| {
-            // Best effort: both were accepted for this flow before.
-            if rate_changed {
-                let _ = self.apply_rate(flow, k.rate);
-            }
-            if service_changed {
-                if let Some(previous) = k.service {
-                    let _ = h.set_flow(flow, SetFlow::Service(previous));
+        let (old_service, old_rate) = (k.service, k.rate);
+        match h.set_flow(flow, SetFlow::Service(t.service)) {
+            Ok(()) => k.service = Some(t.service),
+            Err(e) if e.code() == Win32Error::NOT_FOUND => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        let undo_service = |k: &mut SocketQos| {
+            if let Some(previous) = old_service {
+                if h.set_flow(flow, SetFlow::Service(previous)).is_ok() {
+                    k.service = old_service;
                 }
             }
         };
-        let service_changed = k.service != Some(t.service);
-        if service_changed {
-            h.set_flow(flow, SetFlow::Service(t.service))?;
-        }
-        let new_rate = t.rate.filter(|r| k.rate != Some(*r));
-        if let Some(r) = new_rate {
-            if let Err(e) = h.set_flow(flow, SetFlow::OutgoingRate(r)) {
-                restore(service_changed, false);
-                return Err(Self::rate_error(e));
+        let rate_step = match t.rate {
+            Some(r) => Some(SetFlow::OutgoingRate(r)),
+            None if old_rate.is_some() => Some(SetFlow::ClearOutgoingRate),
+            None => None,
+        };
+        if let Some(op) = rate_step {
+            if let Err(e) = h.set_flow(flow, op) {
+                undo_service(k);
+                return Err(if t.rate.is_some() {
+                    Self::rate_error(e)
+                } else {
+                    e
+                });
             }
+            k.rate = t.rate;
         }
         // Registered again in its flow: a new destination joins it, the same socket and
         // destination again is a no-op, and a socket number the application reused for
         // another connected socket (before the back end retired the old one) is added. An
         // unconnected socket without a new QOS_DESTADDR (87) keeps its destinations.
-        let id = match h.add_raw_socket_to_flow(
+        match h.add_raw_socket_to_flow(
             raw,
             t.dest,
             TrafficType::BestEffort,
             QOS_NON_ADAPTIVE_FLOW,
             flow,
         ) {
-            Ok(id) => id,
-            Err(e) if t.dest.is_none() && e.code() == Win32Error::INVALID_PARAMETER => flow,
-            Err(e) => {
-                restore(service_changed, new_rate.is_some());
-                return Err(e);
+            Ok(id) => Ok(Some(id)),
+            Err(e) if t.dest.is_none() && e.code() == Win32Error::INVALID_PARAMETER => {
+                Ok(Some(flow))
             }
-        };
-        if t.rate.is_none() && k.rate.is_some() {
-            // Fails only when the flow is gone meanwhile (1168) or the back end is.
-            h.set_flow(flow, SetFlow::ClearOutgoingRate)?;
+            Err(e) => {
+                if rate_step.is_some() && self.apply_rate(flow, old_rate).is_ok() {
+                    k.rate = old_rate;
+                }
+                undo_service(k);
+                Err(e)
+            }
         }
-        Ok(id)
     }
 
     /// The state of `flow` now (`WatchFlow` without a known state).

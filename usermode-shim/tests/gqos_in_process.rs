@@ -411,10 +411,12 @@ fn rate_of(e: &Arc<Mutex<Engine>>, flow: u32) -> Option<u64> {
     }
 }
 
-/// A `set` on a socket that already marks fails in each of its three steps — the service
-/// override (5), the rate (11017), the registration of a new destination (87) — and each time
-/// the engine is exactly as before: no new destination, the old mark, the old rate (also when
-/// the old state had no rate, which the failed set had to clear again).
+/// A `set` on a socket that already marks fails in each of its steps — the service override
+/// (5), the rate (11017), the registration of a new destination (87), with and without a
+/// rate asked — and each time the engine is as before: no new destination, the old mark, the
+/// old rate (cleared again when the old state had none; set again when the failed `set` had
+/// cleared it, then with a new shaper of the same rate, so the snapshot is compared with
+/// shaper ids left out). A refused clear is `a_refused_clear_changes_nothing`.
 #[test]
 fn a_failed_set_on_a_marking_socket_changes_nothing() {
     use ProviderObject::{DestAddr, DsClass, SdMode};
@@ -440,7 +442,16 @@ fn a_failed_set_on_a_marking_socket_changes_nothing() {
         let flow = e.lock().unwrap().flow_details().unwrap()[0].id;
         let rate = rate_of(&e, flow);
         assert_eq!(rate, with_rate.then_some(1_000_000));
-        let before = e.lock().unwrap().control_snapshot().unwrap();
+        // The control state with each flow's shaper reduced to "has one".
+        let state = |e: &Arc<Mutex<Engine>>| {
+            let mut snap = e.lock().unwrap().control_snapshot().unwrap();
+            let shaped: Vec<bool> = snap.flows.iter().map(|f| f.shaper.is_some()).collect();
+            for f in &mut snap.flows {
+                f.shaper = None;
+            }
+            (snap, shaped)
+        };
+        let before = state(&e);
         let failing: [(Qos, u32); 4] = [
             // Step 1: EF is the user's to set only when the administrator allows it.
             (qos(2, vec![two, DsClass(46)]), 5),
@@ -449,16 +460,13 @@ fn a_failed_set_on_a_marking_socket_changes_nothing() {
             // Step 3: a new service type and rate are set, then an IPv6 destination for an
             // IPv4 socket is refused.
             (shaped(3, 250_000, vec![v6, SdMode(0)]), 87),
-            // Step 3 without shaping asked: the rate (if any) was cleared before it.
+            // Step 3 without shaping asked: the rate (if any) was cleared before it and is set
+            // again.
             (qos(0xA, vec![v6]), 87),
         ];
         for (q, code) in failing {
             assert_eq!(g.set(&s, &q).unwrap_err().raw(), code, "{q:?}");
-            assert_eq!(
-                e.lock().unwrap().control_snapshot().unwrap(),
-                before,
-                "{q:?} changed the engine"
-            );
+            assert_eq!(state(&e), before, "{q:?} changed the engine");
             assert_eq!(rate_of(&e, flow), rate, "{q:?} changed the rate");
             assert_eq!(marks(&e, local, "192.0.2.1:5004"), Some((24, 4)), "{q:?}");
             assert_eq!(marks(&e, local, "192.0.2.2:5004"), None, "{q:?}");
@@ -563,12 +571,135 @@ fn closed_and_reused_socket_values_start_over_and_are_swept() {
     g.set(&u, &qos(0, vec![])).unwrap();
     drop(u);
     assert_eq!(g.get(ufd).unwrap().sending, Flowspec::unspecified(0));
-    // Many sockets set, ended and closed: the map does not keep them.
-    for _ in 0..300 {
+    // Many sockets set, ended and closed, each under its own descriptor number (a fresh
+    // socket would reuse the last one's number and overwrite its record): the map does not
+    // keep them.
+    for i in 0..300 {
         let v = UdpSocket::bind("127.0.0.1:0").unwrap();
-        g.set(&v, &qos(2, dest.clone())).unwrap();
-        g.set(&v, &qos(0, vec![])).unwrap();
+        // SAFETY: F_DUPFD on our open descriptor; the duplicate is closed below.
+        let high = unsafe { libc::fcntl(v.as_raw_fd(), libc::F_DUPFD, 2000 + i) };
+        assert_eq!(high, 2000 + i);
+        g.set_raw(high, &qos(2, dest.clone())).unwrap();
+        g.set_raw(high, &qos(0, vec![])).unwrap();
+        // SAFETY: the duplicate made above, closed once.
+        assert_eq!(unsafe { libc::close(high) }, 0);
     }
     assert!(g.remembered() <= 130, "{} records kept", g.remembered());
     assert!(e.lock().unwrap().flow_details().unwrap().is_empty());
+}
+
+/// A transport that passes the next `allow` requests (negative: all) and then fails every one
+/// with 1450 — the back end's answer when the handle's request budget is spent — and, while
+/// `fail_clear` is set, fails every `ClearOutgoingRate` the same way.
+struct Faulty {
+    inner: qosmark::InProcess,
+    allow: Arc<std::sync::atomic::AtomicI64>,
+    fail_clear: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl qosmark::Transport for Faulty {
+    fn call(
+        &mut self,
+        request: &qosmark_abi::Request,
+        socket: Option<qosmark::socket::RawSock>,
+    ) -> Result<qosmark_abi::Response, qosmark::QosError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let busy = qosmark::QosError::new(qosmark_abi::status::Win32Error(1450));
+        if self.fail_clear.load(SeqCst)
+            && matches!(
+                request,
+                qosmark_abi::Request::SetFlow {
+                    op: qosmark_abi::SetFlow::ClearOutgoingRate,
+                    ..
+                }
+            )
+        {
+            return Err(busy);
+        }
+        match self.allow.load(SeqCst) {
+            0 => return Err(busy),
+            n if n > 0 => self.allow.store(n - 1, SeqCst),
+            _ => {}
+        }
+        self.inner.call(request, socket)
+    }
+}
+
+type Faults = (
+    Arc<std::sync::atomic::AtomicI64>,
+    Arc<std::sync::atomic::AtomicBool>,
+);
+
+fn faulty_session(e: &Arc<Mutex<Engine>>) -> (GqosSession, Faults) {
+    let allow = Arc::new(std::sync::atomic::AtomicI64::new(-1));
+    let fail_clear = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let t = Faulty {
+        inner: qosmark::InProcess::open(Arc::clone(e), USER).unwrap(),
+        allow: Arc::clone(&allow),
+        fail_clear: Arc::clone(&fail_clear),
+    };
+    let waits = Arc::clone(e);
+    let g = GqosSession::with_client(
+        Client::from_transport(Box::new(t)),
+        Box::new(move || Client::in_process(Arc::clone(&waits), USER)),
+    );
+    (g, (allow, fail_clear))
+}
+
+/// When the back end refuses a step *and* the request that should restore the one before it
+/// (its request budget spent: 1450), the session records what the flow really has, so the
+/// next `set` of the old service is sent and takes effect (it used to be skipped as
+/// "unchanged", leaving the new mark for good).
+#[test]
+fn a_failed_restore_is_recorded_and_the_next_set_repairs_it() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let e = engine();
+    let (g, (allow, _)) = faulty_session(&e);
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let local = s.local_addr().unwrap();
+    let one = ProviderObject::DestAddr(sa("192.0.2.1:5004"));
+    let two = ProviderObject::DestAddr(sa("192.0.2.2:5004"));
+    g.set(&s, &qos(2, vec![one])).unwrap();
+    // The state check and the new service pass; the registration and the restore fail.
+    allow.store(2, SeqCst);
+    assert_eq!(g.set(&s, &qos(3, vec![two])).unwrap_err().raw(), 1450);
+    allow.store(-1, SeqCst);
+    // The back end kept Guaranteed (40 / 5), and the report says so.
+    assert_eq!(marks(&e, local, "192.0.2.1:5004"), Some((40, 5)));
+    assert_eq!(marks(&e, local, "192.0.2.2:5004"), None);
+    let r = g.get(s.as_raw_fd()).unwrap();
+    assert_eq!((r.dscp, r.pcp), (40, 5));
+    // Controlled load again: sent, and in force.
+    g.set(&s, &qos(2, vec![])).unwrap();
+    assert_eq!(marks(&e, local, "192.0.2.1:5004"), Some((24, 4)));
+    assert_eq!(g.get(s.as_raw_fd()).unwrap().dscp, 24);
+}
+
+/// Clearing the rate comes before the registration, so a refused clear leaves nothing behind:
+/// no new destination, the old mark, the old rate.
+#[test]
+fn a_refused_clear_changes_nothing() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let e = engine();
+    let (g, (_, fail_clear)) = faulty_session(&e);
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let local = s.local_addr().unwrap();
+    let one = ProviderObject::DestAddr(sa("192.0.2.1:5004"));
+    let two = ProviderObject::DestAddr(sa("192.0.2.2:5004"));
+    let mut shaped = qos(2, vec![one, ProviderObject::SdMode(1)]);
+    shaped.sending.token_rate = 125_000;
+    g.set(&s, &shaped).unwrap();
+    let flow = e.lock().unwrap().flow_details().unwrap()[0].id;
+    let before = e.lock().unwrap().control_snapshot().unwrap();
+    fail_clear.store(true, SeqCst);
+    assert_eq!(g.set(&s, &qos(3, vec![two])).unwrap_err().raw(), 1450);
+    fail_clear.store(false, SeqCst);
+    assert_eq!(e.lock().unwrap().control_snapshot().unwrap(), before);
+    assert_eq!(marks(&e, local, "192.0.2.2:5004"), None);
+    assert_eq!(marks(&e, local, "192.0.2.1:5004"), Some((24, 4)));
+    assert_eq!(rate_of(&e, flow), Some(1_000_000));
+    // The same set, now allowed: the destination joins, the rate goes.
+    g.set(&s, &qos(3, vec![two])).unwrap();
+    assert_eq!(marks(&e, local, "192.0.2.2:5004"), Some((40, 5)));
+    assert_eq!(rate_of(&e, flow), None);
 }

@@ -129,7 +129,8 @@ pub(crate) fn socket_identity(s: RawSocket) -> SocketIdentity {
     };
     let mut kind: i32 = 0;
     let mut len = i32::try_from(size_of::<i32>()).unwrap_or(i32::MAX);
-    // SAFETY: `kind` is a writable i32 and `len` its size.
+    // SAFETY: `kind` is a writable i32 and `len` its size; any SOCKET value may be passed:
+    // Winsock validates it and fails with WSAENOTSOCK for one that is not a socket.
     let rc = unsafe {
         getsockopt(
             socket,

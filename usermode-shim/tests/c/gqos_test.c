@@ -219,7 +219,8 @@ int main(void) {
     size = 0;
     EXPECT_FAIL(QOSEnumerateFlows(h, &size, NULL), 122);
     CHECK(size == sizeof(QOS_FLOWID));
-    /* A set without QOS_SD_MODE ends shaping and keeps marking. */
+    /* A set without QOS_SD_MODE keeps marking (that it ends shaping is checked by the Rust
+       in-process and live tests, which can read the rate). */
     q = make_qos(SERVICETYPE_NETWORK_CONTROL, NULL, 0);
     EXPECT_OK(QmSetSocketQos((SOCKET)s, &q));
     info = get(s, &st);

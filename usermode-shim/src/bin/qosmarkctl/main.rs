@@ -45,7 +45,7 @@ usage: qosmarkctl COMMAND [--json]
   table set TYPE [--dscp D|none] [--pcp 0-7|none]     change one traffic type (admin)
   table set non-conformant [--dscp D] [--pcp 0-7]
                                   marks of packets above a QOSUseNonConformantMarkings
-                                  rate (default 0 / 0) (admin)
+                                  rate (default DSCP 0 / 802.1p 1) (admin)
   table allow DSCP...             let users set these DSCP values (admin)
   table disallow DSCP...|--all    take them back (admin)
   table tag-adaptive on|off       request 802.1p for adaptive flows (admin)

@@ -215,7 +215,7 @@ QOSMARK_API BOOL WINAPI QOSCancel(HANDLE QOSHandle, LPOVERLAPPED Overlapped);
  *   WSA_QOS_EPROVSPECBUF 11018 (len without buf; a truncated header; fewer than 8 zero bytes
  *   after the last object are struct padding and ignored), WSA_QOS_EOBJLENGTH 11022
  *   (ObjectLength too small, too large, or not the object's size), WSA_QOS_EUNKOWNPSOBJ 11024
- *   (unknown ObjectType), WSA_QOS_ESDMODEOBJ 11029 (TC_NONCONF_DISCARD,
+ *   (unknown ObjectType; an RSVP_STATUS_INFO, as QmGetSocketQos returns it, is ignored), WSA_QOS_ESDMODEOBJ 11029 (TC_NONCONF_DISCARD,
  *   TC_NONCONF_BORROW_PLUS, other modes), WSA_QOS_ESHAPERATEOBJ 11030 (ShapingRate 0),
  *   WSA_QOS_BAD_OBJECT 11013 (an object with SERVICETYPE_NOCHANGE, an object twice,
  *   DSField > 63, TrafficClass > 7, a bad QOS_DESTADDR); ERROR_INVALID_PARAMETER 87 (qos NULL;

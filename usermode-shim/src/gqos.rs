@@ -91,7 +91,7 @@
 //! | shaping asked (`QOS_SD_MODE` shape/borrow) with a sending `TokenRate` of 0 (even when `QOS_SHAPING_RATE` names the rate), or with no rate (`TokenRate` `QOS_NOT_SPECIFIED` and no `QOS_SHAPING_RATE`); `PeakBandwidth` below `TokenRate` (both specified, `PeakBandwidth` not `POSITIVE_INFINITY_RATE`), in either flowspec | `WSA_QOS_EFLOWSPEC` 11017 |
 //! | `ProviderSpecific` with a length but no buffer, or fewer bytes left than a header that are not all zero (zeros there are struct padding and end the list) | `WSA_QOS_EPROVSPECBUF` 11018 |
 //! | an `ObjectLength` below the header, beyond the buffer, or not the object's size | `WSA_QOS_EOBJLENGTH` 11022 |
-//! | an unknown `ObjectType` | `WSA_QOS_EUNKOWNPSOBJ` 11024 (sic) |
+//! | an unknown `ObjectType` (an `RSVP_STATUS_INFO`, as `QmGetSocketQos` returns it, is accepted and ignored) | `WSA_QOS_EUNKOWNPSOBJ` 11024 (sic) |
 //! | `ShapeDiscardMode` above 3, or 2 / 3 (not supported) | `WSA_QOS_ESDMODEOBJ` 11029 |
 //! | `ShapingRate` 0 or `QOS_NOT_SPECIFIED` | `WSA_QOS_ESHAPERATEOBJ` 11030 |
 //! | any object with a sending `SERVICETYPE_NOCHANGE` (every object describes the sending side, which NOCHANGE leaves alone); the same object twice; `DSField` above 63; `TrafficClass` above 7; a `QOS_DESTADDR` that is not an `AF_INET` / `AF_INET6` address of its stated length | `WSA_QOS_BAD_OBJECT` 11013 |
@@ -379,6 +379,8 @@ pub fn parse_provider_specific(bytes: &[u8], pointer_bytes: usize) -> Result<Vec
             | QOS_OBJECT_DS_CLASS
             | QOS_OBJECT_TRAFFIC_CLASS => ULONG_OBJECT_LEN,
             QOS_OBJECT_DESTADDR => destaddr_len(pointer_bytes),
+            // What `QmGetSocketQos` returns; a get → modify → set round trip passes it back.
+            RSVP_OBJECT_STATUS_INFO => RSVP_STATUS_INFO_LEN,
             _ => return Err(err(WSA_QOS_EUNKOWNPSOBJ)),
         };
         if len != want {
@@ -387,6 +389,11 @@ pub fn parse_provider_specific(bytes: &[u8], pointer_bytes: usize) -> Result<Vec
         let value = u32_at(object, OBJECT_HDR_LEN);
         let raw = match (kind, value) {
             (QOS_OBJECT_END_OF_LIST, _) => break,
+            (RSVP_OBJECT_STATUS_INFO, _) => {
+                // A report, not a request: ignored.
+                at = at.saturating_add(len);
+                continue;
+            }
             (QOS_OBJECT_SD_MODE, Some(v)) => RawObject::Object(ProviderObject::SdMode(v)),
             (QOS_OBJECT_SHAPING_RATE, Some(v)) => RawObject::Object(ProviderObject::ShapingRate(v)),
             (QOS_OBJECT_DS_CLASS, Some(v)) => RawObject::Object(ProviderObject::DsClass(v)),
@@ -1083,12 +1090,15 @@ mod tests {
         );
     }
 
+    /// `RSVP_OBJECT_RESERVE_INFO` (qossp.h): a request object qosmark does not support.
+    const RSVP_OBJECT_RESERVE_INFO_ID: u32 = 1001;
+
     #[test]
     fn malformed_objects_get_their_codes() {
         let code = |b: &[u8]| parse_provider_specific(b, 8).unwrap_err().raw();
-        // Unknown type (RSVP_OBJECT_STATUS_INFO is an answer object, not a request object).
+        // Unknown type.
         assert_eq!(
-            code(&obj(RSVP_OBJECT_STATUS_INFO, &[0; 12])),
+            code(&obj(RSVP_OBJECT_RESERVE_INFO_ID, &[0; 12])),
             WSA_QOS_EUNKOWNPSOBJ
         );
         assert_eq!(code(&obj(4003, &[0; 4])), WSA_QOS_EUNKOWNPSOBJ);
@@ -1104,6 +1114,18 @@ mod tests {
         // A 32-bit QOS_DESTADDR in a 64-bit buffer is the wrong size.
         assert_eq!(code(&obj(QOS_OBJECT_DESTADDR, &[0; 8])), WSA_QOS_EOBJLENGTH);
         assert!(parse_provider_specific(&obj(QOS_OBJECT_DESTADDR, &[0; 8]), 4).is_ok());
+        // An RSVP_STATUS_INFO (what a get returns) is accepted and ignored; one of another
+        // length is not.
+        let mut round_trip = obj(RSVP_OBJECT_STATUS_INFO, &[0; 12]);
+        round_trip.extend(obj(QOS_OBJECT_DS_CLASS, &8u32.to_ne_bytes()));
+        assert_eq!(
+            parse_provider_specific(&round_trip, 8).unwrap(),
+            vec![RawObject::Object(ProviderObject::DsClass(8))]
+        );
+        assert_eq!(
+            code(&obj(RSVP_OBJECT_STATUS_INFO, &[0; 8])),
+            WSA_QOS_EOBJLENGTH
+        );
         // Fewer bytes than a header.
         assert_eq!(code(&[1, 2, 3]), WSA_QOS_EPROVSPECBUF);
         // ... unless they are zeros: the padding after a C struct of objects that ends with a

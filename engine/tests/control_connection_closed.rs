@@ -275,6 +275,12 @@ fn a_closed_endpoint_takes_its_socket_out_of_every_flow_and_nothing_else() {
         0
     );
     assert_eq!(e.control_snapshot().unwrap(), before);
+    // The listener (local port 5060, no remote) closes: the accepted connections stay.
+    assert_eq!(
+        e.endpoint_closed(Protocol::Tcp, sa("0.0.0.0:5060"), None, USER.pid),
+        0
+    );
+    assert_eq!(e.control_snapshot().unwrap(), before);
     // One accepted TCP connection closes (remote given): only it goes.
     assert_eq!(
         e.endpoint_closed(

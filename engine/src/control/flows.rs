@@ -1014,7 +1014,8 @@ impl ControlState {
     /// `QOSRemoveSocketFromFlow` would (flows left empty die, with their shapers). The
     /// endpoint: `protocol`, the local address and port (an unspecified address on either
     /// side matches any), and for a connected socket (`remote` with a non-zero port) the
-    /// remote address and port too — accepted TCP sockets share their local port. Unbound
+    /// remote address and port too — accepted TCP sockets share their local port, so a TCP
+    /// endpoint without a remote (a listener) removes nothing. Unbound
     /// entries (TCP registered before `connect`, port 0) are not an endpoint and stay. Returns
     /// the number of entries removed.
     pub(crate) fn endpoint_closed(
@@ -1027,7 +1028,10 @@ impl ControlState {
     ) -> usize {
         let local = normalize(local);
         let remote = remote.map(normalize).filter(|r| r.port() != 0);
-        if local.port() == 0 {
+        // A TCP socket closed without a remote is a listener (or never connected): it holds
+        // no connection, and its local port is shared by the connections it accepted, which
+        // must not go with it.
+        if local.port() == 0 || (protocol == Protocol::Tcp && remote.is_none()) {
             return 0;
         }
         let addr_matches =
@@ -1048,13 +1052,15 @@ impl ControlState {
         };
         // (flow, handle, socket) of every matching entry; then each socket leaves its flow.
         let mut gone: Vec<(FlowId, HandleId, u64)> = Vec::new();
-        for (id, f) in &self.flows {
+        // No memory for the list: the scan stops; what was found is still removed (the rest
+        // stays registered, as if the close had not been seen).
+        'scan: for (id, f) in &self.flows {
             if f.pid != pid {
                 continue;
             }
             for e in f.entries.iter().filter(|e| matches(&e.key)) {
                 if gone.try_reserve(1).is_err() {
-                    break;
+                    break 'scan;
                 }
                 if !gone.contains(&(*id, f.handle, e.socket)) {
                     gone.push((*id, f.handle, e.socket));

@@ -118,7 +118,7 @@ pub(crate) fn socket_facts(fd: RawFd) -> Result<SocketFacts> {
 /// kernel gives each socket once, socket(7)), elsewhere the inode of the descriptor when it is
 /// a socket; `Closed` when `fd` is not a socket.
 pub(crate) fn socket_identity(fd: RawFd) -> SocketIdentity {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[cfg(target_os = "linux")]
     {
         let mut cookie: u64 = 0;
         let mut len = size_of::<u64>() as libc::socklen_t;

@@ -549,6 +549,15 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
     let mut last_rated: Option<(u32, FlowId)> = None;
     let mut last_added: Option<(u32, FlowId)> = None;
     let hpick = |seen: &Vec<u32>, i: usize| seen[i % seen.len()];
+    // A `recent` op's (handle, flow): the remembered pair if there is one, else picked by index.
+    let pick = |last: Option<(u32, FlowId)>,
+                recent: bool,
+                (h, flow): (usize, usize),
+                handles: &Vec<u32>,
+                flows: &Vec<FlowId>| match last {
+        Some(pair) if recent => pair,
+        _ => (hpick(handles, h), flows[flow % flows.len()]),
+    };
     for op in ops {
         match *op {
             Op::Open(c) => {
@@ -743,10 +752,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 shaping,
                 recent,
             } => {
-                let (h, flow) = match last_added {
-                    Some(pair) if recent => pair,
-                    _ => (hpick(&seen_handles, h), seen_flows[flow % seen_flows.len()]),
-                };
+                let (h, flow) = pick(last_added, recent, (h, flow), &seen_handles, &seen_flows);
                 let got = e.apply(
                     HandleId(h),
                     &Request::SetFlow {
@@ -776,10 +782,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 }
             }
             Op::ClearRate { h, flow, recent } => {
-                let (h, flow) = match last_rated {
-                    Some(pair) if recent => pair,
-                    _ => (hpick(&seen_handles, h), seen_flows[flow % seen_flows.len()]),
-                };
+                let (h, flow) = pick(last_rated, recent, (h, flow), &seen_handles, &seen_flows);
                 let got = e.apply(
                     HandleId(h),
                     &Request::SetFlow {

@@ -419,6 +419,25 @@ struct Counters {
     fail_open: u64,
 }
 
+/// The daemon's "final counters: P packets, M marked, A already marked, N not matched,
+/// F failed open" line, as numbers.
+fn final_counters(log: &str) -> Vec<u64> {
+    log.lines()
+        .find_map(|l| l.strip_prefix("qosmarkd: final counters: "))
+        .unwrap_or_else(|| panic!("no final counters:\n{log}"))
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|w| !w.is_empty())
+        .map(|w| w.parse().unwrap())
+        .collect()
+}
+
+/// Every datagram `0..count` was received exactly once.
+fn each_once(all: &[Rx], count: usize) {
+    let mut seqs: Vec<u32> = all.iter().map(|r| r.seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (0..count as u32).collect::<Vec<_>>(), "each once");
+}
+
 fn shaping_counters(log: &str) -> Counters {
     let line = log
         .lines()
@@ -489,25 +508,11 @@ fn full_queue_fails_open_marked_never_dropped() {
     assert!(rx.wait_for(sent.count, Duration::from_secs(3)));
     std::thread::sleep(Duration::from_millis(100));
     let all = rx.snapshot();
-    let mut seqs: Vec<u32> = all.iter().map(|r| r.seq).collect();
-    seqs.sort_unstable();
-    assert_eq!(
-        seqs,
-        (0..sent.count as u32).collect::<Vec<_>>(),
-        "each once"
-    );
+    each_once(&all, sent.count);
     assert!(all.iter().all(|r| r.tos == Some(VOICE << 2)));
     client.finish();
     let log = daemon.stop();
-    // "final counters: P packets, M marked, A already marked, N not matched, F failed open"
-    let finals: Vec<u64> = log
-        .lines()
-        .find_map(|l| l.strip_prefix("qosmarkd: final counters: "))
-        .unwrap_or_else(|| panic!("no final counters:\n{log}"))
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|w| !w.is_empty())
-        .map(|w| w.parse().unwrap())
-        .collect();
+    let finals = final_counters(&log);
     let (marked, failed) = (finals[1], finals[4]);
     let c = shaping_counters(&log);
     eprintln!(
@@ -553,13 +558,7 @@ fn max_delay_sends_at_once_without_charging_the_rate() {
         sent.count
     );
     let all = rx.snapshot();
-    let mut seqs: Vec<u32> = all.iter().map(|r| r.seq).collect();
-    seqs.sort_unstable();
-    assert_eq!(
-        seqs,
-        (0..sent.count as u32).collect::<Vec<_>>(),
-        "each once"
-    );
+    each_once(&all, sent.count);
     assert!(all.iter().all(|r| r.tos == Some(VOICE << 2)), "all marked");
     let delays: Vec<u64> = all.iter().map(|r| r.recv_ns - r.sent_ns).collect();
     let longest = delays.iter().copied().max().unwrap_or(0);
@@ -582,14 +581,7 @@ fn max_delay_sends_at_once_without_charging_the_rate() {
     client.expect("REMOVED ", Duration::from_secs(5));
     client.finish();
     let log = daemon.stop();
-    let finals: Vec<u64> = log
-        .lines()
-        .find_map(|l| l.strip_prefix("qosmarkd: final counters: "))
-        .unwrap_or_else(|| panic!("no final counters:\n{log}"))
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|w| !w.is_empty())
-        .map(|w| w.parse().unwrap())
-        .collect();
+    let finals = final_counters(&log);
     let failed = finals[4];
     eprintln!(
         "max delay 300 ms: {} sent, {held} held, {failed} sent at once past the cap, longest wait {} ms",

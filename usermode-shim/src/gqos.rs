@@ -897,13 +897,10 @@ impl GqosSession {
                 }
             }
         };
-        let rate_step = match t.rate {
-            Some(r) => Some(SetFlow::OutgoingRate(r)),
-            None if old_rate.is_some() => Some(SetFlow::ClearOutgoingRate),
-            None => None,
-        };
-        if let Some(op) = rate_step {
-            if let Err(e) = h.set_flow(flow, op) {
+        // Set the new rate, or clear the old one when the new `set` asks for none.
+        let rate_step = t.rate.is_some() || old_rate.is_some();
+        if rate_step {
+            if let Err(e) = self.apply_rate(flow, t.rate) {
                 undo_service(k);
                 return Err(if t.rate.is_some() {
                     Self::rate_error(e)
@@ -929,7 +926,7 @@ impl GqosSession {
                 Ok(Some(flow))
             }
             Err(e) => {
-                if rate_step.is_some() && self.apply_rate(flow, old_rate).is_ok() {
+                if rate_step && self.apply_rate(flow, old_rate).is_ok() {
                     k.rate = old_rate;
                 }
                 undo_service(k);

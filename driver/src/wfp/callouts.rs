@@ -342,6 +342,43 @@ unsafe fn incoming(values: &FWPS_INCOMING_VALUES0, index: usize) -> Option<FWPS_
     Some(unsafe { *p })
 }
 
+/// The `PROCESS_ID` metadata, when present and 32-bit.
+fn process_id(meta: &FWPS_INCOMING_METADATA_VALUES0_PREFIX) -> Option<u32> {
+    if !present(meta, FWPS_METADATA_FIELD_PROCESS_ID) {
+        return None;
+    }
+    u32::try_from(meta.processId).ok()
+}
+
+/// The five endpoint values of an ALE classify — protocol, local address, local port,
+/// remote address, remote port (`ale_field`) — each `None` when absent or of another type.
+///
+/// # Safety
+/// As [`incoming`].
+unsafe fn ale_fields(
+    values: &FWPS_INCOMING_VALUES0,
+) -> (
+    Option<u16>,
+    Option<AleAddr>,
+    Option<u16>,
+    Option<AleAddr>,
+    Option<u16>,
+) {
+    // SAFETY: per the contract; the readers bounds-check the index against `valueCount` and
+    // check each value's type tag before reading the union (the same holds for the next four
+    // reads).
+    let proto = unsafe { ale_small(values, ale_field::IP_PROTOCOL) };
+    // SAFETY: as above.
+    let local = unsafe { ale_addr(values, ale_field::IP_LOCAL_ADDRESS) };
+    // SAFETY: as above.
+    let lport = unsafe { ale_small(values, ale_field::IP_LOCAL_PORT) };
+    // SAFETY: as above.
+    let remote = unsafe { ale_addr(values, ale_field::IP_REMOTE_ADDRESS) };
+    // SAFETY: as above.
+    let rport = unsafe { ale_small(values, ale_field::IP_REMOTE_PORT) };
+    (proto, local, lport, remote, rport)
+}
+
 /// Reads an ALE address value of either family.
 ///
 /// # Safety
@@ -413,25 +450,11 @@ unsafe fn report_owner(
     established: bool,
     v6: bool,
 ) {
-    if !present(meta, FWPS_METADATA_FIELD_PROCESS_ID) {
-        return;
-    }
-    let Ok(pid) = u32::try_from(meta.processId) else {
+    let Some(pid) = process_id(meta) else {
         return;
     };
-    // SAFETY: `values` is this classify's `inFixedValues`, valid for the call; the readers
-    // bounds-check the index against `valueCount` and check each value's type tag before
-    // reading the union (the same holds for the next four reads).
-    let proto = unsafe { ale_small(values, ale_field::IP_PROTOCOL) };
-    // SAFETY: as above.
-    let local = unsafe { ale_addr(values, ale_field::IP_LOCAL_ADDRESS) };
-    // SAFETY: as above.
-    let lport = unsafe { ale_small(values, ale_field::IP_LOCAL_PORT) };
-    // SAFETY: as above.
-    let remote = unsafe { ale_addr(values, ale_field::IP_REMOTE_ADDRESS) };
-    // SAFETY: as above.
-    let rport = unsafe { ale_small(values, ale_field::IP_REMOTE_PORT) };
-    let parts = (proto, local, lport, remote, rport);
+    // SAFETY: `values` is this classify's `inFixedValues`, valid for the call.
+    let parts = unsafe { ale_fields(values) };
     let (Some(proto), Some(local), Some(lport), Some(remote), Some(rport)) = parts else {
         return;
     };
@@ -518,25 +541,13 @@ unsafe fn endpoint_closed(
     values: &FWPS_INCOMING_VALUES0,
     meta: &FWPS_INCOMING_METADATA_VALUES0_PREFIX,
 ) {
-    if !present(meta, FWPS_METADATA_FIELD_PROCESS_ID) {
-        return;
-    }
-    let Ok(pid) = u32::try_from(meta.processId) else {
+    let Some(pid) = process_id(meta) else {
         return;
     };
-    // SAFETY: `values` is this classify's `inFixedValues`, valid for the call; the readers
-    // bounds-check the index against `valueCount` and check each value's type tag before
-    // reading the union (the same holds for the next four reads). The endpoint-closure
-    // fields have the indexes of `ale_field` (its docs).
-    let proto = unsafe { ale_small(values, ale_field::IP_PROTOCOL) };
-    // SAFETY: as above.
-    let local = unsafe { ale_addr(values, ale_field::IP_LOCAL_ADDRESS) };
-    // SAFETY: as above.
-    let lport = unsafe { ale_small(values, ale_field::IP_LOCAL_PORT) };
-    // SAFETY: as above. An unconnected socket has no remote (absent, or zero).
-    let remote = unsafe { ale_addr(values, ale_field::IP_REMOTE_ADDRESS) };
-    // SAFETY: as above.
-    let rport = unsafe { ale_small(values, ale_field::IP_REMOTE_PORT) };
+    // SAFETY: `values` is this classify's `inFixedValues`, valid for the call; the
+    // endpoint-closure fields have the indexes of `ale_field` (its docs). An unconnected
+    // socket has no remote (absent, or zero).
+    let (proto, local, lport, remote, rport) = unsafe { ale_fields(values) };
     let (Some(proto), Some(local), Some(lport)) = (proto, local, lport) else {
         return;
     };
